@@ -1,0 +1,44 @@
+"""austeer: fine-grained activation steering (AUSteer) on stock Hugging Face models.
+
+The flow: pairs -> :func:`fit` (score every atomic unit by sign-consistent activation momentum,
+keep the global top-k) -> :class:`SteerSpec` -> :func:`apply` (hooks) | :func:`fold` (weights) |
+:func:`export` (checkpoint).
+
+Example:
+    >>> import austeer
+    >>> model, tok = austeer.load_model()
+    >>> pairs = [austeer.Pair("How was the film?", "It was wonderful.", "It was dreadful.")] * 4
+    >>> spec = austeer.fit(model, tok, pairs, site="head", k=4, alpha=5.0, progress=False)
+    >>> with austeer.apply(model, spec):
+    ...     _ = model(**tok("Hi", return_tensors="pt"))
+"""
+
+from austeer.fit import fit, score
+from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
+from austeer.momentum import SignCounts, Unit, select
+from austeer.pairs import Pair, read_pairs
+from austeer.spec import SteerSpec, load
+from austeer.steer import apply, export, fold, folded, unfold
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Pair",
+    "SignCounts",
+    "SteerSpec",
+    "Unit",
+    "__version__",
+    "apply",
+    "export",
+    "fit",
+    "fold",
+    "folded",
+    "load",
+    "load_model",
+    "read_pairs",
+    "save_checkpoint",
+    "score",
+    "select",
+    "unfold",
+]

@@ -1,0 +1,3 @@
+from austeer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""``austeer fit | generate | export``: the core commands."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from austeer.sites import SITES
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="hub id, local path or embedded:NAME (default: embedded SmolLM2)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
+    p.add_argument("--device-map", default=None, help="e.g. auto, to split a large model over GPUs")
+
+
+def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[Any, Any, str]:
+    from austeer.models import DEFAULT_MODEL, load_model
+
+    name = model or args.model or DEFAULT_MODEL
+    m, tok = load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    return m, tok, name
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from austeer.fit import fit
+    from austeer.pairs import read_pairs
+
+    pairs = read_pairs(args.pairs)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    model, tok, name = load_from_args(args)
+    start = time.perf_counter()
+    sites = [s.strip() for s in args.site.split(",")]
+    spec = fit(
+        model,
+        tok,
+        pairs,
+        site=sites,
+        k=args.k,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        model_id=name,
+    )
+    spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2))
+    spec.save(args.out)
+    print(
+        f"scored {len(pairs)} pairs on site(s) {','.join(sites)} in {spec.info['seconds']:.1f} s; "
+        f"kept {spec.k} AUs -> {args.out}"
+    )
+    for u in spec.units[: min(10, spec.k)]:
+        print(f"  {u.site:8s} layer {u.layer:3d} index {u.index:5d} beta {u.beta:+.3f}")
+    if spec.k > 10:
+        print(f"  ... {spec.k - 10} more in {args.out}/steer.json")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from austeer.generate import generate, steered
+    from austeer.spec import load
+
+    spec = load(args.steer)
+    if args.k is not None:
+        spec = spec.with_k(args.k)
+    model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
+    from austeer.models import fingerprint
+
+    spec.check_fits(fingerprint(model))
+    prompts = args.prompt
+    with steered(model, spec, args.mode, args.alpha):
+        out = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens)
+    base = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens) if args.compare else None
+    alpha = spec.alpha if args.alpha is None else args.alpha
+    for i, prompt in enumerate(prompts):
+        if base is not None:
+            print(f"### prompt: {prompt}\n--- unsteered:\n{base[i].strip()}")
+            print(f"--- steered ({spec.k} AUs, alpha {alpha:g}, {args.mode}):")
+        print(out[i].strip())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from austeer.models import fingerprint
+    from austeer.spec import load
+    from austeer.steer import export
+
+    spec = load(args.steer)
+    model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
+    spec.check_fits(fingerprint(model))
+    path = export(model, tok, spec, args.out, alpha=args.alpha)
+    print(
+        f"folded {spec.k} AUs (alpha {spec.alpha if args.alpha is None else args.alpha:g}) into {path}; "
+        "load it with AutoModelForCausalLM.from_pretrained"
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("fit", help="score atomic units on contrastive pairs and save a steering spec")
+    p.add_argument("--pairs", required=True, help="JSONL with prompt, positive, negative (optional system)")
+    p.add_argument("--site", default="head", help=f"one or more of {', '.join(SITES)}, comma-separated")
+    p.add_argument("--k", type=int, default=32, help="number of AUs to keep (global top-k)")
+    p.add_argument("--alpha", type=float, default=5.0, help="global strength: gain 1 + alpha * beta")
+    p.add_argument("--out", required=True, help="spec directory to write")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
+    p.add_argument("--max-length", type=int, default=None, help="truncate texts on the left to this many tokens")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    add_model_args(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("generate", help="generate with a steering spec")
+    p.add_argument("prompt", nargs="+")
+    p.add_argument("--steer", required=True, help="spec directory written by austeer fit")
+    p.add_argument("--mode", default="hook", choices=["hook", "fold"])
+    p.add_argument("--alpha", type=float, default=None, help="override the spec's alpha")
+    p.add_argument("--k", type=int, default=None, help="override the spec's k (reselects from stored scores)")
+    p.add_argument("--compare", action="store_true", help="also print the unsteered answer")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    add_model_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write the folded model as an ordinary Hugging Face checkpoint")
+    p.add_argument("--steer", required=True)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--alpha", type=float, default=None)
+    add_model_args(p)
+    p.set_defaults(func=cmd_export)

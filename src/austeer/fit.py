@@ -1,0 +1,95 @@
+"""Fit: pairs -> last-token activations -> streamed sign counts -> global top-k -> :class:`SteerSpec`.
+
+Pairs are sorted by length (less padding), run in batches holding both texts of each pair, and the
+momenta ``positive - negative`` are taken in float32 and folded into :class:`SignCounts` batch by batch:
+memory does not grow with the number of pairs.
+
+Example:
+    >>> from austeer import fit
+    >>> from austeer.models import load_model
+    >>> from austeer.pairs import Pair
+    >>> model, tok = load_model()
+    >>> pairs = [Pair("Say something about the weather.", "What a lovely sunny day!", "What an awful gloomy day.")] * 4
+    >>> spec = fit(model, tok, pairs, site="head", k=8, alpha=5.0, progress=False)
+    >>> spec.k, abs(spec.units[0].beta)
+    (8, 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from austeer.collect import last_token_activations
+from austeer.models import fingerprint
+from austeer.momentum import SignCounts, select
+from austeer.pairs import Pair, pair_texts
+from austeer.sites import check_site, decoder_layers, site_width
+from austeer.spec import SteerSpec
+
+
+def score(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    sites: Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = True,
+    padding_side: str = "left",
+) -> dict[str, SignCounts]:
+    """Sign counts of every AU of ``sites`` over ``pairs`` (``batch_size`` pairs = 2x texts per forward)."""
+    for site in sites:
+        check_site(site)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_layers = len(decoder_layers(model))
+    counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
+    bar = tqdm(total=len(texts), desc="scoring AUs", unit="pair", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = [texts[i] for i in order[start : start + batch_size]]
+            batch = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
+            acts = last_token_activations(model, tokenizer, batch, sites, max_length, padding_side)
+            b = len(chunk)
+            for site in sites:
+                a = acts[site]
+                counts[site].update(a[:b].to(torch.float32) - a[b:].to(torch.float32))
+            bar.update(b)
+    finally:
+        bar.close()
+    return counts
+
+
+def fit(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    site: str | Sequence[str] = "head",
+    k: int = 32,
+    alpha: float = 5.0,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    model_id: str = "",
+    progress: bool = True,
+) -> SteerSpec:
+    """Score the AUs of ``site`` (one or several) on ``pairs`` and keep the global top ``k``."""
+    if not pairs:
+        raise ValueError("fit needs at least one pair")
+    sites = [site] if isinstance(site, str) else list(site)
+    counts = score(model, tokenizer, pairs, sites, batch_size, max_length, progress)
+    return SteerSpec(
+        units=select(counts, k),
+        alpha=float(alpha),
+        model_id=model_id or str(getattr(model.config, "_name_or_path", "")),
+        fingerprint=fingerprint(model),
+        n_pairs=len(pairs),
+        sites=sites,
+        scores=counts,
+    )

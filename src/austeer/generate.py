@@ -1,0 +1,80 @@
+"""Batched generation (left padding, KV cache), optionally steered by hooks or folded weights.
+
+Example:
+    >>> from austeer.models import load_model
+    >>> from austeer.generate import generate
+    >>> model, tok = load_model()
+    >>> generate(model, tok, ["What is the capital of France?"], max_new_tokens=8)
+    ['The capital of France is Paris.']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from austeer.collect import encode, model_device
+from austeer.pairs import format_prompt
+from austeer.spec import SteerSpec
+from austeer.steer import apply, folded
+
+Mode = Literal["hook", "fold"]
+
+
+@contextmanager
+def steered(
+    model: nn.Module, spec: SteerSpec | None, mode: Mode = "hook", alpha: float | None = None
+) -> Iterator[None]:
+    """Steer ``model`` inside the block with hooks or folded weights; nothing at all when ``spec`` is None."""
+    if spec is None:
+        with nullcontext():
+            yield
+        return
+    if mode not in ("hook", "fold"):
+        raise ValueError(f"mode must be 'hook' or 'fold', got {mode!r}")
+    ctx = apply(model, spec, alpha) if mode == "hook" else folded(model, spec, alpha)
+    with ctx:
+        yield
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    chat: bool = True,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    max_length: int | None = None,
+) -> list[str]:
+    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template."""
+    texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = model_device(model)
+    out: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        enc = encode(tokenizer, texts[start : start + batch_size], max_length, padding_side="left")
+        kwargs: dict[str, Any] = {"do_sample": do_sample}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        ids = model.generate(  # type: ignore[operator]
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **kwargs,
+        )
+        new = ids[:, enc["input_ids"].shape[1] :]
+        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out

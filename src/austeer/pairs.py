@@ -1,0 +1,108 @@
+"""Contrastive pairs: the dataclass, the JSONL reader and the text a model sees.
+
+A pairs file has one JSON object per line with ``prompt``, ``positive`` and ``negative`` strings
+(and an optional ``system`` string).
+
+Example:
+    >>> import json, tempfile
+    >>> from austeer.pairs import read_pairs
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+    >>> _ = f.write(json.dumps({"prompt": "Is ice cold?", "positive": "Yes", "negative": "No"}) + "\\n")
+    >>> f.close()
+    >>> read_pairs(f.name)[0].positive
+    'Yes'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One contrastive example: the same prompt answered the wanted and the unwanted way."""
+
+    prompt: str
+    positive: str
+    negative: str
+    system: str | None = None
+
+
+class PairsFormatError(ValueError):
+    """A pairs file line is malformed; the message names the file, the line and the field."""
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Read a pairs JSONL file; blank lines are skipped, anything malformed raises :class:`PairsFormatError`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    pairs: list[Pair] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PairsFormatError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            pairs.append(pair_from_obj(obj, f"{path}:{lineno}"))
+    if not pairs:
+        raise PairsFormatError(f"{path}: no pairs (expected one JSON object per line)")
+    return pairs
+
+
+def pair_from_obj(obj: Any, where: str) -> Pair:
+    if not isinstance(obj, dict):
+        raise PairsFormatError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    values: dict[str, str | None] = {}
+    for field in ("prompt", "positive", "negative", "system"):
+        value = obj.get(field)
+        if value is None and field == "system":
+            values[field] = None
+            continue
+        if value is None:
+            raise PairsFormatError(f"{where}: missing field {field!r} (expected a string)")
+        if not isinstance(value, str):
+            raise PairsFormatError(f"{where}: field {field!r} must be a string, found {type(value).__name__}")
+        if field != "system" and not value.strip():
+            raise PairsFormatError(f"{where}: field {field!r} is empty")
+        values[field] = value
+    return Pair(values["prompt"] or "", values["positive"] or "", values["negative"] or "", values["system"])
+
+
+def write_pairs(pairs: list[Pair], path: str | Path) -> None:
+    """Write pairs as JSONL (atomically)."""
+    from austeer.spec import atomic_write_text
+
+    lines = []
+    for p in pairs:
+        obj: dict[str, str] = {"prompt": p.prompt, "positive": p.positive, "negative": p.negative}
+        if p.system is not None:
+            obj["system"] = p.system
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:
+    """The prompt as the model sees it: chat template with the generation prompt, or plain text."""
+    if not has_chat_template(tokenizer):
+        return prompt if system is None else f"{system}\n\n{prompt}"
+    messages = [{"role": "user", "content": prompt}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
+def pair_texts(tokenizer: Any, pair: Pair) -> tuple[str, str]:
+    """The positive and negative texts: formatted prompt followed directly by each answer."""
+    head = format_prompt(tokenizer, pair.prompt, pair.system)
+    return head + pair.positive, head + pair.negative

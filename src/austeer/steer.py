@@ -1,0 +1,203 @@
+"""Steer with a spec: hooks (dynamic) or exact weight folding (zero runtime cost), and export.
+
+Every selected AU ``u`` gets the gain ``x_u <- (1 + alpha * beta_u) * x_u`` at every token position.
+
+- :func:`apply` is a context manager: forward hooks multiply each hooked tensor by a precomputed gain
+  vector (ones everywhere but the selected dimensions), made once on the module's device and dtype.
+  The hooks are removed when the block ends, also when it raises.
+- :func:`fold` scales the weight slices instead (column ``i`` of ``W_O`` for ``head``, row ``i`` of
+  ``W_down`` and its bias for ``ffn``, column ``i`` of ``W_down`` for ``neuron``), keeping the original
+  slices, so :func:`unfold` restores every weight bit for bit.
+- :func:`export` writes the folded model as an ordinary Hugging Face checkpoint.
+
+Example:
+    >>> from austeer import apply, fold, unfold
+    >>> from austeer.momentum import Unit
+    >>> from austeer.spec import SteerSpec
+    >>> from austeer.models import load_model
+    >>> model, tok = load_model()
+    >>> spec = SteerSpec(units=[Unit("head", 10, 5, 1.0)], alpha=2.0)
+    >>> ids = tok("Hello", return_tensors="pt").input_ids
+    >>> with apply(model, spec):
+    ...     hooked = model(ids).logits
+    >>> record = fold(model, spec)
+    >>> folded = model(ids).logits
+    >>> unfold(model, record)
+    >>> bool((hooked - folded).abs().max() < 1e-3)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from austeer.sites import _weight, decoder_layers, fold_module, site_def, site_module, site_width
+from austeer.spec import SteerSpec
+
+
+def _grouped(spec: SteerSpec, alpha: float | None) -> dict[tuple[str, int], list[tuple[int, float]]]:
+    groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
+    for unit, gamma in spec.gains(alpha):
+        groups[(unit.site, unit.layer)].append((unit.index, gamma))
+    return groups
+
+
+def _param_of(module: nn.Module) -> torch.Tensor:
+    for p in module.parameters():
+        return p
+    raise ValueError(f"{type(module).__name__} has no parameters to take a device and dtype from")
+
+
+def gain_vectors(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> dict[tuple[str, int], torch.Tensor]:
+    """``{(site, layer): gain}``: ``1 + alpha*beta`` at the selected indices, 1 elsewhere.
+
+    Each vector lives on the device and in the dtype of the module it serves.
+    """
+    n_layers = len(decoder_layers(model))
+    out = {}
+    for (site, layer), items in _grouped(spec, alpha).items():
+        if not 0 <= layer < n_layers:
+            raise IndexError(f"spec unit in layer {layer} of site {site!r}, but the model has {n_layers} layers")
+        width = site_width(model, site)
+        g = torch.ones(width, dtype=torch.float32)
+        for index, gamma in items:
+            if not 0 <= index < width:
+                raise IndexError(f"spec unit index {index} out of range for site {site!r} of width {width}")
+            g[index] += gamma
+        p = _param_of(site_module(model, site, layer) if site != "residual" else decoder_layers(model)[layer])
+        out[(site, layer)] = g.to(device=p.device, dtype=p.dtype)
+    return out
+
+
+@dataclass
+class Steering:
+    """Handle of active hooks; :meth:`remove` is idempotent."""
+
+    handles: list[Any] = field(default_factory=list)
+
+    def remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+
+
+def _input_hook(gain: torch.Tensor) -> Any:
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0] * gain, *args[1:])
+
+    return hook
+
+
+def _output_hook(gain: torch.Tensor) -> Any:
+    def hook(_module: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+        if isinstance(out, tuple):
+            return (out[0] * gain, *out[1:])
+        return out * gain
+
+    return hook
+
+
+def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor]) -> Steering:
+    """Register one multiply-by-gain hook per ``(site, layer)``; returns the handle."""
+    steering = Steering()
+    try:
+        for (site, layer), gain in gains.items():
+            if site_def(model, site).io == "input":
+                steering.handles.append(site_module(model, site, layer).register_forward_pre_hook(_input_hook(gain)))
+            else:
+                steering.handles.append(site_module(model, site, layer).register_forward_hook(_output_hook(gain)))
+    except BaseException:
+        steering.remove()
+        raise
+    return steering
+
+
+@contextmanager
+def apply(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Iterator[Steering]:
+    """Steer ``model`` with hooks inside the ``with`` block (``alpha`` overrides the spec's)."""
+    steering = add_hooks(model, gain_vectors(model, spec, alpha))
+    try:
+        yield steering
+    finally:
+        steering.remove()
+
+
+@dataclass
+class FoldRecord:
+    """The original weight slices replaced by :func:`fold`, in the order they were changed."""
+
+    saved: list[tuple[torch.Tensor, tuple[Any, ...], torch.Tensor]] = field(default_factory=list)
+
+
+Slice = tuple[torch.Tensor, tuple[Any, ...], tuple[int, ...]]
+
+
+def _slices(model: nn.Module, site: str, layer: int, index: torch.Tensor) -> list[Slice]:
+    """``(tensor, where, gain_shape)`` for every tensor slice that carries the AUs ``index``."""
+    module, how = fold_module(model, site, layer)
+    weight = _weight(module)
+    # AU along the input axis of y = W x is a column of W ([out, in]); Conv1D stores W as [in, out].
+    along_rows = (how.axis == "in") == how.transposed
+    out: list[Slice] = [
+        (weight, (index, slice(None)), (-1, 1)) if along_rows else (weight, (slice(None), index), (1, -1))
+    ]
+    bias = getattr(module, "bias", None)
+    if how.axis == "out" and bias is not None:
+        out.append((bias, (index,), (-1,)))
+    return out
+
+
+@torch.no_grad()
+def fold(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> FoldRecord:
+    """Multiply the weight slices of the selected AUs by their gains in place; returns what :func:`unfold` needs."""
+    record = FoldRecord()
+    try:
+        for (site, layer), items in _grouped(spec, alpha).items():
+            index = torch.tensor([i for i, _ in items], dtype=torch.long)
+            gain = torch.tensor([1.0 + g for _, g in items], dtype=torch.float32)
+            for tensor, where, shape in _slices(model, site, layer, index):
+                idx = tuple(w.to(tensor.device) if isinstance(w, torch.Tensor) else w for w in where)
+                original = tensor[idx].clone()
+                record.saved.append((tensor, idx, original))
+                tensor[idx] = (original.float() * gain.to(tensor.device).view(shape)).to(tensor.dtype)
+    except BaseException:
+        unfold(model, record)
+        raise
+    return record
+
+
+@torch.no_grad()
+def unfold(model: nn.Module, record: FoldRecord) -> None:
+    """Write back the original slices saved by :func:`fold` (bit for bit)."""
+    while record.saved:
+        tensor, idx, original = record.saved.pop()
+        tensor[idx] = original
+
+
+@contextmanager
+def folded(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Iterator[FoldRecord]:
+    """Fold inside the ``with`` block; the weights are restored when it ends, also on error."""
+    record = fold(model, spec, alpha)
+    try:
+        yield record
+    finally:
+        unfold(model, record)
+
+
+def export(model: nn.Module, tokenizer: Any, spec: SteerSpec, out: str | Path, alpha: float | None = None) -> Path:
+    """Save the folded model as an ordinary checkpoint (``AutoModelForCausalLM.from_pretrained(out)``)."""
+    from austeer.models import save_checkpoint
+
+    meta = spec.to_json()
+    meta["alpha"] = spec.alpha if alpha is None else alpha
+    extra = {"austeer_steer.json": json.dumps(meta, indent=2) + "\n"}
+    with folded(model, spec, alpha):
+        return save_checkpoint(model, tokenizer, out, extra_files=extra)

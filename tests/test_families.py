@@ -1,0 +1,96 @@
+"""Every supported family: a tiny random model built from a config (no download), sites resolve, hook == fold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+import austeer
+from austeer.collect import last_token_activations
+from austeer.momentum import Unit
+from austeer.sites import FAMILIES, UnsupportedModelError, decoder_layers, site_width
+from austeer.spec import SteerSpec
+
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)
+GQA = dict(SMALL, num_key_value_heads=2)
+
+CONFIGS = {
+    "llama": lambda: tf.LlamaConfig(**GQA),
+    "mistral": lambda: tf.MistralConfig(**GQA),
+    "qwen2": lambda: tf.Qwen2Config(**GQA),
+    "qwen3": lambda: tf.Qwen3Config(**GQA, head_dim=16),
+    "gemma2": lambda: tf.Gemma2Config(**GQA, head_dim=16),
+    "gemma3_text": lambda: tf.Gemma3TextConfig(**GQA, head_dim=24),  # head_dim * heads != hidden
+    "phi3": lambda: tf.Phi3Config(**GQA, pad_token_id=0),
+    "olmo": lambda: tf.OlmoConfig(**GQA, pad_token_id=0),
+    "olmo2": lambda: tf.Olmo2Config(**GQA, pad_token_id=0),
+    "gpt2": lambda: tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_inner=96),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(**SMALL),
+}
+
+
+class _Tok:
+    """Just enough tokenizer for byte-level ids on tiny models (no download)."""
+
+    chat_template = None
+    padding_side = "left"
+    truncation_side = "left"
+
+    def __call__(self, texts, return_tensors, padding, truncation, max_length, add_special_tokens):
+        ids = [[b % 128 for b in t.encode()] for t in texts]
+        width = max(map(len, ids))
+        pad = [[0] * (width - len(x)) for x in ids]
+        if self.padding_side == "left":
+            rows = [p + x for p, x in zip(pad, ids)]
+            mask = [[0] * len(p) + [1] * len(x) for p, x in zip(pad, ids)]
+        else:
+            rows = [x + p for p, x in zip(pad, ids)]
+            mask = [[1] * len(x) + [0] * len(p) for p, x in zip(pad, ids)]
+        return {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask)}
+
+
+def _model(name):
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(CONFIGS[name]()).eval()
+
+
+def test_every_family_has_a_test():
+    assert set(CONFIGS) >= set(FAMILIES) - {"gemma"}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_sites_resolve_and_hook_equals_fold(name):
+    model = _model(name)
+    assert model.config.model_type == name
+    layers = len(decoder_layers(model))
+    acts = last_token_activations(model, _Tok(), ["hello world", "hi"], ["head", "ffn", "neuron", "residual"])
+    for site, a in acts.items():
+        assert a.shape == (2, layers, site_width(model, site)), site
+        assert a.abs().sum() > 0, site
+    units = [
+        Unit(s, layer, i, b)
+        for s in ("head", "ffn", "neuron")
+        for layer in range(layers)
+        for i, b in ((1, 1.0), (5, -0.75))
+    ]
+    spec = SteerSpec(units=units, alpha=1.5)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        base = model(ids).logits
+        with austeer.apply(model, spec):
+            hooked = model(ids).logits
+        with austeer.folded(model, spec):
+            folded = model(ids).logits
+        after = model(ids).logits
+    assert not torch.allclose(hooked, base)
+    torch.testing.assert_close(folded, hooked, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, base)
+    with pytest.raises(ValueError, match="cannot be folded"):
+        austeer.fold(model, SteerSpec(units=[Unit("residual", 0, 1, 1.0)], alpha=1.0))
+
+
+def test_unsupported_family_names_it():
+    model = tf.AutoModelForCausalLM.from_config(tf.BloomConfig(hidden_size=32, n_layer=1, n_head=4, vocab_size=64))
+    with pytest.raises(UnsupportedModelError, match="'bloom'.*FAMILIES"):
+        site_width(model, "head")
