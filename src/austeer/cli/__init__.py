@@ -1,17 +1,30 @@
 """The ``austeer`` command line: the only package that talks to the terminal.
 
-Each module of this package registers its subcommands with ``register(subparsers)``.
+Each module named in :data:`COMMANDS` lives in this package and registers its subcommands with
+``register(subparsers)``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from austeer.cli import core
+#: command modules of this package, in help order (a module not present in this build is skipped)
+COMMANDS = ["core", "evaluate", "inspect", "compare", "serve"]
 
-MODULES = [core]
+
+def _modules() -> list:
+    found = []
+    for name in COMMANDS:
+        full = f"austeer.cli.{name}"
+        try:
+            found.append(importlib.import_module(full))
+        except ModuleNotFoundError as exc:
+            if exc.name != full:
+                raise
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="austeer", description="Fine-grained activation steering (AUSteer).")
     parser.add_argument("--version", action="version", version=f"austeer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in MODULES:
+    for module in _modules():
         module.register(sub)
     return parser
 
