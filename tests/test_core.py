@@ -187,3 +187,22 @@ def test_export_reloads_with_plain_transformers(smol, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**ids).logits, folded, rtol=1e-5, atol=1e-4)
     assert json.loads((tmp_path / "m" / "austeer_steer.json").read_text())["k"] == 16
+
+
+def test_spec_refuses_a_model_of_another_shape(smol, sentiment_pairs):
+    model, tok = smol
+    spec = austeer.fit(model, tok, sentiment_pairs[:4], site="head", k=4, progress=False)
+    import transformers as tf
+
+    other = tf.AutoModelForCausalLM.from_config(
+        tf.LlamaConfig(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=30, num_attention_heads=4, vocab_size=128
+        )
+    )
+    with pytest.raises(SpecMismatchError, match="site 'head' of width 576, the model's is 64"):
+        with austeer.apply(other, spec):
+            pass
+    with pytest.raises(SpecMismatchError, match="spec was fitted on a 'llama' model.*'gpt2'"):
+        austeer.fold(
+            tf.AutoModelForCausalLM.from_config(tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128)), spec
+        )

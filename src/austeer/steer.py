@@ -44,7 +44,12 @@ from austeer.sites import _weight, decoder_layers, fold_module, site_def, site_m
 from austeer.spec import SteerSpec
 
 
-def _grouped(spec: SteerSpec, alpha: float | None) -> dict[tuple[str, int], list[tuple[int, float]]]:
+def _grouped(model: nn.Module, spec: SteerSpec, alpha: float | None) -> dict[tuple[str, int], list[tuple[int, float]]]:
+    """Gains per ``(site, layer)``, after checking that ``spec`` was fitted on a model of this shape."""
+    if spec.fingerprint:
+        from austeer.models import fingerprint
+
+        spec.check_fits(fingerprint(model))
     groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
     for unit, gamma in spec.gains(alpha):
         groups[(unit.site, unit.layer)].append((unit.index, gamma))
@@ -64,7 +69,7 @@ def gain_vectors(model: nn.Module, spec: SteerSpec, alpha: float | None = None) 
     """
     n_layers = len(decoder_layers(model))
     out = {}
-    for (site, layer), items in _grouped(spec, alpha).items():
+    for (site, layer), items in _grouped(model, spec, alpha).items():
         if not 0 <= layer < n_layers:
             raise IndexError(f"spec unit in layer {layer} of site {site!r}, but the model has {n_layers} layers")
         width = site_width(model, site)
@@ -91,16 +96,18 @@ class Steering:
 
 def _input_hook(gain: torch.Tensor) -> Any:
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (args[0] * gain, *args[1:])
+        x = args[0]
+        # with device_map="auto", accelerate may move the input only inside the module's forward
+        return (x * (gain if x.device == gain.device else gain.to(x.device)), *args[1:])
 
     return hook
 
 
 def _output_hook(gain: torch.Tensor) -> Any:
     def hook(_module: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
-        if isinstance(out, tuple):
-            return (out[0] * gain, *out[1:])
-        return out * gain
+        x = out[0] if isinstance(out, tuple) else out
+        y = x * (gain if x.device == gain.device else gain.to(x.device))
+        return (y, *out[1:]) if isinstance(out, tuple) else y
 
     return hook
 
@@ -160,7 +167,7 @@ def fold(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> FoldR
     """Multiply the weight slices of the selected AUs by their gains in place; returns what :func:`unfold` needs."""
     record = FoldRecord()
     try:
-        for (site, layer), items in _grouped(spec, alpha).items():
+        for (site, layer), items in _grouped(model, spec, alpha).items():
             index = torch.tensor([i for i, _ in items], dtype=torch.long)
             gain = torch.tensor([1.0 + g for _, g in items], dtype=torch.float32)
             for tensor, where, shape in _slices(model, site, layer, index):
