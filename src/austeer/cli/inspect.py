@@ -1,0 +1,58 @@
+"""``austeer inspect``: an HTML report of a steering spec (plots, logit lens, sweep, steered generations)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from austeer.cli.core import add_model_args, load_from_args
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from austeer.models import fingerprint
+    from austeer.report import build_report
+    from austeer.report.shift import read_prompts
+    from austeer.report.sweep import read_sweep
+    from austeer.spec import load
+
+    spec = load(args.steer)
+    if args.k is not None:
+        spec = spec.with_k(args.k)
+    if args.alpha is not None:
+        spec = spec.with_alpha(args.alpha)
+    sweep = read_sweep(args.sweep) if args.sweep else None  # fail on bad input before loading the model
+    prompts = read_prompts(args.prompts)[: args.max_prompts] if args.prompts else []
+    model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
+    spec.check_fits(fingerprint(model))
+    out = build_report(
+        model,
+        tok,
+        spec,
+        args.out,
+        spec_path=str(args.steer),
+        sweep=sweep,
+        prompts=prompts,
+        n_units=args.top,
+        n_tokens=args.tokens,
+        mode=args.mode,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(f"report -> {out} (figures in {out.with_name(out.stem + '_files')})")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="write an HTML report of a steering spec: where its AUs are and what they do")
+    p.add_argument("--steer", required=True, help="spec directory written by austeer fit")
+    p.add_argument("--out", required=True, help="HTML file to write (figures go to <name>_files/ beside it)")
+    p.add_argument("--sweep", default=None, help="sweep directory (or its sweep.json) to plot metric vs k and alpha")
+    p.add_argument("--prompts", default=None, help="prompts file: one per line, or JSONL with 'prompt'")
+    p.add_argument("--max-prompts", type=int, default=8, help="use at most this many prompts")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--mode", default="hook", choices=["hook", "fold"])
+    p.add_argument("--top", type=int, default=8, help="number of top AUs to put through the logit lens")
+    p.add_argument("--tokens", type=int, default=8, help="tokens listed per direction")
+    p.add_argument("--k", type=int, default=None, help="override the spec's k (reselects from stored scores)")
+    p.add_argument("--alpha", type=float, default=None, help="override the spec's alpha")
+    add_model_args(p)
+    p.set_defaults(func=cmd_inspect)

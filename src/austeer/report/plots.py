@@ -1,0 +1,192 @@
+"""Matplotlib figures of a steering spec (Agg backend: no display needed); each returns PNG bytes.
+
+Example:
+    >>> import torch
+    >>> from austeer.momentum import Unit
+    >>> from austeer.report.plots import beta_heatmap
+    >>> png = beta_heatmap(torch.rand(4, 16) - 0.5, [Unit("head", 1, 3, 1.0)], "head", head_dim=8)
+    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from austeer.momentum import Unit  # noqa: E402
+
+DPI = 110
+
+
+def to_png(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes and close it."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def beta_heatmap(
+    beta: torch.Tensor, units: Sequence[Unit], site: str, head_dim: int | None = None, title: str = ""
+) -> bytes:
+    """|beta| for every layer (rows) and dimension (columns) of one site; selected AUs circled.
+
+    For the ``head`` site, columns are grouped by head (dimension ``i`` is in head ``i // head_dim``),
+    with a separator and a label per head.
+    """
+    b = beta.abs().float().numpy()
+    n_layers, width = b.shape
+    fig, ax = plt.subplots(figsize=(12, max(3.0, 0.16 * n_layers + 1.2)))
+    im = ax.imshow(b, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.5, vmax=1.0, origin="lower")
+    sel = [u for u in units if u.site == site]
+    if sel:
+        ax.scatter(
+            [u.index for u in sel], [u.layer for u in sel], s=46, facecolors="none", edgecolors="#ff2d55",
+            linewidths=1.4, label=f"selected ({len(sel)})",
+        )
+        ax.legend(loc="upper left", bbox_to_anchor=(1.09, 1.0), fontsize=8, frameon=False)
+    if site == "head" and head_dim:
+        n_heads = width // head_dim
+        for h in range(1, n_heads):
+            ax.axvline(h * head_dim - 0.5, color="white", linewidth=0.6, alpha=0.8)
+        ax.set_xticks([h * head_dim + head_dim / 2 - 0.5 for h in range(n_heads)])
+        ax.set_xticklabels([f"head {h}" for h in range(n_heads)], fontsize=8)
+        ax.set_xlabel(f"dimension, grouped by head ({head_dim} dims each)")
+    else:
+        ax.set_xlabel("dimension")
+    ax.set_ylabel("layer")
+    ax.set_title(title or f"|beta| of every AU of site '{site}' (0.5 = no consistency, 1 = every pair agrees)")
+    fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="|beta|")
+    return to_png(fig)
+
+
+def location_plot(units: Sequence[Unit], site: str, n_layers: int, head_dim: int | None = None,
+                  n_heads: int | None = None) -> bytes:
+    """Where the selected AUs of ``site`` live: count per layer, and for ``head`` a layer x head grid of counts.
+
+    Example:
+        >>> from austeer.momentum import Unit
+        >>> png = location_plot([Unit("head", 2, 9, 1.0), Unit("head", 2, 1, -1.0)], "head", 4, head_dim=8, n_heads=2)
+        >>> len(png) > 1000
+        True
+    """
+    sel = [u for u in units if u.site == site]
+    per_layer = np.bincount([u.layer for u in sel], minlength=n_layers)[:n_layers]
+    grid = site == "head" and head_dim and n_heads
+    fig, axes = plt.subplots(1, 2 if grid else 1, figsize=(12, 3.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.6, 1]} if grid else None)
+    ax = axes[0][0]
+    ax.bar(np.arange(n_layers), per_layer, color="#3b6fb6")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("selected AUs")
+    ax.set_xlim(-0.6, n_layers - 0.4)
+    ax.set_title(f"selected '{site}' AUs per layer ({len(sel)} in all)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if grid and head_dim and n_heads:
+        counts = np.zeros((n_layers, n_heads), dtype=int)
+        for u in sel:
+            counts[u.layer, u.index // head_dim] += 1
+        ax2 = axes[0][1]
+        ax2.imshow(counts, aspect="auto", origin="lower", cmap="Blues", interpolation="nearest")
+        for layer, h in zip(*np.nonzero(counts)):
+            ax2.text(h, layer, str(counts[layer, h]), ha="center", va="center", fontsize=7,
+                     color="white" if counts[layer, h] > counts.max() / 2 else "black")
+        ax2.set_xlabel("head")
+        ax2.set_ylabel("layer")
+        ax2.set_xticks(np.arange(n_heads))
+        ax2.set_title("selected AUs per (layer, head)")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = ()) -> bytes:
+    """Cosine similarity of the lens logit vectors of every pair of dimensions in one block."""
+    fig, ax = plt.subplots(figsize=(4.4, 3.7))
+    im = ax.imshow(sims.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    for i in marked:
+        ax.axhline(i, color="black", linewidth=0.5, alpha=0.6)
+        ax.axvline(i, color="black", linewidth=0.5, alpha=0.6)
+    ax.set_title(f"{label}: lens similarity of its dims", fontsize=10)
+    ax.set_xlabel("dimension within block")
+    ax.set_ylabel("dimension within block")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return to_png(fig)
+
+
+def sweep_plots(rows: Sequence[dict[str, Any]], metric: str, baseline: float | None = None) -> dict[str, bytes]:
+    """Validation ``metric`` against k (one line per alpha) and against alpha (one line per k), per site.
+
+    Returns ``{"<site>": png}``: one figure per site with the two panels.
+
+    Example:
+        >>> rows = [{"site": "head", "k": k, "alpha": a, "metric": k * a / 100} for k in (4, 8) for a in (1, 5)]
+        >>> list(sweep_plots(rows, "accuracy", baseline=0.1))
+        ['head']
+    """
+    out: dict[str, bytes] = {}
+    for site in sorted({str(r["site"]) for r in rows}):
+        rs = [r for r in rows if str(r["site"]) == site and r.get("metric") is not None]
+        ks = sorted({int(r["k"]) for r in rs})
+        alphas = sorted({float(r["alpha"]) for r in rs})
+        val = {(int(r["k"]), float(r["alpha"])): float(r["metric"]) for r in rs}
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.9))
+        cmap = plt.get_cmap("viridis")
+        for j, alpha in enumerate(alphas):
+            kx = [k for k in ks if (k, alpha) in val]
+            a1.plot(kx, [val[(k, alpha)] for k in kx], "o-", color=cmap(j / max(1, len(alphas) - 1)),
+                    label=f"alpha {alpha:g}", markersize=4)
+        for j, k in enumerate(ks):
+            ax_ = [a for a in alphas if (k, a) in val]
+            a2.plot(ax_, [val[(k, a)] for a in ax_], "o-", color=cmap(j / max(1, len(ks) - 1)),
+                    label=f"k {k}", markersize=4)
+        for ax, xlabel in ((a1, "k (number of steered AUs)"), (a2, "alpha (strength)")):
+            if baseline is not None:
+                ax.axhline(baseline, color="#c0392b", linestyle="--", linewidth=1, label="unsteered")
+            xs: list[float] = [float(k) for k in ks] if ax is a1 else alphas
+            if len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 10:
+                ax.set_xscale("log")
+                ax.set_xticks(xs)
+                ax.set_xticklabels([f"{x:g}" for x in xs])
+                ax.minorticks_off()
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"validation {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=2 if len(ax.get_lines()) > 6 else 1)
+        a1.set_title(f"site '{site}': {metric} vs k")
+        a2.set_title(f"site '{site}': {metric} vs alpha")
+        fig.tight_layout()
+        out[site] = to_png(fig)
+    return out
+
+
+def shift_plot(
+    rises: Sequence[tuple[str, float, float]], falls: Sequence[tuple[str, float, float]], title: str
+) -> bytes:
+    """Horizontal bars of the next-token probability change: ``(token, p_unsteered, p_steered)`` rows."""
+    rows = list(rises) + list(falls)
+    fig, ax = plt.subplots(figsize=(4.2, 0.22 * len(rows) + 1.0))
+    deltas = [q - p for _, p, q in rows]
+    labels = [repr(t) for t, _, _ in rows]
+    ax.barh(np.arange(len(rows)), deltas, color=["#2e8b57" if d > 0 else "#c0392b" for d in deltas])
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("p(steered) - p(unsteered)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return to_png(fig)
