@@ -25,6 +25,10 @@ def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from austeer.distributed import cmd_fit_multi, launched_by_torchrun
+
+    if getattr(args, "nproc", 1) != 1 or launched_by_torchrun():
+        return cmd_fit_multi(args)  # shards the pairs over processes and all-reduces the sign counts
     from austeer.fit import fit
     from austeer.pairs import read_pairs
 
@@ -108,6 +112,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts on the left to this many tokens")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
     add_model_args(p)
     p.set_defaults(func=cmd_fit)
 

@@ -1,0 +1,246 @@
+"""Discovery over several processes: shard the pairs, all-reduce the sign counts, select once.
+
+Sign counts are additive (:class:`austeer.momentum.SignCounts`), so N processes can each score a share
+of the pairs and sum their counts with one ``all_reduce`` per tensor (``pos``, ``neg``, ``total``,
+``squares`` and the pair count ``n``): no object collectives, no pickle.
+
+The batches are the ones :func:`austeer.fit.score` makes (pairs sorted by length, cut into
+``batch_size`` chunks); batch ``b`` goes to rank ``b % world``. Every batch is therefore run with the
+same composition as in one process, so the integer counts, and with them the selected AUs, equal the
+single-process result exactly (the float sums differ only by the order of additions).
+
+Three ways to run it:
+
+- ``austeer fit --nproc N ...``: spawns N local processes (``torch.multiprocessing``, gloo on CPU, one
+  GPU each with NCCL when CUDA is there); rank 0 writes the spec.
+- ``torchrun --nproc-per-node N -m austeer fit ...`` (or ``accelerate launch``): the same entry point
+  sees ``WORLD_SIZE`` / ``RANK`` and joins the launcher's group.
+- From Python inside an initialised process group: :func:`score_distributed` / :func:`fit_distributed`.
+
+Example (the plan of batches, no process group needed):
+    >>> from austeer.distributed import shard
+    >>> shard(list(range(7)), rank=1, world=3)
+    [1, 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from austeer.collect import last_token_activations
+from austeer.momentum import SignCounts, select
+from austeer.pairs import Pair, pair_texts
+from austeer.sites import check_site, decoder_layers, site_width
+from austeer.spec import SteerSpec
+
+
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Items ``rank, rank + world, rank + 2*world, ...`` (round robin).
+
+    Example:
+        >>> shard("abcde", 0, 2)
+        ['a', 'c', 'e']
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+    return list(items[rank::world])
+
+
+def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[list[int]]:
+    """The pair indices of each batch, exactly as :func:`austeer.fit.score` forms them."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def score_shard(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    sites: Sequence[str],
+    rank: int,
+    world: int,
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> dict[str, SignCounts]:
+    """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`)."""
+    for site in sites:
+        check_site(site)
+    n_layers = len(decoder_layers(model))
+    counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
+    for batch in shard(batch_plan(tokenizer, pairs, batch_size), rank, world):
+        chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
+        texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
+        acts = last_token_activations(model, tokenizer, texts, sites, max_length)
+        b = len(chunk)
+        for site in sites:
+            counts[site].update(acts[site][:b].to(torch.float32) - acts[site][b:].to(torch.float32))
+    return counts
+
+
+def all_reduce_counts(counts: dict[str, SignCounts]) -> dict[str, SignCounts]:
+    """Sum every rank's counts (one ``all_reduce`` per tensor); every rank gets the total."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = {}
+    for site in sorted(counts):
+        c = counts[site]
+        tensors = [c.pos, c.neg, c.total, c.squares, torch.tensor([c.n], dtype=torch.int64)]
+        summed = []
+        for t in tensors:
+            buf = t.to(device).clone()
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            summed.append(buf.cpu())
+        out[site] = SignCounts(summed[0], summed[1], summed[2], summed[3], int(summed[4].item()))
+    return out
+
+
+def score_distributed(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    sites: Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> dict[str, SignCounts]:
+    """Inside an initialised process group: score this rank's share and all-reduce (same on every rank)."""
+    if not dist.is_initialized():
+        raise RuntimeError("score_distributed needs torch.distributed to be initialised (init_process_group)")
+    local = score_shard(model, tokenizer, pairs, sites, dist.get_rank(), dist.get_world_size(), batch_size, max_length)
+    return all_reduce_counts(local)
+
+
+def fit_distributed(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    site: str | Sequence[str] = "head",
+    k: int = 32,
+    alpha: float = 5.0,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    model_id: str = "",
+) -> SteerSpec:
+    """:func:`austeer.fit.fit` over the current process group; every rank returns the same spec."""
+    from austeer.models import fingerprint
+
+    if not pairs:
+        raise ValueError("fit needs at least one pair")
+    sites = [site] if isinstance(site, str) else list(site)
+    counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length)
+    return SteerSpec(
+        units=select(counts, k),
+        alpha=float(alpha),
+        model_id=model_id or str(getattr(model.config, "_name_or_path", "")),
+        fingerprint=fingerprint(model),
+        n_pairs=len(pairs),
+        sites=sites,
+        scores=counts,
+    )
+
+
+# ---------------------------------------------------------------- the `austeer fit` entry point
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by ``torchrun`` / ``accelerate launch`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for the rendezvous of locally spawned processes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gpu_slice(rank: int, world: int) -> str | None:
+    """With ``--device-map``: the GPUs this rank may use (its share of the visible ones), or None."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [g for g in visible.split(",") if g] if visible is not None else None
+    if ids is None:
+        if not torch.cuda.is_available():
+            return None
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    if len(ids) < world:
+        raise ValueError(f"--device-map with --nproc {world} needs at least {world} GPUs, found {len(ids)}")
+    per = len(ids) // world
+    return ",".join(ids[rank * per : (rank + 1) * per])
+
+
+def _run_rank(
+    rank: int, args: argparse.Namespace, world: int, init_method: str, gpus: Sequence[str | None] = ()
+) -> None:
+    """One process of ``austeer fit --nproc N`` (also the body of a torchrun process)."""
+    if gpus and gpus[rank] is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[rank])  # before this process touches CUDA
+    use_nccl = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
+    if use_nccl and not args.device_map:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    if not use_nccl:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("nccl" if use_nccl else "gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        _fit_and_save(args, rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _fit_and_save(args: argparse.Namespace, rank: int, world: int) -> None:
+    from austeer.cli.core import load_from_args
+    from austeer.pairs import read_pairs
+
+    pairs = read_pairs(args.pairs)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    model, tok, name = load_from_args(args)
+    start = time.perf_counter()
+    sites = [s.strip() for s in args.site.split(",")]
+    spec = fit_distributed(model, tok, pairs, sites, args.k, args.alpha, args.batch_size, args.max_length, name)
+    if rank == 0:
+        spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2), processes=world)
+        spec.save(args.out)
+    dist.barrier()
+
+
+def cmd_fit_multi(args: argparse.Namespace) -> int:
+    """``austeer fit`` with ``--nproc N`` (spawns N processes) or under torchrun (joins its group)."""
+    if launched_by_torchrun():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        _run_rank(rank, args, world, "env://")
+        if rank != 0:
+            return 0
+    else:
+        import torch.multiprocessing as mp
+
+        world = int(args.nproc)
+        if world < 1:
+            raise ValueError(f"--nproc must be >= 1, got {world}")
+        from austeer.pairs import read_pairs
+
+        read_pairs(args.pairs)  # fail fast, in the parent, on a bad file
+        gpus = [_gpu_slice(r, world) for r in range(world)] if args.device_map else []
+        init = f"tcp://127.0.0.1:{free_port()}"
+        mp.spawn(_run_rank, args=(args, world, init, gpus), nprocs=world, join=True)
+    from austeer.spec import load
+
+    spec = load(args.out)
+    print(
+        f"scored {spec.n_pairs} pairs on site(s) {','.join(spec.sites)} over {world} processes in "
+        f"{spec.info.get('seconds', 0):.1f} s; kept {spec.k} AUs -> {args.out}"
+    )
+    for u in spec.units[: min(10, spec.k)]:
+        print(f"  {u.site:8s} layer {u.layer:3d} index {u.index:5d} beta {u.beta:+.3f}")
+    return 0
