@@ -89,7 +89,8 @@ def sweep_dir(tmp_path_factory):
     (d / "sweep.json").write_text(json.dumps({
         "task": "copa", "model": "embedded:smollm2-135m-instruct", "metric": "accuracy",
         "baseline": {"accuracy": 0.5}, "rows": rows, "best": {"site": "head", "k": 32, "alpha": 20.0},
-        "test": {"accuracy": 0.61},
+        "test": {"unsteered": {"accuracy": 0.55, "ppl": 9.5}, "steered": {"accuracy": 0.61, "ppl": 9.75},
+                 "site": "head", "k": 32, "alpha": 20.0, "n_steered": 32},
     }))
     return d
 
@@ -129,7 +130,8 @@ def test_report_is_valid_html_with_images_and_real_tokens(smol, spec, sweep_dir,
     import austeer
 
     for needle in (spec.model_id, "llama, 30 layers", "sentiment.jsonl (8 pairs)", "spec-dir", austeer.__version__,
-                   "How was the film?", "accuracy = 0.61"):
+                   "How was the film?",
+                   '<td>accuracy</td><td class="num">0.5</td><td class="num">0.55</td><td class="num">0.61</td>'):
         assert needle in page, needle
 
 

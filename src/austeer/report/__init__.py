@@ -147,13 +147,31 @@ def _sweep_section(sweep: Sweep) -> Section:
     if sweep.best:
         bits.append("best " + escape(", ".join(f"{k} = {v}" for k, v in sweep.best.items())))
     sec.intro = "; ".join(bits) + "."
-    rows = []
-    if sweep.baseline:
-        rows.append(["unsteered (validation)", escape(_fmt(sweep.baseline))])
-    if sweep.test:
-        rows.append(["test", escape(_fmt(sweep.test))])
-    sec.body = table(["", "values"], rows) if rows else ""
+    sec.body = _sweep_table(sweep)
     return sec
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else escape(str(v))
+
+
+def _sweep_table(sweep: Sweep) -> str:
+    """Metric | validation unsteered | test unsteered | test steered (the ``austeer sweep`` layout)."""
+    test = sweep.test
+    t_un: dict[str, Any] = test["unsteered"] if isinstance(test.get("unsteered"), dict) else {}
+    t_st: dict[str, Any] = test["steered"] if isinstance(test.get("steered"), dict) else {}
+    flat = {k: v for k, v in test.items() if not isinstance(v, dict)}
+    names = [m for m in dict.fromkeys([*sweep.baseline, *t_un, *t_st]) if not isinstance(sweep.baseline.get(m), dict)]
+    rows = [
+        [escape(m), _num(sweep.baseline.get(m, "")), _num(t_un.get(m, "")), _num(t_st.get(m, ""))]
+        for m in names
+    ]
+    if not rows:
+        return ""
+    caption = ""
+    if flat:
+        caption = "<p>Test run of the best setting: " + escape(_fmt(flat)) + ".</p>"
+    return caption + table(["metric", "validation, unsteered", "test, unsteered", "test, steered"], rows, {1, 2, 3})
 
 
 def _fmt(d: dict[str, Any]) -> str:
