@@ -1,0 +1,34 @@
+"""Baselines behind one interface shared with AUSteer (METHOD.md section 6).
+
+``METHODS[name]`` is a :class:`~austeer.baselines.base.Method`: read the pairs once with
+:func:`~austeer.baselines.base.gather`, then ``method.build(model, evidence, **config)`` gives a steerer
+with ``n_steered``, ``hooks(model)`` and ``fold(model)`` (context managers).
+
+Example:
+    >>> from austeer.baselines import METHODS
+    >>> sorted(METHODS)
+    ['austeer', 'block', 'caa', 'calibration', 'fixed', 'iti', 'random', 'sadi']
+    >>> len(METHODS["caa"].grid)
+    8
+"""
+
+from __future__ import annotations
+
+from austeer.baselines import au, block, caa, calibration, fixed, iti, random_units, sadi
+from austeer.baselines.base import AddSteerer, CannotFold, Evidence, GainSteerer, Method, Steerer, gather
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        au.METHOD,
+        caa.METHOD,
+        iti.METHOD,
+        sadi.METHOD,
+        block.METHOD,
+        random_units.METHOD,
+        fixed.METHOD,
+        calibration.METHOD,
+    )
+}
+
+__all__ = ["METHODS", "AddSteerer", "CannotFold", "Evidence", "GainSteerer", "Method", "Steerer", "gather"]

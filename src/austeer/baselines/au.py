@@ -1,0 +1,41 @@
+"""AUSteer behind the shared interface: global top-k AUs by sign consistency, gain ``1 + alpha * beta``.
+
+This is exactly :func:`austeer.fit` (the same :func:`~austeer.momentum.select` on the same sign counts),
+built from shared :class:`~austeer.baselines.base.Evidence` so every method reads the pairs once.
+Foldable exactly (the core's weight folding).
+
+Example:
+    >>> from austeer.momentum import Unit
+    >>> [u.beta for u in scaled([Unit("head", 0, 1, -0.75)], 4.0)]
+    [-3.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.momentum import Unit, select
+
+
+def scaled(units: list[Unit], alpha: float) -> list[Unit]:
+    """The units with ``beta`` replaced by the gain offset ``gamma = alpha * beta``."""
+    return [Unit(u.site, u.layer, u.index, float(alpha) * u.beta) for u in units]
+
+
+def top_units(evidence: Evidence, site: str, k: int) -> list[Unit]:
+    """AUSteer's selection: the global top-``k`` AUs of ``site`` (``beta`` in ``[-1, 1]``)."""
+    return select({site: evidence.counts(site)}, k)
+
+
+def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0) -> GainSteerer:
+    """AUSteer: top-``k`` AUs of ``site``, gain ``1 + alpha * beta``."""
+    config: dict[str, Any] = {"site": site, "k": k, "alpha": alpha}
+    return GainSteerer("austeer", scaled(top_units(evidence, site, k), alpha), config)
+
+
+GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 12.0))
+
+METHOD = Method("austeer", ("head",), GRID, build, "exact: gains folded into W_O columns (head) / W_down")

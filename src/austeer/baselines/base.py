@@ -1,0 +1,285 @@
+"""The one interface every steering method shares, and the two shapes of steering behind it.
+
+A :class:`Method` turns contrastive evidence (last-token activations of the pairs, gathered once by
+:func:`gather`) and a few hyperparameters into a :class:`Steerer`. A steerer says how many activations
+it touches (``n_steered``) and steers a model inside ``with steerer.hooks(model):`` or, where the maths
+allows, ``with steerer.fold(model):`` (weights changed in place and restored when the block ends).
+
+Two shapes cover every method:
+
+- :class:`GainSteerer`: a per-dimension gain ``x <- g * x`` (AUSteer, SADI, block, random, fixed).
+  It is an ordinary :class:`~austeer.spec.SteerSpec` with ``alpha = 1`` and ``beta = g - 1``, so hooks
+  and exact folding are the core's :func:`~austeer.steer.apply` / :func:`~austeer.steer.folded`.
+- :class:`AddSteerer`: a constant vector added at every position (CAA on the residual stream, ITI on
+  head outputs, the answer-bias calibration on the logits). An addition is not a gain; it folds into a
+  *bias*: ``W (x + v) = W x + W v`` for an addition to the input of a linear map, and an addition to a
+  decoder layer's output equals an addition to the bias of the MLP's last linear map (``down_proj``)
+  in families whose MLP output goes straight into the residual stream.
+
+Example:
+    >>> from austeer.momentum import Unit
+    >>> s = GainSteerer("demo", [Unit("head", 3, 7, 0.5)], {"k": 1})
+    >>> s.n_steered, s.spec.gains()
+    (1, [(Unit(site='head', layer=3, index=7, beta=0.5), 0.5)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from austeer.collect import last_token_activations
+from austeer.momentum import SignCounts, Unit
+from austeer.pairs import Pair, pair_texts
+from austeer.sites import decoder_layers, family_of, fold_module, site_module
+from austeer.spec import SteerSpec
+from austeer.steer import apply, folded
+
+#: families whose MLP output passes through a norm before the residual add: a residual addition is not a
+#: down_proj bias there
+POST_MLP_NORM = frozenset({"gemma2", "gemma3_text", "olmo2"})
+
+
+class CannotFold(ValueError):
+    """This steering cannot be written into the weights; the message says why."""
+
+
+class Steerer(Protocol):
+    """What every method produces."""
+
+    name: str
+    config: dict[str, Any]
+
+    @property
+    def n_steered(self) -> int: ...
+
+    def hooks(self, model: nn.Module) -> Any:  # a context manager
+        ...
+
+    def fold(self, model: nn.Module) -> Any:  # a context manager, or raises CannotFold
+        ...
+
+
+@dataclass
+class Evidence:
+    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``."""
+
+    pos: dict[str, torch.Tensor]
+    neg: dict[str, torch.Tensor]
+    answers: list[tuple[str, str]] = field(default_factory=list)  # (positive, negative) answer texts
+    answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # their first token ids
+
+    @property
+    def n_pairs(self) -> int:
+        return int(next(iter(self.pos.values())).shape[0])
+
+    def counts(self, site: str) -> SignCounts:
+        """Sign counts of the momenta ``pos - neg`` (the AUSteer statistic) at ``site``."""
+        _, n_layers, width = self.pos[site].shape
+        c = SignCounts.zeros(n_layers, width)
+        c.update(self.pos[site] - self.neg[site])
+        return c
+
+    def mean_diff(self, site: str) -> torch.Tensor:
+        """``mean_j(pos_j - neg_j)``, ``[L, W]`` float32."""
+        return (self.pos[site] - self.neg[site]).double().mean(0).float()
+
+
+def gather(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    sites: Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> Evidence:
+    """Read every site at the last token of both texts of every pair, in batches (one pass for all methods).
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> model, tok = load_model()
+        >>> ev = gather(model, tok, [Pair("Hi?", "Great!", "Awful.")] * 2, ["residual"], progress=False)
+        >>> tuple(ev.pos["residual"].shape), ev.n_pairs
+        ((2, 30, 576), 2)
+    """
+    if not pairs:
+        raise ValueError("gather needs at least one pair")
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    pos: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    neg: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    for start in tqdm(range(0, len(texts), batch_size), desc="reading pairs", disable=not progress):
+        chunk = texts[start : start + batch_size]
+        batch = [a for a, _ in chunk] + [b for _, b in chunk]
+        acts = last_token_activations(model, tokenizer, batch, sites, max_length)
+        for s in sites:
+            pos[s].append(acts[s][: len(chunk)])
+            neg[s].append(acts[s][len(chunk) :])
+    return Evidence(
+        {s: torch.cat(v) for s, v in pos.items()},
+        {s: torch.cat(v) for s, v in neg.items()},
+        [(p.positive, p.negative) for p in pairs],
+        [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
+    )
+
+
+def _first_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return int(ids[0]) if ids else -1
+
+
+@dataclass
+class GainSteerer:
+    """``x_u <- (1 + gamma_u) x_u`` on the given units (``Unit.beta`` holds ``gamma_u``); hooks and exact fold."""
+
+    name: str
+    units: list[Unit]
+    config: dict[str, Any]
+
+    @property
+    def spec(self) -> SteerSpec:
+        return SteerSpec(units=list(self.units), alpha=1.0)
+
+    @property
+    def n_steered(self) -> int:
+        return len(self.units)
+
+    def hooks(self, model: nn.Module) -> Any:
+        return apply(model, self.spec)
+
+    def fold(self, model: nn.Module) -> Any:
+        return folded(model, self.spec)
+
+
+@dataclass
+class AddSteerer:
+    """``x <- x + v`` at every position, at ``site`` (``"head"``: o_proj input; ``"residual"``: layer output;
+    ``"logits"``: the LM head output), one vector per layer (the key is ignored for ``"logits"``)."""
+
+    name: str
+    site: str
+    vectors: dict[int, torch.Tensor]
+    config: dict[str, Any]
+    n_steered: int = 0
+
+    def _module(self, model: nn.Module, layer: int) -> nn.Module:
+        if self.site == "logits":
+            head = model.get_output_embeddings()  # type: ignore[operator]
+            if not isinstance(head, nn.Module):
+                raise ValueError(f"{type(model).__name__} has no output embeddings to offset")
+            return head
+        if self.site == "residual":
+            return decoder_layers(model)[layer]
+        return site_module(model, self.site, layer)
+
+    @contextmanager
+    def hooks(self, model: nn.Module) -> Iterator[None]:
+        handles = []
+        try:
+            for layer, vec in self.vectors.items():
+                mod = self._module(model, layer)
+                p = next(mod.parameters())
+                v = vec.to(device=p.device, dtype=p.dtype)
+                if self.site == "head":
+                    handles.append(mod.register_forward_pre_hook(_add_input(v)))
+                else:
+                    handles.append(mod.register_forward_hook(_add_output(v)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextmanager
+    def fold(self, model: nn.Module) -> Iterator[None]:
+        saved: list[tuple[nn.Module, torch.Tensor | None]] = []
+        try:
+            for layer, bias in self._biases(model).items():
+                mod = bias_module(model, self.site, layer)
+                old = mod.bias if isinstance(mod.bias, torch.Tensor) else None
+                saved.append((mod, None if old is None else old.detach().clone()))
+                with torch.no_grad():
+                    if old is None:
+                        mod.bias = nn.Parameter(bias, requires_grad=False)
+                    else:
+                        old.add_(bias.to(old.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for mod, old in reversed(saved):
+                    if old is None:
+                        setattr(mod, "bias", None)  # noqa: B010 (drops the parameter added by the fold)
+                    else:
+                        getattr(mod, "bias").copy_(old)  # noqa: B009
+
+    @torch.no_grad()
+    def _biases(self, model: nn.Module) -> dict[int, torch.Tensor]:
+        """The bias change each addition becomes (raises :class:`CannotFold` where there is none)."""
+        out = {}
+        for layer, vec in self.vectors.items():
+            mod = bias_module(model, self.site, layer)
+            p = next(mod.parameters())
+            v = vec.to(device=p.device, dtype=p.dtype)
+            # input side: the linear map of v (W v), computed by the module itself (Linear or Conv1D alike)
+            out[layer] = mod(v[None])[0] - mod(torch.zeros_like(v)[None])[0] if self.site == "head" else v
+        return out
+
+
+def bias_module(model: nn.Module, site: str, layer: int) -> nn.Module:
+    """The linear map whose bias an addition at ``site`` folds into (see the module docstring)."""
+    if site == "logits":
+        head = model.get_output_embeddings()  # type: ignore[operator]
+        if not isinstance(head, nn.Linear):
+            raise CannotFold(f"the output embedding of {type(model).__name__} is not a linear map")
+        return head
+    if site == "head":
+        return fold_module(model, "head", layer)[0]
+    if site == "residual":
+        fam = family_of(model)
+        if fam in POST_MLP_NORM:
+            raise CannotFold(
+                f"in {fam} the MLP output is normalised before the residual add, so an addition to the layer "
+                "output is not a bias of any linear map; use hooks"
+            )
+        return fold_module(model, "ffn", layer)[0]
+    raise CannotFold(f"no bias to fold an addition at site {site!r} into")
+
+
+def _add_input(v: torch.Tensor) -> Callable[..., Any]:
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0] + v.to(args[0].device), *args[1:])
+
+    return hook
+
+
+def _add_output(v: torch.Tensor) -> Callable[..., Any]:
+    def hook(_m: nn.Module, _a: tuple[Any, ...], out: Any) -> Any:
+        x = out[0] if isinstance(out, tuple) else out
+        y = x + v.to(x.device)
+        return (y, *out[1:]) if isinstance(out, tuple) else y
+
+    return hook
+
+
+@dataclass(frozen=True)
+class Method:
+    """A steering method: the sites it reads, its validation grid, and how to build a steerer.
+
+    ``build(model, evidence, **config)`` returns one :class:`Steerer`, or several (``random`` averages
+    seeds: the comparison evaluates each and reports the mean).
+    """
+
+    name: str
+    sites: tuple[str, ...]
+    grid: tuple[dict[str, Any], ...]
+    build: Callable[..., Any]
+    foldable: str  # how it folds, in words
+
+    def fit(self, model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], **config: Any) -> Steerer | list[Steerer]:
+        """Gather the evidence on ``pairs`` and build one steerer with ``config``."""
+        return self.build(model, gather(model, tokenizer, pairs, self.sites, progress=False), **config)

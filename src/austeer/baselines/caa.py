@@ -1,0 +1,38 @@
+"""CAA (Rimsky et al. 2024): add ``c * v`` to the residual stream of one layer, ``v = mean_j(h(pos_j) - h(neg_j))``.
+
+``h`` is the decoder layer's output at the last token of each text (the answer token). The vector is
+added at *every* position (prompt and generated tokens alike), which is what makes it foldable: adding
+``v`` to the output of decoder layer ``l`` is adding ``v`` to the bias of that layer's ``down_proj``
+(created if the model has none), exactly, in families whose MLP output goes straight into the residual
+stream (not Gemma2/Gemma3/OLMo2, which normalise it first: hooks only there). It steers ``d_model``
+activations. The layer is given as a fraction of the depth so one grid fits every model.
+
+Example:
+    >>> layer_of(0.5, 30)
+    14
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from austeer.baselines.base import AddSteerer, Evidence, Method
+
+
+def layer_of(fraction: float, n_layers: int) -> int:
+    """The layer at ``fraction`` of the depth: ``round(fraction * (n_layers - 1))``."""
+    return min(n_layers - 1, max(0, round(fraction * (n_layers - 1))))
+
+
+def build(model: nn.Module, evidence: Evidence, layer: float = 0.5, multiplier: float = 1.0) -> AddSteerer:
+    """CAA at ``layer`` (a fraction of the depth, or an int layer index when >= 1)."""
+    n_layers = int(evidence.pos["residual"].shape[1])
+    index = int(layer) if layer >= 1 else layer_of(layer, n_layers)
+    v = evidence.mean_diff("residual")[index]
+    config = {"layer": layer, "layer_index": index, "multiplier": multiplier}
+    return AddSteerer("caa", "residual", {index: float(multiplier) * v}, config, n_steered=int(v.numel()))
+
+
+GRID = tuple({"layer": f, "multiplier": m} for f in (0.33, 0.6) for m in (0.5, 1.0, 2.0, 4.0))
+
+METHOD = Method("caa", ("residual",), GRID, build, "as a bias: v added to down_proj's bias of that layer")

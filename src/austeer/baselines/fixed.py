@@ -1,0 +1,30 @@
+"""Fixed strength: the AUSteer selection with gain ``1 + alpha * sign(beta)`` instead of ``1 + alpha * beta``.
+
+An ablation of the graded gain: every selected AU gets the same magnitude. Foldable exactly.
+
+Example:
+    >>> from austeer.momentum import Unit
+    >>> [u.beta for u in signed([Unit("head", 0, 1, -0.6), Unit("head", 0, 2, 0.9)], 5.0)]
+    [-5.0, 5.0]
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from austeer.baselines.au import GRID, top_units
+from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.momentum import Unit
+
+
+def signed(units: list[Unit], alpha: float) -> list[Unit]:
+    """Gain offsets ``alpha * sign(beta)`` (a zero beta gets no gain)."""
+    return [Unit(u.site, u.layer, u.index, float(alpha) * ((u.beta > 0) - (u.beta < 0))) for u in units]
+
+
+def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0) -> GainSteerer:
+    """Fixed-strength AUSteer."""
+    return GainSteerer("fixed", signed(top_units(evidence, site, k), alpha), {"site": site, "k": k, "alpha": alpha})
+
+
+METHOD = Method("fixed", ("head",), GRID, build, "exact: gains folded into the weights")

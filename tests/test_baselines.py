@@ -1,0 +1,240 @@
+"""Every baseline against a direct recomputation of its formula on the real embedded model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import austeer
+from austeer.baselines import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
+from austeer.baselines.base import AddSteerer, gather
+from austeer.pairs import pair_texts
+from austeer.sites import decoder_layers, head_dim, site_module
+from austeer.steer import gain_vectors
+
+
+@pytest.fixture(scope="module")
+def evidence(smol, sentiment_pairs):
+    model, tok = smol
+    return gather(model, tok, sentiment_pairs[:16], ["head", "residual"], batch_size=8, progress=False)
+
+
+def _n_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _direct(model, tok, pairs, module_of):
+    """Last-token outputs of ``module_of(layer)``, unbatched: ``[N, 2, L, W]``."""
+    layers = len(decoder_layers(model))
+    out = []
+    for pair in pairs:
+        both = []
+        for text in pair_texts(tok, pair):
+            got = [None] * layers
+            handles = []
+            for i in range(layers):
+                handles.append(module_of(i).register_forward_hook(
+                    lambda m, a, o, i=i, g=got: g.__setitem__(i, (o[0] if isinstance(o, tuple) else o)[0, -1])))
+            try:
+                with torch.no_grad():
+                    model(tok(text, return_tensors="pt", add_special_tokens=False).input_ids)
+            finally:
+                for h in handles:
+                    h.remove()
+            both.append(torch.stack(got).float())
+        out.append(torch.stack(both))
+    return torch.stack(out)
+
+
+def _ids(tok):
+    return tok(["I think that the weather today is", "Tell me a story"], return_tensors="pt", padding=True)
+
+
+def _logits(model, enc):
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentiment_pairs, evidence):
+    model, tok = smol
+    pairs = sentiment_pairs[:16]
+    steerer = caa.build(model, evidence, layer=0.5, multiplier=2.0)
+    layer = steerer.config["layer_index"]
+    assert layer == caa.layer_of(0.5, len(decoder_layers(model))) == 14
+    # independent recomputation at that layer only, unbatched
+    acts = _direct(model, tok, pairs[:4], lambda i: decoder_layers(model)[i])
+    v4 = (acts[:, 0] - acts[:, 1]).mean(0)[layer]
+    ev4 = gather(model, tok, pairs[:4], ["residual"], batch_size=4, progress=False)
+    assert torch.allclose(caa.build(model, ev4, layer=float(layer), multiplier=1.0).vectors[layer], v4, atol=1e-3)
+    assert torch.allclose(steerer.vectors[layer], 2.0 * evidence.mean_diff("residual")[layer])
+    assert steerer.n_steered == model.config.hidden_size
+    enc = _ids(tok)
+    base = _logits(model, enc)
+    with steerer.hooks(model):
+        hooked = _logits(model, enc)
+    down = site_module(model, "neuron", layer)
+    assert down.bias is None
+    with steerer.fold(model):
+        assert torch.equal(down.bias, steerer.vectors[layer])
+        folded = _logits(model, enc)
+    assert down.bias is None and _n_hooks(model) == 0
+    assert (hooked - base).abs().max() > 0.1
+    assert (hooked - folded).abs().max() < 1e-3
+    assert torch.equal(_logits(model, enc), base)
+
+
+def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence):
+    from sklearn.linear_model import LogisticRegression
+
+    model, tok = smol
+    H, d = model.config.num_attention_heads, head_dim(model)
+    pos, neg = iti.per_head(evidence.pos["head"], H), iti.per_head(evidence.neg["head"], H)
+    probes = iti.train_probes(pos, neg)
+    steerer = iti.build(model, evidence, heads=5, alpha=3.0)
+    chosen = [tuple(c) for c in steerer.config["chosen"]]
+    acc = probes.accuracy
+    worst_chosen = min(float(acc[l, h]) for l, h in chosen)
+    others = [float(acc[l, h]) for l in range(acc.shape[0]) for h in range(H) if (l, h) not in chosen]
+    assert worst_chosen >= max(others)
+    # the probe accuracies agree with an independent logistic regression (scikit-learn) on the same split
+    train, held = iti.split_pairs(evidence.n_pairs)
+    ranking = probes.ranking()
+    for layer, h in [ranking[0], ranking[len(ranking) // 2], ranking[-1]]:
+        def x(idx, layer=layer, h=h):
+            return torch.cat([pos[idx, layer, h], neg[idx, layer, h]]).double().numpy()
+
+        def y(idx):
+            return np.r_[np.ones(len(idx)), np.zeros(len(idx))]
+
+        mu, sd = x(train).mean(0), x(train).std(0, ddof=1) + 1e-6
+        clf = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit((x(train) - mu) / sd, y(train))
+        # the same objective: at most one held-out sample near the boundary may differ
+        assert abs(clf.score((x(held) - mu) / sd, y(held)) - float(acc[layer, h])) <= 1 / (2 * len(held)) + 1e-6
+    # the added vector, read back at the o_proj input, is alpha * sigma * theta on the chosen heads only
+    layer, h = chosen[0]
+    p, n = pos[:, layer, h].double(), neg[:, layer, h].double()
+    theta = (p.mean(0) - n.mean(0)) / (p.mean(0) - n.mean(0)).norm()
+    sigma = (torch.cat([p, n]) @ theta).std()
+    enc = _ids(tok)
+    seen = []
+    handle = site_module(model, "head", layer).register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    try:
+        _logits(model, enc)
+        with steerer.hooks(model):
+            steered = _logits(model, enc)
+    finally:
+        handle.remove()
+    shift = seen[1] - seen[0]
+    # the chosen head's slice moved by the vector (plus whatever earlier chosen heads changed upstream)
+    if all(c[0] >= layer for c in chosen):
+        assert torch.allclose(shift[0, -1, h * d : (h + 1) * d], (3.0 * sigma * theta).float(), atol=1e-4)
+        others_mask = torch.ones(H * d, dtype=torch.bool)
+        for cl, ch in chosen:
+            if cl == layer:
+                others_mask[ch * d : (ch + 1) * d] = False
+        assert shift[0, -1, others_mask].abs().max() < 1e-5
+    assert steerer.n_steered == 5 * d
+    with steerer.fold(model):
+        folded = _logits(model, enc)
+    assert site_module(model, "head", layer).bias is None and _n_hooks(model) == 0
+    assert (steered - folded).abs().max() < 1e-3
+
+
+def test_sadi_mask_is_top_k_mean_difference(smol, sentiment_pairs, evidence):
+    model, tok = smol
+    steerer = sadi.build(model, evidence, k=20, delta=2.0)
+    diff = (evidence.pos["head"] - evidence.neg["head"]).double().mean(0).numpy()
+    L, W = diff.shape
+    order = np.argsort(-np.abs(diff).ravel(), kind="stable")[:20]
+    assert {(u.layer, u.index) for u in steerer.units} == {(int(o) // W, int(o) % W) for o in order}
+    gains = gain_vectors(model, steerer.spec)
+    assert sum(int((g != 1).sum()) for g in gains.values()) == 20
+    assert all(set(g[g != 1].tolist()) == {3.0} for g in gains.values())
+
+
+def test_block_gains_cover_exactly_the_heads(smol, evidence):
+    model, _ = smol
+    d = head_dim(model)
+    top = austeer.select({"head": evidence.counts("head")}, 12)
+    steerer = block.build(model, evidence, k=12, alpha=4.0)
+    heads = {(u.layer, u.index // d) for u in top}
+    assert {(u.layer, u.index) for u in steerer.units} == {(l, h * d + i) for l, h in heads for i in range(d)}
+    assert steerer.n_steered == len(heads) * d
+    for layer, h in heads:
+        betas = [u.beta for u in top if (u.layer, u.index // d) == (layer, h)]
+        gain = gain_vectors(model, steerer.spec)[("head", layer)][h * d : (h + 1) * d]
+        assert torch.allclose(gain, torch.full((d,), 1 + 4.0 * float(np.mean(betas))))
+
+
+def test_fixed_gains_are_one_plus_alpha_sign_beta(smol, evidence):
+    model, _ = smol
+    top = austeer.select({"head": evidence.counts("head")}, 16)
+    steerer = fixed.build(model, evidence, k=16, alpha=3.0)
+    gains = gain_vectors(model, steerer.spec)
+    for u in top:
+        assert float(gains[("head", u.layer)][u.index]) == pytest.approx(1 + 3.0 * np.sign(u.beta))
+
+
+def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs, evidence):
+    model, tok = smol
+    spec = austeer.fit(model, tok, sentiment_pairs[:16], site="head", k=10, alpha=5.0, progress=False)
+    mine = METHODS["austeer"].build(model, evidence, k=10, alpha=5.0)
+    assert [(u.layer, u.index) for u in mine.units] == [(u.layer, u.index) for u in spec.units]
+    assert [u.beta for u in mine.units] == pytest.approx([5.0 * u.beta for u in spec.units])
+    seeds = random_units.build(model, evidence, k=10, alpha=5.0, seeds=3)
+    places = [{(u.layer, u.index) for u in s.units} for s in seeds]
+    assert all(len(p) == 10 for p in places) and places[0] != places[1] != places[2]
+    assert all(sorted(u.beta for u in s.units) == sorted(u.beta for u in mine.units) for s in seeds)
+
+
+def test_calibration_offsets_one_option_logit(smol):
+    model, tok = smol
+    pairs = [austeer.Pair("Is water wet?", "Yes", "No"), austeer.Pair("Is fire cold?", "No", "Yes")]
+    ev = gather(model, tok, pairs, ["residual"], progress=False)
+    steerer = calibration.build(model, ev, offset=2.5)
+    yes, no = tok("Yes", add_special_tokens=False).input_ids[0], tok("No", add_special_tokens=False).input_ids[0]
+    assert steerer.config["options"] == sorted([yes, no]) and steerer.n_steered == 0
+    enc = _ids(tok)
+    base = _logits(model, enc)
+    with steerer.hooks(model):
+        hooked = _logits(model, enc)
+    with steerer.fold(model):
+        folded = _logits(model, enc)
+    delta = hooked - base
+    assert torch.allclose(delta[..., min(yes, no)], torch.full_like(delta[..., 0], 2.5), atol=1e-4)
+    delta[..., min(yes, no)] = 0
+    assert delta.abs().max() == 0
+    assert (hooked - folded).abs().max() < 1e-4 and model.get_output_embeddings().bias is None
+    with pytest.raises(ValueError, match="multiple-choice"):
+        calibration.options_of([(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)])
+
+
+@pytest.mark.parametrize("name", ["austeer", "caa", "iti"])
+def test_hooks_and_folds_are_undone_after_an_exception(smol, evidence, name):
+    model, tok = smol
+    config = dict(METHODS[name].grid[0])
+    steerer = METHODS[name].build(model, evidence, **config)
+    enc = _ids(tok)
+    base = _logits(model, enc)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for ctx in (steerer.hooks, steerer.fold):
+        with pytest.raises(RuntimeError, match="boom"), ctx(model):
+            raise RuntimeError("boom")
+        assert _n_hooks(model) == 0
+        assert torch.equal(_logits(model, enc), base)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(smol, evidence):
+    model, _ = smol
+    steerer = caa.build(model, evidence)
+    original = model.config.model_type
+    try:
+        model.config.model_type = "gemma2"  # the family name alone decides; no weights are touched
+        with pytest.raises(ValueError, match="normalised"), steerer.fold(model):
+            pass
+    finally:
+        model.config.model_type = original
+    assert isinstance(steerer, AddSteerer) and _n_hooks(model) == 0
