@@ -1,0 +1,52 @@
+"""``austeer serve``: the OpenAI-compatible server with per-request steering."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from austeer.cli.core import add_model_args, load_from_args
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from austeer.serve import Server, ServerConfig, load_steers, parse_steer_args
+    from austeer.serve_openai import Limits
+
+    dirs = parse_steer_args(args.steer or [])
+    model, tok, name = load_from_args(args)
+    steers = load_steers(model, dirs)
+    limits = Limits(
+        max_tokens_default=args.max_tokens_default, max_tokens_limit=args.max_tokens_limit, max_alpha=args.max_alpha
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        model_name=args.served_model_name or name,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_model_len=args.max_model_len,
+        limits=limits,
+    )
+    server = Server(model, tok, steers, config)
+    listed = ", ".join(f"{n} ({s.k} AUs, alpha {s.alpha:g})" for n, s in steers.items()) or "none"
+    print(f"austeer serve: model {config.model_name}; steers: {listed}", file=sys.stderr)
+    print(f"listening on {server.url}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server; each request may choose its own steer")
+    p.add_argument("--steer", action="append", metavar="NAME=DIR", help="a spec directory to serve (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--served-model-name", default=None, help="model id in responses (default: --model)")
+    p.add_argument("--max-batch", type=int, default=8, help="rows per batched generate")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to collect requests into a batch")
+    p.add_argument("--max-model-len", type=int, default=None, help="prompt + completion token limit")
+    p.add_argument("--max-tokens-default", type=int, default=128, help="max_tokens when a request gives none")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens accepted")
+    p.add_argument("--max-alpha", type=float, default=100.0, help="largest |alpha| a request may ask for")
+    add_model_args(p)
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,460 @@
+"""``austeer serve``: an OpenAI-compatible HTTP server where every request picks its own steering.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``"stream": true`` for
+server-sent events), ``GET /v1/models`` (the base model, and one ``BASE:NAME`` id per loaded steer),
+``GET /v1/steers`` and ``GET /health``. The extra request field ``steer: {"name": NAME, "alpha": A}``
+chooses a loaded spec (and optionally another alpha or k); without it the request is unsteered.
+
+Concurrency: HTTP requests are handled on threads; each prompt becomes a job on one queue. A single
+worker thread owns the model: it takes the first waiting job, collects more for ``batch_wait_ms`` (up to
+``max_batch`` rows), and runs them all in ONE ``model.generate`` with per-row gains
+(:func:`austeer.batched.run_rows`), whatever mix of steers they ask for. Text is streamed back as it
+is produced. Static micro-batching: a request that arrives while a batch runs waits for the next one.
+
+Example (binds a port, so not run by the doctests):
+    >>> from austeer.models import load_model
+    >>> from austeer.serve import Server, ServerConfig
+    >>> model, tok = load_model()
+    >>> with Server(model, tok, {}, ServerConfig(port=0)) as server:   # doctest: +SKIP
+    ...     print(server.url)                                           # http://127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from austeer.batched import RowRequest, RowResult, RowSteer, run_rows
+from austeer.pairs import format_prompt, has_chat_template
+from austeer.serve_openai import (
+    Limits,
+    Request,
+    RequestError,
+    SteerChoice,
+    chunk_body,
+    completion_body,
+    new_id,
+    parse_request,
+    sse,
+)
+from austeer.spec import SteerSpec
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where to listen and how to batch; the defaults bind to loopback only."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = "austeer"
+    max_batch: int = 8
+    batch_wait_ms: float = 10.0
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    request_timeout_s: float = 600.0
+    limits: Limits = field(default_factory=Limits)
+
+
+def load_steers(model: nn.Module, dirs: Mapping[str, str | Path]) -> dict[str, SteerSpec]:
+    """Load ``{name: spec dir}`` and check every spec fits ``model`` (fails at startup, not per request)."""
+    from austeer.models import fingerprint
+    from austeer.spec import load
+
+    fp = fingerprint(model)
+    out = {}
+    for name, directory in dirs.items():
+        if not name or ":" in name:
+            raise ValueError(f"steer name {name!r} must be non-empty and contain no ':'")
+        spec = load(directory)
+        spec.check_fits(fp)
+        out[name] = spec
+    return out
+
+
+def parse_steer_args(items: list[str]) -> dict[str, str]:
+    """``["NAME=DIR", ...]`` to ``{NAME: DIR}``.
+
+    Example:
+        >>> parse_steer_args(["pos=runs/pos", "neg=runs/neg"])
+        {'pos': 'runs/pos', 'neg': 'runs/neg'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise ValueError(f"--steer expects NAME=DIR, got {item!r}")
+        if name in out:
+            raise ValueError(f"--steer name {name!r} given twice")
+        out[name] = directory
+    return out
+
+
+@dataclass
+class Job:
+    """One prompt of one HTTP request, waiting for (or in) a batch; events go back on ``events``."""
+
+    row: RowRequest
+    index: int
+    events: queue.Queue[tuple[str, Any]]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Engine:
+    """The model, the loaded steers, the job queue and the worker thread that batches jobs."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, steers: dict[str, SteerSpec], config: ServerConfig) -> None:
+        self.model, self.tokenizer, self.steers, self.config = model, tokenizer, steers, config
+        self.front_tokenizer = copy.deepcopy(tokenizer)  # request threads never share the worker's tokenizer
+        self.front_lock = threading.Lock()
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.with_k: dict[tuple[str, int], SteerSpec] = {}
+        limit = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 0)
+        self.max_model_len = config.max_model_len or limit or 2048
+        self.batches = 0
+        self.batch_sizes: list[int] = []  # rows of the most recent batches (newest last, at most 1000)
+        self.model_lock = threading.Lock()  # held by the worker while it generates; hold it to pause the worker
+        self.worker = threading.Thread(target=self._loop, name="austeer-batcher", daemon=True)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.worker.join(timeout=60)
+
+    # -- request side
+
+    def resolve(self, choice: SteerChoice | None) -> RowSteer | None:
+        if choice is None:
+            return None
+        spec = self.steers.get(choice.name)
+        if spec is None:
+            loaded = ", ".join(sorted(self.steers)) or "none"
+            raise RequestError(f"unknown steer {choice.name!r}; loaded: {loaded}", 404, "steer.name", "steer_not_found")
+        if choice.k is not None:
+            key = (choice.name, choice.k)
+            with self.front_lock:
+                if key not in self.with_k:
+                    if not spec.scores:
+                        msg = f"steer {choice.name!r} has no stored scores; k cannot change"
+                        raise RequestError(msg, 400, "steer.k")
+                    if len(self.with_k) >= 64:
+                        self.with_k.clear()
+                    self.with_k[key] = spec.with_k(choice.k)
+                spec = self.with_k[key]
+        return RowSteer(spec, choice.alpha)
+
+    def rows(self, req: Request) -> list[RowRequest]:
+        """Format and count the prompts; a prompt that does not fit the context is a 400."""
+        steer = self.resolve(req.steer)
+        with self.front_lock:
+            tok = self.front_tokenizer
+            if req.chat:
+                if not has_chat_template(tok):
+                    raise RequestError("this model has no chat template; use /v1/completions", 400, "messages")
+                texts = [str(tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True))]
+            else:
+                texts = req.prompts
+            add_special = not has_chat_template(tok)
+            lengths = [len(tok(t, add_special_tokens=add_special).input_ids) for t in texts]
+        out = []
+        for i, (text, n) in enumerate(zip(texts, lengths)):
+            if n + req.max_tokens > self.max_model_len:
+                raise RequestError(
+                    f"prompt{'' if len(texts) == 1 else f' {i}'} is too long: {n} tokens + max_tokens "
+                    f"{req.max_tokens} > the context of {self.max_model_len} tokens",
+                    400,
+                    "messages" if req.chat else "prompt",
+                    "context_length_exceeded",
+                )
+            out.append(RowRequest(text, steer, req.max_tokens, req.temperature, req.top_p, req.seed, req.stop))
+        return out
+
+    def submit(self, rows: list[RowRequest]) -> tuple[list[Job], queue.Queue[tuple[str, Any]]]:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        jobs = [Job(row, i, events) for i, row in enumerate(rows)]
+        for job in jobs:
+            self.jobs.put(job)
+        return jobs, events
+
+    # -- worker side
+
+    def _collect(self, first: Job) -> tuple[list[Job], bool]:
+        batch, stop = [first], False
+        deadline = time.monotonic() + self.config.batch_wait_ms / 1000.0
+        while len(batch) < self.config.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self.jobs.get(timeout=remaining) if remaining > 0 else self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stop = True
+                break
+            batch.append(job)
+        return [j for j in batch if not j.cancelled.is_set()], stop
+
+    def _loop(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            with self.model_lock:
+                batch, stop = self._collect(first)
+                if batch:
+                    self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[Job]) -> None:
+        self.batches += 1
+        self.batch_sizes = [*self.batch_sizes[-999:], len(batch)]
+        try:
+            results: list[RowResult] = run_rows(
+                self.model,
+                self.tokenizer,
+                [j.row for j in batch],
+                on_delta=lambda r, text: batch[r].events.put(("delta", (batch[r].index, text))),
+                cancelled=lambda r: batch[r].cancelled.is_set(),
+            )
+        except Exception as exc:  # the server keeps serving: report to these requests only
+            for job in batch:
+                job.events.put(("error", (job.index, f"generation failed: {type(exc).__name__}: {exc}")))
+            return
+        for job, res in zip(batch, results):
+            job.events.put(("done", (job.index, res)))
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    engine: Engine
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet; the CLI prints one line per request
+        pass
+
+    # -- plumbing
+
+    def _json(self, status: int, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if not getattr(self, "body_read", True):  # unread body bytes would be taken for the next request
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, err: RequestError) -> None:
+        self._json(err.status, err.body())
+
+    def _body(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestError("a JSON body with a Content-Length header is required", 411)
+        if int(length) > MAX_BODY:
+            raise RequestError(f"request body of {length} bytes exceeds the limit of {MAX_BODY}", 413)
+        raw = self.rfile.read(int(length))
+        self.body_read = True
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"the request body is not valid JSON: {exc}") from None
+
+    # -- routes
+
+    def do_GET(self) -> None:
+        engine = self.server.engine
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/models":
+            self._json(200, {"object": "list", "data": models_list(engine)})
+        elif path == "/v1/steers":
+            self._json(200, {"object": "list", "data": steers_list(engine)})
+        elif path == "/health":
+            self._json(200, {"status": "ok", "batches": engine.batches, "last_batch_rows": engine.batch_sizes[-1:]})
+        else:
+            self._error(RequestError(f"no route GET {path}", 404))
+
+    def do_POST(self) -> None:
+        self.body_read = False
+        path = self.path.split("?")[0].rstrip("/")
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            self._error(RequestError(f"no route POST {path}", 404))
+            return
+        engine = self.server.engine
+        try:
+            req = parse_request(self._body(), chat=path.endswith("chat/completions"), limits=engine.config.limits)
+            req.steer = _steer_from_model(engine, req)
+            rows = engine.rows(req)
+        except RequestError as err:
+            self._error(err)
+            return
+        jobs, events = engine.submit(rows)
+        try:
+            if req.stream:
+                self._stream(req, jobs, events)
+            else:
+                self._complete(req, jobs, events)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            for job in jobs:  # a vanished client stops its rows at the next step
+                job.cancelled.set()
+
+    def _next(self, events: queue.Queue[tuple[str, Any]]) -> tuple[str, Any]:
+        try:
+            return events.get(timeout=self.server.engine.config.request_timeout_s)
+        except queue.Empty:
+            return "error", (0, "timed out waiting for the generation")
+
+    def _complete(self, req: Request, jobs: list[Job], events: queue.Queue[tuple[str, Any]]) -> None:
+        results: dict[int, RowResult] = {}
+        while len(results) < len(jobs):
+            kind, (index, value) = self._next(events)
+            if kind == "error":
+                self._error(RequestError(value, 500))
+                return
+            if kind == "done":
+                results[index] = value
+        ordered = [results[i] for i in range(len(jobs))]
+        body = completion_body(
+            new_id("chatcmpl" if req.chat else "cmpl"),
+            req.model or self.server.engine.config.model_name,
+            req.chat,
+            [(r.text, r.finish_reason) for r in ordered],
+            sum(r.prompt_tokens for r in ordered),
+            sum(r.completion_tokens for r in ordered),
+        )
+        self._json(200, body)
+
+    def _stream(self, req: Request, jobs: list[Job], events: queue.Queue[tuple[str, Any]]) -> None:
+        rid, model = new_id("chatcmpl" if req.chat else "cmpl"), req.model or self.server.engine.config.model_name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if req.chat:
+            for job in jobs:
+                first = chunk_body(rid, model, True, job.index, "", None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                self.wfile.write(sse(first))
+        done = 0
+        while done < len(jobs):
+            kind, (index, value) = self._next(events)
+            if kind == "delta":
+                self.wfile.write(sse(chunk_body(rid, model, req.chat, index, value, None)))
+            elif kind == "done":
+                done += 1
+                self.wfile.write(sse(chunk_body(rid, model, req.chat, index, None, value.finish_reason)))
+            else:
+                self.wfile.write(sse(RequestError(value, 500).body()))
+                break
+            self.wfile.flush()
+        self.wfile.write(sse("[DONE]"))
+        self.wfile.flush()
+
+
+def _steer_from_model(engine: Engine, req: Request) -> SteerChoice | None:
+    """The ``model`` field may name the base model or ``BASE:NAME``; anything else is a 404."""
+    base = engine.config.model_name
+    if req.model is None or req.model == base:
+        return req.steer
+    prefix = base + ":"
+    name = req.model[len(prefix) :] if req.model.startswith(prefix) else None
+    if name is None or name not in engine.steers:
+        known = ", ".join(m["id"] for m in models_list(engine))
+        raise RequestError(f"unknown model {req.model!r}; served: {known}", 404, "model", "model_not_found")
+    if req.steer is not None and req.steer.name != name:
+        raise RequestError(f"model {req.model!r} and steer {req.steer.name!r} disagree", 400, "steer")
+    return req.steer or SteerChoice(name)
+
+
+def steers_list(engine: Engine) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "k": s.k, "alpha": s.alpha, "sites": s.sites, "n_pairs": s.n_pairs, "model_id": s.model_id}
+        for name, s in sorted(engine.steers.items())
+    ]
+
+
+def models_list(engine: Engine) -> list[dict[str, Any]]:
+    base = engine.config.model_name
+    out: list[dict[str, Any]] = [{"id": base, "object": "model", "created": 0, "owned_by": "austeer"}]
+    for s in steers_list(engine):
+        out.append({"id": f"{base}:{s['name']}", "object": "model", "created": 0, "owned_by": "austeer", "steer": s})
+    return out
+
+
+class Server:
+    """The running server: the engine's worker thread plus the HTTP thread; a context manager.
+
+    ``port=0`` picks a free port (see :attr:`url`). :meth:`close` stops both threads and frees the port.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, steers: dict[str, SteerSpec], config: ServerConfig) -> None:
+        self.engine = Engine(model, tokenizer, steers, config)
+        self.httpd = _HTTPServer((config.host, config.port), _Handler)
+        self.httpd.engine = self.engine
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="austeer-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> Server:
+        self.engine.start()
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.engine.close()
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def serve_forever(self) -> None:
+        """Run until interrupted (Ctrl-C), then shut down cleanly."""
+        self.start()
+        try:
+            while self.thread.is_alive():
+                self.thread.join(timeout=1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.close()
+
+
+def format_chat(tokenizer: Any, prompt: str) -> str:
+    """The text the server generates from for one user message (as ``/v1/chat/completions`` does).
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> _, tok = load_model()
+        >>> format_chat(tok, "Hi").endswith("<|im_start|>assistant\\n")
+        True
+    """
+    return format_prompt(tokenizer, prompt)
