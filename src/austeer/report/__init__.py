@@ -55,7 +55,8 @@ LENS_NOTE = (
     "the ranking of tokens is meaningful, not absolute logits. 'Promotes' is per unit of positive activation: a "
     "negative activation reverses the lists. The block direction is the mean-momentum-weighted sum of the block's "
     "slices (what a block-level mean-difference shift writes); cos(AU, block) compares the two logit vectors "
-    "(centred), with the AU oriented by the sign of its own mean momentum."
+    "(centred), with the AU oriented by the sign of its own mean momentum; 'shared top tokens' counts the tokens "
+    "that appear in both the (oriented) AU's and the block's promoted lists."
 )
 
 

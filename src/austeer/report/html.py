@@ -122,12 +122,13 @@ def lens_table(lenses: list[UnitLens], alpha: float) -> str:
             f'<span class="pos">{tokens_html(lens.block_promoted)}</span>',
             f'<span class="neg">{tokens_html(lens.block_suppressed)}</span>',
             f"{lens.cosine:+.2f}",
+            f"{lens.overlap}/{len(lens.block_promoted)}",
         ])
     return table(
         ["#", "AU", "beta", "gain", "AU promotes", "AU suppresses", "block", "block promotes", "block suppresses",
-         "cos(AU, block)"],
+         "cos(AU, block)", "shared top tokens"],
         rows,
-        numeric={0, 2, 3, 9},
+        numeric={0, 2, 3, 9, 10},
     )
 
 

@@ -177,7 +177,7 @@ def shift_plot(
 ) -> bytes:
     """Horizontal bars of the next-token probability change: ``(token, p_unsteered, p_steered)`` rows."""
     rows = list(rises) + list(falls)
-    fig, ax = plt.subplots(figsize=(4.2, 0.22 * len(rows) + 1.0))
+    fig, ax = plt.subplots(figsize=(4.2, 0.19 * len(rows) + 1.0))
     deltas = [q - p for _, p, q in rows]
     labels = [repr(t) for t, _, _ in rows]
     ax.barh(np.arange(len(rows)), deltas, color=["#2e8b57" if d > 0 else "#c0392b" for d in deltas])
