@@ -192,3 +192,30 @@ def test_cli_inspect(spec, sweep_dir, tmp_path, capsys):
                  "--sweep", str(tmp_path / "missing")]) == 2
     assert "missing/sweep.json does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gpt_neox", "phi3"])
+def test_lens_directions_are_what_the_au_writes(name):
+    """On tiny models of other families (GPT-2's transposed Conv1D, GQA, head_dim * heads != hidden)."""
+    from austeer.report.lens import block_of, lens_logits
+    from austeer.sites import fold_module, site_width
+    from tests.test_families import _model
+
+    model = _model(name)
+    d_model = int(model.config.hidden_size)
+    for site in ("head", "neuron", "ffn"):
+        dirs = directions(model, site, 1)
+        assert dirs.shape == (site_width(model, site), d_model)
+        if site == "ffn":
+            assert torch.equal(dirs, torch.eye(d_model))
+            continue
+        mod, _ = fold_module(model, site, 1)
+        with torch.no_grad():
+            x = torch.zeros(1, 1, dirs.shape[0])
+            x[0, 0, 5] = 1.0
+            written = (mod(x) - mod(torch.zeros_like(x)))[0, 0]
+        torch.testing.assert_close(dirs[5], written.float())
+    logits = lens_logits(model, directions(model, "head", 0)[:3])
+    assert logits.shape == (3, model.config.vocab_size) and torch.isfinite(logits).all()
+    idx, label = block_of(model, Unit("head", 1, 17, 1.0))
+    assert 17 in idx and len(idx) == site_width(model, "head") // model.config.num_attention_heads
