@@ -92,7 +92,8 @@ def _scores_section(model: nn.Module, spec: SteerSpec) -> Section:
         )
         sec.images.append(Image(
             f"beta_{site}.png", plots.beta_heatmap(beta, spec.units, site, hd if site == "head" else None),
-            f"|beta| of every {site} AU (rows: layers, columns: dimensions); red circles: the {spec.k} selected AUs.",
+            f"|beta| of every {site} AU (rows: layers, columns: dimensions); red circles: the "
+            f"{sum(u.site == site for u in spec.units)} selected {site} AUs.",
         ))
     for site in spec.sites:
         sec.images.append(Image(
@@ -133,7 +134,8 @@ def _lens_section(model: nn.Module, tok: Any, spec: SteerSpec, n_units: int, n_t
         sec.images.append(Image(
             f"heterogeneity_{len(seen)}.png", plots.heterogeneity_plot(sims, lens.block, marked),
             f"{lens.block}: cosine similarity between the lens logit vectors of its dimensions "
-            f"(mean |cos| off the diagonal {float(off.abs().mean()):.2f}); lines: selected AUs.",
+            f"(mean |cos| off the diagonal {float(off.abs().mean()):.2f})"
+            + ("; lines: selected AUs." if sims.shape[0] <= 128 else "."),
         ))
     return sec, lenses
 

@@ -113,16 +113,40 @@ def location_plot(units: Sequence[Unit], site: str, n_layers: int, head_dim: int
 
 
 def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = ()) -> bytes:
-    """Cosine similarity of the lens logit vectors of every pair of dimensions in one block."""
-    fig, ax = plt.subplots(figsize=(4.4, 3.7))
-    im = ax.imshow(sims.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    for i in marked:
-        ax.axhline(i, color="black", linewidth=0.5, alpha=0.6)
-        ax.axvline(i, color="black", linewidth=0.5, alpha=0.6)
+    """Cosine similarity of the lens logit vectors of every pair of dimensions in one block.
+
+    Blocks of up to 128 dimensions (a head) are drawn as the full matrix; larger ones (a whole layer) as
+    a histogram of the off-diagonal similarities, with the selected AUs' own similarities to the rest.
+
+    Example:
+        >>> import torch
+        >>> png = heterogeneity_plot(torch.eye(200), "layer 3", marked=[4])
+        >>> png[1:4]
+        b'PNG'
+    """
+    n = sims.shape[0]
+    if n <= 128:
+        fig, ax = plt.subplots(figsize=(4.4, 3.7))
+        im = ax.imshow(sims.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        for i in marked:
+            ax.axhline(i, color="black", linewidth=0.5, alpha=0.6)
+            ax.axvline(i, color="black", linewidth=0.5, alpha=0.6)
+        ax.set_xlabel("dimension within block")
+        ax.set_ylabel("dimension within block")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    else:
+        off = ~torch.eye(n, dtype=torch.bool)
+        fig, ax = plt.subplots(figsize=(4.8, 3.4))
+        bins = [float(b) for b in np.linspace(-1, 1, 81)]
+        ax.hist(sims[off].numpy(), bins=bins, density=True, color="#8da0cb", label="all pairs of dims")
+        if marked:
+            rows = torch.stack([sims[i][off[i]] for i in marked])
+            ax.hist(rows.flatten().numpy(), bins=bins, density=True, histtype="step", color="#ff2d55",
+                    linewidth=1.4, label="selected AUs vs the rest")
+        ax.set_xlabel("cosine similarity of lens logit vectors")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7, frameon=False)
     ax.set_title(f"{label}: lens similarity of its dims", fontsize=10)
-    ax.set_xlabel("dimension within block")
-    ax.set_ylabel("dimension within block")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return to_png(fig)
 
 
