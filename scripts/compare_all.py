@@ -1,0 +1,206 @@
+"""Run the comparison, the dose-response curve and (behaviour tasks) the frontier; write docs/COMPARISON.md.
+
+Each task's raw results go to ``docs/img/compare_<task>.json`` (rewritten atomically after each stage),
+plots to ``docs/img/compare_<task>_*.png``; the generated part of ``docs/COMPARISON.md`` (between the
+``BEGIN/END GENERATED`` markers) is rebuilt from every JSON present, so tasks can be run one at a time:
+
+    python scripts/compare_all.py --tasks boolq --budget 3 --val-limit 30 --test-limit 100
+    python scripts/compare_all.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG = ROOT / "docs" / "img"
+DOC = ROOT / "docs" / "COMPARISON.md"
+BEGIN, END = "<!-- BEGIN GENERATED (scripts/compare_all.py) -->", "<!-- END GENERATED -->"
+
+FRONTIER_CONFIGS = {
+    "austeer": {"site": "head", "k": 32},
+    "fixed": {"site": "head", "k": 32},
+    "block": {"site": "head", "k": 32},
+    "sadi": {"site": "head", "k": 32},
+    "iti": {"heads": 16},
+    "caa": {"layer": 0.33},
+}
+FRONTIER_STRENGTHS = {
+    "austeer": (2.0, 5.0, 10.0, 20.0),
+    "fixed": (2.0, 5.0, 10.0, 20.0),
+    "block": (2.0, 5.0, 10.0, 20.0),
+    "sadi": (1.0, 2.0, 4.0, 8.0),
+    "iti": (2.0, 5.0, 10.0, 20.0),
+    "caa": (0.5, 1.0, 2.0, 4.0),
+}
+
+
+def save(path: Path, data: dict[str, Any]) -> None:
+    from austeer.spec import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
+    from austeer.baselines.base import gather
+    from austeer.compare import compare, dose_response, frontier
+    from austeer.tasks import get_task
+
+    task = get_task(name)
+    path = IMG / f"compare_{name}.json"
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"task": name}
+    eval_kw: dict[str, Any] = {"ref_model": ref} if task.kind == "behaviour" else {}
+    if args.max_new_tokens:
+        eval_kw["max_new_tokens"] = args.max_new_tokens
+    pairs = task.pairs(model, tok, limit=args.pairs_limit)
+    sites = ["head", "residual"] + [s for s in args.sites.split(",") if s not in ("head", "residual")]
+    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
+    methods = args.methods.split(",") + (["calibration"] if task.kind == "mc" else [])
+    if "compare" in args.stages:
+        c = compare(
+            model,
+            tok,
+            task,
+            methods,
+            budget=args.budget,
+            val_limit=args.val_limit,
+            test_limit=args.test_limit,
+            batch_size=args.batch_size,
+            evidence=evidence,
+            eval_kw=eval_kw,
+        )
+        data["compare"] = c.to_json()
+        save(path, data)
+    if "dose" in args.stages:
+        alpha = args.dose_alpha or _chosen_alpha(data)
+        doses = [None if d == "all" else int(d) for d in args.doses.split(",")]
+        rows = dose_response(
+            model,
+            tok,
+            task,
+            evidence,
+            args.sites.split(","),
+            doses,
+            alpha,
+            limit=args.dose_limit,
+            batch_size=args.batch_size,
+            eval_kw=eval_kw,
+        )
+        data["dose"] = {"limit": args.dose_limit, "alpha": alpha, "rows": rows}
+        save(path, data)
+    if "frontier" in args.stages and task.kind == "behaviour":
+        rows = frontier(
+            model,
+            tok,
+            task,
+            evidence,
+            FRONTIER_CONFIGS,
+            FRONTIER_STRENGTHS,
+            limit=args.frontier_limit,
+            batch_size=args.batch_size,
+            eval_kw=eval_kw,
+        )
+        data["frontier"] = {"limit": args.frontier_limit, "configs": FRONTIER_CONFIGS, "rows": rows}
+        save(path, data)
+
+
+def _chosen_alpha(data: dict[str, Any]) -> float:
+    for r in data.get("compare", {}).get("results", []):
+        if r["method"] == "austeer":
+            return float(r["config"]["alpha"])
+    return 4.0
+
+
+def render() -> None:
+    from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, table
+    from austeer.compare import Comparison, Result
+    from austeer.spec import atomic_write_text
+
+    parts = []
+    for path in sorted(IMG.glob("compare_*.json")):
+        data = json.loads(path.read_text())
+        name = data["task"]
+        parts.append(f"### {name}\n")
+        if "compare" in data:
+            c = dict(data["compare"])
+            c["results"] = [Result(**r) for r in c["results"]]
+            comp = Comparison(**c)
+            s = comp.settings
+            parts.append(
+                f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
+                f"{s['test_limit']} test items, eligible configs keep ppl within x{s['max_ppl_ratio']} "
+                f"(unsteered val ppl {comp.baseline_val['ppl']:.2f}, test ppl {comp.baseline_test['ppl']:.2f}).\n"
+            )
+            parts.append(table(comp) + "\n")
+            img = plot_comparison(comp, IMG / f"compare_{name}.png")
+            parts.append(f"![{name} comparison](img/{img.name})\n")
+        if "dose" in data:
+            d = data["dose"]
+            metric = data.get("compare", {}).get("metric", "metric")
+            img = plot_dose(d["rows"], name, metric, IMG / f"compare_{name}_dose.png")
+            by_site: dict[str, list[str]] = {}
+            for r in d["rows"]:
+                by_site.setdefault(r["site"], []).append(f"{'all ' if r['all'] else ''}{r['k']}: {r['metric']:.3f}")
+            parts.append(f"Dose-response (test, first {d['limit']} items, alpha {d['alpha']:g}):\n")
+            parts.extend(f"- `{site}`: " + ", ".join(v) for site, v in by_site.items())
+            parts.append(f"\n![{name} dose-response](img/{img.name})\n")
+        if "frontier" in data:
+            f = data["frontier"]
+            metric = data.get("compare", {}).get("metric", "metric")
+            for x in ("ppl", "cont_ppl"):
+                img = plot_frontier(f["rows"], name, metric, x, IMG / f"compare_{name}_frontier_{x}.png")
+                parts.append(f"![{name} frontier ({x})](img/{img.name})\n")
+            parts.append(
+                f"Frontier points (test, first {f['limit']} items): method, strength -> {metric}, ppl, cont_ppl\n"
+            )
+            for r in f["rows"]:
+                m = r["metrics"]
+                parts.append(
+                    f"- {r['method']} {r['strength']:g}: {r['metric']:.3f}, ppl {m['ppl']:.2f}, "
+                    f"cont_ppl {m.get('cont_ppl', float('nan')):.2f}"
+                )
+            parts.append("")
+    generated = "\n".join(parts)
+    text = DOC.read_text() if DOC.exists() else f"# Comparison\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    atomic_write_text(DOC, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tasks", default="boolq,copa,winogrande,svamp,mawps,sentiment,detox")
+    p.add_argument("--methods", default="austeer,caa,iti,sadi,block,random,fixed")
+    p.add_argument("--stages", default="compare,dose,frontier")
+    p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--pairs-limit", type=int, default=200)
+    p.add_argument("--val-limit", type=int, default=100)
+    p.add_argument("--test-limit", type=int, default=300)
+    p.add_argument("--sites", default="head,ffn,neuron")
+    p.add_argument("--doses", default="0,2,8,32,100,200,500,1000,5000,all")
+    p.add_argument("--dose-alpha", type=float, default=None, help="default: the alpha AUSteer chose on val")
+    p.add_argument("--dose-limit", type=int, default=200)
+    p.add_argument("--frontier-limit", type=int, default=60)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args()
+    if not args.render_only:
+        from austeer.models import load_model
+
+        model, tok = load_model()
+        tasks = args.tasks.split(",")
+        ref = load_model()[0] if any(t in ("sentiment", "detox") for t in tasks) else None
+        for name in tasks:
+            run_task(name, args, model, tok, ref)
+            render()
+    render()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Tables (Markdown) and plots (PNG) of comparisons, dose-response curves and frontiers.
+
+Example:
+    >>> print(fmt_config({"site": "head", "k": 8, "alpha": 4.0}))
+    site=head k=8 alpha=4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from austeer.compare import Comparison
+
+SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset")
+
+
+def fmt_config(config: dict[str, Any]) -> str:
+    """The hyperparameters of a configuration, short."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items() if k in SHOWN)
+
+
+def table(c: Comparison) -> str:
+    """Markdown table: method, choice, steered activations, val and test metric, ppl change, folding."""
+    m = c.metric
+    lines = [
+        f"| method | chosen on val | steered activations | val {m} | test {m} | test ppl change | fold |",
+        "|---|---|---:|---:|---:|---:|---|",
+        f"| none | - | 0 | {c.baseline_val[m]:.3f} | {c.baseline_test[m]:.3f} | 0 | - |",
+    ]
+    for r in c.results:
+        lines.append(
+            f"| {r.method} | {fmt_config(r.config)} | {r.n_steered} | {r.val:.3f} | {r.test_metric:.3f} | "
+            f"{r.ppl_delta:+.2f} | {r.fold.split(':')[0]} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_comparison(c: Comparison, out: str | Path) -> Path:
+    """Bar chart of the test metric per method, annotated with the number of steered activations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["none"] + [r.method for r in c.results]
+    vals = [c.baseline_test[c.metric]] + [r.test_metric for r in c.results]
+    counts = [0] + [r.n_steered for r in c.results]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(names, vals, color=["grey"] + ["C0" if n == "austeer" else "C1" for n in names[1:]])
+    for bar, n in zip(bars, counts, strict=True):
+        ax.annotate(f"{n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(f"test {c.metric}")
+    ax.set_title(f"{c.task}: test {c.metric} (numbers: steered activations)")
+    return _save(fig, out)
+
+
+def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str | Path) -> Path:
+    """Test metric against the number of steered AUs (symlog x axis), one curve per site."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for site in sorted({r["site"] for r in rows}):
+        pts = sorted((r["k"], r["metric"]) for r in rows if r["site"] == site)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=site)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("steered AUs (top-k by |beta|; last point: all)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: dose-response (alpha {rows[0]['alpha']:g})" if rows else task)
+    ax.legend()
+    return _save(fig, out)
+
+
+def plot_frontier(rows: Sequence[dict[str, Any]], task: str, metric: str, x: str, out: str | Path) -> Path:
+    """Effect (``metric``) against the increase of ``x`` (``ppl`` or ``cont_ppl``), one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = next(r for r in rows if r["method"] == "none")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([0.0], [base["metric"]], color="black", zorder=3, label="unsteered")
+    for name in [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]:
+        pts = sorted(
+            (r["strength"], r["metrics"][x] - base["metrics"][x], r["metric"]) for r in rows if r["method"] == name
+        )
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=name)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(f"increase of {x} over the unsteered model")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: effect against damage")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

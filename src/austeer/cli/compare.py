@@ -1,0 +1,68 @@
+"""``austeer compare``: every method on one task with the same validation budget; table, JSON and plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from austeer.cli.core import add_model_args, load_from_args
+
+DEFAULT_METHODS = "austeer,caa,iti,sadi,block,random,fixed"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from austeer.baselines.report import plot_comparison, table
+    from austeer.compare import compare
+    from austeer.spec import atomic_write_text
+    from austeer.tasks import get_task
+
+    task = get_task(args.task, pairs=args.pairs, eval=args.eval)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    model, tok, name = load_from_args(args)
+    eval_kw: dict[str, Any] = {}
+    if args.max_new_tokens is not None:
+        eval_kw["max_new_tokens"] = args.max_new_tokens
+    if task.kind == "behaviour":  # judge continuations' fluency under an unsteered copy
+        eval_kw["ref_model"] = load_from_args(args)[0]
+    result = compare(
+        model,
+        tok,
+        task,
+        methods,
+        budget=args.budget,
+        pairs_limit=args.pairs_limit,
+        val_limit=args.val_limit,
+        test_limit=args.test_limit,
+        max_ppl_ratio=args.max_ppl_ratio,
+        batch_size=args.batch_size,
+        eval_kw=eval_kw,
+    )
+    out = Path(args.out)
+    data = {"model": name, **result.to_json()}
+    atomic_write_text(out / "compare.json", json.dumps(data, indent=2) + "\n")
+    text = table(result)
+    atomic_write_text(out / "compare.md", text + "\n")
+    plot_comparison(result, out / "compare.png")
+    print(text)
+    print(f"-> {out}/compare.json, compare.md, compare.png")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("compare", help="compare AUSteer with the baselines on a task (same validation budget)")
+    p.add_argument("--task", required=True, help="built-in task name, or custom (with --pairs and --eval)")
+    p.add_argument("--pairs", default=None, help="pairs JSONL (custom task)")
+    p.add_argument("--eval", default=None, help="eval JSONL (custom task)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated; also: calibration (mc tasks)")
+    p.add_argument("--budget", type=int, default=8, help="configurations tried on val, per method")
+    p.add_argument("--pairs-limit", type=int, default=200)
+    p.add_argument("--val-limit", type=int, default=100)
+    p.add_argument("--test-limit", type=int, default=300)
+    p.add_argument("--max-ppl-ratio", type=float, default=2.0, help="eligible configs keep ppl within this factor")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="directory for compare.json, compare.md, compare.png")
+    add_model_args(p)
+    p.set_defaults(func=cmd_compare)

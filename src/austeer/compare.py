@@ -1,0 +1,272 @@
+"""Compare steering methods fairly on one task: same pairs, same validation budget, same test items.
+
+Every method reads the same pairs (one :func:`~austeer.baselines.base.gather` pass for all of them) and
+tries the same number of configurations (``budget``, spread evenly over its grid) on the validation
+items. A configuration is *eligible* when it keeps the neutral-text perplexity within ``max_ppl_ratio``
+of the unsteered model's (a method must not win by breaking the language model); among eligible ones
+the best validation metric wins (ties: fewer steered activations, then grid order). The winner is then
+evaluated once on the test items. ``random`` averages its seeds at every step.
+
+Also here: the **dose-response** (test metric against the number of steered AUs, one curve per site,
+at a fixed ``alpha``) and the **frontier** (effect against perplexity increase over a strength grid,
+one curve per method).
+
+Example:
+    >>> spread_grid(tuple({"i": i} for i in range(8)), 3)
+    ({'i': 0}, {'i': 4}, {'i': 7})
+    >>> pick([{"val": 0.6, "n_steered": 8, "ppl_ratio": 1.1}, {"val": 0.6, "n_steered": 2, "ppl_ratio": 1.2},
+    ...       {"val": 0.9, "n_steered": 2, "ppl_ratio": 5.0}], max_ppl_ratio=2.0)
+    1
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from austeer.baselines import METHODS
+from austeer.baselines.au import scaled, top_units
+from austeer.baselines.base import CannotFold, Evidence, GainSteerer, Steerer, gather
+from austeer.evaluate import evaluate
+from austeer.tasks.base import Task
+
+#: number of AUs for the dose-response curve; ``None`` means every AU of the site
+DOSES: tuple[int | None, ...] = (0, 2, 8, 32, 100, 200, 500, 1000, 5000, None)
+
+
+@dataclass
+class Result:
+    """The chosen configuration of one method and its test metrics."""
+
+    method: str
+    config: dict[str, Any]
+    n_steered: int
+    val: float
+    test: dict[str, float]
+    test_metric: float
+    ppl_delta: float
+    fold: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    task: str
+    metric: str
+    settings: dict[str, Any]
+    baseline_val: dict[str, float]
+    baseline_test: dict[str, float]
+    results: list[Result]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, Any], ...]:
+    """``budget`` configurations spread evenly over ``grid`` (all of it when the budget is larger)."""
+    n = len(grid)
+    if budget >= n:
+        return tuple(grid)
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    if budget == 1:
+        return (grid[0],)
+    return tuple(grid[round(i * (n - 1) / (budget - 1))] for i in range(budget))
+
+
+def pick(trials: Sequence[dict[str, Any]], max_ppl_ratio: float | None) -> int:
+    """Index of the best trial: highest ``val`` among those within the ppl bound (else the lowest ppl)."""
+    ok = [i for i, t in enumerate(trials) if max_ppl_ratio is None or t["ppl_ratio"] <= max_ppl_ratio]
+    if not ok:
+        return min(range(len(trials)), key=lambda i: trials[i]["ppl_ratio"])
+    return max(ok, key=lambda i: (trials[i]["val"], -trials[i]["n_steered"], -i))
+
+
+def evaluate_steered(
+    model: nn.Module, tok: Any, task: Task, steerers: Steerer | list[Steerer], mode: str = "hook", **kw: Any
+) -> dict[str, float]:
+    """:func:`~austeer.evaluate.evaluate` under each steerer (hooks or fold), metrics averaged over them."""
+    group = steerers if isinstance(steerers, list) else [steerers]
+    runs = []
+    for s in group:
+        ctx = s.hooks(model) if mode == "hook" else s.fold(model)
+        with ctx:
+            runs.append(evaluate(model, tok, task, **kw))
+    return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+
+
+def _sites(methods: Sequence[str]) -> list[str]:
+    return sorted({s for m in methods for s in METHODS[m].sites})
+
+
+def compare(
+    model: nn.Module,
+    tok: Any,
+    task: Task,
+    methods: Sequence[str] = ("austeer", "caa", "iti", "sadi", "block", "random", "fixed"),
+    budget: int = 8,
+    pairs_limit: int | None = 200,
+    val_limit: int | None = 100,
+    test_limit: int | None = 300,
+    max_ppl_ratio: float | None = 2.0,
+    batch_size: int = 16,
+    evidence: Evidence | None = None,
+    progress: bool = True,
+    eval_kw: dict[str, Any] | None = None,
+) -> Comparison:
+    """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
+    if "calibration" in methods and task.kind != "mc":
+        raise ValueError(f"calibration applies to multiple-choice tasks only; {task.name} is {task.kind}")
+    kw = {"batch_size": batch_size, **(eval_kw or {})}
+    if evidence is None:
+        pairs = task.pairs(model, tok, limit=pairs_limit)
+        evidence = gather(model, tok, pairs, _sites(methods), batch_size=batch_size, progress=progress)
+    base_val = evaluate(model, tok, task, split="val", limit=val_limit, **kw)
+    base_test = evaluate(model, tok, task, split="test", limit=test_limit, **kw)
+    results = []
+    for name in methods:
+        method = METHODS[name]
+        trials = []
+        for config in tqdm(spread_grid(method.grid, budget), desc=f"{task.name}: {name}", disable=not progress):
+            start = time.perf_counter()
+            steerers = method.build(model, evidence, **config)
+            m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, **kw)
+            first = steerers[0] if isinstance(steerers, list) else steerers
+            trials.append(
+                {
+                    "config": dict(first.config) if name != "random" else dict(config),
+                    "n_steered": first.n_steered,
+                    "val": m[task.metric],
+                    "ppl_ratio": m["ppl"] / base_val["ppl"],
+                    "metrics": m,
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+        best = trials[pick(trials, max_ppl_ratio)]
+        steerers = method.build(model, evidence, **{k: v for k, v in best["config"].items() if k in _keys(method)})
+        test = evaluate_steered(model, tok, task, steerers, split="test", limit=test_limit, **kw)
+        results.append(
+            Result(
+                name,
+                best["config"],
+                best["n_steered"],
+                best["val"],
+                test,
+                test[task.metric],
+                test["ppl"] - base_test["ppl"],
+                _fold_note(model, steerers),
+                trials,
+            )
+        )
+    settings = {
+        "methods": list(methods),
+        "budget": budget,
+        "pairs": evidence.n_pairs,
+        "val_limit": val_limit,
+        "test_limit": test_limit,
+        "max_ppl_ratio": max_ppl_ratio,
+    }
+    return Comparison(task.name, task.metric, settings, base_val, base_test, results)
+
+
+def _keys(method: Any) -> set[str]:
+    return {k for config in method.grid for k in config}
+
+
+def _fold_note(model: nn.Module, steerers: Steerer | list[Steerer]) -> str:
+    s = steerers[0] if isinstance(steerers, list) else steerers
+    try:
+        with s.fold(model):
+            pass
+    except CannotFold as exc:
+        return f"hooks only ({exc})"
+    return METHODS[s.name].foldable
+
+
+def dose_response(
+    model: nn.Module,
+    tok: Any,
+    task: Task,
+    evidence: Evidence,
+    sites: Sequence[str] = ("head", "ffn", "neuron"),
+    doses: Sequence[int | None] = DOSES,
+    alpha: float = 4.0,
+    split: str = "test",
+    limit: int | None = 200,
+    batch_size: int = 16,
+    progress: bool = True,
+    eval_kw: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all)."""
+    kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
+    base = evaluate(model, tok, task, **kw)
+    rows = []
+    for site in sites:
+        total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
+        ranked = top_units(evidence, site, total)
+        for dose in tqdm(doses, desc=f"{task.name}: dose-response {site}", disable=not progress):
+            k = total if dose is None else min(dose, total)
+            if k == 0:
+                m = base
+            else:
+                m = evaluate_steered(model, tok, task, GainSteerer("austeer", scaled(ranked[:k], alpha), {}), **kw)
+            rows.append(
+                {
+                    "site": site,
+                    "k": k,
+                    "all": dose is None,
+                    "alpha": alpha,
+                    "metric": m[task.metric],
+                    "ppl": m["ppl"],
+                    "metrics": m,
+                }
+            )
+    return rows
+
+
+#: the strength key of each method's grid, for the frontier
+STRENGTH = {
+    "austeer": "alpha",
+    "fixed": "alpha",
+    "block": "alpha",
+    "random": "alpha",
+    "sadi": "delta",
+    "iti": "alpha",
+    "caa": "multiplier",
+}
+
+
+def frontier(
+    model: nn.Module,
+    tok: Any,
+    task: Task,
+    evidence: Evidence,
+    configs: dict[str, dict[str, Any]],
+    strengths: dict[str, Sequence[float]],
+    split: str = "test",
+    limit: int | None = 60,
+    batch_size: int = 16,
+    progress: bool = True,
+    eval_kw: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``."""
+    kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
+    base = evaluate(model, tok, task, **kw)
+    rows = [{"method": "none", "strength": 0.0, "n_steered": 0, "metric": base[task.metric], "metrics": base}]
+    for name, config in configs.items():
+        for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):
+            steerers = METHODS[name].build(model, evidence, **{**config, STRENGTH[name]: s})
+            m = evaluate_steered(model, tok, task, steerers, **kw)
+            first = steerers[0] if isinstance(steerers, list) else steerers
+            rows.append(
+                {"method": name, "strength": s, "n_steered": first.n_steered, "metric": m[task.metric], "metrics": m}
+            )
+    return rows
