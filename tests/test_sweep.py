@@ -1,0 +1,102 @@
+"""A sweep on a tiny grid, end to end on the real embedded model: files, fold/unfold exactness, resuming."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import austeer.sweep as sweep_mod
+from austeer.cli import main
+from austeer.spec import load
+from austeer.sweep import CSV_COLUMNS, sweep
+from austeer.tasks import get_task
+
+GRID = {"sites": ("head",), "ks": (2, 6), "alphas": (1.0, 8.0)}
+LIMITS = {"pair_limit": 8, "val_limit": 4, "test_limit": 4}
+
+
+@pytest.fixture(scope="module")
+def swept(smol, tmp_path_factory):
+    model, tok = smol
+    out = tmp_path_factory.mktemp("sweep") / "copa"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, **LIMITS)
+    after = model.state_dict()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    return out, state, unchanged
+
+
+def test_sweep_writes_table_best_spec_and_test(swept) -> None:
+    out, state, unchanged = swept
+    assert unchanged, "folding during the sweep must leave the weights exactly as they were"
+    assert state["task"] == "copa" and state["metric"] == "accuracy" and state["model"] == "smol"
+    assert len(state["rows"]) == 4
+    assert {(r["site"], r["k"], r["alpha"]) for r in state["rows"]} == {
+        ("head", k, a) for k in GRID["ks"] for a in GRID["alphas"]
+    }
+    for r in state["rows"]:
+        assert r["n_steered"] == r["k"]
+        assert r["metric"] == r["metrics"]["accuracy"]
+        assert r["ppl_delta"] == pytest.approx(r["metrics"]["ppl"] - state["baseline"]["ppl"])
+    on_disk = json.loads((out / "sweep.json").read_text())
+    assert on_disk["rows"] == state["rows"] and on_disk["best"] == state["best"]
+    with (out / "sweep.csv").open() as fh:
+        table = list(csv.reader(fh))
+    assert tuple(table[0]) == CSV_COLUMNS and len(table) == 5
+    best = load(out / "best")
+    assert (best.k, best.alpha) == (state["best"]["k"], state["best"]["alpha"])
+    assert best.info["sweep"] == state["best"]
+    scores = load(out / "scores" / "head")
+    assert scores.k == max(GRID["ks"]) and scores.n_pairs == LIMITS["pair_limit"]
+    assert best.units == scores.with_k(best.k).units  # the best spec is a re-selection of the cached scores
+    test = state["test"]
+    assert test["unsteered"]["n_items"] == test["steered"]["n_items"] == LIMITS["test_limit"]
+    assert test["k"] == best.k
+
+
+def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
+    model, tok = smol
+    out, state, _ = swept
+    calls: list[str] = []
+    real = sweep_mod.evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get("split", "val"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "evaluate", counting)
+    # a finished sweep does nothing again
+    again = sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, **LIMITS)
+    assert calls == [] and again["rows"] == state["rows"]
+    # cut it back to two finished rows and no test, as if it had been interrupted
+    cut = json.loads((out / "sweep.json").read_text())
+    cut["rows"] = cut["rows"][:2]
+    del cut["test"]
+    (out / "sweep.json").write_text(json.dumps(cut))
+    resumed = sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, **LIMITS)
+    assert calls == ["val", "val", "test", "test"]  # two missing rows, then test; no baseline, no rescoring
+    assert resumed["rows"][:2] == state["rows"][:2]
+    # same model, same items, same folded weights: the recomputed rows are identical
+    assert [r["metric"] for r in resumed["rows"]] == [r["metric"] for r in state["rows"]]
+
+
+def test_sweep_refuses_other_settings_in_the_same_dir(swept, smol) -> None:
+    model, tok = smol
+    out, _, _ = swept
+    with pytest.raises(ValueError, match="different settings"):
+        sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, pair_limit=8, val_limit=5)
+
+
+def test_cli_eval_with_the_best_spec(swept, tmp_path, capsys) -> None:
+    out, _, _ = swept
+    result = tmp_path / "eval.json"
+    rc = main(["eval", "--task", "copa", "--steer", str(out / "best"), "--model", "embedded:smollm2-135m-instruct",
+               "--split", "test", "--limit", "4", "--out", str(result)])  # fmt: skip
+    assert rc == 0
+    saved = json.loads(result.read_text())
+    assert saved["n_steered"] == load(out / "best").k and saved["metrics"]["n_items"] == 4
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["eval", "--task", "copa", "--eval", "x.jsonl"]) == 2  # --eval belongs to --task custom
