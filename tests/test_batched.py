@@ -12,7 +12,6 @@ from austeer.generate import generate, steered
 from austeer.momentum import select
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
-from austeer.steer import apply
 
 PROMPTS = [
     "Write one sentence about your weekend.",
@@ -25,7 +24,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def specs(smol, sentiment_pairs):
     model, tok = smol
-    counts = score(model, tok, sentiment_pairs, ["head", "ffn"], batch_size=20, progress=False)
+    counts = score(model, tok, sentiment_pairs[:20], ["head", "ffn"], batch_size=20, progress=False)
     head = SteerSpec(units=select({"head": counts["head"]}, 32), alpha=5.0)
     ffn = SteerSpec(units=select({"ffn": counts["ffn"]}, 16), alpha=-8.0)
     return head, ffn
@@ -36,15 +35,15 @@ def test_mixed_batch_equals_one_by_one(smol, specs):
     head, ffn = specs
     steers = [None, RowSteer(head), RowSteer(ffn), RowSteer(head, alpha=8.0), None]
     prompts = PROMPTS + [PROMPTS[0]]
-    batched = generate_rows(model, tok, prompts, steers, max_new_tokens=20)
+    batched = generate_rows(model, tok, prompts, steers, max_new_tokens=14)
     alone = []
     for prompt, s in zip(prompts, steers):
         spec, alpha = (s.spec, s.alpha) if s is not None else (None, None)
         with steered(model, spec, "hook", alpha):
-            alone.append(generate(model, tok, [prompt], max_new_tokens=20)[0])
+            alone.append(generate(model, tok, [prompt], max_new_tokens=14)[0])
     assert batched == alone
     # steering really changed the steered rows (the comparison above is not vacuous)
-    plain = generate(model, tok, prompts[1:4], max_new_tokens=20)
+    plain = generate(model, tok, prompts[1:4], max_new_tokens=14)
     assert sum(a != b for a, b in zip(plain, alone[1:4])) >= 2
     assert batched[0] == batched[4]
 
@@ -85,15 +84,15 @@ def test_run_rows_budgets_stops_deltas_and_seeds(smol, specs):
     model, tok = smol
     head, _ = specs
     text = format_prompt(tok, "List three colours, separated by commas.")
-    full = run_rows(model, tok, [RowRequest(text, max_new_tokens=24)])[0]
+    full = run_rows(model, tok, [RowRequest(text, max_new_tokens=16)])[0]
     assert full.completion_tokens > 4
     stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
     deltas: dict[int, list[str]] = {0: [], 1: [], 2: [], 3: []}
     reqs = [
-        RowRequest(text, max_new_tokens=24),
+        RowRequest(text, max_new_tokens=16),
         RowRequest(text, max_new_tokens=3),
-        RowRequest(text, max_new_tokens=24, stop=(stop,)),
-        RowRequest(text, RowSteer(head), max_new_tokens=24, temperature=0.9, top_p=0.95, seed=7),
+        RowRequest(text, max_new_tokens=16, stop=(stop,)),
+        RowRequest(text, RowSteer(head), max_new_tokens=16, temperature=0.9, top_p=0.95, seed=7),
     ]
     out = run_rows(model, tok, reqs, on_delta=lambda r, d: deltas[r].append(d))
     assert out[0].text == full.text and out[0].finish_reason == full.finish_reason
@@ -105,9 +104,7 @@ def test_run_rows_budgets_stops_deltas_and_seeds(smol, specs):
     # a seeded sampled row gives the same text in another batch composition
     again = run_rows(model, tok, [reqs[3], RowRequest(format_prompt(tok, "Hi"), max_new_tokens=5)])
     assert again[0].text == out[3].text
-    with apply(model, head):
-        pass
-    other = run_rows(model, tok, [RowRequest(text, RowSteer(head), 24, temperature=0.9, top_p=0.95, seed=8)])
+    other = run_rows(model, tok, [RowRequest(text, RowSteer(head), 16, temperature=0.9, top_p=0.95, seed=8)])
     assert other[0].text != out[3].text
 
 
