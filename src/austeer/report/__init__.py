@@ -64,7 +64,7 @@ def _meta(model: nn.Module, spec: SteerSpec, spec_path: str | None, extra: dict[
     from austeer import __version__
 
     fp = spec.fingerprint or {}
-    pairs_file = spec.info.get("pairs_file", "")
+    pairs_file = spec.info.get("pairs_file") or (f"pairs of task {spec.info['task']}" if spec.info.get("task") else "")
     rows = [
         ("model", f"{spec.model_id or getattr(model.config, '_name_or_path', '?')} "
                   f"({fp.get('family', '?')}, {fp.get('n_layers', '?')} layers)"),

@@ -50,7 +50,9 @@ def beta_heatmap(
     b = beta.abs().float().numpy()
     n_layers, width = b.shape
     fig, ax = plt.subplots(figsize=(12, max(3.0, 0.16 * n_layers + 1.2)))
-    im = ax.imshow(b, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.5, vmax=1.0, origin="lower")
+    # the scale tops out at the largest |beta| (rounded up to 0.05), so weakly consistent fits still show contrast
+    vmax = min(1.0, max(0.55, float(np.ceil(b.max() * 20 - 1e-9) / 20))) if b.size else 1.0
+    im = ax.imshow(b, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.5, vmax=vmax, origin="lower")
     sel = [u for u in units if u.site == site]
     if sel:
         ax.scatter(
@@ -68,7 +70,8 @@ def beta_heatmap(
     else:
         ax.set_xlabel("dimension")
     ax.set_ylabel("layer")
-    ax.set_title(title or f"|beta| of every AU of site '{site}' (0.5 = no consistency, 1 = every pair agrees)")
+    ax.set_title(title or f"|beta| of every AU of site '{site}' (0.5 = no consistency, 1 = every pair agrees; "
+                 f"scale up to {vmax:g})")
     fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="|beta|")
     return to_png(fig)
 
