@@ -143,7 +143,7 @@ def lens_logits(model: nn.Module, dirs: torch.Tensor) -> torch.Tensor:
     x = dirs.to(device=device, dtype=dtype)
     normed = norm(x).float() - norm(torch.zeros_like(x[:1])).float()
     w = unembedding(model)
-    return (normed.to(w.dtype) @ w.t()).float().cpu()
+    return (normed.to(device=w.device, dtype=w.dtype) @ w.t()).float().cpu()
 
 
 def top_tokens(logits: torch.Tensor, n: int, largest: bool = True) -> list[tuple[int, float]]:
