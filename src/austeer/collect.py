@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -122,3 +123,102 @@ def last_token_activations(
         if tuple(out[site].shape) != expected:
             raise RuntimeError(f"site {site!r}: captured shape {tuple(out[site].shape)}, expected {expected}")
     return out
+
+
+def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
+    """Unpadded token ids, truncated on the left like :func:`encode`."""
+    old = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        enc = tokenizer(
+            list(texts),
+            padding=False,
+            truncation=max_length is not None,
+            max_length=max_length,
+            add_special_tokens=not has_chat_template(tokenizer),
+        )
+    finally:
+        tokenizer.truncation_side = old
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def pair_momenta(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    sites: Sequence[str],
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """``{site: [len(pairs), n_layers, width]}``: last-token ``positive - negative`` activations, float32.
+
+    The two texts of a pair share their prompt. The common token prefix is run once (left padded, KV
+    cache kept), then both answers continue from the cache (right padded), so the prompt costs one
+    forward instead of two. The activations equal those of :func:`last_token_activations` on the
+    full texts up to float rounding (positions are taken from the attention mask).
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> model, tok = load_model()
+        >>> m = pair_momenta(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
+        >>> tuple(m["head"].shape)
+        (1, 30, 576)
+    """
+    ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)
+    pos, neg = ids[0::2], ids[1::2]
+    cut = []
+    for p_ids, n_ids in zip(pos, neg):
+        n, most = 0, min(len(p_ids), len(n_ids)) - 1  # keep at least one answer token on each side
+        while n < most and p_ids[n] == n_ids[n]:
+            n += 1
+        cut.append(n)
+    if not pairs or min(cut) < 1:  # a pair without a shared first token: run the full texts
+        full = last_token_activations(model, tokenizer, [t for pair in pairs for t in pair], sites, max_length)
+        return {s: a[0::2] - a[1::2] for s, a in full.items()}
+    device = model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    b, width = len(pairs), max(cut)
+    pre_ids = torch.full((b, width), pad, dtype=torch.long)
+    pre_mask = torch.zeros((b, width), dtype=torch.long)
+    for j, (p_ids, n) in enumerate(zip(pos, cut)):
+        pre_ids[j, width - n :] = torch.tensor(p_ids[:n])
+        pre_mask[j, width - n :] = 1
+    suffixes = [s for j in range(b) for s in (pos[j][cut[j] :], neg[j][cut[j] :])]  # rows: pos0, neg0, pos1, ...
+    s_width = max(len(s) for s in suffixes)
+    suf_ids = torch.full((2 * b, s_width), pad, dtype=torch.long)
+    suf_mask = torch.zeros((2 * b, s_width), dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        suf_ids[i, : len(s)] = torch.tensor(s)
+        suf_mask[i, : len(s)] = 1
+    start = torch.tensor(cut).repeat_interleave(2)
+    rows = {"last": torch.tensor([len(s) - 1 for s in suffixes])}
+    net = backbone(model)
+    with torch.inference_mode():
+        out = net(
+            input_ids=pre_ids.to(device),
+            attention_mask=pre_mask.to(device),
+            position_ids=(pre_mask.cumsum(1) - 1).clamp(min=0).to(device),
+            use_cache=True,
+        )
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        if cache is None:
+            raise RuntimeError(f"{type(net).__name__} returned no KV cache; call score(share_prefix=False)")
+        cache.batch_repeat_interleave(2)
+        # transformers >= 5.x names the argument ``cache`` (``past_key_values`` is deprecated)
+        cache_arg = "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
+        mask = torch.cat([pre_mask.repeat_interleave(2, dim=0), suf_mask], dim=1)
+        with capture(model, sites, rows) as store:
+            net(
+                input_ids=suf_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=(start[:, None] + torch.arange(s_width)[None]).to(device),
+                use_cache=True,
+                **{cache_arg: cache},
+            )
+    result = {}
+    for site in sites:
+        got = torch.stack(store[site], dim=1)
+        expected = (2 * b, len(store[site]), site_width(model, site))
+        if tuple(got.shape) != expected:
+            raise RuntimeError(f"site {site!r}: captured shape {tuple(got.shape)}, expected {expected}")
+        result[site] = got[0::2] - got[1::2]
+    return result

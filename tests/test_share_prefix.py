@@ -1,0 +1,77 @@
+"""``score(share_prefix=True)``: the prompt of a pair runs once, both answers from its KV cache.
+
+Checked against the full-text path on the embedded model with real pairs, and on tiny models of every
+family (GPT-2 and GPT-NeoX included: positions come from the attention mask, cache from the backbone).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import austeer
+from austeer.collect import last_token_activations, pair_momenta
+from austeer.pairs import pair_texts
+from tests.test_families import CONFIGS, _model
+
+
+class _ByteTok:
+    """Byte-level ids, padded or not, for the tiny random models (no download)."""
+
+    chat_template = None
+    padding_side = "left"
+    truncation_side = "left"
+    pad_token_id = 0
+
+    def __call__(self, texts, padding, truncation, max_length, add_special_tokens, return_tensors=None):
+        ids = [[1 + b % 127 for b in t.encode()] for t in texts]
+        if truncation and max_length:
+            ids = [x[-max_length:] for x in ids]
+        if not padding:
+            return {"input_ids": ids}
+        width = max(map(len, ids))
+        left = self.padding_side == "left"
+        rows = [[0] * (width - len(x)) + x if left else x + [0] * (width - len(x)) for x in ids]
+        mask = [[0] * (width - len(x)) + [1] * len(x) if left else [1] * len(x) + [0] * (width - len(x)) for x in ids]
+        return {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask)}
+
+
+def _full_momenta(model, tok, pairs, sites):
+    out = {}
+    for site in sites:
+        rows = []
+        for pos, neg in pairs:  # one text at a time: no padding at all
+            a = last_token_activations(model, tok, [pos], [site])[site][0]
+            b = last_token_activations(model, tok, [neg], [site])[site][0]
+            rows.append(a - b)
+        out[site] = torch.stack(rows)
+    return out
+
+
+def test_shared_prefix_equals_full_texts_on_smollm2(smol, sentiment_pairs):
+    model, tok = smol
+    pairs = [pair_texts(tok, p) for p in sentiment_pairs[:5]]
+    got = pair_momenta(model, tok, pairs, ["head", "ffn", "residual"])
+    ref = _full_momenta(model, tok, pairs, ["head", "ffn", "residual"])
+    for site in ref:
+        torch.testing.assert_close(got[site], ref[site], rtol=1e-4, atol=2e-3)
+
+
+def test_score_share_prefix_gives_the_same_selection(smol, sentiment_pairs):
+    model, tok = smol
+    pairs = sentiment_pairs[:10]
+    a = austeer.fit(model, tok, pairs, site="head", k=16, batch_size=4, progress=False)
+    b = austeer.fit(model, tok, pairs, site="head", k=16, batch_size=4, progress=False, share_prefix=True)
+    assert (a.scores["head"].beta() != b.scores["head"].beta()).float().mean() < 1e-3
+    assert [(u.layer, u.index) for u in a.units] == [(u.layer, u.index) for u in b.units]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_shared_prefix_every_family(name):
+    model = _model(name)
+    tok = _ByteTok()
+    pairs = [("the answer is yes", "the answer is no"), ("a longer shared prompt: good", "a longer prompt: bad!")]
+    got = pair_momenta(model, tok, pairs, ["head", "ffn", "neuron", "residual"])
+    ref = _full_momenta(model, tok, pairs, ["head", "ffn", "neuron", "residual"])
+    for site in ref:
+        torch.testing.assert_close(got[site], ref[site], rtol=1e-4, atol=1e-4)
