@@ -153,10 +153,31 @@ def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = (
     return to_png(fig)
 
 
+def _grid_lines(ax: Any, ks: list[int], alphas: list[float], val: dict[tuple[int, float], float], by_k: bool) -> None:
+    """One line per alpha over k (``by_k``), or one line per k over alpha; log x axis for wide ranges."""
+    cmap = plt.get_cmap("viridis")
+    outer: list[Any] = list(alphas) if by_k else list(ks)
+    for j, o in enumerate(outer):
+        keys = [(k, float(o)) for k in ks] if by_k else [(int(o), a) for a in alphas]
+        keys = [key for key in keys if key in val]
+        xs = [key[0] if by_k else key[1] for key in keys]
+        ax.plot(xs, [val[key] for key in keys], "o-", color=cmap(j / max(1, len(outer) - 1)), markersize=4,
+                label=f"alpha {o:g}" if by_k else f"k {o}")
+    grid: list[float] = [float(k) for k in ks] if by_k else alphas
+    if len(grid) > 1 and min(grid) > 0 and max(grid) / min(grid) >= 10:
+        ax.set_xscale("log")
+        ax.set_xticks(grid)
+        ax.set_xticklabels([f"{x:g}" for x in grid])
+        ax.minorticks_off()
+    ax.set_xlabel("k (number of steered AUs)" if by_k else "alpha (strength)")
+    ax.grid(alpha=0.3)
+
+
 def sweep_plots(rows: Sequence[dict[str, Any]], metric: str, baseline: float | None = None) -> dict[str, bytes]:
     """Validation ``metric`` against k (one line per alpha) and against alpha (one line per k), per site.
 
-    Returns ``{"<site>": png}``: one figure per site with the two panels.
+    When the rows carry ``ppl_delta`` (perplexity change of the steered model), a third panel shows it
+    against alpha. Returns ``{"<site>": png}``: one figure per site.
 
     Example:
         >>> rows = [{"site": "head", "k": k, "alpha": a, "metric": k * a / 100} for k in (4, 8) for a in (1, 5)]
@@ -169,31 +190,22 @@ def sweep_plots(rows: Sequence[dict[str, Any]], metric: str, baseline: float | N
         ks = sorted({int(r["k"]) for r in rs})
         alphas = sorted({float(r["alpha"]) for r in rs})
         val = {(int(r["k"]), float(r["alpha"])): float(r["metric"]) for r in rs}
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.9))
-        cmap = plt.get_cmap("viridis")
-        for j, alpha in enumerate(alphas):
-            kx = [k for k in ks if (k, alpha) in val]
-            a1.plot(kx, [val[(k, alpha)] for k in kx], "o-", color=cmap(j / max(1, len(alphas) - 1)),
-                    label=f"alpha {alpha:g}", markersize=4)
-        for j, k in enumerate(ks):
-            ax_ = [a for a in alphas if (k, a) in val]
-            a2.plot(ax_, [val[(k, a)] for a in ax_], "o-", color=cmap(j / max(1, len(ks) - 1)),
-                    label=f"k {k}", markersize=4)
-        for ax, xlabel in ((a1, "k (number of steered AUs)"), (a2, "alpha (strength)")):
+        ppl = {(int(r["k"]), float(r["alpha"])): float(r["ppl_delta"]) for r in rs
+               if isinstance(r.get("ppl_delta"), int | float)}
+        fig, axes = plt.subplots(1, 3 if ppl else 2, figsize=(13 if ppl else 12, 3.9))
+        for ax, by_k in zip(axes, (True, False)):
+            _grid_lines(ax, ks, alphas, val, by_k)
             if baseline is not None:
                 ax.axhline(baseline, color="#c0392b", linestyle="--", linewidth=1, label="unsteered")
-            xs: list[float] = [float(k) for k in ks] if ax is a1 else alphas
-            if len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 10:
-                ax.set_xscale("log")
-                ax.set_xticks(xs)
-                ax.set_xticklabels([f"{x:g}" for x in xs])
-                ax.minorticks_off()
-            ax.set_xlabel(xlabel)
             ax.set_ylabel(f"validation {metric}")
-            ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2 if len(ax.get_lines()) > 6 else 1)
-        a1.set_title(f"site '{site}': {metric} vs k")
-        a2.set_title(f"site '{site}': {metric} vs alpha")
+            ax.set_title(f"site '{site}': {metric} vs {'k' if by_k else 'alpha'}", fontsize=10)
+        if ppl:
+            _grid_lines(axes[2], ks, alphas, ppl, False)
+            axes[2].axhline(0.0, color="#c0392b", linestyle="--", linewidth=1)
+            axes[2].set_ylabel("perplexity change")
+            axes[2].set_title(f"site '{site}': side effect on perplexity", fontsize=10)
+            axes[2].legend(fontsize=7, ncol=2 if len(ks) > 6 else 1)
         fig.tight_layout()
         out[site] = to_png(fig)
     return out
