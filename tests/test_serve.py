@@ -203,3 +203,19 @@ def test_cli_serve_starts_lists_and_stops(spec_dirs):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_openai_client(server, client):
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "How was your weekend?"}]
+    steer = {"name": "pos", "alpha": 8.0}
+    r = oa.chat.completions.create(model=BASE, messages=messages, max_tokens=12, extra_body={"steer": steer})
+    direct = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 12, "steer": steer}).json()
+    assert r.choices[0].message.content == direct["choices"][0]["message"]["content"]
+    stream = oa.chat.completions.create(model=f"{BASE}:neg", messages=messages, max_tokens=12, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    plain = oa.chat.completions.create(model=f"{BASE}:neg", messages=messages, max_tokens=12)
+    assert streamed == plain.choices[0].message.content
+    with pytest.raises(openai.NotFoundError, match="unknown steer"):
+        oa.chat.completions.create(model=BASE, messages=messages, max_tokens=2, extra_body={"steer": "nope"})

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from austeer.collect import last_token_activations
 from austeer.momentum import SignCounts, select
@@ -73,19 +74,26 @@ def score_shard(
     world: int,
     batch_size: int = 16,
     max_length: int | None = None,
+    progress: bool = False,
 ) -> dict[str, SignCounts]:
     """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`)."""
     for site in sites:
         check_site(site)
     n_layers = len(decoder_layers(model))
     counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
-    for batch in shard(batch_plan(tokenizer, pairs, batch_size), rank, world):
-        chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
-        texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
-        acts = last_token_activations(model, tokenizer, texts, sites, max_length)
-        b = len(chunk)
-        for site in sites:
-            counts[site].update(acts[site][:b].to(torch.float32) - acts[site][b:].to(torch.float32))
+    mine = shard(batch_plan(tokenizer, pairs, batch_size), rank, world)
+    bar = tqdm(total=sum(len(b) for b in mine), desc=f"scoring AUs (rank {rank})", unit="pair", disable=not progress)
+    try:
+        for batch in mine:
+            chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
+            texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
+            acts = last_token_activations(model, tokenizer, texts, sites, max_length)
+            b = len(chunk)
+            for site in sites:
+                counts[site].update(acts[site][:b].to(torch.float32) - acts[site][b:].to(torch.float32))
+            bar.update(b)
+    finally:
+        bar.close()
     return counts
 
 
@@ -112,11 +120,13 @@ def score_distributed(
     sites: Sequence[str],
     batch_size: int = 16,
     max_length: int | None = None,
+    progress: bool = False,
 ) -> dict[str, SignCounts]:
     """Inside an initialised process group: score this rank's share and all-reduce (same on every rank)."""
     if not dist.is_initialized():
         raise RuntimeError("score_distributed needs torch.distributed to be initialised (init_process_group)")
-    local = score_shard(model, tokenizer, pairs, sites, dist.get_rank(), dist.get_world_size(), batch_size, max_length)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = score_shard(model, tokenizer, pairs, sites, rank, world, batch_size, max_length, progress)
     return all_reduce_counts(local)
 
 
@@ -130,6 +140,7 @@ def fit_distributed(
     batch_size: int = 16,
     max_length: int | None = None,
     model_id: str = "",
+    progress: bool = False,
 ) -> SteerSpec:
     """:func:`austeer.fit.fit` over the current process group; every rank returns the same spec."""
     from austeer.models import fingerprint
@@ -137,7 +148,7 @@ def fit_distributed(
     if not pairs:
         raise ValueError("fit needs at least one pair")
     sites = [site] if isinstance(site, str) else list(site)
-    counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length)
+    counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length, progress)
     return SteerSpec(
         units=select(counts, k),
         alpha=float(alpha),
@@ -184,12 +195,14 @@ def _run_rank(
     """One process of ``austeer fit --nproc N`` (also the body of a torchrun process)."""
     if gpus and gpus[rank] is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[rank])  # before this process touches CUDA
-    use_nccl = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
-    if use_nccl and not args.device_map:
-        local = int(os.environ.get("LOCAL_RANK", rank))
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_gpu = n_gpu > 0 and (args.device is None or str(args.device).startswith("cuda"))
+    use_nccl = on_gpu and not args.device_map and n_gpu >= world  # NCCL needs one GPU per rank
+    if on_gpu and not args.device_map:
+        local = int(os.environ.get("LOCAL_RANK", rank)) % n_gpu
         torch.cuda.set_device(local)
         args.device = f"cuda:{local}"
-    if not use_nccl:
+    if not on_gpu:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("nccl" if use_nccl else "gloo", init_method=init_method, rank=rank, world_size=world)
     try:
@@ -208,7 +221,9 @@ def _fit_and_save(args: argparse.Namespace, rank: int, world: int) -> None:
     model, tok, name = load_from_args(args)
     start = time.perf_counter()
     sites = [s.strip() for s in args.site.split(",")]
-    spec = fit_distributed(model, tok, pairs, sites, args.k, args.alpha, args.batch_size, args.max_length, name)
+    spec = fit_distributed(
+        model, tok, pairs, sites, args.k, args.alpha, args.batch_size, args.max_length, name, progress=rank == 0
+    )
     if rank == 0:
         spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2), processes=world)
         spec.save(args.out)
