@@ -238,3 +238,30 @@ def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(sm
     finally:
         model.config.model_type = original
     assert isinstance(steerer, AddSteerer) and _n_hooks(model) == 0
+
+
+def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
+    import json
+
+    from austeer.cli import main
+    from austeer.evaluate import evaluate
+    from austeer.tasks import get_task
+
+    model, tok = smol
+    out = tmp_path / "cmp"
+    args = ["compare", "--task", "copa", "--methods", "austeer,sadi,calibration", "--budget", "2", "--pairs-limit", "8",
+            "--val-limit", "6", "--test-limit", "6", "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["method"] for r in data["results"]] == ["austeer", "sadi", "calibration"]
+    assert all(len(r["trials"]) == 2 for r in data["results"])
+    grid = [dict(c) for c in METHODS["austeer"].grid]
+    assert [t["config"] for t in data["results"][0]["trials"]] == [grid[0], grid[-1]]
+    assert data["results"][0]["n_steered"] == data["results"][0]["config"]["k"]
+    assert data["results"][2]["n_steered"] == 0
+    direct = evaluate(model, tok, get_task("copa"), split="test", limit=6)
+    assert data["baseline_test"]["accuracy"] == direct["accuracy"]
+    assert data["baseline_test"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-4)
+    assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
+    assert main(["compare", "--task", "copa", "--methods", "nope", "--out", str(out)]) == 2
+    assert "unknown method" in capsys.readouterr().err
