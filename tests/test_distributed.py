@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from austeer.cli import main
-from austeer.distributed import batch_plan, shard
+from austeer.distributed import batch_plan, score_shard, shard
 from austeer.fit import score
 from austeer.momentum import select
 from austeer.spec import load
@@ -60,6 +60,17 @@ def test_torchrun_entry_point(smol, sentiment_pairs, tmp_path):
     spec = load(out)
     ref = score(model, tok, sentiment_pairs[:12], ["head"], batch_size=4, progress=False)
     _assert_same(spec.scores, ref, spec.units, 8)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_shards_add_up_to_score(smol, sentiment_pairs, share_prefix):
+    model, tok = smol
+    pairs = sentiment_pairs[:10]
+    ref = score(model, tok, pairs, ["head"], batch_size=3, progress=False, share_prefix=share_prefix)
+    parts = [score_shard(model, tok, pairs, ["head"], r, 3, batch_size=3, share_prefix=share_prefix) for r in range(3)]
+    total = {"head": parts[0]["head"] + parts[1]["head"] + parts[2]["head"]}
+    assert [p["head"].n for p in parts] == [4, 3, 3]  # batches of 3, 3, 3, 1: rank 0 gets the first and the last
+    _assert_same(total, ref, select(total, 8), 8)
 
 
 def test_bad_input(tmp_path, capsys):

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import last_token_activations
+from austeer.collect import last_token_activations, pair_momenta
 from austeer.momentum import SignCounts, select
 from austeer.pairs import Pair, pair_texts
 from austeer.sites import check_site, decoder_layers, site_width
@@ -75,8 +75,12 @@ def score_shard(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = False,
+    share_prefix: bool = False,
 ) -> dict[str, SignCounts]:
-    """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`)."""
+    """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`).
+
+    ``share_prefix``: as in :func:`austeer.fit.score` (prompt run once, answers from its KV cache).
+    """
     for site in sites:
         check_site(site)
     n_layers = len(decoder_layers(model))
@@ -86,9 +90,15 @@ def score_shard(
     try:
         for batch in mine:
             chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
+            b = len(chunk)
+            if share_prefix:
+                momenta = pair_momenta(model, tokenizer, chunk, sites, max_length)
+                for site in sites:
+                    counts[site].update(momenta[site])
+                bar.update(b)
+                continue
             texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
             acts = last_token_activations(model, tokenizer, texts, sites, max_length)
-            b = len(chunk)
             for site in sites:
                 counts[site].update(acts[site][:b].to(torch.float32) - acts[site][b:].to(torch.float32))
             bar.update(b)
@@ -121,12 +131,13 @@ def score_distributed(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = False,
+    share_prefix: bool = False,
 ) -> dict[str, SignCounts]:
     """Inside an initialised process group: score this rank's share and all-reduce (same on every rank)."""
     if not dist.is_initialized():
         raise RuntimeError("score_distributed needs torch.distributed to be initialised (init_process_group)")
     rank, world = dist.get_rank(), dist.get_world_size()
-    local = score_shard(model, tokenizer, pairs, sites, rank, world, batch_size, max_length, progress)
+    local = score_shard(model, tokenizer, pairs, sites, rank, world, batch_size, max_length, progress, share_prefix)
     return all_reduce_counts(local)
 
 
@@ -141,6 +152,7 @@ def fit_distributed(
     max_length: int | None = None,
     model_id: str = "",
     progress: bool = False,
+    share_prefix: bool = False,
 ) -> SteerSpec:
     """:func:`austeer.fit.fit` over the current process group; every rank returns the same spec."""
     from austeer.models import fingerprint
@@ -148,7 +160,7 @@ def fit_distributed(
     if not pairs:
         raise ValueError("fit needs at least one pair")
     sites = [site] if isinstance(site, str) else list(site)
-    counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length, progress)
+    counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix)
     return SteerSpec(
         units=select(counts, k),
         alpha=float(alpha),
@@ -222,7 +234,17 @@ def _fit_and_save(args: argparse.Namespace, rank: int, world: int) -> None:
     start = time.perf_counter()
     sites = [s.strip() for s in args.site.split(",")]
     spec = fit_distributed(
-        model, tok, pairs, sites, args.k, args.alpha, args.batch_size, args.max_length, name, progress=rank == 0
+        model,
+        tok,
+        pairs,
+        sites,
+        args.k,
+        args.alpha,
+        args.batch_size,
+        args.max_length,
+        name,
+        progress=rank == 0,
+        share_prefix=bool(getattr(args, "share_prefix", False)),
     )
     if rank == 0:
         spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2), processes=world)
