@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def test_cli_serve_starts_lists_and_stops(spec_dirs):
         r = httpx.post(f"{url}/completions", json={"prompt": "Hi", "max_tokens": 3, "steer": "pos"}, timeout=120)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
     finally:
-        proc.send_signal(2)  # SIGINT: the server shuts down cleanly
+        proc.send_signal(signal.SIGTERM)  # the server shuts down cleanly
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

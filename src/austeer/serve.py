@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import queue
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -437,7 +438,11 @@ class Server:
         self.close()
 
     def serve_forever(self) -> None:
-        """Run until interrupted (Ctrl-C), then shut down cleanly."""
+        """Run until interrupted (Ctrl-C or SIGTERM), then shut down cleanly."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started with & from a script
+                signal.signal(signal.SIGINT, _interrupt)
         self.start()
         try:
             while self.thread.is_alive():
@@ -446,6 +451,10 @@ class Server:
             pass
         finally:
             self.close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def format_chat(tokenizer: Any, prompt: str) -> str:
