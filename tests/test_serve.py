@@ -162,6 +162,7 @@ def test_streaming_equals_non_streaming(client):
         ("/v1/chat/completions", {"messages": HI, "steer": {"name": "pos", "beta": 1}}, 400, "unknown field"),
         ("/v1/completions", {"prompt": "word " * 300}, 400, "too long"),
         ("/v1/completions", {"prompt": 5}, 400, "'prompt' must be"),
+        ("/v1/completions", {"prompt": ["ok", ""]}, 400, "prompt 1 is empty"),
         ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "unknown model"),
         ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
         ("/v1/chat/completions", {"messages": []}, 400, "messages"),

@@ -171,6 +171,8 @@ class Engine:
             lengths = [len(tok(t, add_special_tokens=add_special).input_ids) for t in texts]
         out = []
         for i, (text, n) in enumerate(zip(texts, lengths)):
+            if n == 0:
+                raise RequestError(f"prompt {i} is empty: nothing to continue", 400, "prompt")
             if n + req.max_tokens > self.max_model_len:
                 raise RequestError(
                     f"prompt{'' if len(texts) == 1 else f' {i}'} is too long: {n} tokens + max_tokens "
