@@ -5,6 +5,8 @@ counts, left-truncated to ``--max-length`` tokens to keep the large run short) a
 
 - ``peak RSS``: the process high-water mark (``resource.getrusage(...).ru_maxrss``), model included;
 - ``RSS growth``: the highest resident size sampled every 5 ms *during* scoring, minus the size just before;
+- ``still held``: the resident size after scoring and ``malloc_trim(0)`` (freed heap pages handed back
+  to the OS), minus the size before: the memory scoring actually kept;
 - ``Python peak``: ``tracemalloc``'s peak of Python-side allocations during scoring (texts, lists, counts).
 
 For contrast, the memory a collect-everything approach needs for the last-token activations alone
@@ -66,6 +68,15 @@ def child(n: int, max_length: int, batch_size: int, threads: int | None) -> dict
     tracemalloc.stop()
     done.set()
     sampler.join()
+    after = rss_bytes()
+    trimmed = after
+    try:  # hand freed heap pages back to the OS: what remains is memory still in use
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trimmed = rss_bytes()
+    except (OSError, AttributeError):
+        pass
     layers, width = len(decoder_layers(model)), site_width(model, "head")
     return {
         "pairs": n,
@@ -74,6 +85,8 @@ def child(n: int, max_length: int, batch_size: int, threads: int | None) -> dict
         "rss_before_mb": before / 2**20,
         "rss_peak_during_mb": peak[0] / 2**20,
         "rss_growth_mb": (peak[0] - before) / 2**20,
+        "rss_after_mb": after / 2**20,
+        "rss_after_trim_mb": trimmed / 2**20,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "python_peak_mb": py_peak / 2**20,
         "collect_all_mb": 2 * n * layers * width * 4 / 2**20,
@@ -95,6 +108,7 @@ def main() -> None:
         return
     if args.quick:
         args.sizes = [100, 1000]
+    set_threads(args.threads)
     info = print_machine()
     results = []
     for n in args.sizes:
@@ -108,13 +122,15 @@ def main() -> None:
         results.append(res)
     rows = [
         [r["pairs"], f"{r['seconds']:.1f}", f"{r['maxrss_mb']:.0f}", f"{r['rss_before_mb']:.0f}",
-         f"{r['rss_peak_during_mb']:.0f}", f"{r['rss_growth_mb']:+.1f}", f"{r['python_peak_mb']:.2f}",
+         f"{r['rss_peak_during_mb']:.0f}", f"{r['rss_growth_mb']:+.1f}",
+         f"{r['rss_after_trim_mb'] - r['rss_before_mb']:+.1f}", f"{r['python_peak_mb']:.2f}",
          f"{r['collect_all_mb']:.0f}"]
         for r in results
     ]
     print()
     print(table(["pairs", "scoring s", "peak RSS MB (process)", "RSS before scoring MB", "peak RSS during scoring MB",
-                 "RSS growth MB", "Python peak MB (tracemalloc)", "collect-all would need MB (computed)"], rows))
+                 "RSS growth MB", "still held after malloc_trim MB",
+                 "Python peak MB (tracemalloc)", "collect-all would need MB (computed)"], rows))
     lo, hi = results[0], results[-1]
     ratio = hi["maxrss_mb"] / lo["maxrss_mb"]
     during = hi["rss_peak_during_mb"] / lo["rss_peak_during_mb"]
