@@ -34,8 +34,8 @@ PLAN: dict[str, dict[str, Any]] = {
     "boolq": {"pairs": 24, "val": 16, "test": 40, "sites": ["head"], "k": [8, 32], "alpha": [5]},
     "sentiment": {"pairs": 16, "val": 12, "test": 24, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 16},
     "svamp": {"pairs": 48, "val": 8, "test": 24, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 20},
-    "mawps": {"pairs": 48, "val": 8, "test": 24, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 20},
-    "detox": {"pairs": 24, "val": 8, "test": 24, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 16},
+    "mawps": {"pairs": 48, "val": 8, "test": 16, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 20},
+    "detox": {"pairs": 16, "val": 8, "test": 16, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 16},
 }
 
 
@@ -122,7 +122,16 @@ def write_doc() -> None:
         states = {p.parent.name: json.loads(p.read_text()) for p in found}
         states = {t: s for t, s in states.items() if "test" in s}
         if not states:
+            lines += [f"## {model}", "", f"Not run yet: `python scripts/results.py --model {model}`.", ""]
             continue
+        for name, st in states.items():  # keep the raw sweep next to the table (runs/ is not versioned)
+            atomic_write_text(DOC.parent / "results" / short(model) / f"{name}.json", json.dumps(st, indent=1) + "\n")
+        deltas = [s["test"]["steered"][s["metric"]] - s["test"]["unsteered"][s["metric"]] for s in states.values()]
+        summary = (
+            f"AUSteer's best validation configuration raised the test metric on {sum(d > 1e-9 for d in deltas)} "
+            f"of {len(deltas)} tasks, left it unchanged on {sum(abs(d) <= 1e-9 for d in deltas)} and lowered it "
+            f"on {sum(d < -1e-9 for d in deltas)}."
+        )
         lines += [
             f"## {model}",
             "",
@@ -144,7 +153,7 @@ def write_doc() -> None:
                 f"{100 * (st[m] - u[m]):+.1f} | {t['site']} | {t['n_steered']} | {t['alpha']:g} | {choice} | "
                 f"{u['ppl']:.2f} -> {st['ppl']:.2f} | {cont} |"
             )
-        lines += ["", "Budget and validation per task (val metric unsteered, then per configuration):", ""]
+        lines += ["", summary, "", "Budget and validation per task (val metric unsteered, then per configuration):", ""]
         for name, s in states.items():
             cfg = s["settings"]
             rows = ", ".join(
@@ -168,7 +177,8 @@ def write_doc() -> None:
         "",
         f"Last written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
         f"({platform.system()}), Python {platform.python_version()}, float32 on the CPU.",
-        "Raw sweeps (every validation row, the test metrics, the best spec) are in `runs/results/<model>/<task>/`.",
+        "Raw sweeps (every validation row with all its metrics, the test metrics) are copied to",
+        "`docs/results/<model>/<task>.json`; the best specs are in `runs/results/<model>/<task>/best/`.",
         "",
     ]
     atomic_write_text(DOC, "\n".join(lines))
