@@ -92,18 +92,19 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
         data["dose"] = {"limit": args.dose_limit, "alpha": alpha, "rows": rows}
         save(path, data)
     if "frontier" in args.stages and task.kind == "behaviour":
+        chosen = {m: FRONTIER_CONFIGS[m] for m in args.frontier_methods.split(",")}
         rows = frontier(
             model,
             tok,
             task,
             evidence,
-            FRONTIER_CONFIGS,
+            chosen,
             FRONTIER_STRENGTHS,
             limit=args.frontier_limit,
             batch_size=args.batch_size,
             eval_kw=eval_kw,
         )
-        data["frontier"] = {"limit": args.frontier_limit, "configs": FRONTIER_CONFIGS, "rows": rows}
+        data["frontier"] = {"limit": args.frontier_limit, "configs": chosen, "rows": rows}
         save(path, data)
 
 
@@ -186,6 +187,7 @@ def main() -> None:
     p.add_argument("--dose-alpha", type=float, default=None, help="default: the alpha AUSteer chose on val")
     p.add_argument("--dose-limit", type=int, default=200)
     p.add_argument("--frontier-limit", type=int, default=60)
+    p.add_argument("--frontier-methods", default=",".join(FRONTIER_CONFIGS))
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--render-only", action="store_true")
