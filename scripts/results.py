@@ -113,7 +113,7 @@ def write_doc() -> None:
         "",
         "The budget is deliberately small (a shared 2-core CPU, no GPU): few pairs, small validation and",
         "test sets and a small grid, listed per task under the table. With test sets this small, a",
-        "difference of a few points is within noise (one item of 32 is 3.1 points).",
+        "difference of a few points is within noise: one item is 100/n points (6.2 points with 16 items).",
         "",
     ]
     for model in MODELS:
