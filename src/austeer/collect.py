@@ -199,7 +199,7 @@ def pair_momenta(
             position_ids=(pre_mask.cumsum(1) - 1).clamp(min=0).to(device),
             use_cache=True,
         )
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         if cache is None:
             raise RuntimeError(f"{type(net).__name__} returned no KV cache; call score(share_prefix=False)")
         cache.batch_repeat_interleave(2)

@@ -48,6 +48,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         model_id=name,
+        share_prefix=args.share_prefix,
     )
     spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2))
     spec.save(args.out)
@@ -113,6 +114,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=None, help="truncate texts on the left to this many tokens")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
+    p.add_argument(
+        "--share-prefix",
+        action="store_true",
+        help="run each pair's shared prompt once and both answers from its KV cache (about 2x faster)",
+    )
     add_model_args(p)
     p.set_defaults(func=cmd_fit)
 
