@@ -115,6 +115,12 @@ def _chosen_alpha(data: dict[str, Any]) -> float:
     return 4.0
 
 
+def _metric(data: dict[str, Any]) -> str:
+    from austeer.tasks import get_task
+
+    return str(data.get("compare", {}).get("metric") or get_task(data["task"]).metric)
+
+
 def render() -> None:
     from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, table
     from austeer.compare import Comparison, Result
@@ -140,7 +146,7 @@ def render() -> None:
             parts.append(f"![{name} comparison](img/{img.name})\n")
         if "dose" in data:
             d = data["dose"]
-            metric = data.get("compare", {}).get("metric", "metric")
+            metric = _metric(data)
             img = plot_dose(d["rows"], name, metric, IMG / f"compare_{name}_dose.png")
             by_site: dict[str, list[str]] = {}
             for r in d["rows"]:
@@ -150,7 +156,7 @@ def render() -> None:
             parts.append(f"\n![{name} dose-response](img/{img.name})\n")
         if "frontier" in data:
             f = data["frontier"]
-            metric = data.get("compare", {}).get("metric", "metric")
+            metric = _metric(data)
             for x in ("ppl", "cont_ppl"):
                 img = plot_frontier(f["rows"], name, metric, x, IMG / f"compare_{name}_frontier_{x}.png")
                 parts.append(f"![{name} frontier ({x})](img/{img.name})\n")
