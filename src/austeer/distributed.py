@@ -35,13 +35,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
-from austeer.collect import last_token_activations, pair_momenta
-from austeer.momentum import SignCounts, select
-from austeer.pairs import Pair, pair_texts
-from austeer.sites import check_site, decoder_layers, site_width
+from austeer.fit import batch_plan, score, spec_from_counts
+from austeer.momentum import SignCounts
+from austeer.pairs import Pair
 from austeer.spec import SteerSpec
+
+__all__ = ["batch_plan", "score_shard", "score_distributed", "fit_distributed", "shard", "all_reduce_counts"]
 
 
 def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
@@ -56,15 +56,6 @@ def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
     return list(items[rank::world])
 
 
-def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[list[int]]:
-    """The pair indices of each batch, exactly as :func:`austeer.fit.score` forms them."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    texts = [pair_texts(tokenizer, p) for p in pairs]
-    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-
-
 def score_shard(
     model: nn.Module,
     tokenizer: Any,
@@ -77,34 +68,19 @@ def score_shard(
     progress: bool = False,
     share_prefix: bool = False,
 ) -> dict[str, SignCounts]:
-    """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`).
-
-    ``share_prefix``: as in :func:`austeer.fit.score` (prompt run once, answers from its KV cache).
-    """
-    for site in sites:
-        check_site(site)
-    n_layers = len(decoder_layers(model))
-    counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
-    mine = shard(batch_plan(tokenizer, pairs, batch_size), rank, world)
-    bar = tqdm(total=sum(len(b) for b in mine), desc=f"scoring AUs (rank {rank})", unit="pair", disable=not progress)
-    try:
-        for batch in mine:
-            chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
-            b = len(chunk)
-            if share_prefix:
-                momenta = pair_momenta(model, tokenizer, chunk, sites, max_length)
-                for site in sites:
-                    counts[site].update(momenta[site])
-                bar.update(b)
-                continue
-            texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
-            acts = last_token_activations(model, tokenizer, texts, sites, max_length)
-            for site in sites:
-                counts[site].update(acts[site][:b].to(torch.float32) - acts[site][b:].to(torch.float32))
-            bar.update(b)
-    finally:
-        bar.close()
-    return counts
+    """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`)."""
+    return score(
+        model,
+        tokenizer,
+        pairs,
+        sites,
+        batch_size,
+        max_length,
+        progress,
+        share_prefix=share_prefix,
+        rank=rank,
+        world=world,
+    )
 
 
 def all_reduce_counts(counts: dict[str, SignCounts]) -> dict[str, SignCounts]:
@@ -155,21 +131,11 @@ def fit_distributed(
     share_prefix: bool = False,
 ) -> SteerSpec:
     """:func:`austeer.fit.fit` over the current process group; every rank returns the same spec."""
-    from austeer.models import fingerprint
-
     if not pairs:
         raise ValueError("fit needs at least one pair")
     sites = [site] if isinstance(site, str) else list(site)
     counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix)
-    return SteerSpec(
-        units=select(counts, k),
-        alpha=float(alpha),
-        model_id=model_id or str(getattr(model.config, "_name_or_path", "")),
-        fingerprint=fingerprint(model),
-        n_pairs=len(pairs),
-        sites=sites,
-        scores=counts,
-    )
+    return spec_from_counts(model, counts, k, alpha, len(pairs), model_id)
 
 
 # ---------------------------------------------------------------- the `austeer fit` entry point

@@ -32,6 +32,15 @@ from austeer.sites import check_site, decoder_layers, site_width
 from austeer.spec import SteerSpec
 
 
+def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[list[int]]:
+    """Pair indices of each forward batch: pairs sorted by length (longest first), cut into ``batch_size`` chunks."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def score(
     model: nn.Module,
     tokenizer: Any,
@@ -42,33 +51,38 @@ def score(
     progress: bool = True,
     padding_side: str = "left",
     share_prefix: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, SignCounts]:
     """Sign counts of every AU of ``sites`` over ``pairs`` (``batch_size`` pairs = 2x texts per forward).
 
     ``share_prefix=True`` runs the prompt shared by the two texts of a pair once and both answers from
     its KV cache (:func:`austeer.collect.pair_momenta`): the same counts up to float rounding of
     near-zero momenta, for about half the compute when answers are short.
+
+    ``rank``/``world``: score only batches ``rank, rank + world, ...`` of :func:`batch_plan` (one shard of
+    a multi-process run; the shards' counts add up to the one-process counts exactly).
     """
     for site in sites:
         check_site(site)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
     n_layers = len(decoder_layers(model))
     counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
-    texts = [pair_texts(tokenizer, p) for p in pairs]
-    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
-    bar = tqdm(total=len(texts), desc="scoring AUs", unit="pair", disable=not progress)
+    mine = batch_plan(tokenizer, pairs, batch_size)[rank::world]
+    desc = "scoring AUs" if world == 1 else f"scoring AUs (rank {rank})"
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="pair", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = [texts[i] for i in order[start : start + batch_size]]
-            batch = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
+        for batch in mine:
+            chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
             b = len(chunk)
             if share_prefix:
                 momenta = pair_momenta(model, tokenizer, chunk, sites, max_length)
                 for site in sites:
                     counts[site].update(momenta[site])
             else:
-                acts = last_token_activations(model, tokenizer, batch, sites, max_length, padding_side)
+                texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
+                acts = last_token_activations(model, tokenizer, texts, sites, max_length, padding_side)
                 for site in sites:
                     a = acts[site]
                     counts[site].update(a[:b].to(torch.float32) - a[b:].to(torch.float32))
@@ -76,6 +90,21 @@ def score(
     finally:
         bar.close()
     return counts
+
+
+def spec_from_counts(
+    model: nn.Module, counts: dict[str, SignCounts], k: int, alpha: float, n_pairs: int, model_id: str = ""
+) -> SteerSpec:
+    """The spec of the global top ``k`` AUs of ``counts`` for ``model``."""
+    return SteerSpec(
+        units=select(counts, k),
+        alpha=float(alpha),
+        model_id=model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "")),
+        fingerprint=fingerprint(model),
+        n_pairs=n_pairs,
+        sites=list(counts),
+        scores=counts,
+    )
 
 
 def fit(
@@ -99,12 +128,4 @@ def fit(
         raise ValueError("fit needs at least one pair")
     sites = [site] if isinstance(site, str) else list(site)
     counts = score(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)
-    return SteerSpec(
-        units=select(counts, k),
-        alpha=float(alpha),
-        model_id=model_id or str(getattr(model.config, "_name_or_path", "")),
-        fingerprint=fingerprint(model),
-        n_pairs=len(pairs),
-        sites=sites,
-        scores=counts,
-    )
+    return spec_from_counts(model, counts, k, alpha, len(pairs), model_id)
