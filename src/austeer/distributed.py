@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -190,30 +189,10 @@ def _run_rank(
 
 
 def _fit_and_save(args: argparse.Namespace, rank: int, world: int) -> None:
-    from austeer.cli.core import load_from_args
-    from austeer.pairs import read_pairs
+    from austeer.cli.core import fit_from_args
 
-    pairs = read_pairs(args.pairs)
-    if args.limit:
-        pairs = pairs[: args.limit]
-    model, tok, name = load_from_args(args)
-    start = time.perf_counter()
-    sites = [s.strip() for s in args.site.split(",")]
-    spec = fit_distributed(
-        model,
-        tok,
-        pairs,
-        sites,
-        args.k,
-        args.alpha,
-        args.batch_size,
-        args.max_length,
-        name,
-        progress=rank == 0,
-        share_prefix=bool(getattr(args, "share_prefix", False)),
-    )
+    spec = fit_from_args(args, rank, world)
     if rank == 0:
-        spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2), processes=world)
         spec.save(args.out)
     dist.barrier()
 

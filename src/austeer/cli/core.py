@@ -24,11 +24,9 @@ def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[
     return m, tok, name
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    from austeer.distributed import cmd_fit_multi, launched_by_torchrun
-
-    if getattr(args, "nproc", 1) != 1 or launched_by_torchrun():
-        return cmd_fit_multi(args)  # shards the pairs over processes and all-reduces the sign counts
+def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Any:
+    """Read the pairs, load the model and fit (over the process group when ``world > 1``)."""
+    from austeer.distributed import fit_distributed
     from austeer.fit import fit
     from austeer.pairs import read_pairs
 
@@ -38,7 +36,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model, tok, name = load_from_args(args)
     start = time.perf_counter()
     sites = [s.strip() for s in args.site.split(",")]
-    spec = fit(
+    fitter = fit if world == 1 else fit_distributed
+    spec = fitter(
         model,
         tok,
         pairs,
@@ -48,12 +47,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         model_id=name,
-        share_prefix=args.share_prefix,
+        progress=rank == 0,
+        share_prefix=bool(getattr(args, "share_prefix", False)),
     )
     spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2))
+    if world > 1:
+        spec.info["processes"] = world
+    return spec
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from austeer.distributed import cmd_fit_multi, launched_by_torchrun
+
+    if getattr(args, "nproc", 1) != 1 or launched_by_torchrun():
+        return cmd_fit_multi(args)  # shards the pairs over processes and all-reduces the sign counts
+    spec = fit_from_args(args)
     spec.save(args.out)
     print(
-        f"scored {len(pairs)} pairs on site(s) {','.join(sites)} in {spec.info['seconds']:.1f} s; "
+        f"scored {spec.n_pairs} pairs on site(s) {','.join(spec.sites)} in {spec.info['seconds']:.1f} s; "
         f"kept {spec.k} AUs -> {args.out}"
     )
     for u in spec.units[: min(10, spec.k)]:
