@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,11 @@ class PairsFormatError(ValueError):
     """A pairs file line is malformed; the message names the file, the line and the field."""
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
-    """Read a pairs JSONL file; blank lines are skipped, anything malformed raises :class:`PairsFormatError`."""
+def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = ValueError) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` of every non-blank line; bad JSON raises ``error`` naming file and line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"pairs file {path} does not exist")
-    pairs: list[Pair] = []
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -48,8 +48,13 @@ def read_pairs(path: str | Path) -> list[Pair]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PairsFormatError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            pairs.append(pair_from_obj(obj, f"{path}:{lineno}"))
+                raise error(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            yield lineno, obj
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Read a pairs JSONL file; blank lines are skipped, anything malformed raises :class:`PairsFormatError`."""
+    pairs = [pair_from_obj(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path, "pairs", PairsFormatError)]
     if not pairs:
         raise PairsFormatError(f"{path}: no pairs (expected one JSON object per line)")
     return pairs

@@ -25,11 +25,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from austeer.pairs import Pair, read_pairs
+from austeer.pairs import Pair, iter_jsonl, read_pairs
 from austeer.tasks.base import MAX_PAIRS, Item, Task, split_ids
 
 
@@ -66,18 +65,7 @@ def _parse(path: Path, lineno: int, obj: Any) -> Item:
 def read_eval(path: str | Path) -> list[Item]:
     """Read and validate an eval JSONL (see the module docstring); all items must be of one kind."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"eval file {path} does not exist")
-    items = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            items.append((lineno, _parse(path, lineno, obj)))
+    items = [(lineno, _parse(path, lineno, obj)) for lineno, obj in iter_jsonl(path, "eval")]
     if len(items) < 2:
         raise ValueError(f"{path}: need at least 2 eval items (val and test), found {len(items)}")
     kinds = {bool(it.choices) for _, it in items}
