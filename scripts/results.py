@@ -29,9 +29,16 @@ MODELS = ("embedded:smollm2-135m-instruct", "embedded:gemma3-270m")
 
 #: per task: pairs, val and test items, grid and generation budget (bounded for a shared 2-core CPU)
 PLAN: dict[str, dict[str, Any]] = {
-    "copa": {"pairs": 100, "val": 40, "test": 120, "sites": ["head"], "k": [8, 32], "alpha": [5, 15]},
-    "winogrande": {"pairs": 64, "val": 32, "test": 96, "sites": ["head"], "k": [8, 32], "alpha": [5, 15]},
-    "boolq": {"pairs": 24, "val": 16, "test": 40, "sites": ["head"], "k": [8, 32], "alpha": [5]},
+    "copa": {"pairs": 300, "val": 100, "test": 300, "sites": ["head", "ffn"], "k": [2, 8, 32], "alpha": [5, 15]},
+    "winogrande": {"pairs": 300, "val": 100, "test": 300, "sites": ["head", "ffn"], "k": [2, 8, 32], "alpha": [5, 15]},
+    "boolq": {
+        "pairs": 200,
+        "val": 100,
+        "test": 400,
+        "sites": ["head", "ffn"],
+        "k": [2, 8, 32, 100],
+        "alpha": [1, 5, 15],
+    },
     "sentiment": {"pairs": 16, "val": 12, "test": 24, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 16},
     "svamp": {"pairs": 48, "val": 8, "test": 24, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 20},
     "mawps": {"pairs": 48, "val": 8, "test": 16, "sites": ["head"], "k": [8, 32], "alpha": [5], "new": 20},
