@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from austeer.fit import batch_plan, score, spec_from_counts
+from austeer.fit import batch_plan, fit, score
 from austeer.momentum import SignCounts
 from austeer.pairs import Pair
 from austeer.spec import SteerSpec
@@ -116,25 +116,11 @@ def score_distributed(
     return all_reduce_counts(local)
 
 
-def fit_distributed(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[Pair],
-    site: str | Sequence[str] = "head",
-    k: int = 32,
-    alpha: float = 5.0,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    model_id: str = "",
-    progress: bool = False,
-    share_prefix: bool = False,
-) -> SteerSpec:
-    """:func:`austeer.fit.fit` over the current process group; every rank returns the same spec."""
-    if not pairs:
-        raise ValueError("fit needs at least one pair")
-    sites = [site] if isinstance(site, str) else list(site)
-    counts = score_distributed(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix)
-    return spec_from_counts(model, counts, k, alpha, len(pairs), model_id)
+def fit_distributed(*args: Any, **kwargs: Any) -> SteerSpec:
+    """:func:`austeer.fit.fit` (same arguments) over the current process group; every rank returns the same spec."""
+    kwargs.setdefault("progress", False)
+    kwargs["scorer"] = score_distributed
+    return fit(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- the `austeer fit` entry point

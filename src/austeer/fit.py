@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -119,13 +119,16 @@ def fit(
     model_id: str = "",
     progress: bool = True,
     share_prefix: bool = False,
+    scorer: Callable[..., dict[str, SignCounts]] = score,
 ) -> SteerSpec:
     """Score the AUs of ``site`` (one or several) on ``pairs`` and keep the global top ``k``.
 
     ``share_prefix``: see :func:`score` (prompt run once per pair, answers from its KV cache).
+    ``scorer``: the function that computes the counts, with :func:`score`'s arguments
+    (:func:`austeer.distributed.score_distributed` spreads them over a process group).
     """
     if not pairs:
         raise ValueError("fit needs at least one pair")
     sites = [site] if isinstance(site, str) else list(site)
-    counts = score(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)
+    counts = scorer(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)
     return spec_from_counts(model, counts, k, alpha, len(pairs), model_id)
