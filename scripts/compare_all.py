@@ -122,8 +122,8 @@ def _metric(data: dict[str, Any]) -> str:
 
 
 def render() -> None:
-    from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, table
-    from austeer.compare import Comparison, Result
+    from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, summary_table, table
+    from austeer.compare import Comparison
     from austeer.spec import atomic_write_text
 
     parts = []
@@ -132,9 +132,7 @@ def render() -> None:
         name = data["task"]
         parts.append(f"### {name}\n")
         if "compare" in data:
-            c = dict(data["compare"])
-            c["results"] = [Result(**r) for r in c["results"]]
-            comp = Comparison(**c)
+            comp = Comparison.from_json(data["compare"])
             s = comp.settings
             parts.append(
                 f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
@@ -170,6 +168,10 @@ def render() -> None:
                     f"cont_ppl {m.get('cont_ppl', float('nan')):.2f}"
                 )
             parts.append("")
+    datas = [json.loads(p.read_text()) for p in sorted(IMG.glob("compare_*.json"))]
+    comps = [Comparison.from_json(d["compare"]) for d in datas if "compare" in d]
+    if comps:
+        parts[:0] = ["### All tasks\n", summary_table(comps) + "\n"]
     generated = "\n".join(parts)
     text = DOC.read_text() if DOC.exists() else f"# Comparison\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:

@@ -179,6 +179,7 @@ def write_doc() -> None:
             if key in u:
                 lines.append(f"- **{name}** {key} on test: vanilla {u[key]:.3f} -> AUSteer {st[key]:.3f}.")
         lines.append("")
+    lines += comparison_lines()
     lines += [
         "## Machine",
         "",
@@ -189,6 +190,43 @@ def write_doc() -> None:
         "",
     ]
     atomic_write_text(DOC, "\n".join(lines))
+
+
+def comparison_lines() -> list[str]:
+    """The cross-task summary of ``docs/img/compare_<task>.json`` (written by scripts/compare_all.py)."""
+    from austeer.baselines.report import plot_dose_grid, summary_table
+    from austeer.compare import Comparison
+    from austeer.tasks import TASKS, get_task
+
+    img = DOC.parent / "img"
+    paths = {t: img / f"compare_{t}.json" for t in TASKS}
+    found = {t: json.loads(p.read_text()) for t, p in paths.items() if p.exists()}
+    if not found:
+        return []
+    comps = [Comparison.from_json(d["compare"]) for d in found.values() if "compare" in d]
+    curves = {t: (d["dose"]["rows"], get_task(t).metric) for t, d in found.items() if "dose" in d}
+    lines = [
+        "## Does steering less achieve more? AUSteer against the baselines (SmolLM2-135M-Instruct)",
+        "",
+        "Every method with the same pairs, the same validation budget and the same test items; test metric",
+        "of the configuration each method chose on validation, with the number of steered activations in",
+        "brackets. *best* is the best steering method (calibration does not steer), *sig* its margin over",
+        "the unsteered model in binomial standard errors (below 2: within noise). Protocol, per-task",
+        "tables, frontiers and a reading of them: [COMPARISON.md](COMPARISON.md).",
+        "",
+        summary_table(comps),
+        "",
+    ]
+    if curves:
+        out = plot_dose_grid(curves, img / "dose_all.png")
+        lines += [
+            "Dose-response: test metric against the number of steered AUs (top-k by |beta|, from 0 to all of",
+            "the site), at the alpha AUSteer chose on validation, one curve per site:",
+            "",
+            f"![dose-response, all tasks](img/{out.name})",
+            "",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

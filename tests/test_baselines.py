@@ -263,5 +263,14 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     assert data["baseline_test"]["accuracy"] == direct["accuracy"]
     assert data["baseline_test"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-4)
     assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
+    from austeer.baselines.report import summary_table
+    from austeer.compare import Comparison
+
+    comp = Comparison.from_json(data)
+    assert comp.to_json() == {k: v for k, v in data.items() if k != "model"}
+    row = summary_table([comp]).splitlines()[2].split(" | ")
+    best = max(data["results"][:2], key=lambda r: (r["test_metric"], -r["n_steered"]))
+    assert row[-2] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"
+    assert f"**{best['test_metric']:.3f} ({best['n_steered']})**" in row
     assert main(["compare", "--task", "copa", "--methods", "nope", "--out", str(out)]) == 2
     assert "unknown method" in capsys.readouterr().err

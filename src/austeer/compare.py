@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from torch import nn
@@ -65,6 +65,13 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Comparison:
+        """The inverse of :meth:`to_json`; other keys (the CLI adds ``model``) are ignored."""
+        names = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in data.items() if k in names}
+        return cls(**{**kept, "results": [Result(**r) for r in data["results"]]})
 
 
 def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, Any], ...]:

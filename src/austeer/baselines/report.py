@@ -3,6 +3,8 @@
 Example:
     >>> print(fmt_config({"site": "head", "k": 8, "alpha": 4.0}))
     site=head k=8 alpha=4
+    >>> margin(0.60, 0.50, 100)  # a 10-point gain on 100 items is 2.0 standard errors
+    2.0
 """
 
 from __future__ import annotations
@@ -34,6 +36,40 @@ def table(c: Comparison) -> str:
             f"| {r.method} | {fmt_config(r.config)} | {r.n_steered} | {r.val:.3f} | {r.test_metric:.3f} | "
             f"{r.ppl_delta:+.2f} | {r.fold.split(':')[0]} |"
         )
+    return "\n".join(lines)
+
+
+def margin(metric: float, base: float, n: int) -> float:
+    """``metric - base`` in binomial standard errors of ``base`` on ``n`` items (rounded to 0.1)."""
+    se = max((base * (1 - base) / max(n, 1)) ** 0.5, 0.5 / max(n, 1))
+    return round((metric - base) / se, 1)
+
+
+def summary_table(comps: Sequence[Comparison]) -> str:
+    """One Markdown row per task: the test metric of every method, its steered activations in brackets.
+
+    The best steering method of each task is in bold; ``sig`` is its margin over the unsteered model in
+    binomial standard errors (see :func:`margin`): below 2 it is within noise.
+    """
+    methods = list(dict.fromkeys(r.method for c in comps for r in c.results))
+    lines = [
+        "| task | metric | n test | none | " + " | ".join(methods) + " | best | sig |",
+        "|---|---|---:|---:|" + "---:|" * len(methods) + "---|---:|",
+    ]
+    for c in comps:
+        by = {r.method: r for r in c.results}
+        base = c.baseline_test[c.metric]
+        steering = [r for r in c.results if r.method != "calibration"]
+        best = max(steering, key=lambda r: (r.test_metric, -r.n_steered)) if steering else None
+        cells = []
+        for m in methods:
+            r = by.get(m)
+            cell = "-" if r is None else f"{r.test_metric:.3f} ({r.n_steered})"
+            cells.append(f"**{cell}**" if r is not None and r is best else cell)
+        n = int(c.baseline_test.get("n_items", c.settings.get("test_limit", 0)))
+        sig = f"{margin(best.test_metric, base, n):+.1f}" if best else "-"
+        name = best.method if best else "-"
+        lines.append(f"| {c.task} | {c.metric} | {n} | {base:.3f} | " + " | ".join(cells) + f" | {name} | {sig} |")
     return "\n".join(lines)
 
 
@@ -72,6 +108,31 @@ def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str |
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: dose-response (alpha {rows[0]['alpha']:g})" if rows else task)
     ax.legend()
+    return _save(fig, out)
+
+
+def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out: str | Path) -> Path:
+    """One small dose-response panel per task (``curves``: task -> (rows, metric)), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, max(len(curves), 1))
+    nrows = (len(curves) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    for ax, (task, (rows, metric)) in zip(axes.flat, curves.items(), strict=False):
+        for site in sorted({r["site"] for r in rows}):
+            pts = sorted((r["k"], r["metric"]) for r in rows if r["site"] == site)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=site)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_title(f"{task} ({metric})", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.axis("off")
+    if curves:
+        axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("steered AUs (top-k by |beta|; last point: all)", fontsize=9)
     return _save(fig, out)
 
 
