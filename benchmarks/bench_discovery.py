@@ -28,6 +28,7 @@ import cProfile
 import io
 import pstats
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -118,13 +119,13 @@ def main() -> None:
     print(f"beta agreement with the batch-1 reference on {len(few)} pairs: {agree:.4f} "
           "(float differences of momenta near 0 can flip a few signs)")
     few_batches = batches_like_score(tok, few, args.batch_size)
-    warm = {
+    warm: dict[str, Callable[[], Any]] = {
         "plain": lambda: plain(model, tok, few_batches),
         "backbone": lambda: plain(model, tok, few_batches, False),
         "shared": lambda: austeer.score(model, tok, few, ["head"], batch_size=4, progress=False, share_prefix=True),
     }
 
-    contenders = {
+    contenders: dict[str, Callable[[], Any]] = {
         "austeer": lambda: austeer.score(model, tok, pairs, ["head"], batch_size=args.batch_size, progress=False),
         "austeer_shared": lambda: austeer.score(
             model, tok, pairs, ["head"], batch_size=args.batch_size, progress=False, share_prefix=True
@@ -153,18 +154,18 @@ def main() -> None:
                               "ratios": {}}
     for label, tt in (("wall", times), ("CPU", cpu)):
         print(f"\nthroughput ratios from {label} time (medians of per-repetition ratios):")
-        for ours in ("austeer", "austeer_shared"):
-            vs_plain = med(paired_ratio(tt["plain"], tt[ours]))
-            vs_backbone = med(paired_ratio(tt["plain_backbone"], tt[ours]))
-            line = (f"  {ours}: / plain batched forward {vs_plain:.2f}x ({verdict(vs_plain >= 0.9)}: >= 0.9x); "
+        for mine in ("austeer", "austeer_shared"):
+            vs_plain = med(paired_ratio(tt["plain"], tt[mine]))
+            vs_backbone = med(paired_ratio(tt["plain_backbone"], tt[mine]))
+            line = (f"  {mine}: / plain batched forward {vs_plain:.2f}x ({verdict(vs_plain >= 0.9)}: >= 0.9x); "
                     f"/ plain batched backbone forward {vs_backbone:.2f}x")
             ratios = {"vs_plain": vs_plain, "vs_backbone": vs_backbone}
             if "authors" in tt:
-                vs_auth = med(paired_ratio(tt["authors"], tt[ours]))
+                vs_auth = med(paired_ratio(tt["authors"], tt[mine]))
                 line += f"; / authors' way {vs_auth:.2f}x ({verdict(vs_auth >= 2)}: >= 2x)"
                 ratios["vs_authors"] = vs_auth
             print(line)
-            result["ratios"][f"{ours}_{label}"] = ratios
+            result["ratios"][f"{mine}_{label}"] = ratios
         if "authors" in tt:
             auth_b1 = med(paired_ratio(tt["authors"], tt["plain_b1"]))
             auth_plain = med(paired_ratio(tt["authors"], tt["plain"]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ IMG = ROOT / "docs" / "img"
 DOC = ROOT / "docs" / "COMPARISON.md"
 BEGIN, END = "<!-- BEGIN GENERATED (scripts/compare_all.py) -->", "<!-- END GENERATED -->"
 
-FRONTIER_CONFIGS = {
+FRONTIER_CONFIGS: dict[str, dict[str, Any]] = {
     "austeer": {"site": "head", "k": 32},
     "fixed": {"site": "head", "k": 32},
     "block": {"site": "head", "k": 32},
@@ -28,7 +29,7 @@ FRONTIER_CONFIGS = {
     "iti": {"heads": 16},
     "caa": {"layer": 0.33},
 }
-FRONTIER_STRENGTHS = {
+FRONTIER_STRENGTHS: dict[str, Sequence[float]] = {
     "austeer": (2.0, 5.0, 10.0, 20.0),
     "fixed": (2.0, 5.0, 10.0, 20.0),
     "block": (2.0, 5.0, 10.0, 20.0),
@@ -89,6 +90,10 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
             batch_size=args.batch_size,
             eval_kw=eval_kw,
         )
+        old = data.get("dose", {})
+        if old.get("limit") == args.dose_limit and old.get("alpha") == alpha:  # add doses to an earlier run
+            new = {(r["site"], r["k"]) for r in rows}
+            rows = sorted([r for r in old["rows"] if (r["site"], r["k"]) not in new] + rows, key=_dose_key)
         data["dose"] = {"limit": args.dose_limit, "alpha": alpha, "rows": rows}
         save(path, data)
     if "frontier" in args.stages and task.kind == "behaviour":
@@ -106,6 +111,11 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
         )
         data["frontier"] = {"limit": args.frontier_limit, "configs": chosen, "rows": rows}
         save(path, data)
+
+
+def _dose_key(row: dict[str, Any]) -> tuple[int, int]:
+    order = ["head", "ffn", "neuron", "residual"]
+    return (order.index(row["site"]) if row["site"] in order else len(order), int(row["k"]))
 
 
 def _chosen_alpha(data: dict[str, Any]) -> float:
