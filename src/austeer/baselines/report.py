@@ -93,20 +93,25 @@ def plot_comparison(c: Comparison, out: str | Path) -> Path:
 
 
 def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str | Path) -> Path:
-    """Test metric against the number of steered AUs (symlog x axis), one curve per site."""
+    """Test metric (left) and neutral-text perplexity (right) against the number of steered AUs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.5))
     for site in sorted({r["site"] for r in rows}):
-        pts = sorted((r["k"], r["metric"]) for r in rows if r["site"] == site)
+        pts = sorted((r["k"], r["metric"], r["ppl"]) for r in rows if r["site"] == site)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=site)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("steered AUs (top-k by |beta|; last point: all)")
+        ax_ppl.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=site)
+    for a in (ax, ax_ppl):
+        a.set_xscale("symlog", linthresh=1)
+        a.set_xlabel("steered AUs (top-k by |beta|; last point: all)")
     ax.set_ylabel(metric)
+    ax_ppl.set_yscale("log")
+    ax_ppl.set_ylabel("neutral-text perplexity")
     ax.set_title(f"{task}: dose-response (alpha {rows[0]['alpha']:g})" if rows else task)
+    ax_ppl.set_title("damage")
     ax.legend()
     return _save(fig, out)
 
