@@ -66,6 +66,9 @@ def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentimen
     acts = _direct(model, tok, pairs[:4], lambda i: decoder_layers(model)[i])
     v4 = (acts[:, 0] - acts[:, 1]).mean(0)[layer]
     ev4 = gather(model, tok, pairs[:4], ["residual"], batch_size=4, progress=False)
+    # gather batches by length, then puts every row back in pair order
+    assert torch.allclose(ev4.pos["residual"], acts[:, 0], atol=1e-3)
+    assert torch.allclose(ev4.neg["residual"], acts[:, 1], atol=1e-3)
     assert torch.allclose(caa.build(model, ev4, layer=float(layer), multiplier=1.0).vectors[layer], v4, atol=1e-3)
     assert torch.allclose(steerer.vectors[layer], 2.0 * evidence.mean_diff("residual")[layer])
     assert steerer.n_steered == model.config.hidden_size

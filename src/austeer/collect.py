@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from austeer.pairs import has_chat_template
+from austeer.pairs import Pair, has_chat_template, pair_texts
 from austeer.sites import decoder_layers, site_def, site_module, site_width
 
 
@@ -123,6 +123,38 @@ def last_token_activations(
         if tuple(out[site].shape) != expected:
             raise RuntimeError(f"site {site!r}: captured shape {tuple(out[site].shape)}, expected {expected}")
     return out
+
+
+def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[list[int]]:
+    """Pair indices of each forward batch: pairs sorted by length (longest first), cut into ``batch_size`` chunks."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def pair_activations(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    sites: Sequence[str],
+    batches: Sequence[Sequence[int]],
+    max_length: int | None = None,
+    padding_side: str = "left",
+) -> Iterator[tuple[Sequence[int], dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Per batch of pair indices (one forward of both texts of each pair): ``(indices, positive, negative)``.
+
+    ``positive[site]`` and ``negative[site]`` are ``[len(indices), n_layers, width]`` float32 activations at
+    the last token, in the order of ``indices``. Scoring (:func:`austeer.fit.score`) and the baselines'
+    evidence (:func:`austeer.baselines.base.gather`) both read pairs through this loop.
+    """
+    for batch in batches:
+        chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
+        texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
+        acts = last_token_activations(model, tokenizer, texts, sites, max_length, padding_side)
+        b = len(chunk)
+        yield batch, {s: acts[s][:b] for s in sites}, {s: acts[s][b:] for s in sites}
 
 
 def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[list[int]]:

@@ -24,21 +24,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import last_token_activations, pair_momenta
+from austeer.collect import batch_plan, pair_activations, pair_momenta
 from austeer.models import fingerprint
 from austeer.momentum import SignCounts, select
 from austeer.pairs import Pair, pair_texts
 from austeer.sites import check_site, decoder_layers, site_width
 from austeer.spec import SteerSpec
-
-
-def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[list[int]]:
-    """Pair indices of each forward batch: pairs sorted by length (longest first), cut into ``batch_size`` chunks."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    texts = [pair_texts(tokenizer, p) for p in pairs]
-    order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def score(
@@ -73,20 +64,18 @@ def score(
     desc = "scoring AUs" if world == 1 else f"scoring AUs (rank {rank})"
     bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="pair", disable=not progress)
     try:
-        for batch in mine:
-            chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
-            b = len(chunk)
-            if share_prefix:
+        if share_prefix:
+            for rows in mine:
+                chunk = [pair_texts(tokenizer, pairs[i]) for i in rows]
                 momenta = pair_momenta(model, tokenizer, chunk, sites, max_length)
                 for site in sites:
                     counts[site].update(momenta[site])
-            else:
-                texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
-                acts = last_token_activations(model, tokenizer, texts, sites, max_length, padding_side)
-                for site in sites:
-                    a = acts[site]
-                    counts[site].update(a[:b].to(torch.float32) - a[b:].to(torch.float32))
-            bar.update(b)
+                bar.update(len(rows))
+        else:
+            for batch, pos, neg in pair_activations(model, tokenizer, pairs, sites, mine, max_length, padding_side):
+                for site in sites:  # subtract in float32: half-precision differences zero many momenta
+                    counts[site].update(pos[site].to(torch.float32) - neg[site].to(torch.float32))
+                bar.update(len(batch))
     finally:
         bar.close()
     return counts

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import last_token_activations
+from austeer.collect import batch_plan, pair_activations
 from austeer.momentum import SignCounts, Unit
-from austeer.pairs import Pair, pair_texts
+from austeer.pairs import Pair
 from austeer.sites import decoder_layers, family_of, fold_module, site_module
 from austeer.spec import SteerSpec
 from austeer.steer import apply, folded
@@ -111,19 +111,21 @@ def gather(
     """
     if not pairs:
         raise ValueError("gather needs at least one pair")
-    texts = [pair_texts(tokenizer, p) for p in pairs]
-    pos: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    neg: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    for start in tqdm(range(0, len(texts), batch_size), desc="reading pairs", disable=not progress):
-        chunk = texts[start : start + batch_size]
-        batch = [a for a, _ in chunk] + [b for _, b in chunk]
-        acts = last_token_activations(model, tokenizer, batch, sites, max_length)
+    plan = batch_plan(tokenizer, pairs, batch_size)  # length-sorted batches, put back in pair order below
+    pos: dict[str, torch.Tensor] = {}
+    neg: dict[str, torch.Tensor] = {}
+    batches = pair_activations(model, tokenizer, pairs, sites, plan, max_length)
+    for batch, pos_b, neg_b in tqdm(batches, total=len(plan), desc="reading pairs", disable=not progress):
+        rows = torch.tensor(list(batch))
         for s in sites:
-            pos[s].append(acts[s][: len(chunk)])
-            neg[s].append(acts[s][len(chunk) :])
+            if s not in pos:
+                pos[s] = pos_b[s].new_empty((len(pairs), *pos_b[s].shape[1:]))
+                neg[s] = neg_b[s].new_empty((len(pairs), *neg_b[s].shape[1:]))
+            pos[s][rows] = pos_b[s]
+            neg[s][rows] = neg_b[s]
     return Evidence(
-        {s: torch.cat(v) for s, v in pos.items()},
-        {s: torch.cat(v) for s, v in neg.items()},
+        pos,
+        neg,
         [(p.positive, p.negative) for p in pairs],
         [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
     )
