@@ -47,7 +47,7 @@ def save(path: Path, data: dict[str, Any]) -> None:
 
 def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
     from austeer.baselines.base import gather
-    from austeer.compare import compare, dose_response, frontier
+    from austeer.compare import compare, dose_response, frontier, parse_doses
     from austeer.tasks import get_task
 
     task = get_task(name)
@@ -77,7 +77,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
         save(path, data)
     if "dose" in args.stages:
         alpha = args.dose_alpha or _chosen_alpha(data)
-        doses = [None if d == "all" else int(d) for d in args.doses.split(",")]
+        doses = parse_doses(args.doses)
         rows = dose_response(
             model,
             tok,

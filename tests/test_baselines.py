@@ -253,7 +253,7 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     model, tok = smol
     out = tmp_path / "cmp"
     args = ["compare", "--task", "copa", "--methods", "austeer,sadi,calibration", "--budget", "2", "--pairs-limit", "8",
-            "--val-limit", "6", "--test-limit", "6", "--out", str(out)]
+            "--val-limit", "6", "--test-limit", "6", "--out", str(out), "--doses", "0,2,all", "--dose-sites", "head"]
     assert main(args) == 0
     data = json.loads((out / "compare.json").read_text())
     assert [r["method"] for r in data["results"]] == ["austeer", "sadi", "calibration"]
@@ -275,5 +275,12 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     best = max(data["results"][:2], key=lambda r: (r["test_metric"], -r["n_steered"]))
     assert row[-2] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"
     assert f"**{best['test_metric']:.3f} ({best['n_steered']})**" in row
+    dose = json.loads((out / "dose.json").read_text())
+    assert [r["k"] for r in dose["rows"]] == [0, 2, 17280] and dose["rows"][2]["all"]
+    assert dose["alpha"] == data["results"][0]["config"]["alpha"] and (out / "dose.png").stat().st_size > 0
+    assert dose["rows"][0]["metric"] == direct["accuracy"]  # no AU steered: the unsteered model
+    assert dose["rows"][2]["ppl"] > 10 * direct["ppl"]  # every head AU at once wrecks the model
     assert main(["compare", "--task", "copa", "--methods", "nope", "--out", str(out)]) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert main(["compare", "--task", "copa", "--doses", "0,many", "--out", str(out)]) == 2
+    assert "bad dose 'many'" in capsys.readouterr().err

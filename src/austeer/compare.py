@@ -107,8 +107,27 @@ def evaluate_steered(
     return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
 
 
-def _sites(methods: Sequence[str]) -> list[str]:
-    return sorted({s for m in methods for s in METHODS[m].sites})
+def sites_for(methods: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """The sites ``methods`` read (and ``extra``): what one :func:`gather` pass must collect for them."""
+    return sorted({s for m in methods for s in METHODS[m].sites} | set(extra))
+
+
+def parse_doses(text: str) -> list[int | None]:
+    """Doses of the dose-response from ``"0,2,all"`` (``all``, as ``None``: every AU of the site).
+
+    Example:
+        >>> parse_doses("0, 2,all")
+        [0, 2, None]
+    """
+    doses: list[int | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "all":
+            doses.append(None)
+        elif part.isdigit():
+            doses.append(int(part))
+        else:
+            raise ValueError(f"bad dose {part!r}: expected a number of AUs (0, 2, 100, ...) or 'all'")
+    return doses
 
 
 def compare(
@@ -135,7 +154,7 @@ def compare(
     kw = {"batch_size": batch_size, **(eval_kw or {})}
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
-        evidence = gather(model, tok, pairs, _sites(methods), batch_size=batch_size, progress=progress)
+        evidence = gather(model, tok, pairs, sites_for(methods), batch_size=batch_size, progress=progress)
     base_val = evaluate(model, tok, task, split="val", limit=val_limit, **kw)
     base_test = evaluate(model, tok, task, split="test", limit=test_limit, **kw)
     results = []

@@ -13,19 +13,29 @@ DEFAULT_METHODS = "austeer,caa,iti,sadi,block,random,fixed"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from austeer.baselines.report import plot_comparison, table
-    from austeer.compare import compare
+    from austeer.baselines.base import gather
+    from austeer.baselines.report import plot_comparison, plot_dose, table
+    from austeer.compare import compare, dose_response, parse_doses, sites_for
+    from austeer.sites import check_site
     from austeer.spec import atomic_write_text
     from austeer.tasks import get_task
 
     task = get_task(args.task, pairs=args.pairs, eval=args.eval)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    doses = parse_doses(args.doses) if args.doses else []
+    dose_sites = [s.strip() for s in args.dose_sites.split(",") if s.strip()]
+    for site in dose_sites:
+        check_site(site)
     model, tok, name = load_from_args(args)
     eval_kw: dict[str, Any] = {}
     if args.max_new_tokens is not None:
         eval_kw["max_new_tokens"] = args.max_new_tokens
     if task.kind == "behaviour":  # judge continuations' fluency under an unsteered copy
         eval_kw["ref_model"] = load_from_args(args)[0]
+    evidence = None
+    if doses:  # one pass over the pairs for the methods and the dose-response
+        pairs = task.pairs(model, tok, limit=args.pairs_limit)
+        evidence = gather(model, tok, pairs, sites_for(methods, dose_sites), batch_size=args.batch_size)
     result = compare(
         model,
         tok,
@@ -37,6 +47,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         test_limit=args.test_limit,
         max_ppl_ratio=args.max_ppl_ratio,
         batch_size=args.batch_size,
+        evidence=evidence,
         eval_kw=eval_kw,
     )
     out = Path(args.out)
@@ -47,6 +58,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plot_comparison(result, out / "compare.png")
     print(text)
     print(f"-> {out}/compare.json, compare.md, compare.png")
+    if evidence is not None:
+        chosen = [r.config["alpha"] for r in result.results if r.method == "austeer"]
+        alpha = args.dose_alpha or (float(chosen[0]) if chosen else 4.0)
+        limit = args.dose_limit or args.test_limit
+        kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw}
+        rows = dose_response(model, tok, task, evidence, dose_sites, doses, alpha, **kw)
+        dose = {"model": name, "task": task.name, "alpha": alpha, "limit": limit, "rows": rows}
+        atomic_write_text(out / "dose.json", json.dumps(dose, indent=2) + "\n")
+        plot_dose(rows, task.name, task.metric, out / "dose.png")
+        for site in dose_sites:
+            pts = ", ".join(f"{r['k']}: {r['metric']:.3f}" for r in rows if r["site"] == site)
+            print(f"dose-response {site} (alpha {alpha:g}): {pts}")
+        print(f"-> {out}/dose.json, dose.png")
     return 0
 
 
@@ -63,6 +87,14 @@ def register(sub: Any) -> None:
     p.add_argument("--max-ppl-ratio", type=float, default=2.0, help="eligible configs keep ppl within this factor")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--doses",
+        default="",
+        help="also the dose-response: numbers of top AUs to steer, e.g. 0,2,8,32,100,1000,all (dose.json, dose.png)",
+    )
+    p.add_argument("--dose-sites", default="head,ffn,neuron", help="one dose-response curve per site")
+    p.add_argument("--dose-alpha", type=float, default=None, help="default: the alpha AUSteer chose on val, else 4")
+    p.add_argument("--dose-limit", type=int, default=None, help="test items of the dose-response (default: test-limit)")
     p.add_argument("--out", required=True, help="directory for compare.json, compare.md, compare.png")
     add_model_args(p)
     p.set_defaults(func=cmd_compare)
