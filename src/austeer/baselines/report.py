@@ -3,8 +3,10 @@
 Example:
     >>> print(fmt_config({"site": "head", "k": 8, "alpha": 4.0}))
     site=head k=8 alpha=4
-    >>> margin(0.60, 0.50, 100)  # a 10-point gain on 100 items is 2.0 standard errors
-    2.0
+    >>> margin(0.60, 0.50, 100)  # 60% against 50% on 100 items: z 1.4, within noise
+    1.4
+    >>> margin(0.10, 0.0, 40)  # 4 of 40 against 0 of 40
+    2.1
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from austeer.compare import Comparison
+from austeer.compare import Comparison, Result
 
 SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset")
 
@@ -33,23 +35,35 @@ def table(c: Comparison) -> str:
     ]
     for r in c.results:
         lines.append(
-            f"| {r.method} | {fmt_config(r.config)} | {r.n_steered} | {r.val:.3f} | {r.test_metric:.3f} | "
+            f"| {r.method} | {fmt_config(r.config)}{' (none within the ppl bound)' if _ineligible(c, r) else ''} | "
+            f"{r.n_steered} | {r.val:.3f} | {r.test_metric:.3f} | "
             f"{r.ppl_delta:+.2f} | {r.fold.split(':')[0]} |"
         )
     return "\n".join(lines)
 
 
 def margin(metric: float, base: float, n: int) -> float:
-    """``metric - base`` in binomial standard errors of ``base`` on ``n`` items (rounded to 0.1)."""
-    se = max((base * (1 - base) / max(n, 1)) ** 0.5, 0.5 / max(n, 1))
-    return round((metric - base) / se, 1)
+    """z of ``metric`` against ``base``, two rates on ``n`` items each (pooled two-proportion test), rounded.
+
+    Below 2 in absolute value the difference is within noise at about the 5% level.
+    """
+    pooled = (metric + base) / 2
+    se = (pooled * (1 - pooled) * 2 / max(n, 1)) ** 0.5
+    return round((metric - base) / se, 1) if se > 0 else 0.0
+
+
+def _ineligible(c: Comparison, r: Result) -> bool:
+    """Whether no configuration ``r`` tried kept the perplexity within the comparison's bound."""
+    bound = c.settings.get("max_ppl_ratio")
+    return bound is not None and bool(r.trials) and all(t["ppl_ratio"] > bound for t in r.trials)
 
 
 def summary_table(comps: Sequence[Comparison]) -> str:
     """One Markdown row per task: the test metric of every method, its steered activations in brackets.
 
-    The best steering method of each task is in bold; ``sig`` is its margin over the unsteered model in
-    binomial standard errors (see :func:`margin`): below 2 it is within noise.
+    The best steering method of each task is in bold; ``sig`` is its margin over the unsteered model as
+    the z of a two-proportion test (see :func:`margin`): below 2 it is within noise. A dagger marks a
+    method none of whose tried configurations kept the perplexity within the bound.
     """
     methods = list(dict.fromkeys(r.method for c in comps for r in c.results))
     lines = [
@@ -64,7 +78,7 @@ def summary_table(comps: Sequence[Comparison]) -> str:
         cells = []
         for m in methods:
             r = by.get(m)
-            cell = "-" if r is None else f"{r.test_metric:.3f} ({r.n_steered})"
+            cell = "-" if r is None else f"{r.test_metric:.3f} ({r.n_steered}){' †' if _ineligible(c, r) else ''}"
             cells.append(f"**{cell}**" if r is not None and r is best else cell)
         n = int(c.baseline_test.get("n_items", c.settings.get("test_limit", 0)))
         sig = f"{margin(best.test_metric, base, n):+.1f}" if best else "-"
