@@ -217,6 +217,8 @@ def comparison_lines() -> list[str]:
         "",
         summary_table(comps),
         "",
+        *comparison_reading(comps),
+        "",
     ]
     if curves:
         out = plot_dose_grid(curves, img / "dose_all.png")
@@ -228,6 +230,40 @@ def comparison_lines() -> list[str]:
             "",
         ]
     return lines
+
+
+def comparison_reading(comps: list[Any]) -> list[str]:
+    """Counts read off the summary table (the hand-written reading is in COMPARISON.md)."""
+    from austeer.baselines.report import margin
+
+    noise: list[str] = []
+    ours: list[str] = []
+    calib: list[str] = []
+    mc: list[str] = []
+    clear: list[str] = []
+    for c in comps:
+        steering = [r for r in c.results if r.method != "calibration"]
+        base, n = c.baseline_test[c.metric], int(c.baseline_test["n_items"])
+        best = max(steering, key=lambda r: (r.test_metric, -r.n_steered))
+        z = margin(best.test_metric, base, n)
+        noise += [c.task] if abs(z) < 2 else []
+        ours += [c.task] if best.method == "austeer" else []
+        clear += [c.task] if best.method == "austeer" and z >= 2 else []
+        cal = [r for r in c.results if r.method == "calibration"]
+        mc += [c.task] if cal else []
+        calib += [c.task] if cal and cal[0].test_metric >= best.test_metric else []
+    return [
+        f"Reading: the best steering method is within noise of the unsteered model on {len(noise)} of "
+        f"{len(comps)} tasks ({', '.join(noise) or 'none'}); AUSteer is the best steering method on "
+        f"{len(ours)} ({', '.join(ours) or 'none'}); answer-bias calibration, which steers nothing, matches or "
+        f"beats the best steering method on {len(calib)} of {len(mc)} multiple-choice tasks. "
+        + (
+            f"AUSteer beats every other steering method and the unsteered model beyond noise on {', '.join(clear)}"
+            if clear
+            else "At this scale and budget the claim that steering fewer AUs achieves more is not reproduced"
+        )
+        + " (details and caveats: [COMPARISON.md](COMPARISON.md#reading)).",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
