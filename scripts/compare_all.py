@@ -47,7 +47,7 @@ def save(path: Path, data: dict[str, Any]) -> None:
 
 def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
     from austeer.baselines.base import gather
-    from austeer.compare import compare, dose_response, frontier, parse_doses
+    from austeer.compare import compare, dose_response, frontier, parse_doses, sites_for
     from austeer.tasks import get_task
 
     task = get_task(name)
@@ -57,9 +57,9 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
     if args.max_new_tokens:
         eval_kw["max_new_tokens"] = args.max_new_tokens
     pairs = task.pairs(model, tok, limit=args.pairs_limit)
-    sites = ["head", "residual"] + [s for s in args.sites.split(",") if s not in ("head", "residual")]
-    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
     methods = args.methods.split(",") + (["calibration"] if task.kind == "mc" else [])
+    sites = sites_for(methods, args.sites.split(","))  # one pass for the methods and the dose-response
+    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
     if "compare" in args.stages:
         c = compare(
             model,
