@@ -284,3 +284,5 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["compare", "--task", "copa", "--doses", "0,many", "--out", str(out)]) == 2
     assert "bad dose 'many'" in capsys.readouterr().err
+    assert main(["compare", "--task", "copa", "--methods", "nope", "--doses", "0,2", "--out", str(out)]) == 2
+    assert "unknown method" in capsys.readouterr().err

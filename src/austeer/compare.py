@@ -109,6 +109,9 @@ def evaluate_steered(
 
 def sites_for(methods: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """The sites ``methods`` read (and ``extra``): what one :func:`gather` pass must collect for them."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
     return sorted({s for m in methods for s in METHODS[m].sites} | set(extra))
 
 
@@ -146,15 +149,13 @@ def compare(
     eval_kw: dict[str, Any] | None = None,
 ) -> Comparison:
     """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
+    sites = sites_for(methods)  # raises on an unknown method
     if "calibration" in methods and task.kind != "mc":
         raise ValueError(f"calibration applies to multiple-choice tasks only; {task.name} is {task.kind}")
     kw = {"batch_size": batch_size, **(eval_kw or {})}
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
-        evidence = gather(model, tok, pairs, sites_for(methods), batch_size=batch_size, progress=progress)
+        evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
     base_val = evaluate(model, tok, task, split="val", limit=val_limit, **kw)
     base_test = evaluate(model, tok, task, split="test", limit=test_limit, **kw)
     results = []

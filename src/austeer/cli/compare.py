@@ -26,6 +26,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     dose_sites = [s.strip() for s in args.dose_sites.split(",") if s.strip()]
     for site in dose_sites:
         check_site(site)
+    sites = sites_for(methods, dose_sites)  # raises on an unknown method before the model loads
     model, tok, name = load_from_args(args)
     eval_kw: dict[str, Any] = {}
     if args.max_new_tokens is not None:
@@ -35,7 +36,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     evidence = None
     if doses:  # one pass over the pairs for the methods and the dose-response
         pairs = task.pairs(model, tok, limit=args.pairs_limit)
-        evidence = gather(model, tok, pairs, sites_for(methods, dose_sites), batch_size=args.batch_size)
+        evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
     result = compare(
         model,
         tok,
