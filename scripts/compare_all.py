@@ -47,7 +47,7 @@ def save(path: Path, data: dict[str, Any]) -> None:
 
 def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
     from austeer.baselines.base import gather
-    from austeer.compare import compare, dose_response, frontier, parse_doses, sites_for
+    from austeer.compare import Comparison, compare, dose_response, frontier, parse_doses, sites_for
     from austeer.tasks import get_task
 
     task = get_task(name)
@@ -76,7 +76,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
         data["compare"] = c.to_json()
         save(path, data)
     if "dose" in args.stages:
-        alpha = args.dose_alpha or _chosen_alpha(data)
+        alpha = args.dose_alpha or (Comparison.from_json(data["compare"]).chosen_alpha() if "compare" in data else 4.0)
         doses = parse_doses(args.doses)
         rows = dose_response(
             model,
@@ -116,13 +116,6 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
 def _dose_key(row: dict[str, Any]) -> tuple[int, int]:
     order = ["head", "ffn", "neuron", "residual"]
     return (order.index(row["site"]) if row["site"] in order else len(order), int(row["k"]))
-
-
-def _chosen_alpha(data: dict[str, Any]) -> float:
-    for r in data.get("compare", {}).get("results", []):
-        if r["method"] == "austeer":
-            return float(r["config"]["alpha"])
-    return 4.0
 
 
 def _metric(data: dict[str, Any]) -> str:

@@ -242,9 +242,10 @@ def comparison_reading(comps: list[Any]) -> list[str]:
     mc: list[str] = []
     clear: list[str] = []
     for c in comps:
-        steering = [r for r in c.results if r.method != "calibration"]
+        best = c.best_steering()
+        if best is None:  # only calibration was compared: nothing steered to read
+            continue
         base, n = c.baseline_test[c.metric], int(c.baseline_test["n_items"])
-        best = max(steering, key=lambda r: (r.test_metric, -r.n_steered))
         z = margin(best.test_metric, base, n)
         noise += [c.task] if abs(z) < 2 else []
         ours += [c.task] if best.method == "austeer" else []

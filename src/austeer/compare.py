@@ -66,6 +66,16 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def chosen_alpha(self, default: float = 4.0) -> float:
+        """The ``alpha`` AUSteer chose on val (``default`` when AUSteer was not compared)."""
+        return next((float(r.config["alpha"]) for r in self.results if r.method == "austeer"), default)
+
+    def best_steering(self) -> Result | None:
+        """The steering method with the best test metric (ties: fewer steered activations); calibration
+        does not steer and is left out."""
+        steering = [r for r in self.results if r.method != "calibration"]
+        return max(steering, key=lambda r: (r.test_metric, -r.n_steered)) if steering else None
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Comparison:
         """The inverse of :meth:`to_json`; other keys (the CLI adds ``model``) are ignored."""

@@ -73,8 +73,7 @@ def summary_table(comps: Sequence[Comparison]) -> str:
     for c in comps:
         by = {r.method: r for r in c.results}
         base = c.baseline_test[c.metric]
-        steering = [r for r in c.results if r.method != "calibration"]
-        best = max(steering, key=lambda r: (r.test_metric, -r.n_steered)) if steering else None
+        best = c.best_steering()
         cells = []
         for m in methods:
             r = by.get(m)

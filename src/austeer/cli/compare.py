@@ -60,8 +60,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(text)
     print(f"-> {out}/compare.json, compare.md, compare.png")
     if evidence is not None:
-        chosen = [r.config["alpha"] for r in result.results if r.method == "austeer"]
-        alpha = args.dose_alpha or (float(chosen[0]) if chosen else 4.0)
+        alpha = args.dose_alpha or result.chosen_alpha()
         limit = args.dose_limit or args.test_limit
         kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw}
         rows = dose_response(model, tok, task, evidence, dose_sites, doses, alpha, **kw)
