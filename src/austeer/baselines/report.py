@@ -113,10 +113,8 @@ def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str |
     import matplotlib.pyplot as plt
 
     fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for site in sorted({r["site"] for r in rows}):
-        pts = sorted((r["k"], r["metric"], r["ppl"]) for r in rows if r["site"] == site)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=site)
-        ax_ppl.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=site)
+    _site_curves(ax, rows, "metric", "o")
+    _site_curves(ax_ppl, rows, "ppl", "o")
     for a in (ax, ax_ppl):
         a.set_xscale("symlog", linthresh=1)
         a.set_xlabel("steered AUs (top-k by |beta|; last point: all)")
@@ -127,6 +125,13 @@ def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str |
     ax_ppl.set_title("damage")
     ax.legend()
     return _save(fig, out)
+
+
+def _site_curves(ax: Any, rows: Sequence[dict[str, Any]], y: str, marker: str) -> None:
+    """One line per site: dose-response rows' ``y`` against their ``k``."""
+    for site in sorted({r["site"] for r in rows}):
+        pts = sorted((r["k"], r[y]) for r in rows if r["site"] == site)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=site)
 
 
 def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out: str | Path) -> Path:
@@ -140,9 +145,7 @@ def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out:
     nrows = (len(curves) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
     for ax, (task, (rows, metric)) in zip(axes.flat, curves.items(), strict=False):
-        for site in sorted({r["site"] for r in rows}):
-            pts = sorted((r["k"], r["metric"]) for r in rows if r["site"] == site)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=site)
+        _site_curves(ax, rows, "metric", ".")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_title(f"{task} ({metric})", fontsize=9)
         ax.tick_params(labelsize=7)
