@@ -26,17 +26,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     dose_sites = [s.strip() for s in args.dose_sites.split(",") if s.strip()]
     for site in dose_sites:
         check_site(site)
-    sites = sites_for(methods, dose_sites)  # raises on an unknown method before the model loads
+    sites = sites_for(methods, dose_sites if doses else ())  # raises on an unknown method before the model loads
     model, tok, name = load_from_args(args)
     eval_kw: dict[str, Any] = {}
     if args.max_new_tokens is not None:
         eval_kw["max_new_tokens"] = args.max_new_tokens
     if task.kind == "behaviour":  # judge continuations' fluency under an unsteered copy
         eval_kw["ref_model"] = load_from_args(args)[0]
-    evidence = None
-    if doses:  # one pass over the pairs for the methods and the dose-response
-        pairs = task.pairs(model, tok, limit=args.pairs_limit)
-        evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
+    pairs = task.pairs(model, tok, limit=args.pairs_limit)  # one pass for the methods and the dose-response
+    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
     result = compare(
         model,
         tok,
@@ -59,7 +57,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plot_comparison(result, out / "compare.png")
     print(text)
     print(f"-> {out}/compare.json, compare.md, compare.png")
-    if evidence is not None:
+    if doses:
         alpha = args.dose_alpha or result.chosen_alpha()
         limit = args.dose_limit or args.test_limit
         kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw}
