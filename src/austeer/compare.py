@@ -52,6 +52,8 @@ class Result:
     ppl_delta: float
     fold: str
     trials: list[dict[str, Any]] = field(default_factory=list)
+    #: per test item (in the task's test order), 1 where the item counts for the metric (mc and math tasks)
+    test_correct: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Comparison:
     baseline_val: dict[str, float]
     baseline_test: dict[str, float]
     results: list[Result]
+    baseline_correct: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,7 +170,8 @@ def compare(
         pairs = task.pairs(model, tok, limit=pairs_limit)
         evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
     base_val = evaluate(model, tok, task, split="val", limit=val_limit, **kw)
-    base_test = evaluate(model, tok, task, split="test", limit=test_limit, **kw)
+    base_samples: list[dict[str, Any]] = []
+    base_test = evaluate(model, tok, task, split="test", limit=test_limit, samples=base_samples, **kw)
     results = []
     for name in methods:
         method = METHODS[name]
@@ -189,7 +193,8 @@ def compare(
             )
         best = trials[pick(trials, max_ppl_ratio)]
         steerers = method.build(model, evidence, **{k: v for k, v in best["config"].items() if k in _keys(method)})
-        test = evaluate_steered(model, tok, task, steerers, split="test", limit=test_limit, **kw)
+        test_samples: list[dict[str, Any]] = []
+        test = evaluate_steered(model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, **kw)
         results.append(
             Result(
                 name,
@@ -201,6 +206,7 @@ def compare(
                 test["ppl"] - base_test["ppl"],
                 _fold_note(model, steerers),
                 trials,
+                _correct(test_samples),
             )
         )
     settings = {
@@ -211,7 +217,16 @@ def compare(
         "test_limit": test_limit,
         "max_ppl_ratio": max_ppl_ratio,
     }
-    return Comparison(task.name, task.metric, settings, base_val, base_test, results)
+    return Comparison(task.name, task.metric, settings, base_val, base_test, results, _correct(base_samples))
+
+
+def _correct(samples: list[dict[str, Any]]) -> list[int]:
+    """Per-item 0/1 outcomes from evaluation samples (empty when the task kind records none); a method
+    averaged over several steerers (``random``) keeps the first one's."""
+    if not samples or "correct" not in samples[0]:
+        return []
+    n = len({s["id"] for s in samples})
+    return [int(bool(s["correct"])) for s in samples[:n]]
 
 
 def _keys(method: Any) -> set[str]:

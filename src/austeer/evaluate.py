@@ -137,7 +137,15 @@ def score_mc(
         restricted += pick == it.label
         answered += greedy in option_ids
         if samples is not None:
-            samples.append({"id": it.id, "greedy": tok.decode([greedy]), "choice": it.choices[pick], "gold": it.gold})
+            samples.append(
+                {
+                    "id": it.id,
+                    "greedy": tok.decode([greedy]),
+                    "choice": it.choices[pick],
+                    "gold": it.gold,
+                    "correct": said == gold,
+                }
+            )
     n = max(1, len(items))
     return {"accuracy": exact / n, "choice_accuracy": restricted / n, "answer_rate": answered / n}
 
