@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from austeer.io import atomic_write_dir
 from austeer.sites import SITES, decoder_layers, family_of, site_width
-from austeer.spec import atomic_write_dir
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _EMBEDDED = {
@@ -124,14 +125,23 @@ def _convert_embedded(name: str, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    save_checkpoint(model, tok, target)
+    save_checkpoint(model, tok, target, kind="checkpoint", force=True)  # the cache is austeer's own
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    model: Any,
+    tokenizer: Any,
+    out: str | Path,
+    extra_files: dict[str, str] | None = None,
+    kind: str = "export",
+    force: bool = False,
+) -> Path:
     """Write ``model`` and ``tokenizer`` as an ordinary Hugging Face checkpoint, atomically.
 
     Works where ``save_pretrained`` refuses (models loaded from GGUF): the state dict is written
-    with safetensors, tied tensors once. The directory appears complete or not at all.
+    with safetensors, tied tensors once. The directory appears complete or not at all; an existing
+    ``out`` is replaced only when it is austeer's own ``kind`` output, unless ``force``
+    (see :mod:`austeer.io`).
     """
 
     def write(tmp: Path) -> None:
@@ -153,7 +163,7 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: di
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
 
-    return atomic_write_dir(Path(out), write)
+    return atomic_write_dir(Path(out), write, kind=kind, force=force)
 
 
 def resolve(name: str | None) -> Path | str:
@@ -166,7 +176,33 @@ def resolve(name: str | None) -> Path | str:
         return target
     if name.startswith("embedded:"):
         raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(_EMBEDDED)}")
-    return Path(name) if Path(name).exists() else name
+    return _local_or_hub(name)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _local_or_hub(name: str) -> Path | str:
+    """A local checkpoint directory (checked: it must hold ``config.json``) or an ``owner/name`` hub id.
+
+    Anything else fails here, with the path, instead of as a hub lookup over the network.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{name}: no config.json in this directory; expected a Hugging Face checkpoint directory "
+                "(config.json, model weights, tokenizer files)"
+            )
+        return path
+    if path.exists():
+        return path
+    if _HUB_ID.fullmatch(name) and ".." not in name:
+        return name
+    raise FileNotFoundError(
+        f"{name}: no such file or directory; expected a local checkpoint directory, a hub id owner/name "
+        f"(e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or one of {', '.join(_EMBEDDED)}"
+    )
 
 
 def load_model(
