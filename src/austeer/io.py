@@ -219,7 +219,7 @@ def _foreign(path: Path, kind: str) -> str | None:
     marker = _marker(path)
     if marker is not None:
         if marker["kind"] != kind:
-            return f"it is an austeer {marker['kind']} directory, not a {kind}"
+            return f"it is an austeer {marker['kind']} directory, not {kind!r} output"
         extra = sorted(names - {MARKER} - {str(n) for n in marker["files"]})
         if extra:
             more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
@@ -228,7 +228,7 @@ def _foreign(path: Path, kind: str) -> str | None:
     if _legacy(path, names, kind):
         return None
     shown = sorted(names)[0]
-    return f"it is not an austeer {kind} directory (it holds {shown!r}{' and more' if len(names) > 1 else ''})"
+    return f"it is not {kind!r} output austeer wrote (it holds {shown!r}{' and more' if len(names) > 1 else ''})"
 
 
 def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
@@ -246,7 +246,7 @@ def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
         ...     check_replaceable(d, "spec")
         ... except OutputExistsError as exc:
         ...     print(str(exc).split(": ", 1)[1])
-        it is not an austeer spec directory (it holds 'thesis.txt'); refusing to replace it (--force replaces it)
+        it is not 'spec' output austeer wrote (it holds 'thesis.txt'); refusing to replace it (--force replaces it)
     """
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
