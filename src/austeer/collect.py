@@ -1,7 +1,8 @@
 """Batched, padding-aware capture of site activations at the last real token of each text.
 
 Texts are tokenized with truncation on the *left* (the answer, whose last token is the one read,
-is never cut), padded on either side, and run through the model's backbone (no LM head) under
+is never cut) to ``max_length`` tokens, by default the model's context (:func:`context_length`), with
+a warning when a text is cut; padded on either side, and run through the model's backbone (no LM head) under
 ``torch.inference_mode``. Hooks keep only the last real token of each row, in float32.
 
 Example:
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -27,10 +29,66 @@ from austeer.pairs import Pair, has_chat_template, pair_texts
 from austeer.sites import decoder_layers, site_def, site_module, site_width
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The most positions ``model`` was trained on (``max_position_embeddings`` of its config), or None.
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> context_length(load_model()[0])
+        8192
+    """
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def token_limit(model: nn.Module, max_length: int | None, reserve: int = 0) -> int | None:
+    """``max_length`` if given, else the model's context less ``reserve`` tokens (kept for generation).
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> model = load_model()[0]
+        >>> token_limit(model, None, reserve=192), token_limit(model, 64)
+        (8000, 64)
+    """
+    if max_length is not None:
+        return max_length
+    context = context_length(model)
+    return None if context is None else max(1, context - reserve)
+
+
+def _warn_truncated(tokenizer: Any, texts: Sequence[str], lengths: Sequence[int], max_length: int | None) -> None:
+    """One warning when a text was cut to ``max_length`` (only rows at the limit are re-tokenized to tell)."""
+    if max_length is None:
+        return
+    add = not has_chat_template(tokenizer)
+    for text, n in zip(texts, lengths):
+        if n >= max_length and len(tokenizer(text, add_special_tokens=add, verbose=False)["input_ids"]) > max_length:
+            warnings.warn(
+                f"a text longer than {max_length} tokens was truncated on the left to its last {max_length} "
+                "(max_length / --max-length; the default is the model's context)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+
+
 def encode(
     tokenizer: Any, texts: Sequence[str], max_length: int | None = None, padding_side: str = "left"
 ) -> dict[str, torch.Tensor]:
-    """Tokenize a batch: special tokens only when there is no chat template (the template has its own)."""
+    """Tokenize a batch: special tokens only when there is no chat template (the template has its own).
+
+    Texts longer than ``max_length`` tokens are cut on the left, with a :class:`UserWarning`.
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> tok = load_model()[1]
+        >>> encode(tok, ["one two three four"], max_length=2)["input_ids"].shape[1]
+        2
+    """
     old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
     try:
@@ -44,6 +102,7 @@ def encode(
         )
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
+    _warn_truncated(tokenizer, texts, enc["attention_mask"].sum(1).tolist(), max_length)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
@@ -108,8 +167,11 @@ def last_token_activations(
     max_length: int | None = None,
     padding_side: str = "left",
 ) -> dict[str, torch.Tensor]:
-    """One batch: ``{site: [len(texts), n_layers, width]}`` float32 activations at the last token."""
-    enc = encode(tokenizer, texts, max_length, padding_side)
+    """One batch: ``{site: [len(texts), n_layers, width]}`` float32 activations at the last token.
+
+    ``max_length`` defaults to the model's context; longer texts are cut on the left, with a warning.
+    """
+    enc = encode(tokenizer, texts, token_limit(model, max_length), padding_side)
     device = model_device(model)
     rows = {"last": last_positions(enc["attention_mask"])}
     with capture(model, sites, rows) as store, torch.inference_mode():
@@ -171,7 +233,9 @@ def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> 
         )
     finally:
         tokenizer.truncation_side = old
-    return [list(ids) for ids in enc["input_ids"]]
+    ids = [list(row) for row in enc["input_ids"]]
+    _warn_truncated(tokenizer, texts, [len(row) for row in ids], max_length)
+    return ids
 
 
 def pair_momenta(
@@ -195,6 +259,7 @@ def pair_momenta(
         >>> tuple(m["head"].shape)
         (1, 30, 576)
     """
+    max_length = token_limit(model, max_length)
     ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)
     pos, neg = ids[0::2], ids[1::2]
     cut = []

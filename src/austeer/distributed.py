@@ -179,7 +179,7 @@ def _fit_and_save(args: argparse.Namespace, rank: int, world: int) -> None:
 
     spec = fit_from_args(args, rank, world)
     if rank == 0:
-        spec.save(args.out)
+        spec.save(args.out, force=bool(getattr(args, "force", False)))
     dist.barrier()
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from austeer.collect import encode, model_device
+from austeer.collect import encode, model_device, token_limit
 from austeer.generate import generate
 from austeer.pairs import format_prompt
 from austeer.tasks.base import NEUTRAL_TEXTS, Item, Task, extract_number, same_number
@@ -54,7 +54,7 @@ def next_token_logits(model: nn.Module, tok: Any, texts: Sequence[str], batch_si
     out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = encode(tok, [texts[i] for i in idx], padding_side="left")
+        enc = encode(tok, [texts[i] for i in idx], token_limit(model, None), padding_side="left")
         mask = enc["attention_mask"].to(device)
         logits = model(  # type: ignore[operator]
             input_ids=enc["input_ids"].to(device),

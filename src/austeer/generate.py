@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from austeer.collect import encode, model_device
+from austeer.collect import encode, model_device, token_limit
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
 from austeer.steer import apply, folded
@@ -54,7 +54,12 @@ def generate(
     seed: int | None = None,
     max_length: int | None = None,
 ) -> list[str]:
-    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template."""
+    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template.
+
+    A prompt longer than ``max_length`` tokens (default: the model's context less ``max_new_tokens``)
+    is cut on the left, with a warning.
+    """
+    max_length = token_limit(model, max_length, reserve=max_new_tokens)
     texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
     if seed is not None:
         torch.manual_seed(seed)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from austeer.io import atomic_write_dir
 from austeer.sites import SITES, decoder_layers, family_of, site_width
-from austeer.spec import atomic_write_dir
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _EMBEDDED = {
@@ -212,7 +213,7 @@ def _convert_gguf(folder: Path, gguf: str, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    save_checkpoint(model, tok, target, extra_files={"source.json": json.dumps({"gguf": gguf}) + "\n"})
+    save_checkpoint(model, tok, target, {"source.json": json.dumps({"gguf": gguf}) + "\n"}, "checkpoint", force=True)
 
 
 def _convert_embedded(name: str, target: Path) -> None:
@@ -237,11 +238,20 @@ def _local_gguf(path: Path) -> Path:
     return target
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    model: Any,
+    tokenizer: Any,
+    out: str | Path,
+    extra_files: dict[str, str] | None = None,
+    kind: str = "export",
+    force: bool = False,
+) -> Path:
     """Write ``model`` and ``tokenizer`` as an ordinary Hugging Face checkpoint, atomically.
 
     Works where ``save_pretrained`` refuses (models loaded from GGUF): the state dict is written
-    with safetensors, tied tensors once. The directory appears complete or not at all.
+    with safetensors, tied tensors once. The directory appears complete or not at all; an existing
+    ``out`` is replaced only when it is austeer's own ``kind`` output, unless ``force``
+    (see :mod:`austeer.io`).
     """
 
     def write(tmp: Path) -> None:
@@ -263,7 +273,7 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, extra_files: di
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
 
-    return atomic_write_dir(Path(out), write)
+    return atomic_write_dir(Path(out), write, kind=kind, force=force)
 
 
 def resolve(name: str | None) -> Path | str:
@@ -279,7 +289,33 @@ def resolve(name: str | None) -> Path | str:
         raise ValueError(f"unknown embedded model {name!r}; known: {', '.join([*_EMBEDDED, *_SPLIT])}")
     if name.endswith(".gguf") and Path(name).is_file():
         return _local_gguf(Path(name))
-    return Path(name) if Path(name).exists() else name
+    return _local_or_hub(name)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _local_or_hub(name: str) -> Path | str:
+    """A local checkpoint directory (checked: it must hold ``config.json``) or an ``owner/name`` hub id.
+
+    Anything else fails here, with the path, instead of as a hub lookup over the network.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{name}: no config.json in this directory; expected a Hugging Face checkpoint directory "
+                "(config.json, model weights, tokenizer files)"
+            )
+        return path
+    if path.exists():
+        raise ValueError(f"{name}: not a model; expected a checkpoint directory or a .gguf file")
+    if _HUB_ID.fullmatch(name) and ".." not in name:
+        return name
+    raise FileNotFoundError(
+        f"{name}: no such file or directory; expected a local checkpoint directory, a hub id owner/name "
+        f"(e.g. HuggingFaceTB/SmolLM2-135M-Instruct) a .gguf file, or one of {', '.join([*_EMBEDDED, *_SPLIT])}"
+    )
 
 
 def load_model(

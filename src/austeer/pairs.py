@@ -16,10 +16,11 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from austeer.io import atomic_write_text, iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -34,22 +35,6 @@ class Pair:
 
 class PairsFormatError(ValueError):
     """A pairs file line is malformed; the message names the file, the line and the field."""
-
-
-def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = ValueError) -> Iterator[tuple[int, Any]]:
-    """``(line number, parsed object)`` of every non-blank line; bad JSON raises ``error`` naming file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{kind} file {path} does not exist")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            yield lineno, obj
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -81,8 +66,6 @@ def pair_from_obj(obj: Any, where: str) -> Pair:
 
 def write_pairs(pairs: list[Pair], path: str | Path) -> None:
     """Write pairs as JSONL (atomically)."""
-    from austeer.spec import atomic_write_text
-
     lines = []
     for p in pairs:
         obj: dict[str, str] = {"prompt": p.prompt, "positive": p.positive, "negative": p.negative}

@@ -24,16 +24,13 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
+from austeer.io import atomic_save_tensors, atomic_write_dir, atomic_write_text  # noqa: F401 (re-exported)
 from austeer.momentum import SignCounts, Unit, select
 from austeer.sites import check_site
 
@@ -94,8 +91,12 @@ class SteerSpec:
             "units": [{"site": u.site, "layer": u.layer, "index": u.index, "beta": u.beta} for u in self.units],
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``steer.json`` and ``scores.safetensors`` into ``directory``, atomically."""
+    def save(self, directory: str | Path, force: bool = False) -> Path:
+        """Write ``steer.json`` and ``scores.safetensors`` into ``directory``, atomically.
+
+        An existing ``directory`` is replaced only when it is a spec austeer wrote (else
+        :class:`~austeer.io.OutputExistsError`), unless ``force``.
+        """
         tensors = {}
         for site, c in self.scores.items():
             tensors.update(
@@ -108,7 +109,7 @@ class SteerSpec:
             if tensors:
                 save_file(tensors, str(tmp / "scores.safetensors"), metadata={"n_pairs": str(self.n_pairs)})
 
-        return atomic_write_dir(Path(directory), write)
+        return atomic_write_dir(Path(directory), write, kind="spec", force=force)
 
     def check_fits(self, fingerprint: dict[str, Any]) -> None:
         """Raise :class:`SpecMismatchError` unless ``fingerprint`` (of a model) matches this spec's."""
@@ -166,47 +167,3 @@ def load(directory: str | Path) -> SteerSpec:
         scores=scores,
         info=dict(obj.get("info", {})),
     )
-
-
-def atomic_write_dir(directory: Path, write: Any) -> Path:
-    """Build a directory in a sibling temp dir with ``write(tmp)``, then swap it into place."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        write(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temp file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

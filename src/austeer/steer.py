@@ -199,12 +199,17 @@ def folded(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Ite
         unfold(model, record)
 
 
-def export(model: nn.Module, tokenizer: Any, spec: SteerSpec, out: str | Path, alpha: float | None = None) -> Path:
-    """Save the folded model as an ordinary checkpoint (``AutoModelForCausalLM.from_pretrained(out)``)."""
+def export(
+    model: nn.Module, tokenizer: Any, spec: SteerSpec, out: str | Path, alpha: float | None = None, force: bool = False
+) -> Path:
+    """Save the folded model as an ordinary checkpoint (``AutoModelForCausalLM.from_pretrained(out)``).
+
+    An existing ``out`` is replaced only when it is an export austeer wrote, unless ``force``.
+    """
     from austeer.models import save_checkpoint
 
     meta = spec.to_json()
     meta["alpha"] = spec.alpha if alpha is None else alpha
     extra = {"austeer_steer.json": json.dumps(meta, indent=2) + "\n"}
     with folded(model, spec, alpha):
-        return save_checkpoint(model, tokenizer, out, extra_files=extra)
+        return save_checkpoint(model, tokenizer, out, extra_files=extra, kind="export", force=force)

@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from austeer.evaluate import evaluate
 from austeer.fit import fit
+from austeer.io import atomic_write_text, check_replaceable
 from austeer.models import fingerprint
-from austeer.spec import SteerSpec, atomic_write_text, load
+from austeer.spec import SteerSpec, load
 from austeer.steer import apply, folded
 from austeer.tasks.base import Task
 
@@ -90,7 +91,16 @@ def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
 
 
 def _site_spec(
-    model: nn.Module, tok: Any, task: Task, site: str, k_max: int, out: Path, pairs: Any, model_id: str, batch: int
+    model: nn.Module,
+    tok: Any,
+    task: Task,
+    site: str,
+    k_max: int,
+    out: Path,
+    pairs: Any,
+    model_id: str,
+    batch: int,
+    force: bool = False,
 ) -> SteerSpec:
     where = out / "scores" / site
     if (where / "steer.json").exists():
@@ -100,7 +110,7 @@ def _site_spec(
     start = time.perf_counter()
     spec = fit(model, tok, pairs(), site=site, k=k_max, alpha=1.0, batch_size=batch, model_id=model_id)
     spec.info.update(task=task.name, seconds=round(time.perf_counter() - start, 2))
-    spec.save(where)
+    spec.save(where, force=force)
     return spec
 
 
@@ -121,13 +131,19 @@ def sweep(
     ref_model: nn.Module | None = None,
     run_test: bool = True,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the sweep into ``out`` and return the ``sweep.json`` content."""
+    """Run (or resume) the sweep into ``out`` and return the ``sweep.json`` content.
+
+    The spec folders ``scores/<site>`` and ``best`` replace only austeer's own specs, unless ``force``.
+    """
     if not sites or not ks or not alphas:
         raise ValueError("the sweep grid needs at least one site, one k and one alpha")
     if min(ks) < 1:
         raise ValueError(f"every k must be >= 1, got {list(ks)}")
     out = Path(out)
+    for where in [out / "best", *(out / "scores" / s for s in sites)]:
+        check_replaceable(where, "spec", force)  # before any work
     out.mkdir(parents=True, exist_ok=True)
     model_id = model_id or str(getattr(model.config, "_name_or_path", ""))
     settings = {
@@ -166,7 +182,7 @@ def sweep(
     try:
         for site, k, alpha in todo:
             if site not in specs:
-                specs[site] = _site_spec(model, tok, task, site, max(ks), out, pairs, model_id, batch_size)
+                specs[site] = _site_spec(model, tok, task, site, max(ks), out, pairs, model_id, batch_size, force)
             spec = specs[site].with_k(k).with_alpha(alpha)
             with steering(model, spec):
                 metrics = run_eval("val", val_limit)
@@ -190,12 +206,12 @@ def sweep(
     best = best_row([r for r in state["rows"] if _key(r["site"], r["k"], r["alpha"]) in wanted])
     choice = {"site": best["site"], "k": best["k"], "alpha": best["alpha"]}
     site_spec = specs.get(best["site"]) or _site_spec(
-        model, tok, task, best["site"], max(ks), out, pairs, model_id, batch_size
+        model, tok, task, best["site"], max(ks), out, pairs, model_id, batch_size, force
     )
     best_spec = site_spec.with_k(best["k"]).with_alpha(best["alpha"])
     best_spec.info.update(task=task.name, sweep=choice, val_metric=best["metric"])
     if state.get("best") != choice or not (out / "best" / "steer.json").exists():
-        best_spec.save(out / "best")
+        best_spec.save(out / "best", force=force)
         state["best"] = choice
         state.pop("test", None)
         _write_state(out, state)

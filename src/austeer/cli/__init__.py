@@ -38,13 +38,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errors caused by the user's input (files, paths, values): one line on stderr and exit code 2, no traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # malformed files and values; austeer's own format errors subclass it
+    IndexError,
+    FileNotFoundError,
+    FileExistsError,  # austeer.io.OutputExistsError: an output path holds something austeer did not write
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def error_line(exc: BaseException) -> str:
+    """``austeer: error: <path>: <what is wrong>`` on one line.
+
+    Example:
+        >>> error_line(FileNotFoundError(2, "No such file or directory", "x.jsonl"))
+        'austeer: error: x.jsonl: No such file or directory'
+    """
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return "austeer: error: " + " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, IndexError) as exc:
-        print(f"austeer {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(error_line(exc), file=sys.stderr)
         return 2
 
 

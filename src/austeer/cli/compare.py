@@ -16,10 +16,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from austeer.baselines.base import gather
     from austeer.baselines.report import plot_comparison, plot_dose, table
     from austeer.compare import compare, dose_response, parse_doses, sites_for
+    from austeer.io import atomic_write_text, check_file_target
     from austeer.sites import check_site
-    from austeer.spec import atomic_write_text
     from austeer.tasks import get_task
 
+    for name in ("compare.json", "compare.md", "compare.png", "dose.json", "dose.png"):
+        check_file_target(Path(args.out) / name)  # before the long run
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"{args.out}: a file is in the way; --out is the directory for the compare files")
     task = get_task(args.task, pairs=args.pairs, eval=args.eval)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     doses = parse_doses(args.doses) if args.doses else []

@@ -56,13 +56,23 @@ def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> An
     return spec
 
 
+def add_force_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it is not an output austeer wrote (never a file)",
+    )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from austeer.distributed import cmd_fit_multi, launched_by_torchrun
+    from austeer.io import check_replaceable
 
+    check_replaceable(args.out, "spec", args.force)  # before reading the pairs and loading the model
     if getattr(args, "nproc", 1) != 1 or launched_by_torchrun():
         return cmd_fit_multi(args)  # shards the pairs over processes and all-reduces the sign counts
     spec = fit_from_args(args)
-    spec.save(args.out)
+    spec.save(args.out, force=args.force)
     print(
         f"scored {spec.n_pairs} pairs on site(s) {','.join(spec.sites)} in {spec.info['seconds']:.1f} s; "
         f"kept {spec.k} AUs -> {args.out}"
@@ -87,8 +97,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     spec.check_fits(fingerprint(model))
     prompts = args.prompt
     with steered(model, spec, args.mode, args.alpha):
-        out = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens)
-    base = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens) if args.compare else None
+        out = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, max_length=args.max_length)
+    base = (
+        generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, max_length=args.max_length)
+        if args.compare
+        else None
+    )
     alpha = spec.alpha if args.alpha is None else args.alpha
     for i, prompt in enumerate(prompts):
         if base is not None:
@@ -99,14 +113,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from austeer.io import check_replaceable
     from austeer.models import fingerprint
     from austeer.spec import load
     from austeer.steer import export
 
+    check_replaceable(args.out, "export", args.force)
     spec = load(args.steer)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     spec.check_fits(fingerprint(model))
-    path = export(model, tok, spec, args.out, alpha=args.alpha)
+    path = export(model, tok, spec, args.out, alpha=args.alpha, force=args.force)
     print(
         f"folded {spec.k} AUs (alpha {spec.alpha if args.alpha is None else args.alpha:g}) into {path}; "
         "load it with AutoModelForCausalLM.from_pretrained"
@@ -121,8 +137,14 @@ def register(sub: Any) -> None:
     p.add_argument("--k", type=int, default=32, help="number of AUs to keep (global top-k)")
     p.add_argument("--alpha", type=float, default=5.0, help="global strength: gain 1 + alpha * beta")
     p.add_argument("--out", required=True, help="spec directory to write")
+    add_force_arg(p)
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
-    p.add_argument("--max-length", type=int, default=None, help="truncate texts on the left to this many tokens")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate texts on the left to this many tokens (default: the model's context)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
     p.add_argument(
@@ -141,12 +163,19 @@ def register(sub: Any) -> None:
     p.add_argument("--k", type=int, default=None, help="override the spec's k (reselects from stored scores)")
     p.add_argument("--compare", action="store_true", help="also print the unsteered answer")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate prompts on the left to this many tokens (default: the context less --max-new-tokens)",
+    )
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="write the folded model as an ordinary Hugging Face checkpoint")
     p.add_argument("--steer", required=True)
     p.add_argument("--out", required=True, help="model directory to write")
+    add_force_arg(p)
     p.add_argument("--alpha", type=float, default=None)
     add_model_args(p)
     p.set_defaults(func=cmd_export)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from austeer.cli.core import add_model_args, load_from_args
+from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 from austeer.sites import SITES
 
 
@@ -34,10 +34,13 @@ def _csv(text: str, cast: Any) -> list[Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from austeer.evaluate import evaluate
     from austeer.generate import steered
+    from austeer.io import atomic_write_text, check_file_target
     from austeer.models import fingerprint, load_model
-    from austeer.spec import atomic_write_text, load
+    from austeer.spec import load
 
     task = _task(args)
+    if args.out:
+        check_file_target(args.out)
     spec = load(args.steer) if args.steer else None
     if spec is not None and args.k is not None:
         spec = spec.with_k(args.k)
@@ -89,6 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from austeer.io import check_replaceable
     from austeer.models import load_model
     from austeer.sweep import sweep
 
@@ -97,6 +101,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for s in sites:
         if s not in SITES:
             raise ValueError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
+    for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
+        check_replaceable(where, "spec", args.force)  # before loading the model
     model, tok, name = load_from_args(args)
     ref = None
     if task.kind == "behaviour":
@@ -117,6 +123,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         ref_model=ref,
         run_test=not args.no_test,
+        force=args.force,
     )
     m = state["metric"]
     print(f"{task.name}: val {m} unsteered {state['baseline'][m]:.4f}")
@@ -165,6 +172,7 @@ def register(sub: Any) -> None:
     p.add_argument("--k", default="2,8,32,100", help="comma-separated k values")
     p.add_argument("--alpha", default="1,5,15,50", help="comma-separated alpha values")
     p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
+    add_force_arg(p)
     p.add_argument("--pair-limit", type=int, default=None, help="use only the first N pairs")
     p.add_argument("--val-limit", type=int, default=None, help="use only the first N val items")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test items")

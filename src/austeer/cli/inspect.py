@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from austeer.cli.core import add_model_args, load_from_args
+from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from austeer.io import check_file_target, check_replaceable
     from austeer.models import fingerprint
-    from austeer.report import build_report
+    from austeer.report import build_report, figures_dir
     from austeer.report.shift import read_prompts
     from austeer.report.sweep import read_sweep
     from austeer.spec import load
 
+    check_file_target(args.out)
+    check_replaceable(figures_dir(args.out), "figures", args.force)
     spec = load(args.steer)
     if args.k is not None:
         spec = spec.with_k(args.k)
@@ -36,8 +39,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         n_tokens=args.tokens,
         mode=args.mode,
         max_new_tokens=args.max_new_tokens,
+        force=args.force,
     )
-    print(f"report -> {out} (figures in {out.with_name(out.stem + '_files')})")
+    print(f"report -> {out} (figures in {figures_dir(out)})")
     return 0
 
 
@@ -45,6 +49,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("inspect", help="write an HTML report of a steering spec: where its AUs are and what they do")
     p.add_argument("--steer", required=True, help="spec directory written by austeer fit")
     p.add_argument("--out", required=True, help="HTML file to write (figures go to <name>_files/ beside it)")
+    add_force_arg(p)
     p.add_argument("--sweep", default=None, help="sweep directory (or its sweep.json) to plot metric vs k and alpha")
     p.add_argument("--prompts", default=None, help="prompts file: one per line, or JSONL with 'prompt'")
     p.add_argument("--max-prompts", type=int, default=8, help="use at most this many prompts")

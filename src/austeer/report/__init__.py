@@ -20,7 +20,7 @@ Example:
     >>> pairs = austeer.read_pairs(pathlib.Path(austeer.__file__).parent / "data/pairs/sentiment.jsonl")[:4]
     >>> spec = austeer.fit(model, tok, pairs, site="head", k=4, alpha=5.0, progress=False)
     >>> out = build_report(model, tok, spec, pathlib.Path(tempfile.mkdtemp()) / "r.html", n_units=2, progress=False)
-    >>> sorted(p.name for p in out.with_name("r_files").iterdir())[:2]
+    >>> sorted(p.name for p in out.with_name("r_files").glob("*.png"))[:2]
     ['beta_head.png', 'heterogeneity_1.png']
 """
 
@@ -37,13 +37,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.generate import Mode
+from austeer.io import atomic_write_dir, atomic_write_text, check_file_target, check_replaceable
 from austeer.report import plots
 from austeer.report.html import Image, Report, Section, figure, lens_table, prompts_html, render, table
 from austeer.report.lens import UnitLens, block_heterogeneity, unit_lens
 from austeer.report.shift import PromptShift, prompt_shifts
 from austeer.report.sweep import Sweep, read_sweep
 from austeer.sites import decoder_layers, head_dim
-from austeer.spec import SteerSpec, atomic_write_dir, atomic_write_text
+from austeer.spec import SteerSpec
 
 __all__ = ["build_report", "assemble"]
 
@@ -244,9 +245,16 @@ def build_report(
     mode: Mode = "hook",
     max_new_tokens: int = 48,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Write the HTML report to ``out`` and its figures to ``<stem>_files/*.png``; returns ``out``."""
+    """Write the HTML report to ``out`` and its figures to ``<stem>_files/*.png``; returns ``out``.
+
+    An existing figure folder is replaced only when austeer wrote it, unless ``force``
+    (:func:`austeer.io.check_replaceable`, checked before any work).
+    """
     out = Path(out)
+    check_file_target(out)
+    check_replaceable(figures_dir(out), "figures", force)
     sw = read_sweep(sweep) if isinstance(sweep, str | Path) else sweep
     report, images = assemble(model, tokenizer, spec, spec_path, sw, prompts, n_units, n_tokens, mode,
                               max_new_tokens, progress)
@@ -255,8 +263,19 @@ def build_report(
         for img in images:
             (tmp / img.name).write_bytes(img.png)
 
-    atomic_write_dir(out.with_name(f"{out.stem}_files"), write)
+    atomic_write_dir(figures_dir(out), write, kind="figures", force=force)
     atomic_write_text(out, render(report))
     out.chmod(0o644)  # a report is meant to be shared (the atomic writers create private files)
-    out.with_name(f"{out.stem}_files").chmod(0o755)
+    figures_dir(out).chmod(0o755)
     return out
+
+
+def figures_dir(out: str | Path) -> Path:
+    """The folder of the figures of the report ``out``: ``<stem>_files`` beside it.
+
+    Example:
+        >>> figures_dir("runs/report.html").as_posix()
+        'runs/report_files'
+    """
+    out = Path(out)
+    return out.with_name(f"{out.stem}_files")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import encode, model_device
+from austeer.collect import encode, model_device, token_limit
 from austeer.generate import Mode, generate, steered
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
@@ -82,7 +82,7 @@ def read_prompts(path: str | Path) -> list[str]:
 def next_token_probs(model: nn.Module, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
     """``[len(prompts), vocab]`` float32 probabilities of the first generated token (chat-formatted prompts)."""
     texts = [format_prompt(tokenizer, p) for p in prompts]
-    enc = encode(tokenizer, texts, None, padding_side="left")
+    enc = encode(tokenizer, texts, token_limit(model, None), padding_side="left")
     device = model_device(model)
     logits = model(  # type: ignore[operator]
         input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device), use_cache=False

@@ -26,8 +26,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from austeer.io import atomic_write_text
 from austeer.pairs import Pair, read_pairs, write_pairs
-from austeer.spec import atomic_write_text
 from austeer.tasks.base import MAX_PAIRS, Item, Task
 
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from austeer.pairs import Pair, iter_jsonl, read_pairs
+from austeer.io import iter_jsonl
+from austeer.pairs import Pair, read_pairs
 from austeer.tasks.base import MAX_PAIRS, Item, Task, split_ids
 
 
