@@ -53,9 +53,11 @@ def generate(
     temperature: float = 1.0,
     seed: int | None = None,
     max_length: int | None = None,
+    system: str | None = None,
 ) -> list[str]:
-    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template."""
-    texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
+    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template,
+    with ``system`` in the system turn (see :func:`~austeer.pairs.format_prompt`)."""
+    texts = [format_prompt(tokenizer, p, system) if chat else p for p in prompts]
     if seed is not None:
         torch.manual_seed(seed)
     device = model_device(model)

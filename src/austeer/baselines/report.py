@@ -18,7 +18,7 @@ from typing import Any
 from austeer.compare import Comparison, Result
 from austeer.stats import discordant, margin, mcnemar
 
-SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset")
+SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset", "shots")
 
 
 def fmt_config(config: dict[str, Any]) -> str:
