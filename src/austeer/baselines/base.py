@@ -72,8 +72,8 @@ class Steerer(Protocol):
 class Evidence:
     """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``.
 
-    ``system`` is the system turn the pairs were read with (when they share one): a steerer built from
-    this evidence is evaluated with the same one.
+    ``system`` is the system turn the pairs were read with (when they share one); the prompted methods
+    (:mod:`austeer.baselines.prompt`) evaluate their steerers with it.
     """
 
     pos: dict[str, torch.Tensor]
