@@ -273,7 +273,7 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     assert comp.to_json() == {k: v for k, v in data.items() if k != "model"}
     row = summary_table([comp]).splitlines()[2].split(" | ")
     best = max(data["results"][:2], key=lambda r: (r["test_metric"], -r["n_steered"]))
-    assert row[-2] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"
+    assert row[-4] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"
     assert f"**{best['test_metric']:.3f} ({best['n_steered']})**" in row
     dose = json.loads((out / "dose.json").read_text())
     assert [r["k"] for r in dose["rows"]] == [0, 2, 17280] and dose["rows"][2]["all"]

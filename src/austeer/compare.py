@@ -5,7 +5,9 @@ tries the same number of configurations (``budget``, spread evenly over its grid
 items. A configuration is *eligible* when it keeps the neutral-text perplexity within ``max_ppl_ratio``
 of the unsteered model's (a method must not win by breaking the language model); among eligible ones
 the best validation metric wins (ties: fewer steered activations, then grid order). The winner is then
-evaluated once on the test items. ``random`` averages its seeds at every step.
+evaluated once on the test items. ``random`` averages its seeds at every step. *Prompted* methods (the
+prompting baseline, :mod:`austeer.baselines.prompt`) read the same pairs with the task's instruction in
+their system turn (:func:`prompted_evidence`) and are evaluated with it.
 
 Also here: the **dose-response** (test metric against the number of steered AUs, one curve per site,
 at a fixed ``alpha``) and the **frontier** (effect against perplexity increase over a strength grid,
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from torch import nn
@@ -74,9 +76,9 @@ class Comparison:
         return next((float(r.config["alpha"]) for r in self.results if r.method == "austeer"), default)
 
     def best_steering(self) -> Result | None:
-        """The steering method with the best test metric (ties: fewer steered activations); calibration
-        does not steer and is left out."""
-        steering = [r for r in self.results if r.method != "calibration"]
+        """The steering method with the best test metric (ties: fewer steered activations); methods that steer
+        no activation (calibration, a prompt alone) are left out."""
+        steering = [r for r in self.results if r.n_steered > 0]
         return max(steering, key=lambda r: (r.test_metric, -r.n_steered)) if steering else None
 
     @classmethod
@@ -110,22 +112,47 @@ def pick(trials: Sequence[dict[str, Any]], max_ppl_ratio: float | None) -> int:
 def evaluate_steered(
     model: nn.Module, tok: Any, task: Task, steerers: Steerer | list[Steerer], mode: str = "hook", **kw: Any
 ) -> dict[str, float]:
-    """:func:`~austeer.evaluate.evaluate` under each steerer (hooks or fold), metrics averaged over them."""
+    """:func:`~austeer.evaluate.evaluate` under each steerer (hooks or fold) and with its system turn, metrics
+    averaged over them."""
     group = steerers if isinstance(steerers, list) else [steerers]
     runs = []
     for s in group:
         ctx = s.hooks(model) if mode == "hook" else s.fold(model)
         with ctx:
-            runs.append(evaluate(model, tok, task, **kw))
+            runs.append(evaluate(model, tok, task, system=s.system, **kw))
     return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
 
 
 def sites_for(methods: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """The sites ``methods`` read (and ``extra``): what one :func:`gather` pass must collect for them."""
+    """The sites ``methods`` read (and ``extra``): what one :func:`gather` pass must collect for them.
+    Prompted methods read their own pass (:func:`prompted_evidence`) and are left out.
+
+    Example:
+        >>> sites_for(["caa", "austeer", "prompt+austeer"])
+        ['head', 'residual']
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
-    return sorted({s for m in methods for s in METHODS[m].sites} | set(extra))
+    return sorted({s for m in methods if not METHODS[m].prompted for s in METHODS[m].sites} | set(extra))
+
+
+def prompted_evidence(
+    model: nn.Module,
+    tok: Any,
+    task: Task,
+    methods: Sequence[str],
+    pairs_limit: int | None = 200,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Evidence:
+    """The evidence of the prompted ``methods``: the task's pairs with :attr:`~austeer.tasks.base.Task.instruction`
+    in their system turn, read at the sites those methods need (none: only the texts are kept)."""
+    if not task.instruction:
+        raise ValueError(f"task {task.name!r} declares no instruction (Task.instruction) for the prompted methods")
+    pairs = [replace(p, system=task.instruction) for p in task.pairs(model, tok, limit=pairs_limit)]
+    sites = sorted({s for m in methods if METHODS[m].prompted for s in METHODS[m].sites})
+    return gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
 
 
 def parse_doses(text: str) -> list[int | None]:
@@ -166,6 +193,9 @@ def compare(
     if "calibration" in methods and task.kind != "mc":
         raise ValueError(f"calibration applies to multiple-choice tasks only; {task.name} is {task.kind}")
     kw = {"batch_size": batch_size, **(eval_kw or {})}
+    prompted = None
+    if any(METHODS[m].prompted for m in methods):
+        prompted = prompted_evidence(model, tok, task, methods, pairs_limit, batch_size, progress)
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
         evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
@@ -175,10 +205,11 @@ def compare(
     results = []
     for name in methods:
         method = METHODS[name]
+        ev = prompted if method.prompted and prompted is not None else evidence
         trials = []
         for config in tqdm(spread_grid(method.grid, budget), desc=f"{task.name}: {name}", disable=not progress):
             start = time.perf_counter()
-            steerers = method.build(model, evidence, **config)
+            steerers = method.build(model, ev, **config)
             m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, **kw)
             first = steerers[0] if isinstance(steerers, list) else steerers
             trials.append(
@@ -192,7 +223,7 @@ def compare(
                 }
             )
         best = trials[pick(trials, max_ppl_ratio)]
-        steerers = method.build(model, evidence, **{k: v for k, v in best["config"].items() if k in _keys(method)})
+        steerers = method.build(model, ev, **{k: v for k, v in best["config"].items() if k in _keys(method)})
         test_samples: list[dict[str, Any]] = []
         test = evaluate_steered(model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, **kw)
         results.append(

@@ -120,10 +120,15 @@ def _first_token(tok: Any, text: str) -> int:
 
 
 def score_mc(
-    model: nn.Module, tok: Any, items: Sequence[Item], batch_size: int = 16, samples: list[dict[str, Any]] | None = None
+    model: nn.Module,
+    tok: Any,
+    items: Sequence[Item],
+    batch_size: int = 16,
+    samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
 ) -> dict[str, float]:
     """Greedy one-token exact match, restricted-choice accuracy and answer rate (see the module docstring)."""
-    logits = next_token_logits(model, tok, [format_prompt(tok, it.prompt) for it in items], batch_size)
+    logits = next_token_logits(model, tok, [format_prompt(tok, it.prompt, system) for it in items], batch_size)
     exact = restricted = answered = 0
     for it, row in zip(items, logits):
         option_ids = [_first_token(tok, c) for c in it.choices]
@@ -157,9 +162,11 @@ def score_math(
     batch_size: int = 16,
     max_new_tokens: int = 64,
     samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
 ) -> dict[str, float]:
     """Greedy decoding; the extracted number compared to the gold answer as a float."""
-    outs = generate(model, tok, [it.prompt for it in items], max_new_tokens=max_new_tokens, batch_size=batch_size)
+    prompts = [it.prompt for it in items]
+    outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
     correct = answered = 0
     for it, text in zip(items, outs):
         pred = extract_number(text)
@@ -181,10 +188,16 @@ def score_behaviour(
     max_new_tokens: int = 32,
     ref_model: nn.Module | None = None,
     samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
 ) -> dict[str, float]:
-    """Greedy continuations, judged by the task, with their perplexity under ``ref_model`` (or ``model``)."""
+    """Greedy continuations, judged by the task, with their perplexity under ``ref_model`` (or ``model``).
+
+    ``cont_ppl`` conditions on the prompt without ``system``, so it compares the continuations of a prompted
+    and an unprompted model on the same prefixes.
+    """
     prompts = [it.prompt for it in items]
-    outs = [o.strip() for o in generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
+    gen = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+    outs = [o.strip() for o in gen]
     metrics = task.metrics(outs)
     judge = ref_model if ref_model is not None else model
     nll, n = continuation_nll(judge, tok, [format_prompt(tok, p) for p in prompts], outs, max(1, batch_size // 2))
@@ -206,21 +219,25 @@ def evaluate(
     ref_model: nn.Module | None = None,
     max_new_tokens: int | None = None,
     samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` as it is now (steered or not) on ``split`` of ``task``, plus ``ppl`` and ``n_items``.
 
     ``samples``, when a list, receives one record per item (the model's output and the verdict).
+    ``system``, when given, is the system turn of every item's prompt (a prompting baseline, see
+    :mod:`austeer.baselines.prompt`); ``ppl`` is read on the plain neutral texts, so a prompt alone leaves it
+    as it is.
     """
     items = task.items(split, limit)
     if not items:
         raise ValueError(f"task {task.name!r} has no {split} items")
     budget = max_new_tokens or task.max_new_tokens
     if task.kind == "mc":
-        metrics = score_mc(model, tok, items, batch_size, samples)
+        metrics = score_mc(model, tok, items, batch_size, samples, system)
     elif task.kind == "math":
-        metrics = score_math(model, tok, items, batch_size, budget, samples)
+        metrics = score_math(model, tok, items, batch_size, budget, samples, system)
     elif task.kind == "behaviour":
-        metrics = score_behaviour(model, tok, task, items, batch_size, budget, ref_model, samples)
+        metrics = score_behaviour(model, tok, task, items, batch_size, budget, ref_model, samples, system)
     else:
         raise ValueError(f"task {task.name!r} has unknown kind {task.kind!r}")
     metrics["ppl"] = perplexity(model, tok)

@@ -53,14 +53,16 @@ def generate(
     temperature: float = 1.0,
     seed: int | None = None,
     max_length: int | None = None,
+    system: str | None = None,
 ) -> list[str]:
-    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template.
+    """Greedy (or sampled) continuations of ``prompts``; chat-formatted when the tokenizer has a template,
+    with ``system`` in the system turn (see :func:`~austeer.pairs.format_prompt`).
 
     A prompt longer than ``max_length`` tokens (default: the model's context less ``max_new_tokens``)
     is cut on the left, with a warning.
     """
     max_length = token_limit(model, max_length, reserve=max_new_tokens)
-    texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
+    texts = [format_prompt(tokenizer, p, system) if chat else p for p in prompts]
     if seed is not None:
         torch.manual_seed(seed)
     device = model_device(model)

@@ -80,14 +80,35 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 
 def format_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:
-    """The prompt as the model sees it: chat template with the generation prompt, or plain text."""
+    """The prompt as the model sees it: chat template with the generation prompt, or plain text.
+
+    ``system`` goes in the system turn; where the template has no system role (it refuses one, as
+    Gemma's does, or drops it) it opens the user turn instead, as in plain text.
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> _, tok = load_model()
+        >>> print(format_prompt(tok, "Hi?", system="Be brief."))
+        <|im_start|>system
+        Be brief.<|im_end|>
+        <|im_start|>user
+        Hi?<|im_end|>
+        <|im_start|>assistant
+        <BLANKLINE>
+    """
+    inline = prompt if system is None else f"{system}\n\n{prompt}"
     if not has_chat_template(tokenizer):
-        return prompt if system is None else f"{system}\n\n{prompt}"
-    messages = [{"role": "user", "content": prompt}]
+        return inline
     if system is not None:
-        messages.insert(0, {"role": "system", "content": system})
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return str(text)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        try:
+            text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except Exception:  # a template without a system role raises (jinja2's TemplateError)
+            text = ""
+        if system in text:
+            return text
+    messages = [{"role": "user", "content": inline}]
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def pair_texts(tokenizer: Any, pair: Pair) -> tuple[str, str]:

@@ -2,19 +2,20 @@
 
 ``METHODS[name]`` is a :class:`~austeer.baselines.base.Method`: read the pairs once with
 :func:`~austeer.baselines.base.gather`, then ``method.build(model, evidence, **config)`` gives a steerer
-with ``n_steered``, ``hooks(model)`` and ``fold(model)`` (context managers).
+with ``n_steered``, ``hooks(model)`` and ``fold(model)`` (context managers), and ``system`` (the system
+turn it is evaluated with; the prompting baseline's, :mod:`austeer.baselines.prompt`).
 
 Example:
     >>> from austeer.baselines import METHODS
     >>> sorted(METHODS)
-    ['austeer', 'block', 'caa', 'calibration', 'fixed', 'iti', 'random', 'sadi']
+    ['austeer', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
     >>> len(METHODS["caa"].grid)
     8
 """
 
 from __future__ import annotations
 
-from austeer.baselines import au, block, caa, calibration, fixed, iti, random_units, sadi
+from austeer.baselines import au, block, caa, calibration, fixed, iti, prompt, random_units, sadi
 from austeer.baselines.base import AddSteerer, CannotFold, Evidence, GainSteerer, Method, Steerer, gather
 
 METHODS: dict[str, Method] = {
@@ -28,6 +29,8 @@ METHODS: dict[str, Method] = {
         random_units.METHOD,
         fixed.METHOD,
         calibration.METHOD,
+        prompt.METHOD,
+        prompt.WITH_AUSTEER,
     )
 }
 

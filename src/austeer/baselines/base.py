@@ -51,10 +51,12 @@ class CannotFold(ValueError):
 
 
 class Steerer(Protocol):
-    """What every method produces."""
+    """What every method produces. ``system`` is the system turn the steered model is evaluated with (None for
+    none; a prompting baseline sets it, see :mod:`austeer.baselines.prompt`)."""
 
     name: str
     config: dict[str, Any]
+    system: str | None
 
     @property
     def n_steered(self) -> int: ...
@@ -68,16 +70,22 @@ class Steerer(Protocol):
 
 @dataclass
 class Evidence:
-    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``."""
+    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``.
+
+    ``system`` is the system turn the pairs were read with (when they share one); the prompted methods
+    (:mod:`austeer.baselines.prompt`) evaluate their steerers with it.
+    """
 
     pos: dict[str, torch.Tensor]
     neg: dict[str, torch.Tensor]
     answers: list[tuple[str, str]] = field(default_factory=list)  # (positive, negative) answer texts
     answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # their first token ids
+    prompts: list[str] = field(default_factory=list)  # the pairs' prompts (user turns)
+    system: str | None = None
 
     @property
     def n_pairs(self) -> int:
-        return int(next(iter(self.pos.values())).shape[0])
+        return len(self.answers) if self.answers else int(next(iter(self.pos.values())).shape[0])
 
     def counts(self, site: str) -> SignCounts:
         """Sign counts of the momenta ``pos - neg`` (the AUSteer statistic) at ``site``."""
@@ -100,7 +108,8 @@ def gather(
     max_length: int | None = None,
     progress: bool = True,
 ) -> Evidence:
-    """Read every site at the last token of both texts of every pair, in batches (one pass for all methods).
+    """Read every site at the last token of both texts of every pair, in batches (one pass for all methods);
+    with no site, nothing is run (the evidence then holds the pairs' texts only).
 
     Example:
         >>> from austeer.models import load_model
@@ -111,7 +120,7 @@ def gather(
     """
     if not pairs:
         raise ValueError("gather needs at least one pair")
-    plan = batch_plan(tokenizer, pairs, batch_size)  # length-sorted batches, put back in pair order below
+    plan = batch_plan(tokenizer, pairs, batch_size) if sites else []  # length-sorted, put back in order below
     pos: dict[str, torch.Tensor] = {}
     neg: dict[str, torch.Tensor] = {}
     batches = pair_activations(model, tokenizer, pairs, sites, plan, max_length)
@@ -123,11 +132,14 @@ def gather(
                 neg[s] = neg_b[s].new_empty((len(pairs), *neg_b[s].shape[1:]))
             pos[s][rows] = pos_b[s]
             neg[s][rows] = neg_b[s]
+    systems = {p.system for p in pairs}
     return Evidence(
         pos,
         neg,
         [(p.positive, p.negative) for p in pairs],
         [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
+        [p.prompt for p in pairs],
+        systems.pop() if len(systems) == 1 else None,
     )
 
 
@@ -143,6 +155,7 @@ class GainSteerer:
     name: str
     units: list[Unit]
     config: dict[str, Any]
+    system: str | None = None
 
     @property
     def spec(self) -> SteerSpec:
@@ -169,6 +182,7 @@ class AddSteerer:
     vectors: dict[int, torch.Tensor]
     config: dict[str, Any]
     n_steered: int = 0
+    system: str | None = None
 
     def _module(self, model: nn.Module, layer: int) -> nn.Module:
         if self.site == "logits":
@@ -273,7 +287,9 @@ class Method:
     """A steering method: the sites it reads, its validation grid, and how to build a steerer.
 
     ``build(model, evidence, **config)`` returns one :class:`Steerer`, or several (``random`` averages
-    seeds: the comparison evaluates each and reports the mean).
+    seeds: the comparison evaluates each and reports the mean). A ``prompted`` method is built from
+    evidence read with the task's instruction in the system turn (:attr:`~austeer.tasks.base.Task.instruction`)
+    and evaluated with it.
     """
 
     name: str
@@ -281,6 +297,7 @@ class Method:
     grid: tuple[dict[str, Any], ...]
     build: Callable[..., Any]
     foldable: str  # how it folds, in words
+    prompted: bool = False
 
     def fit(self, model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], **config: Any) -> Steerer | list[Steerer]:
         """Gather the evidence on ``pairs`` and build one steerer with ``config``."""

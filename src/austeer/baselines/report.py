@@ -3,10 +3,10 @@
 Example:
     >>> print(fmt_config({"site": "head", "k": 8, "alpha": 4.0}))
     site=head k=8 alpha=4
-    >>> margin(0.60, 0.50, 100)  # 60% against 50% on 100 items: z 1.4, within noise
+    >>> margin(0.60, 0.50, 100)  # unpaired: 60% against 50% on 100 items, z 1.4 (austeer.stats)
     1.4
-    >>> margin(0.10, 0.0, 40)  # 4 of 40 against 0 of 40
-    2.1
+    >>> paired(Result("m", {}, 0, 0.0, {}, 0.0, 0.0, "-", test_correct=[1, 1, 0, 1]), [0, 1, 0, 0])
+    '2/0 | 0.50'
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from austeer.compare import Comparison, Result
+from austeer.stats import discordant, margin, mcnemar
 
-SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset")
+SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset", "shots")
 
 
 def fmt_config(config: dict[str, Any]) -> str:
@@ -26,30 +27,37 @@ def fmt_config(config: dict[str, Any]) -> str:
 
 
 def table(c: Comparison) -> str:
-    """Markdown table: method, choice, steered activations, val and test metric, ppl change, folding."""
+    """Markdown table: method, choice, steered activations, val and test metric, its significance against the
+    unsteered model (two-proportion z; McNemar's paired test: items fixed/broken and p), ppl change, folding."""
     m = c.metric
+    n = _n_test(c)
     lines = [
-        f"| method | chosen on val | steered activations | val {m} | test {m} | test ppl change | fold |",
-        "|---|---|---:|---:|---:|---:|---|",
-        f"| none | - | 0 | {c.baseline_val[m]:.3f} | {c.baseline_test[m]:.3f} | 0 | - |",
+        f"| method | chosen on val | steered activations | val {m} | test {m} | z | fixed/broken | p | "
+        "test ppl change | fold |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| none | - | 0 | {c.baseline_val[m]:.3f} | {c.baseline_test[m]:.3f} | - | - | - | 0 | - |",
     ]
     for r in c.results:
         lines.append(
             f"| {r.method} | {fmt_config(r.config)}{' (none within the ppl bound)' if _ineligible(c, r) else ''} | "
             f"{r.n_steered} | {r.val:.3f} | {r.test_metric:.3f} | "
+            f"{margin(r.test_metric, c.baseline_test[m], n):+.1f} | {paired(r, c.baseline_correct)} | "
             f"{r.ppl_delta:+.2f} | {r.fold.split(':')[0]} |"
         )
     return "\n".join(lines)
 
 
-def margin(metric: float, base: float, n: int) -> float:
-    """z of ``metric`` against ``base``, two rates on ``n`` items each (pooled two-proportion test), rounded.
+def paired(r: Result, baseline_correct: Sequence[int]) -> str:
+    """``fixed/broken | p`` of McNemar's exact test of ``r`` against the unsteered model on the same test items
+    (see :mod:`austeer.stats`); ``- | -`` without per-item outcomes (behaviour tasks, older results)."""
+    if not r.test_correct or len(r.test_correct) != len(baseline_correct):
+        return "- | -"
+    fixed, broken = discordant(baseline_correct, r.test_correct)
+    return f"{fixed}/{broken} | {mcnemar(fixed, broken):.2f}"
 
-    Below 2 in absolute value the difference is within noise at about the 5% level.
-    """
-    pooled = (metric + base) / 2
-    se = (pooled * (1 - pooled) * 2 / max(n, 1)) ** 0.5
-    return round((metric - base) / se, 1) if se > 0 else 0.0
+
+def _n_test(c: Comparison) -> int:
+    return int(c.baseline_test.get("n_items", c.settings.get("test_limit", 0)))
 
 
 def _ineligible(c: Comparison, r: Result) -> bool:
@@ -62,13 +70,14 @@ def summary_table(comps: Sequence[Comparison]) -> str:
     """One Markdown row per task: the test metric of every method, its steered activations in brackets.
 
     The best steering method of each task is in bold; ``sig`` is its margin over the unsteered model as
-    the z of a two-proportion test (see :func:`margin`): below 2 it is within noise. A dagger marks a
-    method none of whose tried configurations kept the perplexity within the bound.
+    the z of a two-proportion test (see :func:`~austeer.stats.margin`): below 2 it is within noise;
+    ``fixed/broken`` and ``p`` are McNemar's paired test on the same items (see :func:`paired`). A dagger
+    marks a method none of whose tried configurations kept the perplexity within the bound.
     """
     methods = list(dict.fromkeys(r.method for c in comps for r in c.results))
     lines = [
-        "| task | metric | n test | none | " + " | ".join(methods) + " | best | sig |",
-        "|---|---|---:|---:|" + "---:|" * len(methods) + "---|---:|",
+        "| task | metric | n test | none | " + " | ".join(methods) + " | best | sig | fixed/broken | p |",
+        "|---|---|---:|---:|" + "---:|" * len(methods) + "---|---:|---:|---:|",
     ]
     for c in comps:
         by = {r.method: r for r in c.results}
@@ -79,10 +88,13 @@ def summary_table(comps: Sequence[Comparison]) -> str:
             r = by.get(m)
             cell = "-" if r is None else f"{r.test_metric:.3f} ({r.n_steered}){' †' if _ineligible(c, r) else ''}"
             cells.append(f"**{cell}**" if r is not None and r is best else cell)
-        n = int(c.baseline_test.get("n_items", c.settings.get("test_limit", 0)))
+        n = _n_test(c)
         sig = f"{margin(best.test_metric, base, n):+.1f}" if best else "-"
         name = best.method if best else "-"
-        lines.append(f"| {c.task} | {c.metric} | {n} | {base:.3f} | " + " | ".join(cells) + f" | {name} | {sig} |")
+        test = paired(best, c.baseline_correct) if best else "- | -"
+        lines.append(
+            f"| {c.task} | {c.metric} | {n} | {base:.3f} | " + " | ".join(cells) + f" | {name} | {sig} | {test} |"
+        )
     return "\n".join(lines)
 
 

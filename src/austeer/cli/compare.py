@@ -9,7 +9,7 @@ from typing import Any
 
 from austeer.cli.core import add_model_args, load_from_args
 
-DEFAULT_METHODS = "austeer,caa,iti,sadi,block,random,fixed"
+DEFAULT_METHODS = "austeer,caa,iti,sadi,block,random,fixed,prompt"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -81,7 +81,7 @@ def register(sub: Any) -> None:
     p.add_argument("--task", required=True, help="built-in task name, or custom (with --pairs and --eval)")
     p.add_argument("--pairs", default=None, help="pairs JSONL (custom task)")
     p.add_argument("--eval", default=None, help="eval JSONL (custom task)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated; also: calibration (mc tasks)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated; also: calibration (mc), prompt+austeer")
     p.add_argument("--budget", type=int, default=8, help="configurations tried on val, per method")
     p.add_argument("--pairs-limit", type=int, default=200)
     p.add_argument("--val-limit", type=int, default=100)

@@ -73,6 +73,8 @@ class Task:
     max_new_tokens: int = 1
     #: extra instruction added to every prompt (documented per task)
     description: str = ""
+    #: the prompting baseline's system turn: asks for the task's behaviour in words (``""``: none declared)
+    instruction: str = ""
 
     def items(self, split: str, limit: int | None = None) -> list[Item]:
         """The ``val`` or ``test`` items, in their fixed order; ``limit`` keeps the first ``limit``."""

@@ -40,6 +40,7 @@ def _splits() -> dict[str, list[Item]]:
 
 class BoolQ(MCTask):
     name = "boolq"
+    instruction = "Read the passage carefully and answer the question truthfully with Yes or No."
     description = "yes/no questions on a passage (BoolQ dev, split 1000 pairs / 100 val / 2170 test)"
 
     def pair_items(self) -> list[Item]:

@@ -53,6 +53,7 @@ def _splits() -> dict[str, list[Item]]:
 
 class COPA(MCTask):
     name = "copa"
+    instruction = "Pick the more plausible cause or effect of the premise, using common sense. Answer with A or B."
     description = "cause/effect with options A/B (pairs: Balanced-COPA dev; val/test: COPA test)"
 
     def pair_items(self) -> list[Item]:

@@ -80,8 +80,9 @@ class CustomTask(Task):
 
     name = "custom"
 
-    def __init__(self, pairs: str | Path, eval: str | Path, name: str = "custom") -> None:  # noqa: A002
+    def __init__(self, pairs: str | Path, eval: str | Path, name: str = "custom", instruction: str = "") -> None:  # noqa: A002
         self.pairs_path, self.eval_path, self.name = Path(pairs), Path(eval), name
+        self.instruction = instruction  # the prompting baseline's system turn (none by default)
         self._pairs = read_pairs(self.pairs_path)[:MAX_PAIRS]
         all_items = read_eval(self.eval_path)
         self.kind = "mc" if all_items[0].choices else "math"

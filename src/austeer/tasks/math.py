@@ -103,6 +103,7 @@ class MathTask(Task):
     kind = "math"
     metric = "accuracy"
     max_new_tokens = 64
+    instruction = "You solve arithmetic word problems correctly. Write the equation, then #### and the final number."
 
     def pair_items(self) -> list[Item]:
         raise NotImplementedError

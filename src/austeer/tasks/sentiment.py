@@ -60,6 +60,7 @@ def _splits() -> dict[str, list[Item]]:
 
 class Sentiment(BehaviourTask):
     name = "sentiment"
+    instruction = "Continue the story in a positive, happy and cheerful way."
     metric = "positive_rate"
     mean_name = "mean_compound"
     description = "continue neutral openings positively (VADER judge)"

@@ -47,6 +47,7 @@ def _splits() -> dict[str, list[Item]]:
 
 class WinoGrande(MCTask):
     name = "winogrande"
+    instruction = "Pick the option that makes the sentence make sense, using common sense. Answer with A or B."
     description = "fill the blank with option A/B (pairs: train_m; val/test: dev)"
 
     def pair_items(self) -> list[Item]:
