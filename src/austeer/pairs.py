@@ -41,14 +41,20 @@ def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = ValueError
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{kind} file {path} does not exist")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at column {exc.start + 1})") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            except (ValueError, RecursionError) as exc:  # integers over the digit limit, absurd nesting
+                raise error(f"{path}:{lineno}: invalid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
             yield lineno, obj
 
 
@@ -73,9 +79,15 @@ def pair_from_obj(obj: Any, where: str) -> Pair:
             raise PairsFormatError(f"{where}: missing field {field!r} (expected a string)")
         if not isinstance(value, str):
             raise PairsFormatError(f"{where}: field {field!r} must be a string, found {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PairsFormatError(f"{where}: field {field!r} is not valid Unicode text (lone surrogate)") from None
         if field != "system" and not value.strip():
             raise PairsFormatError(f"{where}: field {field!r} is empty")
         values[field] = value
+    if values["positive"] == values["negative"]:
+        raise PairsFormatError(f"{where}: positive and negative are identical (a pair must contrast two answers)")
     return Pair(values["prompt"] or "", values["positive"] or "", values["negative"] or "", values["system"])
 
 
