@@ -219,14 +219,14 @@ def test_model_fingerprint_is_compared_in_full(smol, fitted):
         spec.check_fits(dict(fp, widths=dict(fp["widths"], ffn=64)))  # a site the spec does not steer
 
 
-# ---------------------------------------------------------------- item 6 (spec files): one clear error, never a traceback
+# ---------------------------------------------------------------- item 6 (spec files): one clear error each
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("3", r"steer\.json: expected a JSON object, found int"),
-        ('{"alpha": 1, "units": [], "fingerprint": [1, 2]}', r"steer\.json: fingerprint: expected the model fingerprint"),
+        ('{"alpha": 1, "units": [], "fingerprint": [1]}', r"steer\.json: fingerprint: expected the model fingerprint"),
         ('{"alpha": 1, "units": 5}', r"steer\.json: units: expected a list of units, found 5"),
         ('{"alpha": 1, "units": [{"site": "head", "layer": 1.5}]}', r"steer\.json: units\[0\]: layer: expected an int"),
     ],

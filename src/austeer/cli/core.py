@@ -127,9 +127,7 @@ def register(sub: Any) -> None:
         "--max-length", type=positive_int, default=None, help="truncate texts on the left to this many tokens"
     )
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N pairs")
-    p.add_argument(
-        "--nproc", type=positive_int, default=1, help="processes to shard the pairs over (all-reduced counts)"
-    )
+    p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
     p.add_argument(
         "--share-prefix",
         action="store_true",
