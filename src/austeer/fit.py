@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from austeer.collect import batch_plan, pair_activations, pair_momenta
 from austeer.models import fingerprint
-from austeer.momentum import SignCounts, select
+from austeer.momentum import SignCounts, select, tied_at_cut
 from austeer.pairs import Pair, pair_texts
 from austeer.sites import check_site, decoder_layers, site_width
 from austeer.spec import SteerSpec
@@ -81,10 +82,53 @@ def score(
     return counts
 
 
+class EvidenceWarning(UserWarning):
+    """The pairs cannot support the selection: no AU separates them, or the top-k cut is a tie."""
+
+
+def check_evidence(counts: dict[str, SignCounts], k: int, n_pairs: int) -> None:
+    """Warn (:class:`EvidenceWarning`) when the scores cannot decide the top ``k``.
+
+    - every beta is 0: no AU moves consistently between positive and negative answers (identical
+      texts after truncation, a ``max_length`` that cuts off the answers);
+    - the ``k``-th and ``k+1``-th AUs tie on ``|beta|`` and on the z-score, so site, layer and index
+      order choose the units (a single pair: every AU that moves at all has ``|beta| = 1``).
+
+    Example:
+        >>> import warnings
+        >>> c = SignCounts.zeros(1, 4)
+        >>> c.update(torch.zeros(3, 1, 4))
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     check_evidence({"head": c}, 2, 3)
+        >>> print(w[0].message)
+        every beta is 0 over 3 pairs: no AU separates positive from negative answers, the 2 selected AUs steer nothing
+    """
+    if all(int(c.consistency().max()) == 0 for c in counts.values()):
+        warnings.warn(
+            f"every beta is 0 over {n_pairs} pairs: no AU separates positive from negative answers, "
+            f"the {k} selected AUs steer nothing",
+            EvidenceWarning,
+            stacklevel=3,
+        )
+        return
+    tied = tied_at_cut(counts, k)
+    if tied:
+        warnings.warn(
+            f"the top-{k} cut falls among {tied} AUs that tie on |beta| and z-score over {n_pairs} pairs: "
+            "site, layer and index order choose between them, not the pairs; use more pairs or another k",
+            EvidenceWarning,
+            stacklevel=3,
+        )
+
+
 def spec_from_counts(
     model: nn.Module, counts: dict[str, SignCounts], k: int, alpha: float, n_pairs: int, model_id: str = ""
 ) -> SteerSpec:
-    """The spec of the global top ``k`` AUs of ``counts`` for ``model``."""
+    """The spec of the global top ``k`` AUs of ``counts`` for ``model`` (warns when the evidence is too thin)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    check_evidence(counts, k, n_pairs)
     return SteerSpec(
         units=select(counts, k),
         alpha=float(alpha),
@@ -118,6 +162,9 @@ def fit(
     """
     if not pairs:
         raise ValueError("fit needs at least one pair")
+    for name, value in (("k", k), ("batch_size", batch_size), ("max_length", max_length)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     sites = [site] if isinstance(site, str) else list(site)
     counts = scorer(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)
     return spec_from_counts(model, counts, k, alpha, len(pairs), model_id)

@@ -127,6 +127,8 @@ def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = ValueError
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            except (ValueError, RecursionError) as exc:  # integers over the digit limit, absurd nesting
+                raise error(f"{path}:{lineno}: invalid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
             yield lineno, obj
 
 

@@ -353,6 +353,6 @@ def fingerprint(model: nn.Module) -> dict[str, Any]:
             widths[site] = site_width(model, site)
         except (ValueError, AttributeError):
             continue
-    info = {"family": fam, "n_layers": len(decoder_layers(model)), "widths": widths}
-    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
-    return {**info, "digest": digest}
+    from austeer.spec import make_fingerprint
+
+    return make_fingerprint(fam, len(decoder_layers(model)), widths)

@@ -114,27 +114,59 @@ class Unit:
     beta: float
 
 
-def rank(counts: dict[str, SignCounts], k: int | None = None) -> list[Unit]:
-    """The AUs of the given sites, best first (all of them, or the first ``k``); see the module docstring."""
-    keys_primary, keys_z, site_ids, layers, indices, betas, names = [], [], [], [], [], [], []
+def _keys(counts: dict[str, SignCounts]) -> dict[str, np.ndarray]:
+    """The ranking keys of every AU of ``counts``, flattened and concatenated over the sites."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("primary", "z", "site", "layer", "index", "beta", "name")}
     for site, c in counts.items():
         L, D = c.pos.shape
         beta = c.beta()
-        z = c.zscore() * torch.sign(beta).double()
-        keys_primary.append(c.consistency().flatten().numpy())
-        keys_z.append(z.flatten().numpy())
-        site_ids.append(np.full(L * D, SITES.index(site)))
-        layers.append(np.repeat(np.arange(L), D))
-        indices.append(np.tile(np.arange(D), L))
-        betas.append(beta.flatten().numpy())
-        names.append(np.full(L * D, site, dtype=object))
-    if not keys_primary:
+        cols["primary"].append(c.consistency().flatten().numpy())
+        cols["z"].append((c.zscore() * torch.sign(beta).double()).flatten().numpy())
+        cols["site"].append(np.full(L * D, SITES.index(site)))
+        cols["layer"].append(np.repeat(np.arange(L), D))
+        cols["index"].append(np.tile(np.arange(D), L))
+        cols["beta"].append(beta.flatten().numpy())
+        cols["name"].append(np.full(L * D, site, dtype=object))
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def _order(keys: dict[str, np.ndarray]) -> np.ndarray:
+    return np.lexsort((keys["index"], keys["layer"], keys["site"], -keys["z"], -keys["primary"]))
+
+
+def rank(counts: dict[str, SignCounts], k: int | None = None) -> list[Unit]:
+    """The AUs of the given sites, best first (all of them, or the first ``k``); see the module docstring."""
+    if not counts:
         return []
-    primary, zk = np.concatenate(keys_primary), np.concatenate(keys_z)
-    sid, lay, idx = np.concatenate(site_ids), np.concatenate(layers), np.concatenate(indices)
-    order = np.lexsort((idx, lay, sid, -zk, -primary))[:k]
-    b, nm = np.concatenate(betas), np.concatenate(names)
+    keys = _keys(counts)
+    order = _order(keys)[:k]
+    b, nm, lay, idx = keys["beta"], keys["name"], keys["layer"], keys["index"]
     return [Unit(str(nm[o]), int(lay[o]), int(idx[o]), float(b[o])) for o in order]
+
+
+def tied_at_cut(counts: dict[str, SignCounts], k: int) -> int:
+    """How many AUs tie with the ``k``-th on every evidence key when the ``k+1``-th does too, else 0.
+
+    Then the top-``k`` cut is decided by site, layer and index order, not by the pairs: with one pair
+    every AU that moves at all ties at ``|beta| = 1``.
+
+    Example:
+        >>> c = SignCounts.zeros(1, 4)
+        >>> c.update(torch.tensor([[[1.0, 2.0, -1.0, 0.0]]]))
+        >>> tied_at_cut({"head": c}, 1), tied_at_cut({"head": c}, 3)
+        (3, 0)
+    """
+    if not counts:
+        return 0
+    keys = _keys(counts)
+    if k < 1 or k >= len(keys["primary"]):
+        return 0
+    order = _order(keys)
+    last, nxt = order[k - 1], order[k]
+    primary, z = keys["primary"], keys["z"]
+    if primary[last] != primary[nxt] or z[last] != z[nxt]:
+        return 0
+    return int(((primary == primary[last]) & (z == z[last])).sum())
 
 
 def select(counts: dict[str, SignCounts], k: int) -> list[Unit]:

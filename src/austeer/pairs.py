@@ -58,9 +58,15 @@ def pair_from_obj(obj: Any, where: str) -> Pair:
             raise PairsFormatError(f"{where}: missing field {field!r} (expected a string)")
         if not isinstance(value, str):
             raise PairsFormatError(f"{where}: field {field!r} must be a string, found {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PairsFormatError(f"{where}: field {field!r} is not valid Unicode text (lone surrogate)") from None
         if field != "system" and not value.strip():
             raise PairsFormatError(f"{where}: field {field!r} is empty")
         values[field] = value
+    if values["positive"] == values["negative"]:
+        raise PairsFormatError(f"{where}: positive and negative are identical (a pair must contrast two answers)")
     return Pair(values["prompt"] or "", values["positive"] or "", values["negative"] or "", values["system"])
 
 

@@ -9,41 +9,206 @@ On disk a spec is a directory:
 
 No pickle is ever read or written.
 
+Validation (one rule, every path). A spec is checked when it is built (:class:`SteerSpec`) and when it
+is read (:func:`load`), and against the model each time it is applied (:meth:`SteerSpec.check_fits`,
+which :mod:`austeer.steer` calls for hooks, fold, export and the per-row gains of ``batched`` and
+``serve``):
+
+- structure (built or read): ``alpha`` finite; every unit has a known site, integer ``layer`` and
+  ``index`` >= 0 and a finite ``beta`` with ``alpha * beta`` finite; no unit twice; a fingerprint,
+  when present, has ``family``, ``n_layers``, ``widths`` and a ``digest`` that matches them, and the
+  units lie inside it;
+- read from disk, in addition: the fingerprint is required, ``beta`` is a sign-consistency score in
+  ``[-1, 1]`` (every saved spec is fitted; a programmatic spec, such as a baseline's
+  ``GainSteerer`` that stores gain offsets in ``beta`` with ``alpha = 1``, may hold any finite gain),
+  and the stored scores match the fingerprint's shapes and the number of pairs;
+- against a model: the spec's fingerprint equals the model's (family, layers, widths, digest), and
+  every unit lies in ``0..n_layers-1`` and ``0..width-1`` of the model.
+
+Errors are :class:`SpecError` (a ``ValueError``) worded ``<file or "spec">: <field>: <problem>``.
+
 Example:
     >>> import tempfile
     >>> from austeer.momentum import Unit
-    >>> from austeer.spec import SteerSpec, load
-    >>> spec = SteerSpec(units=[Unit("head", 3, 17, -1.0)], alpha=5.0, model_id="m",
-    ...                  fingerprint={"family": "llama", "n_layers": 30, "widths": {"head": 576}})
+    >>> from austeer.spec import SteerSpec, load, make_fingerprint
+    >>> fp = make_fingerprint("llama", 30, {"head": 576})
+    >>> spec = SteerSpec(units=[Unit("head", 3, 17, -1.0)], alpha=5.0, model_id="m", fingerprint=fp)
     >>> d = tempfile.mkdtemp()
     >>> _ = spec.save(d)
     >>> load(d).units[0]
     Unit(site='head', layer=3, index=17, beta=-1.0)
+    >>> SteerSpec(units=[Unit("head", -1, 17, 1.0)], alpha=5.0, fingerprint=fp)
+    Traceback (most recent call last):
+    ...
+    austeer.spec.SpecError: spec: units[0].layer: -1 is out of range 0..29
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from austeer.io import atomic_save_tensors, atomic_write_dir, atomic_write_text  # noqa: F401 (re-exported)
 from austeer.momentum import SignCounts, Unit, select
-from austeer.sites import check_site
+from austeer.sites import SITES
 
 FORMAT_VERSION = 1
+_STATS = ("pos", "neg", "total", "squares")
 
 
-class SpecMismatchError(ValueError):
+class SpecError(ValueError):
+    """A spec is malformed: the message is ``<file or "spec">: <field>: <what is wrong, what was expected>``."""
+
+
+class SpecMismatchError(SpecError):
     """A spec was loaded onto a model it was not fitted for."""
+
+
+def make_fingerprint(family: str, n_layers: int, widths: Mapping[str, int]) -> dict[str, Any]:
+    """A model fingerprint: family, layer count, the width of every site, and a digest of the three.
+
+    Example:
+        >>> sorted(make_fingerprint("llama", 2, {"head": 8}))
+        ['digest', 'family', 'n_layers', 'widths']
+    """
+    info = {"family": family, "n_layers": n_layers, "widths": dict(widths)}
+    return {**info, "digest": _digest(info)}
+
+
+def _digest(info: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _is_finite(x: object) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_fingerprint(fp: object, where: str = "spec") -> None:
+    """Raise :class:`SpecError` unless ``fp`` is a complete fingerprint whose digest matches its fields.
+
+    Example:
+        >>> check_fingerprint({"family": "llama", "n_layers": 2, "widths": {"head": 8}, "digest": "0"})
+        Traceback (most recent call last):
+        ...
+        austeer.spec.SpecError: spec: fingerprint.digest: '0' does not match family, n_layers and widths (edited?)
+    """
+    if not isinstance(fp, Mapping):
+        raise SpecError(f"{where}: fingerprint: expected an object, found {type(fp).__name__}")
+    for key in ("family", "n_layers", "widths", "digest"):
+        if key not in fp:
+            raise SpecError(f"{where}: fingerprint.{key}: missing")
+    if not isinstance(fp["family"], str) or not fp["family"]:
+        raise SpecError(f"{where}: fingerprint.family: expected a non-empty string, found {fp['family']!r}")
+    if not _is_int(fp["n_layers"]) or fp["n_layers"] < 1:
+        raise SpecError(f"{where}: fingerprint.n_layers: expected an integer >= 1, found {fp['n_layers']!r}")
+    widths = fp["widths"]
+    if not isinstance(widths, Mapping) or not widths:
+        raise SpecError(f"{where}: fingerprint.widths: expected a non-empty object {{site: width}}, found {widths!r}")
+    for site, width in widths.items():
+        if site not in SITES:
+            raise SpecError(f"{where}: fingerprint.widths: unknown site {site!r}; expected one of {', '.join(SITES)}")
+        if not _is_int(width) or width < 1:
+            raise SpecError(f"{where}: fingerprint.widths.{site}: expected an integer >= 1, found {width!r}")
+    if not isinstance(fp["digest"], str):
+        raise SpecError(f"{where}: fingerprint.digest: expected a string, found {type(fp['digest']).__name__}")
+    info = {"family": fp["family"], "n_layers": fp["n_layers"], "widths": dict(widths)}
+    if fp["digest"] != _digest(info):
+        raise SpecError(
+            f"{where}: fingerprint.digest: {fp['digest']!r} does not match family, n_layers and widths (edited?)"
+        )
+
+
+def check_units(
+    units: Sequence[Unit],
+    alpha: float,
+    where: str = "spec",
+    beta_range: bool = False,
+    fp: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise :class:`SpecError` unless ``alpha`` and every unit are well formed (see the module docstring).
+
+    ``beta_range``: also require ``beta`` in ``[-1, 1]`` (a fitted sign-consistency score).
+    ``fp``: a (checked) fingerprint the units must lie inside.
+
+    Example:
+        >>> check_units([Unit("head", 0, 1, 0.5), Unit("head", 0, 1, 0.5)], 2.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        austeer.spec.SpecError: spec: units[1]: head layer 0 index 1 is listed twice (also units[0]); ...
+    """
+    if not _is_finite(alpha):
+        raise SpecError(f"{where}: alpha: expected a finite number, found {alpha!r}")
+    seen: dict[tuple[str, int, int], int] = {}
+    for i, u in enumerate(units):
+        if u.site not in SITES:
+            raise SpecError(f"{where}: units[{i}].site: unknown site {u.site!r}; expected one of {', '.join(SITES)}")
+        for name in ("layer", "index"):
+            value = getattr(u, name)
+            if not _is_int(value) or (fp is None and value < 0):
+                raise SpecError(f"{where}: units[{i}].{name}: expected an integer >= 0, found {value!r}")
+        if fp is not None:
+            check_in_range([u], fp, where, first=i)
+        if not _is_finite(u.beta):
+            raise SpecError(f"{where}: units[{i}].beta: expected a finite number, found {u.beta!r}")
+        if beta_range and not -1.0 <= u.beta <= 1.0:
+            raise SpecError(f"{where}: units[{i}].beta: {u.beta!r} is out of range [-1, 1]")
+        if not math.isfinite(alpha * u.beta):
+            raise SpecError(f"{where}: units[{i}].beta: alpha * beta = {alpha!r} * {u.beta!r} is not finite")
+        key = (u.site, int(u.layer), int(u.index))
+        if key in seen:
+            raise SpecError(
+                f"{where}: units[{i}]: {u.site} layer {u.layer} index {u.index} is listed twice "
+                f"(also units[{seen[key]}]); each unit may appear once"
+            )
+        seen[key] = i
+
+
+def check_in_range(units: Sequence[Unit], fp: Mapping[str, Any], where: str = "spec", first: int = 0) -> None:
+    """Raise :class:`SpecError` unless every unit lies inside the layers and site widths of fingerprint ``fp``.
+
+    ``first``: the position of ``units[0]`` in the spec (for the message).
+    """
+    n_layers, widths = fp["n_layers"], fp["widths"]
+    for i, u in enumerate(units, start=first):
+        if u.site not in widths:
+            raise SpecError(f"{where}: units[{i}].site: {u.site!r} is not a site of this model ({', '.join(widths)})")
+        if not 0 <= u.layer < n_layers:
+            raise SpecError(f"{where}: units[{i}].layer: {u.layer} is out of range 0..{n_layers - 1}")
+        if not 0 <= u.index < widths[u.site]:
+            raise SpecError(
+                f"{where}: units[{i}].index: {u.index} is out of range 0..{widths[u.site] - 1} for site {u.site!r}"
+            )
+
+
+def _check_sites(sites: Sequence[Any], units: Sequence[Unit], where: str) -> None:
+    for i, site in enumerate(sites):
+        if site not in SITES:
+            raise SpecError(f"{where}: sites[{i}]: unknown site {site!r}; expected one of {', '.join(SITES)}")
+    if sites:
+        for i, u in enumerate(units):
+            if u.site not in sites:
+                raise SpecError(f"{where}: units[{i}].site: {u.site!r} is not one of the spec's sites {list(sites)}")
 
 
 @dataclass
 class SteerSpec:
-    """Selected AUs with their scores, a global strength ``alpha``, and the model they belong to."""
+    """Selected AUs with their scores, a global strength ``alpha``, and the model they belong to.
+
+    Checked when built (see the module docstring); :meth:`check_fits` checks it against a model.
+    """
 
     units: list[Unit]
     alpha: float
@@ -55,18 +220,35 @@ class SteerSpec:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for u in self.units:
-            check_site(u.site)
+        self.validate()
         if not self.sites:
             self.sites = sorted({u.site for u in self.units})
+
+    def validate(self, where: str = "spec", beta_range: bool = False) -> None:
+        """Raise :class:`SpecError` unless the spec is well formed and its units lie inside its own fingerprint."""
+        if self.fingerprint:
+            check_fingerprint(self.fingerprint, where)
+        check_units(self.units, self.alpha, where, beta_range, self.fingerprint or None)
+        _check_sites(self.sites, self.units, where)
+        if not _is_int(self.n_pairs) or self.n_pairs < 0:
+            raise SpecError(f"{where}: n_pairs: expected an integer >= 0, found {self.n_pairs!r}")
 
     @property
     def k(self) -> int:
         return len(self.units)
 
     def gains(self, alpha: float | None = None) -> list[tuple[Unit, float]]:
-        """``(unit, gamma)`` with ``gamma = alpha * beta``; the activation is multiplied by ``1 + gamma``."""
+        """``(unit, gamma)`` with ``gamma = alpha * beta``; the activation is multiplied by ``1 + gamma``.
+
+        Example:
+            >>> SteerSpec([Unit("head", 0, 1, 0.5)], alpha=2.0).gains(float("nan"))
+            Traceback (most recent call last):
+            ...
+            austeer.spec.SpecError: spec: alpha: expected a finite number, found nan
+        """
         a = self.alpha if alpha is None else alpha
+        if alpha is not None:
+            check_units(self.units, a)
         return [(u, a * u.beta) for u in self.units]
 
     def with_k(self, k: int) -> SteerSpec:
@@ -102,7 +284,7 @@ class SteerSpec:
             tensors.update(
                 {f"{site}.pos": c.pos, f"{site}.neg": c.neg, f"{site}.total": c.total, f"{site}.squares": c.squares}
             )
-        text = json.dumps(self.to_json(), indent=2)
+        text = json.dumps(self.to_json(), indent=2, allow_nan=False)
 
         def write(tmp: Path) -> None:
             (tmp / "steer.json").write_text(text + "\n", encoding="utf-8")
@@ -112,58 +294,141 @@ class SteerSpec:
         return atomic_write_dir(Path(directory), write, kind="spec", force=force)
 
     def check_fits(self, fingerprint: dict[str, Any]) -> None:
-        """Raise :class:`SpecMismatchError` unless ``fingerprint`` (of a model) matches this spec's."""
+        """Raise unless this spec can steer the model of ``fingerprint`` (see the module docstring).
+
+        :class:`SpecMismatchError` when the spec was fitted on another model; :class:`SpecError` when a
+        unit lies outside the model's layers or site widths.
+        """
         mine = self.fingerprint
-        if not mine:
-            return
-        if mine.get("family") != fingerprint.get("family"):
-            raise SpecMismatchError(
-                f"spec was fitted on a {mine.get('family')!r} model ({self.model_id}), "
-                f"but this model is {fingerprint.get('family')!r}"
-            )
-        if mine.get("n_layers") != fingerprint.get("n_layers"):
-            raise SpecMismatchError(
-                f"spec expects {mine.get('n_layers')} layers, the model has {fingerprint.get('n_layers')}"
-            )
-        for site in self.sites:
-            want, have = mine.get("widths", {}).get(site), fingerprint.get("widths", {}).get(site)
-            if want != have:
-                raise SpecMismatchError(f"spec expects site {site!r} of width {want}, the model's is {have}")
+        if mine:
+            if mine.get("family") != fingerprint.get("family"):
+                raise SpecMismatchError(
+                    f"spec was fitted on a {mine.get('family')!r} model ({self.model_id}), "
+                    f"but this model is {fingerprint.get('family')!r}"
+                )
+            if mine.get("n_layers") != fingerprint.get("n_layers"):
+                raise SpecMismatchError(
+                    f"spec expects {mine.get('n_layers')} layers, the model has {fingerprint.get('n_layers')}"
+                )
+            have_widths = fingerprint.get("widths", {})
+            for site in sorted({*self.sites, *mine.get("widths", {}), *have_widths}, key=SITES.index):
+                want, have = mine.get("widths", {}).get(site), have_widths.get(site)
+                if want != have:
+                    raise SpecMismatchError(f"spec expects site {site!r} of width {want}, the model's is {have}")
+            if "digest" in fingerprint and mine.get("digest") != fingerprint["digest"]:
+                raise SpecMismatchError(
+                    f"spec fingerprint digest {mine.get('digest')!r} differs from the model's {fingerprint['digest']!r}"
+                )
+        check_in_range(self.units, fingerprint)
+
+
+def _field(obj: Mapping[str, Any], key: str, where: str, check: Any, expected: str, default: Any = ...) -> Any:
+    if key not in obj:
+        if default is ...:
+            raise SpecError(f"{where}: {key}: missing (expected {expected})")
+        return default
+    value = obj[key]
+    if not check(value):
+        raise SpecError(f"{where}: {key}: expected {expected}, found {value!r}"[:300])
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # integers over the digit limit, absurd nesting
+        raise SpecError(f"{path}: invalid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+def _unit(u: Any, i: int, where: str) -> Unit:
+    if not isinstance(u, Mapping):
+        raise SpecError(f"{where}: units[{i}]: expected an object with site, layer, index, beta")
+    site = _field(u, "site", f"{where}: units[{i}]", lambda v: isinstance(v, str), "a site name")
+    layer = _field(u, "layer", f"{where}: units[{i}]", _is_int, "an integer >= 0")
+    index = _field(u, "index", f"{where}: units[{i}]", _is_int, "an integer >= 0")
+    beta = _field(u, "beta", f"{where}: units[{i}]", _is_finite, "a finite number in [-1, 1]")
+    return Unit(site, layer, index, float(beta))
+
+
+def _scores(path: Path, fp: Mapping[str, Any], n_pairs: int) -> dict[str, SignCounts]:
+    """The sign counts of ``scores.safetensors``, checked against the fingerprint's shapes and ``n_pairs``."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for every kind of corrupt file
+        raise SpecError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {str(exc)[:100]})") from None
+    by_site: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        site, _, stat = key.partition(".")
+        if site not in SITES or stat not in _STATS:
+            raise SpecError(f"{path}: {key}: unexpected tensor (expected <site>.{{{','.join(_STATS)}}})")
+        by_site.setdefault(site, {})[stat] = t
+    scores = {}
+    for site in sorted(by_site, key=SITES.index):
+        stats = by_site[site]
+        if site not in fp["widths"]:
+            raise SpecError(f"{path}: {site}: site not in the fingerprint's widths ({', '.join(fp['widths'])})")
+        shape = (fp["n_layers"], fp["widths"][site])
+        for stat in _STATS:
+            if stat not in stats:
+                raise SpecError(f"{path}: {site}.{stat}: missing (expected {', '.join(f'{site}.{s}' for s in _STATS)})")
+            t, dtype = stats[stat], torch.int64 if stat in ("pos", "neg") else torch.float64
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise SpecError(
+                    f"{path}: {site}.{stat}: expected {dtype} of shape {list(shape)}, found {t.dtype} {list(t.shape)}"
+                )
+        pos, neg = stats["pos"], stats["neg"]
+        if bool((pos < 0).any() | (neg < 0).any() | (pos + neg > n_pairs).any()):
+            raise SpecError(f"{path}: {site}.pos/neg: counts must be >= 0 with pos + neg <= n_pairs = {n_pairs}")
+        if not bool(torch.isfinite(stats["total"]).all() & torch.isfinite(stats["squares"]).all()):
+            raise SpecError(f"{path}: {site}.total/squares: expected finite sums")
+        scores[site] = SignCounts(pos, neg, stats["total"], stats["squares"], n_pairs)
+    return scores
 
 
 def load(directory: str | Path) -> SteerSpec:
-    """Read a spec directory written by :meth:`SteerSpec.save`, with errors naming file and field."""
+    """Read a spec directory written by :meth:`SteerSpec.save`; anything malformed is a :class:`SpecError`.
+
+    The message names the file and the field, e.g. ``steer.json: units[3].layer: -1 is out of range 0..29``.
+    """
     directory = Path(directory)
     path = directory / "steer.json"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a steering spec directory")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    for key in ("alpha", "units"):
-        if key not in obj:
-            raise ValueError(f"{path}: missing field {key!r}")
-    units = []
-    for i, u in enumerate(obj["units"]):
-        try:
-            units.append(Unit(str(u["site"]), int(u["layer"]), int(u["index"]), float(u["beta"])))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: units[{i}] must have site, layer, index, beta ({exc!r})") from None
-    scores: dict[str, SignCounts] = {}
+    obj = _read_json(path)
+    where = str(path)
+    if not isinstance(obj, dict):
+        raise SpecError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    _field(obj, "format_version", where, lambda v: _is_int(v) and v == FORMAT_VERSION, str(FORMAT_VERSION), 1)
+    alpha = _field(obj, "alpha", where, _is_finite, "a finite number")
+    raw_units = _field(obj, "units", where, lambda v: isinstance(v, list), "a list of units")
+    units = [_unit(u, i, where) for i, u in enumerate(raw_units)]
+    fp = _field(obj, "fingerprint", where, lambda v: isinstance(v, dict), "the model fingerprint object")
+    check_fingerprint(fp, where)
+    check_units(units, float(alpha), where, beta_range=True, fp=fp)
+    sites = _field(obj, "sites", where, lambda v: isinstance(v, list), "a list of site names", [])
+    n_pairs = _field(obj, "n_pairs", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0", 0)
+    _field(obj, "k", where, lambda v: _is_int(v) and v == len(units), f"the number of units, {len(units)}", 0)
+    model_id = _field(obj, "model_id", where, lambda v: isinstance(v, str), "a string", "")
+    info = _field(obj, "info", where, lambda v: isinstance(v, dict), "an object", {})
+    _check_sites(sites, units, where)
     tensor_path = directory / "scores.safetensors"
-    if tensor_path.exists():
-        t = load_file(str(tensor_path))
-        n = int(obj.get("n_pairs", 0))
-        for site in sorted({key.split(".")[0] for key in t}):
-            scores[site] = SignCounts(t[f"{site}.pos"], t[f"{site}.neg"], t[f"{site}.total"], t[f"{site}.squares"], n)
+    scores = _scores(tensor_path, fp, n_pairs) if tensor_path.exists() else {}
+    for site in scores:
+        if sites and site not in sites:
+            raise SpecError(f"{tensor_path}: {site}: scores of a site not in {where}'s sites {sites}")
     return SteerSpec(
         units=units,
-        alpha=float(obj["alpha"]),
-        model_id=str(obj.get("model_id", "")),
-        fingerprint=dict(obj.get("fingerprint", {})),
-        n_pairs=int(obj.get("n_pairs", 0)),
-        sites=list(obj.get("sites", [])),
+        alpha=float(alpha),
+        model_id=model_id,
+        fingerprint=fp,
+        n_pairs=n_pairs,
+        sites=list(sites) or sorted({*(u.site for u in units), *scores}, key=SITES.index),
         scores=scores,
-        info=dict(obj.get("info", {})),
+        info=info,
     )

@@ -45,11 +45,13 @@ from austeer.spec import SteerSpec
 
 
 def _grouped(model: nn.Module, spec: SteerSpec, alpha: float | None) -> dict[tuple[str, int], list[tuple[int, float]]]:
-    """Gains per ``(site, layer)``, after checking that ``spec`` was fitted on a model of this shape."""
-    if spec.fingerprint:
-        from austeer.models import fingerprint
+    """Gains per ``(site, layer)``, after checking that ``spec`` fits ``model`` and ``alpha`` is finite.
 
-        spec.check_fits(fingerprint(model))
+    The one model check of every path: hooks, fold, export and the per-row gains of ``batched``/``serve``.
+    """
+    from austeer.models import fingerprint
+
+    spec.check_fits(fingerprint(model))
     groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
     for unit, gamma in spec.gains(alpha):
         groups[(unit.site, unit.layer)].append((unit.index, gamma))
@@ -67,16 +69,10 @@ def gain_vectors(model: nn.Module, spec: SteerSpec, alpha: float | None = None) 
 
     Each vector lives on the device and in the dtype of the module it serves.
     """
-    n_layers = len(decoder_layers(model))
     out = {}
     for (site, layer), items in _grouped(model, spec, alpha).items():
-        if not 0 <= layer < n_layers:
-            raise IndexError(f"spec unit in layer {layer} of site {site!r}, but the model has {n_layers} layers")
-        width = site_width(model, site)
-        g = torch.ones(width, dtype=torch.float32)
+        g = torch.ones(site_width(model, site), dtype=torch.float32)
         for index, gamma in items:
-            if not 0 <= index < width:
-                raise IndexError(f"spec unit index {index} out of range for site {site!r} of width {width}")
             g[index] += gamma
         p = _param_of(site_module(model, site, layer) if site != "residual" else decoder_layers(model)[layer])
         out[(site, layer)] = g.to(device=p.device, dtype=p.dtype)

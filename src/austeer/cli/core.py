@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from austeer.cli.argtypes import finite_float, positive_int
 from austeer.sites import SITES
 
 
@@ -31,7 +32,7 @@ def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> An
     from austeer.pairs import read_pairs
 
     pairs = read_pairs(args.pairs)
-    if args.limit:
+    if args.limit is not None:
         pairs = pairs[: args.limit]
     model, tok, name = load_from_args(args)
     start = time.perf_counter()
@@ -134,18 +135,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser("fit", help="score atomic units on contrastive pairs and save a steering spec")
     p.add_argument("--pairs", required=True, help="JSONL with prompt, positive, negative (optional system)")
     p.add_argument("--site", default="head", help=f"one or more of {', '.join(SITES)}, comma-separated")
-    p.add_argument("--k", type=int, default=32, help="number of AUs to keep (global top-k)")
-    p.add_argument("--alpha", type=float, default=5.0, help="global strength: gain 1 + alpha * beta")
+    p.add_argument("--k", type=positive_int, default=32, help="number of AUs to keep (global top-k)")
+    p.add_argument("--alpha", type=finite_float, default=5.0, help="global strength: gain 1 + alpha * beta")
     p.add_argument("--out", required=True, help="spec directory to write")
     add_force_arg(p)
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="pairs per forward pass")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         help="truncate texts on the left to this many tokens (default: the model's context)",
     )
-    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N pairs")
     p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
     p.add_argument(
         "--share-prefix",
@@ -159,13 +160,13 @@ def register(sub: Any) -> None:
     p.add_argument("prompt", nargs="+")
     p.add_argument("--steer", required=True, help="spec directory written by austeer fit")
     p.add_argument("--mode", default="hook", choices=["hook", "fold"])
-    p.add_argument("--alpha", type=float, default=None, help="override the spec's alpha")
-    p.add_argument("--k", type=int, default=None, help="override the spec's k (reselects from stored scores)")
+    p.add_argument("--alpha", type=finite_float, default=None, help="override the spec's alpha")
+    p.add_argument("--k", type=positive_int, default=None, help="override the spec's k (reselects from stored scores)")
     p.add_argument("--compare", action="store_true", help="also print the unsteered answer")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         help="truncate prompts on the left to this many tokens (default: the context less --max-new-tokens)",
     )
@@ -176,6 +177,6 @@ def register(sub: Any) -> None:
     p.add_argument("--steer", required=True)
     p.add_argument("--out", required=True, help="model directory to write")
     add_force_arg(p)
-    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--alpha", type=finite_float, default=None)
     add_model_args(p)
     p.set_defaults(func=cmd_export)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from austeer.cli.argtypes import finite_float, positive_int
 from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 from austeer.sites import SITES
 
@@ -159,10 +160,10 @@ def register(sub: Any) -> None:
     _common(p)
     p.add_argument("--steer", default=None, help="spec directory (unsteered when absent)")
     p.add_argument("--split", default="val", choices=["val", "test"])
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items")
     p.add_argument("--mode", default="fold", choices=["hook", "fold"])
-    p.add_argument("--alpha", type=float, default=None, help="override the spec's alpha")
-    p.add_argument("--k", type=int, default=None, help="override the spec's k")
+    p.add_argument("--alpha", type=finite_float, default=None, help="override the spec's alpha")
+    p.add_argument("--k", type=positive_int, default=None, help="override the spec's k")
     p.add_argument("--out", default=None, help="JSON file to write (default runs/eval/TASK-SPLIT[-steered].json)")
     p.set_defaults(func=cmd_eval)
 
@@ -173,7 +174,7 @@ def register(sub: Any) -> None:
     p.add_argument("--alpha", default="1,5,15,50", help="comma-separated alpha values")
     p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     add_force_arg(p)
-    p.add_argument("--pair-limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--pair-limit", type=positive_int, default=None, help="use only the first N pairs")
     p.add_argument("--val-limit", type=int, default=None, help="use only the first N val items")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test items")
     p.add_argument("--no-test", action="store_true", help="stop after the validation grid")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from austeer.cli.argtypes import finite_float, positive_int
 from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 
 
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", default="hook", choices=["hook", "fold"])
     p.add_argument("--top", type=int, default=8, help="number of top AUs to put through the logit lens")
     p.add_argument("--tokens", type=int, default=8, help="tokens listed per direction")
-    p.add_argument("--k", type=int, default=None, help="override the spec's k (reselects from stored scores)")
-    p.add_argument("--alpha", type=float, default=None, help="override the spec's alpha")
+    p.add_argument("--k", type=positive_int, default=None, help="override the spec's k (reselects from stored scores)")
+    p.add_argument("--alpha", type=finite_float, default=None, help="override the spec's alpha")
     add_model_args(p)
     p.set_defaults(func=cmd_inspect)
