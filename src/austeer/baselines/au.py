@@ -36,6 +36,7 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     return GainSteerer("austeer", scaled(top_units(evidence, site, k), alpha), config)
 
 
-GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 12.0))
+#: k from 2 to 100 and alpha from the small gains to the paper's range (up to 100)
+GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
 
 METHOD = Method("austeer", ("head",), GRID, build, "exact: gains folded into W_O columns (head) / W_down")
