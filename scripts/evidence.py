@@ -100,6 +100,105 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
     save(path, data)
 
 
+BEGIN, END = "<!-- BEGIN GENERATED (scripts/evidence.py) -->", "<!-- END GENERATED (scripts/evidence.py) -->"
+DOC = ROOT / "docs" / "COMPARISON.md"
+
+
+def _acc_line(name: str, base: list[int], steered: list[int]) -> str:
+    from austeer.stats import discordant, mcnemar
+
+    n = len(base)
+    a, b = sum(base) / n, sum(steered) / n
+    se = (b * (1 - b) / n) ** 0.5
+    fixed, broken = discordant(base, steered)
+    p = mcnemar(fixed, broken)
+    return f"| {name} | {n} | {a:.3f} | {b:.3f} ± {se:.3f} | {b - a:+.3f} | {fixed} / {broken} | {p:.3g} |"
+
+
+def render_confirm(data: dict[str, Any], where: Path, fresh_from: int) -> list[str]:
+    """The confirmatory table (seen, fresh and all items) and its plot."""
+    base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
+    c = data["config"]
+    lines = [
+        f"**Confirmatory test** ({data['task']}, {data['dtype']}): one configuration fixed before this run "
+        f"(site {c['site']}, k={c['k']}, alpha={c['alpha']:g}, {c['pairs']} pairs), the unsteered and the steered "
+        f"model on every test item. Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep "
+        f"that chose the configuration on val; items {fresh_from}+ were never evaluated before. "
+        f"Neutral-text ppl {data['unsteered']['metrics']['ppl']:.2f} -> {data['steered']['metrics']['ppl']:.2f}.\n",
+        "| items | n | unsteered | steered ± se | change | fixed / broken | McNemar p |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        _acc_line(f"seen (0-{fresh_from - 1})", base[:fresh_from], steered[:fresh_from]),
+        _acc_line(f"**fresh ({fresh_from}+)**", base[fresh_from:], steered[fresh_from:]),
+        _acc_line("all", base, steered),
+        "",
+    ]
+    img = plot_confirm(data, where / f"confirm_{data['task']}.png", fresh_from)
+    lines.append(f"![confirmatory test]({img.relative_to(DOC.parent)})\n")
+    return lines
+
+
+def plot_confirm(data: dict[str, Any], out: Path, fresh_from: int) -> Path:
+    """Accuracy (95% interval) of the unsteered and the steered model on seen, fresh and all items."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
+    groups = {"seen": slice(0, fresh_from), "fresh": slice(fresh_from, None), "all": slice(None)}
+    fig = Figure(figsize=(6, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for j, (label, outcomes_) in enumerate((("unsteered", base), ("steered", steered))):
+        xs, ys, es = [], [], []
+        for i, part in enumerate(groups.values()):
+            v = outcomes_[part]
+            p = sum(v) / len(v)
+            xs.append(i + (j - 0.5) * 0.3)
+            ys.append(p)
+            es.append(1.96 * (p * (1 - p) / len(v)) ** 0.5)
+        ax.bar(xs, ys, 0.3, yerr=es, capsize=3, label=label)
+    ax.set_xticks(range(len(groups)), [f"{k} ({len(base[v])})" for k, v in groups.items()])
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("accuracy")
+    c = data["config"]
+    ax.set_title(f"{data['task']}: AUSteer {c['site']} k={c['k']} alpha={c['alpha']:g} (fixed in advance)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def render(model: str, fresh_from: int) -> None:
+    from austeer.baselines.report import plot_comparison, table
+    from austeer.compare import Comparison
+    from austeer.spec import atomic_write_text
+
+    where = OUT / model.replace("embedded:", "").replace("/", "_")
+    parts = [f"## {model}\n"]
+    for path in sorted(where.glob("confirm_*.json")):
+        data = json.loads(path.read_text())
+        if "steered" in data:
+            parts += render_confirm(data, where, fresh_from)
+    for path in sorted(where.glob("compare_*.json")):
+        data = json.loads(path.read_text())
+        comp = Comparison.from_json(data)
+        s = comp.settings
+        parts.append(
+            f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {data.get('seconds', 0) / 60:.0f} min): "
+            f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
+            f"{s['test_limit']} test items, eligible configs keep ppl within x{s['max_ppl_ratio']}.\n"
+        )
+        parts.append(table(comp) + "\n")
+        img = plot_comparison(comp, where / f"compare_{comp.task}.png")
+        parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
+    generated = "\n".join(parts)
+    text = DOC.read_text()
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    atomic_write_text(DOC, f"{head}{BEGIN}\n{generated}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded:qwen2.5-coder-1.5b-instruct")
@@ -115,7 +214,12 @@ def main() -> None:
     p.add_argument("--val-limit", type=int, default=100)
     p.add_argument("--test-limit", type=int, default=None, help="default: every test item")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
+    p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
+    if args.render_only:
+        render(args.model, args.fresh_from)
+        return
     from austeer.models import load_model
 
     where = OUT / args.model.replace("embedded:", "").replace("/", "_")
@@ -124,6 +228,7 @@ def main() -> None:
     for stage in args.stages.split(","):
         for name in args.tasks.split(","):
             {"confirm": confirm, "compare": compare_stage}[stage](name, args, model, tok, where)
+            render(args.model, args.fresh_from)
 
 
 if __name__ == "__main__":
