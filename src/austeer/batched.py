@@ -8,7 +8,9 @@ every cached decoding step of ``model.generate`` (left padding, KV cache).
 
 :func:`generate_rows` is the library entry point (greedy, like :func:`austeer.generate.generate`);
 :func:`run_rows` is the engine behind the server: per-row token budgets, stop strings, temperature /
-top-p sampling with a per-row seed, text deltas as they are produced, and cancellation.
+top-p sampling with a per-row seed, text deltas as they are produced, and cancellation. A temperature
+below :data:`GREEDY_BELOW` is greedy, and a row whose logits stop being finite ends alone with
+``finish_reason == "error"``: the other rows of its batch go on.
 
 Example:
     >>> import torch
@@ -40,6 +42,10 @@ from austeer.collect import encode, model_device
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
 from austeer.steer import Steering, add_hooks, gain_vectors
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily: ``logits / T`` would overflow to inf (NaN probabilities) long
+before a temperature this small differs from the argmax (vLLM uses the same threshold)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class RowRequest:
     text: str
     steer: RowSteer | None = None
     max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
+    temperature: float = 0.0  # below GREEDY_BELOW (0 included): greedy
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -93,12 +99,16 @@ class RowRequest:
 
 @dataclass
 class RowResult:
-    """What one row produced: the text, why it ended (``stop`` or ``length``) and token counts."""
+    """What one row produced: the text, why it ended (``stop``, ``length`` or ``error``) and token counts.
+
+    ``error`` says what went wrong with this row alone (its logits stopped being finite); ``None`` otherwise.
+    """
 
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None
 
 
 @dataclass
@@ -110,6 +120,11 @@ class _Row:
     emitted: int = 0
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    error: str | None = None
+
+    def fail(self, why: str) -> None:
+        """End this row alone; the batch goes on for the others."""
+        self.finish_reason, self.error = "error", why
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -170,23 +185,32 @@ class _Controller(StoppingCriteria):
 
 
 class _RowSampling(LogitsProcessor):
-    """Leave only the chosen token of each row: the argmax (greedy rows) or a draw with the row's own seed."""
+    """Leave only the chosen token of each row: the argmax (greedy rows) or a draw with the row's own seed.
+
+    A live row whose logits hold a NaN or +inf (or are all -inf) is failed here, alone.
+    """
 
     def __init__(self, rows: list[_Row]) -> None:
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         chosen = scores.argmax(-1)
+        broken = (scores.isnan() | scores.isposinf()).any(-1) | scores.isneginf().all(-1)
+        for r in broken.nonzero().flatten().tolist():
+            if self.rows[r].finish_reason is None:
+                self.rows[r].fail("its logits became non-finite (NaN or inf)")
         for r, row in enumerate(self.rows):
             req = row.request
-            if req.temperature > 0 and row.finish_reason is None:
+            if req.temperature >= GREEDY_BELOW and row.finish_reason is None:
                 probs = torch.softmax(scores[r].float() / req.temperature, -1)
                 if req.top_p < 1.0:
                     sorted_p, order = probs.sort(descending=True)
                     keep = sorted_p.cumsum(-1) - sorted_p < req.top_p
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-                gen = row.generator
-                chosen[r] = torch.multinomial(probs.cpu(), 1, generator=gen).to(chosen.device)[0]
+                try:
+                    chosen[r] = torch.multinomial(probs.cpu(), 1, generator=row.generator).to(chosen.device)[0]
+                except RuntimeError as exc:  # e.g. an underflow to all-zero probabilities: this row only
+                    row.fail(f"sampling failed: {exc}")
         out = torch.full_like(scores, -math.inf)
         out.scatter_(1, chosen[:, None], 0.0)
         return out  # type: ignore[return-value]
@@ -227,7 +251,7 @@ def run_rows(
     counts = enc["attention_mask"].sum(1).tolist()
     rows = [_Row(req, int(n)) for req, n in zip(requests, counts)]
     for row in rows:
-        if row.request.temperature > 0:
+        if row.request.temperature >= GREEDY_BELOW:
             row.generator = torch.Generator()
             if row.request.seed is not None:
                 row.generator.manual_seed(row.request.seed)
@@ -257,7 +281,7 @@ def run_rows(
     for row in rows:
         reason = row.finish_reason or "length"
         reason = "stop" if reason == "cancelled" else reason
-        results.append(RowResult(row.text, reason, row.prompt_tokens, len(row.ids)))
+        results.append(RowResult(row.text, reason, row.prompt_tokens, len(row.ids), row.error))
     return results
 
 

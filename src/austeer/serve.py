@@ -11,6 +11,12 @@ worker thread owns the model: it takes the first waiting job, collects more for 
 (:func:`austeer.batched.run_rows`), whatever mix of steers they ask for. Text is streamed back as it
 is produced. Static micro-batching: a request that arrives while a batch runs waits for the next one.
 
+Failure isolation: a request's bad parameters are a 4xx for that request alone (checked on admission); a
+row whose logits stop being finite fails alone (:func:`austeer.batched.run_rows`); if a whole batch
+raises, its rows are rerun one by one so that only the request at fault gets the 500. Connections: a
+listen backlog of ``backlog``, a read timeout of ``read_timeout_s`` per connection (a 408 for a body
+that does not arrive), and a client that goes away cancels its rows (polled every 0.1 s).
+
 Example (binds a port, so not run by the doctests):
     >>> from austeer.models import load_model
     >>> from austeer.serve import Server, ServerConfig
@@ -23,8 +29,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import queue
+import re
+import select
 import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -48,9 +59,12 @@ from austeer.serve_openai import (
     parse_request,
     sse,
 )
+from austeer.sites import decoder_layers, site_width
 from austeer.spec import SteerSpec
 
 MAX_BODY = 4 * 1024 * 1024
+POLL_S = 0.1  # how often a request thread checks that its client is still there
+_LENGTH = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,8 @@ class ServerConfig:
     batch_wait_ms: float = 10.0
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     request_timeout_s: float = 600.0
+    backlog: int = 1024  # connections the kernel queues while none is accepted (capped by net.core.somaxconn)
+    read_timeout_s: float = 30.0  # per socket read: a request (head or body) that stalls longer gets a 408
     limits: Limits = field(default_factory=Limits)
 
 
@@ -81,6 +97,35 @@ def load_steers(model: nn.Module, dirs: Mapping[str, str | Path]) -> dict[str, S
         spec.check_fits(fp)
         out[name] = spec
     return out
+
+
+def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
+    """Raise a one-line ``ValueError`` naming steer ``name`` unless every unit of ``spec`` exists in ``model``.
+
+    A stand-in until the shared validator of :mod:`austeer.spec` (layer and index ranges against the
+    model's fingerprint) lands; then this calls that one.
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> from austeer.momentum import Unit
+        >>> model, _ = load_model()
+        >>> check_units(model, "wide", SteerSpec(units=[Unit("head", 0, 9999, 0.5)], alpha=1.0))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: steer 'wide': unit (site 'head', layer 0, index 9999, beta 0.5) does not fit the model: ...
+    """
+    n_layers = len(decoder_layers(model))
+    widths: dict[str, int] = {}
+    if not math.isfinite(spec.alpha):
+        raise ValueError(f"steer {name!r}: alpha {spec.alpha} is not a finite number")
+    for u in spec.units:
+        if u.site not in widths:
+            widths[u.site] = site_width(model, u.site)
+        if not (0 <= u.layer < n_layers and 0 <= u.index < widths[u.site] and math.isfinite(u.beta)):
+            raise ValueError(
+                f"steer {name!r}: unit (site {u.site!r}, layer {u.layer}, index {u.index}, beta {u.beta}) does not "
+                f"fit the model: {n_layers} layers, site {u.site!r} of width {widths[u.site]}, finite beta"
+            )
 
 
 def parse_steer_args(items: list[str]) -> dict[str, str]:
@@ -109,12 +154,15 @@ class Job:
     index: int
     events: queue.Queue[tuple[str, Any]]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    emitted: bool = False  # some text of this row went out already (a rerun would repeat it)
 
 
 class Engine:
     """The model, the loaded steers, the job queue and the worker thread that batches jobs."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, steers: dict[str, SteerSpec], config: ServerConfig) -> None:
+        for name, spec in steers.items():  # at start-up: a bad spec must not fail every batch it joins
+            check_units(model, name, spec)
         self.model, self.tokenizer, self.steers, self.config = model, tokenizer, steers, config
         self.front_tokenizer = copy.deepcopy(tokenizer)  # request threads never share the worker's tokenizer
         self.front_lock = threading.Lock()
@@ -152,7 +200,12 @@ class Engine:
                         raise RequestError(msg, 400, "steer.k")
                     if len(self.with_k) >= 64:
                         self.with_k.clear()
-                    self.with_k[key] = spec.with_k(choice.k)
+                    reselected = spec.with_k(choice.k)
+                    try:
+                        check_units(self.model, choice.name, reselected)
+                    except ValueError as exc:
+                        raise RequestError(f"{exc} (with k={choice.k})", 400, "steer.k") from None
+                    self.with_k[key] = reselected
                 spec = self.with_k[key]
         return RowSteer(spec, choice.alpha)
 
@@ -223,30 +276,52 @@ class Engine:
     def _run(self, batch: list[Job]) -> None:
         self.batches += 1
         self.batch_sizes = [*self.batch_sizes[-999:], len(batch)]
+
+        def on_delta(r: int, text: str) -> None:
+            batch[r].emitted = True
+            batch[r].events.put(("delta", (batch[r].index, text)))
+
         try:
             results: list[RowResult] = run_rows(
                 self.model,
                 self.tokenizer,
                 [j.row for j in batch],
-                on_delta=lambda r, text: batch[r].events.put(("delta", (batch[r].index, text))),
+                on_delta=on_delta,
                 cancelled=lambda r: batch[r].cancelled.is_set(),
             )
-        except Exception as exc:  # the server keeps serving: report to these requests only
+        except Exception as exc:  # the server keeps serving
+            if len(batch) > 1 and not any(j.emitted for j in batch):
+                for job in batch:  # one by one: only the row at fault fails
+                    self._run([job])
+                return
             for job in batch:
                 job.events.put(("error", (job.index, f"generation failed: {type(exc).__name__}: {exc}")))
             return
         for job, res in zip(batch, results):
-            job.events.put(("done", (job.index, res)))
+            if res.error is not None:
+                job.events.put(("error", (job.index, f"generation failed for this request: {res.error}")))
+            else:
+                job.events.put(("done", (job.index, res)))
 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     engine: Engine
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a client that went away is no server error
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.engine.config.read_timeout_s)  # every read: head and body
+        self.responded = False
+        self.next_check = 0.0  # when _next looks at the socket again
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet; the CLI prints one line per request
         pass
@@ -254,7 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing
 
     def _json(self, status: int, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode()
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        self.responded = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -269,16 +345,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> Any:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None:
             raise RequestError("a JSON body with a Content-Length header is required", 411)
-        if int(length) > MAX_BODY:
-            raise RequestError(f"request body of {length} bytes exceeds the limit of {MAX_BODY}", 413)
-        raw = self.rfile.read(int(length))
+        if not _LENGTH.fullmatch(length.strip()):
+            raise RequestError(f"malformed Content-Length header {length!r}: expected a number of bytes", 400)
+        n = int(length)
+        if n > MAX_BODY:
+            raise RequestError(f"request body of {n} bytes exceeds the limit of {MAX_BODY}", 413)
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
+            timeout = self.server.engine.config.read_timeout_s
+            raise RequestError(f"the request body did not arrive within {timeout:g} s", 408) from None
+        if len(raw) < n:
+            raise RequestError(f"the request body ended after {len(raw)} of {n} bytes (Content-Length)", 400)
         self.body_read = True
         try:
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"the request body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8, integers over 4300 digits, deep nesting
+            raise RequestError(f"the request body is not valid JSON: {type(exc).__name__}: {exc}"[:500]) from None
 
     # -- routes
 
@@ -296,6 +381,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.body_read = False
+        try:
+            self._post()
+        except OSError:  # the client went away, or stopped reading past the timeout: nobody to answer
+            self.close_connection = True
+        except Exception as exc:  # a bug must still answer the request, not drop the connection
+            self.close_connection = True
+            if not self.responded:
+                self._error(RequestError(f"internal error: {type(exc).__name__}: {exc}", 500))
+
+    def _post(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
         if path not in ("/v1/chat/completions", "/v1/completions"):
             self._error(RequestError(f"no route POST {path}", 404))
@@ -314,22 +409,40 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(req, jobs, events)
             else:
                 self._complete(req, jobs, events)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         finally:
             for job in jobs:  # a vanished client stops its rows at the next step
                 job.cancelled.set()
 
     def _next(self, events: queue.Queue[tuple[str, Any]]) -> tuple[str, Any]:
+        """The next event of this request; ``("gone", ...)`` once the client has closed its connection."""
+        deadline = time.monotonic() + self.server.engine.config.request_timeout_s
+        while True:
+            now = time.monotonic()
+            if now >= self.next_check:  # also while deltas keep coming: they come faster than POLL_S
+                self.next_check = now + POLL_S
+                if self._client_gone():
+                    return "gone", (0, None)
+            try:
+                return events.get(timeout=max(0.0, min(POLL_S, deadline - now)))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return "error", (0, "timed out waiting for the generation")
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its side (EOF or reset); bytes it sent ahead do not count."""
         try:
-            return events.get(timeout=self.server.engine.config.request_timeout_s)
-        except queue.Empty:
-            return "error", (0, "timed out waiting for the generation")
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _complete(self, req: Request, jobs: list[Job], events: queue.Queue[tuple[str, Any]]) -> None:
         results: dict[int, RowResult] = {}
         while len(results) < len(jobs):
             kind, (index, value) = self._next(events)
+            if kind == "gone":
+                self.close_connection = True
+                return
             if kind == "error":
                 self._error(RequestError(value, 500))
                 return
@@ -353,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
-        self.close_connection = True
+        self.responded = self.close_connection = True
         if req.chat:
             for job in jobs:
                 first = chunk_body(rid, model, True, job.index, "", None)
@@ -367,6 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif kind == "done":
                 done += 1
                 self.wfile.write(sse(chunk_body(rid, model, req.chat, index, None, value.finish_reason)))
+            elif kind == "gone":
+                return
             else:
                 self.wfile.write(sse(RequestError(value, 500).body()))
                 break
@@ -413,7 +528,14 @@ class Server:
 
     def __init__(self, model: nn.Module, tokenizer: Any, steers: dict[str, SteerSpec], config: ServerConfig) -> None:
         self.engine = Engine(model, tokenizer, steers, config)
-        self.httpd = _HTTPServer((config.host, config.port), _Handler)
+        self.httpd = _HTTPServer((config.host, config.port), _Handler, bind_and_activate=False)
+        self.httpd.request_queue_size = config.backlog  # read by listen() in server_activate
+        try:
+            self.httpd.server_bind()
+            self.httpd.server_activate()
+        except OSError:
+            self.httpd.server_close()
+            raise
         self.httpd.engine = self.engine
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="austeer-http", daemon=True)
 
@@ -428,9 +550,11 @@ class Server:
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self.thread.is_alive():  # shutdown() would wait forever for a loop that never ran
+            self.httpd.shutdown()
         self.httpd.server_close()
-        self.engine.close()
+        if self.engine.worker.is_alive():
+            self.engine.close()
         self.thread.join(timeout=10)
 
     def __enter__(self) -> Server:

@@ -80,7 +80,11 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (lo <= value <= hi):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (lo <= value <= hi and math.isfinite(value))
+    ):
         raise RequestError(f"{key!r} must be a number in [{lo:g}, {hi:g}], got {value!r}", param=key)
     return float(value)
 
@@ -141,10 +145,43 @@ def _messages(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def lone_surrogate(body: Any) -> str | None:
+    """Where the first string (key or value) of a parsed JSON body holds a lone surrogate, else ``None``.
+
+    ``json.loads`` accepts escapes like ``"\\ud800"`` that are no Unicode text: the tokenizer and the
+    response encoder would fail on them, so the server rejects such a body up front.
+
+    Example:
+        >>> lone_surrogate(json.loads('{"messages": [{"role": "user", "content": "a\\ud800"}]}'))
+        'messages[0].content'
+        >>> lone_surrogate({"prompt": "fine \U0001f600"}) is None
+        True
+    """
+    todo: list[tuple[str, Any]] = [("", body)]
+    while todo:  # iterative: a deeply nested body must not exhaust the stack
+        where, value = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "the body"
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                todo.append((f"{where}.{key}" if where else str(key), item))
+                if isinstance(key, str):
+                    todo.append((f"{where} key" if where else "a key", key))
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 def parse_request(body: Any, chat: bool, limits: Limits) -> Request:
     """Validate a ``/v1/chat/completions`` (``chat=True``) or ``/v1/completions`` body."""
     if not isinstance(body, dict):
         raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    bad = lone_surrogate(body)
+    if bad is not None:
+        raise RequestError(f"{bad!r} is not valid Unicode text: it holds a lone surrogate (\\ud800-\\udfff)", param=bad)
     req = Request(model=body.get("model") if isinstance(body.get("model"), str) else None, chat=chat)
     if chat:
         req.messages = _messages(body.get("messages"))

@@ -26,6 +26,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         max_model_len=args.max_model_len,
+        backlog=args.backlog,
+        read_timeout_s=args.read_timeout,
         limits=limits,
     )
     server = Server(model, tok, steers, config)
@@ -45,6 +47,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="rows per batched generate")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to collect requests into a batch")
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + completion token limit")
+    p.add_argument("--backlog", type=int, default=1024, help="connections queued while none is accepted")
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a connection may stall a read")
     p.add_argument("--max-tokens-default", type=int, default=128, help="max_tokens when a request gives none")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens accepted")
     p.add_argument("--max-alpha", type=float, default=100.0, help="largest |alpha| a request may ask for")
