@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import queue
 import re
 import select
@@ -47,6 +46,7 @@ from typing import Any
 from torch import nn
 
 from austeer.batched import RowRequest, RowResult, RowSteer, run_rows
+from austeer.models import fingerprint
 from austeer.pairs import format_prompt, has_chat_template
 from austeer.serve_openai import (
     Limits,
@@ -59,7 +59,6 @@ from austeer.serve_openai import (
     parse_request,
     sse,
 )
-from austeer.sites import decoder_layers, site_width
 from austeer.spec import SteerSpec
 
 MAX_BODY = 4 * 1024 * 1024
@@ -100,10 +99,8 @@ def load_steers(model: nn.Module, dirs: Mapping[str, str | Path]) -> dict[str, S
 
 
 def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
-    """Raise a one-line ``ValueError`` naming steer ``name`` unless every unit of ``spec`` exists in ``model``.
-
-    A stand-in until the shared validator of :mod:`austeer.spec` (layer and index ranges against the
-    model's fingerprint) lands; then this calls that one.
+    """Raise a one-line ``ValueError`` naming steer ``name`` unless ``spec`` fits ``model`` (the shared
+    validator, :meth:`~austeer.spec.SteerSpec.check_fits`: family, layers, widths, every unit in range).
 
     Example:
         >>> from austeer.models import load_model
@@ -112,20 +109,12 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
         >>> check_units(model, "wide", SteerSpec(units=[Unit("head", 0, 9999, 0.5)], alpha=1.0))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: steer 'wide': unit (site 'head', layer 0, index 9999, beta 0.5) does not fit the model: ...
+        ValueError: steer 'wide': spec: units[0].index: 9999 is out of range 0..575 for site 'head'
     """
-    n_layers = len(decoder_layers(model))
-    widths: dict[str, int] = {}
-    if not math.isfinite(spec.alpha):
-        raise ValueError(f"steer {name!r}: alpha {spec.alpha} is not a finite number")
-    for u in spec.units:
-        if u.site not in widths:
-            widths[u.site] = site_width(model, u.site)
-        if not (0 <= u.layer < n_layers and 0 <= u.index < widths[u.site] and math.isfinite(u.beta)):
-            raise ValueError(
-                f"steer {name!r}: unit (site {u.site!r}, layer {u.layer}, index {u.index}, beta {u.beta}) does not "
-                f"fit the model: {n_layers} layers, site {u.site!r} of width {widths[u.site]}, finite beta"
-            )
+    try:
+        spec.check_fits(fingerprint(model))
+    except ValueError as exc:
+        raise ValueError(f"steer {name!r}: {exc}") from None
 
 
 def parse_steer_args(items: list[str]) -> dict[str, str]:
