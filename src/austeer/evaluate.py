@@ -206,10 +206,13 @@ def evaluate(
     ref_model: nn.Module | None = None,
     max_new_tokens: int | None = None,
     samples: list[dict[str, Any]] | None = None,
+    ppl: float | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` as it is now (steered or not) on ``split`` of ``task``, plus ``ppl`` and ``n_items``.
 
     ``samples``, when a list, receives one record per item (the model's output and the verdict).
+    ``ppl``: the neutral-text perplexity when it is already known for the model as it is now (see
+    :class:`Unsteered`); otherwise it is computed.
     """
     items = task.items(split, limit)
     if not items:
@@ -223,6 +226,55 @@ def evaluate(
         metrics = score_behaviour(model, tok, task, items, batch_size, budget, ref_model, samples)
     else:
         raise ValueError(f"task {task.name!r} has unknown kind {task.kind!r}")
-    metrics["ppl"] = perplexity(model, tok)
+    metrics["ppl"] = perplexity(model, tok) if ppl is None else ppl
     metrics["n_items"] = float(len(items))
     return metrics
+
+
+class Unsteered:
+    """The unsteered model's evaluations of one run, each computed once (and its neutral-text perplexity
+    once for all of them): ``get`` returns the memo for the same task, split, limit and options.
+
+    Call it only while ``model`` is unsteered; steered evaluations must not go through it.
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> from austeer.tasks import get_task
+        >>> model, tok = load_model()
+        >>> base = Unsteered(model, tok)
+        >>> a = base.get(get_task("copa"), "val", limit=4)
+        >>> base.get(get_task("copa"), "val", limit=4) == a, base.evaluations
+        (True, 1)
+    """
+
+    def __init__(self, model: nn.Module, tok: Any) -> None:
+        self.model, self.tok = model, tok
+        self.ppl: float | None = None
+        self.evaluations = 0
+        self._memo: dict[tuple[Any, ...], tuple[dict[str, float], list[dict[str, Any]]]] = {}
+
+    def get(
+        self,
+        task: Task,
+        split: str = "val",
+        limit: int | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        **kw: Any,
+    ) -> dict[str, float]:
+        """:func:`evaluate` of the unsteered model (``kw``: its other options); ``samples`` receives the records."""
+        key = (
+            task.name,
+            split,
+            limit,
+            tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())),
+        )
+        if key not in self._memo:
+            records: list[dict[str, Any]] = []
+            metrics = evaluate(self.model, self.tok, task, split, limit, samples=records, ppl=self.ppl, **kw)
+            self.ppl = metrics["ppl"]
+            self.evaluations += 1
+            self._memo[key] = (metrics, records)
+        metrics, records = self._memo[key]
+        if samples is not None:
+            samples.extend(records)
+        return dict(metrics)
