@@ -182,7 +182,8 @@ def test_fixed_gains_are_one_plus_alpha_sign_beta(smol, evidence):
 def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs, evidence):
     model, tok = smol
     # the evidence runs both texts whole: so does this fit (the shared-prompt default may flip near-zero signs)
-    spec = austeer.fit(model, tok, sentiment_pairs[:16], site="head", k=10, alpha=5.0, progress=False, share_prefix=False)
+    pairs = sentiment_pairs[:16]
+    spec = austeer.fit(model, tok, pairs, site="head", k=10, alpha=5.0, progress=False, share_prefix=False)
     mine = METHODS["austeer"].build(model, evidence, k=10, alpha=5.0)
     assert [(u.layer, u.index) for u in mine.units] == [(u.layer, u.index) for u in spec.units]
     assert [u.beta for u in mine.units] == pytest.approx([5.0 * u.beta for u in spec.units])
