@@ -48,6 +48,7 @@ def save(path: Path, data: dict[str, Any]) -> None:
 def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
     from austeer.baselines.base import gather
     from austeer.compare import Comparison, compare, dose_response, frontier, parse_doses, sites_for
+    from austeer.evaluate import Unsteered
     from austeer.tasks import get_task
 
     task = get_task(name)
@@ -60,6 +61,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
     methods = args.methods.split(",") + (["calibration"] if task.kind == "mc" else [])
     sites = sites_for(methods, args.sites.split(","))  # one pass for the methods and the dose-response
     evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
+    unsteered = Unsteered(model, tok)  # the unsteered evaluations (and perplexity) of this task, once each
     if "compare" in args.stages:
         c = compare(
             model,
@@ -72,6 +74,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
             batch_size=args.batch_size,
             evidence=evidence,
             eval_kw=eval_kw,
+            unsteered=unsteered,
         )
         data["compare"] = c.to_json()
         save(path, data)
@@ -89,6 +92,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
             limit=args.dose_limit,
             batch_size=args.batch_size,
             eval_kw=eval_kw,
+            unsteered=unsteered,
         )
         old = data.get("dose", {})
         if old.get("limit") == args.dose_limit and old.get("alpha") == alpha:  # add doses to an earlier run
@@ -108,6 +112,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
             limit=args.frontier_limit,
             batch_size=args.batch_size,
             eval_kw=eval_kw,
+            unsteered=unsteered,
         )
         data["frontier"] = {"limit": args.frontier_limit, "configs": chosen, "rows": rows}
         save(path, data)

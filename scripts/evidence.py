@@ -75,29 +75,39 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
 
 
 def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    from austeer.compare import compare
+    """``austeer.compare`` of every method, saved after each one (a rerun resumes after the last saved)."""
+    from austeer.compare import Comparison, compare
     from austeer.tasks import get_task
 
     path = where / f"compare_{task_name}.json"
-    if path.exists():
-        print(f"compare {task_name}: done ({path})")
-        return
     task = get_task(task_name)
     methods = args.methods.split(",") + (["calibration"] if task.kind == "mc" else [])
-    start = time.perf_counter()
-    c = compare(
+    old = json.loads(path.read_text()) if path.exists() else None
+    planned = {"methods": methods, "budget": args.budget, "val_limit": args.val_limit, "test_limit": args.test_limit}
+    same = old is not None and all(old["settings"].get(k) == v for k, v in planned.items())
+    done = Comparison.from_json(old).results if old and same else []
+    if len(done) == len(methods):
+        print(f"compare {task_name}: done ({path})")
+        return
+    start = time.perf_counter() - (old or {}).get("seconds", 0) * bool(done)
+
+    def checkpoint(c: Comparison) -> None:
+        data = {"model": args.model, "dtype": args.dtype, "seconds": round(time.perf_counter() - start, 1)}
+        save(path, {**data, **c.to_json()})
+        print(f"compare {task_name}: {c.results[-1].method} done, test {c.results[-1].test_metric:.3f}", flush=True)
+
+    kw = {"budget": args.budget, "pairs_limit": args.pairs_limit, "val_limit": args.val_limit}
+    compare(
         model,
         tok,
         task,
         methods,
-        budget=args.budget,
-        pairs_limit=args.pairs_limit,
-        val_limit=args.val_limit,
         test_limit=args.test_limit,
         batch_size=args.batch_size,
+        done=done,
+        on_result=checkpoint,
+        **kw,
     )
-    data = {"model": args.model, "dtype": args.dtype, "seconds": round(time.perf_counter() - start, 1), **c.to_json()}
-    save(path, data)
 
 
 BEGIN, END = "<!-- BEGIN GENERATED (scripts/evidence.py) -->", "<!-- END GENERATED (scripts/evidence.py) -->"

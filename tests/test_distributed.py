@@ -36,6 +36,7 @@ def test_fit_nproc_2_equals_single_process(smol, sentiment_pairs, tmp_path):
     out = tmp_path / "spec"
     # 24 pairs, batches of 8: 3 batches, rank 0 gets 2 and rank 1 gets 1
     argv = ["fit", "--pairs", str(PAIRS), "--limit", "24", "--site", "head,ffn", "--k", "24", "--batch-size", "8"]
+    argv += ["--dtype", "float32"]  # the reference is the float32 fixture (the CLI's default is auto)
     argv += ["--nproc", "2"]
     assert main([*argv, "--out", str(out)]) == 0
     spec = load(out)
@@ -53,6 +54,7 @@ def test_torchrun_entry_point(smol, sentiment_pairs, tmp_path):
     out = tmp_path / "spec"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "austeer"]
     cmd += ["fit", "--pairs", str(PAIRS), "--limit", "12", "--k", "8", "--batch-size", "4", "--out", str(out)]
+    cmd += ["--dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -60,10 +60,24 @@ def test_shared_prefix_equals_full_texts_on_smollm2(smol, sentiment_pairs):
 def test_score_share_prefix_gives_the_same_selection(smol, sentiment_pairs):
     model, tok = smol
     pairs = sentiment_pairs[:10]
-    a = austeer.fit(model, tok, pairs, site="head", k=16, batch_size=4, progress=False)
+    a = austeer.fit(model, tok, pairs, site="head", k=16, batch_size=4, progress=False, share_prefix=False)
     b = austeer.fit(model, tok, pairs, site="head", k=16, batch_size=4, progress=False, share_prefix=True)
     assert (a.scores["head"].beta() != b.scores["head"].beta()).float().mean() < 1e-3
     assert [(u.layer, u.index) for u in a.units] == [(u.layer, u.index) for u in b.units]
+
+
+def test_share_prefix_is_the_default(smol, sentiment_pairs):
+    from austeer.cli import build_parser
+
+    model, tok = smol
+    pairs = sentiment_pairs[:6]
+    default = austeer.score(model, tok, pairs, ["head"], batch_size=3, progress=False)["head"]
+    shared = austeer.score(model, tok, pairs, ["head"], batch_size=3, progress=False, share_prefix=True)["head"]
+    assert torch.equal(default.pos, shared.pos) and torch.equal(default.neg, shared.neg)
+    assert torch.equal(default.total, shared.total)
+    fit_args = ["fit", "--pairs", "p.jsonl", "--out", "o"]
+    assert build_parser().parse_args(fit_args).share_prefix is True
+    assert build_parser().parse_args([*fit_args, "--no-share-prefix"]).share_prefix is False
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

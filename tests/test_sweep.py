@@ -77,7 +77,9 @@ def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
     del cut["test"]
     (out / "sweep.json").write_text(json.dumps(cut))
     resumed = sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, **LIMITS)
-    assert calls == ["val", "val", "test", "test"]  # two missing rows, then test; no baseline, no rescoring
+    # two missing rows, then the steered test (the unsteered one goes through austeer.evaluate.Unsteered, with
+    # the baseline's perplexity); no baseline, no rescoring
+    assert calls == ["val", "val", "test"]
     assert resumed["rows"][:2] == state["rows"][:2]
     # same model, same items, same folded weights: the recomputed rows are identical
     assert [r["metric"] for r in resumed["rows"]] == [r["metric"] for r in state["rows"]]

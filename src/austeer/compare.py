@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from austeer.baselines import METHODS
 from austeer.baselines.au import scaled, top_units
 from austeer.baselines.base import CannotFold, Evidence, GainSteerer, Steerer, gather
-from austeer.evaluate import evaluate
+from austeer.evaluate import Unsteered, evaluate
 from austeer.tasks.base import Task
 
 #: number of AUs for the dose-response curve; ``None`` means every AU of the site
@@ -187,23 +187,49 @@ def compare(
     evidence: Evidence | None = None,
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
+    unsteered: Unsteered | None = None,
+    done: Sequence[Result] = (),
+    on_result: Callable[[Comparison], None] | None = None,
 ) -> Comparison:
-    """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``."""
+    """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``.
+
+    ``unsteered``: the run's memo of unsteered evaluations (share one with :func:`dose_response` and
+    :func:`frontier` so that the unsteered model is evaluated once per split and limit).
+    ``done``: results of an interrupted run with the same settings, kept as they are (resume);
+    ``on_result`` receives the comparison so far after every method (save it to resume later).
+    """
     sites = sites_for(methods)  # raises on an unknown method
     if "calibration" in methods and task.kind != "mc":
         raise ValueError(f"calibration applies to multiple-choice tasks only; {task.name} is {task.kind}")
     kw = {"batch_size": batch_size, **(eval_kw or {})}
+    prior = {r.method: r for r in done}
     prompted = None
-    if any(METHODS[m].prompted for m in methods):
+    if any(METHODS[m].prompted for m in methods if m not in prior):
         prompted = prompted_evidence(model, tok, task, methods, pairs_limit, batch_size, progress)
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
         evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
-    base_val = evaluate(model, tok, task, split="val", limit=val_limit, **kw)
+    unsteered = unsteered or Unsteered(model, tok)
+    base_val = unsteered.get(task, "val", val_limit, **kw)
     base_samples: list[dict[str, Any]] = []
-    base_test = evaluate(model, tok, task, split="test", limit=test_limit, samples=base_samples, **kw)
-    results = []
+    base_test = unsteered.get(task, "test", test_limit, samples=base_samples, **kw)
+    settings = {
+        "methods": list(methods),
+        "budget": budget,
+        "pairs": evidence.n_pairs,
+        "val_limit": val_limit,
+        "test_limit": test_limit,
+        "max_ppl_ratio": max_ppl_ratio,
+    }
+    results: list[Result] = []
+
+    def so_far() -> Comparison:
+        return Comparison(task.name, task.metric, settings, base_val, base_test, results, _correct(base_samples))
+
     for name in methods:
+        if name in prior:
+            results.append(prior[name])
+            continue
         method = METHODS[name]
         ev = prompted if method.prompted and prompted is not None else evidence
         trials = []
@@ -240,15 +266,9 @@ def compare(
                 _correct(test_samples),
             )
         )
-    settings = {
-        "methods": list(methods),
-        "budget": budget,
-        "pairs": evidence.n_pairs,
-        "val_limit": val_limit,
-        "test_limit": test_limit,
-        "max_ppl_ratio": max_ppl_ratio,
-    }
-    return Comparison(task.name, task.metric, settings, base_val, base_test, results, _correct(base_samples))
+        if on_result is not None:
+            on_result(so_far())
+    return so_far()
 
 
 def _correct(samples: list[dict[str, Any]]) -> list[int]:
@@ -287,10 +307,13 @@ def dose_response(
     batch_size: int = 16,
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
+    unsteered: Unsteered | None = None,
 ) -> list[dict[str, Any]]:
-    """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all)."""
+    """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
+
+    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    base = evaluate(model, tok, task, **kw)
+    base = (unsteered or Unsteered(model, tok)).get(task, **kw)
     rows = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
@@ -339,10 +362,13 @@ def frontier(
     batch_size: int = 16,
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
+    unsteered: Unsteered | None = None,
 ) -> list[dict[str, Any]]:
-    """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``."""
+    """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``.
+
+    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    base = evaluate(model, tok, task, **kw)
+    base = (unsteered or Unsteered(model, tok)).get(task, **kw)
     rows = [{"method": "none", "strength": 0.0, "n_steered": 0, "metric": base[task.metric], "metrics": base}]
     for name, config in configs.items():
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):

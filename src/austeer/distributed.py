@@ -65,7 +65,7 @@ def score_shard(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = False,
-    share_prefix: bool = False,
+    share_prefix: bool = True,
 ) -> dict[str, SignCounts]:
     """The sign counts of this rank's batches only (sum them over ranks to get :func:`austeer.fit.score`)."""
     return score(
@@ -106,7 +106,7 @@ def score_distributed(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = False,
-    share_prefix: bool = False,
+    share_prefix: bool = True,
 ) -> dict[str, SignCounts]:
     """Inside an initialised process group: score this rank's share and all-reduce (same on every rank)."""
     if not dist.is_initialized():

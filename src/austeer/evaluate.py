@@ -220,6 +220,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     samples: list[dict[str, Any]] | None = None,
     system: str | None = None,
+    ppl: float | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` as it is now (steered or not) on ``split`` of ``task``, plus ``ppl`` and ``n_items``.
 
@@ -227,6 +228,8 @@ def evaluate(
     ``system``, when given, is the system turn of every item's prompt (a prompting baseline, see
     :mod:`austeer.baselines.prompt`); ``ppl`` is read on the plain neutral texts, so a prompt alone leaves it
     as it is.
+    ``ppl``: the neutral-text perplexity when it is already known for the model as it is now (see
+    :class:`Unsteered`); otherwise it is computed.
     """
     items = task.items(split, limit)
     if not items:
@@ -240,6 +243,55 @@ def evaluate(
         metrics = score_behaviour(model, tok, task, items, batch_size, budget, ref_model, samples, system)
     else:
         raise ValueError(f"task {task.name!r} has unknown kind {task.kind!r}")
-    metrics["ppl"] = perplexity(model, tok)
+    metrics["ppl"] = perplexity(model, tok) if ppl is None else ppl
     metrics["n_items"] = float(len(items))
     return metrics
+
+
+class Unsteered:
+    """The unsteered model's evaluations of one run, each computed once (and its neutral-text perplexity
+    once for all of them): ``get`` returns the memo for the same task, split, limit and options.
+
+    Call it only while ``model`` is unsteered; steered evaluations must not go through it.
+
+    Example:
+        >>> from austeer.models import load_model
+        >>> from austeer.tasks import get_task
+        >>> model, tok = load_model()
+        >>> base = Unsteered(model, tok)
+        >>> a = base.get(get_task("copa"), "val", limit=4)
+        >>> base.get(get_task("copa"), "val", limit=4) == a, base.evaluations
+        (True, 1)
+    """
+
+    def __init__(self, model: nn.Module, tok: Any) -> None:
+        self.model, self.tok = model, tok
+        self.ppl: float | None = None
+        self.evaluations = 0
+        self._memo: dict[tuple[Any, ...], tuple[dict[str, float], list[dict[str, Any]]]] = {}
+
+    def get(
+        self,
+        task: Task,
+        split: str = "val",
+        limit: int | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        **kw: Any,
+    ) -> dict[str, float]:
+        """:func:`evaluate` of the unsteered model (``kw``: its other options); ``samples`` receives the records."""
+        key = (
+            task.name,
+            split,
+            limit,
+            tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())),
+        )
+        if key not in self._memo:
+            records: list[dict[str, Any]] = []
+            metrics = evaluate(self.model, self.tok, task, split, limit, samples=records, ppl=self.ppl, **kw)
+            self.ppl = metrics["ppl"]
+            self.evaluations += 1
+            self._memo[key] = (metrics, records)
+        metrics, records = self._memo[key]
+        if samples is not None:
+            samples.extend(records)
+        return dict(metrics)

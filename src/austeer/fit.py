@@ -1,7 +1,8 @@
 """Fit: pairs -> last-token activations -> streamed sign counts -> global top-k -> :class:`SteerSpec`.
 
-Pairs are sorted by length (less padding), run in batches holding both texts of each pair, and the
-momenta ``positive - negative`` are taken in float32 and folded into :class:`SignCounts` batch by batch:
+Pairs are sorted by length (less padding), run in batches holding both texts of each pair (by default
+the prompt they share once, the two answers from its KV cache), and the momenta ``positive - negative``
+are taken in float32 and folded into :class:`SignCounts` batch by batch:
 memory does not grow with the number of pairs.
 
 Example:
@@ -42,15 +43,17 @@ def score(
     max_length: int | None = None,
     progress: bool = True,
     padding_side: str = "left",
-    share_prefix: bool = False,
+    share_prefix: bool = True,
     rank: int = 0,
     world: int = 1,
 ) -> dict[str, SignCounts]:
     """Sign counts of every AU of ``sites`` over ``pairs`` (``batch_size`` pairs = 2x texts per forward).
 
-    ``share_prefix=True`` runs the prompt shared by the two texts of a pair once and both answers from
-    its KV cache (:func:`austeer.collect.pair_momenta`): the same counts up to float rounding of
-    near-zero momenta, for about half the compute when answers are short.
+    ``share_prefix=True`` (the default) runs the prompt shared by the two texts of a pair once and both
+    answers from its KV cache (:func:`austeer.collect.pair_momenta`): about half the compute when answers
+    are short. The counts equal those of ``share_prefix=False`` (every text run whole) up to the sign of
+    momenta within float rounding of zero (in float32, a handful of ~35k AU counts on COPA:
+    ``benchmarks/dtype_selection.py``, docs/BENCHMARKS.md).
 
     ``rank``/``world``: score only batches ``rank, rank + world, ...`` of :func:`batch_plan` (one shard of
     a multi-process run; the shards' counts add up to the one-process counts exactly).
@@ -151,12 +154,13 @@ def fit(
     max_length: int | None = None,
     model_id: str = "",
     progress: bool = True,
-    share_prefix: bool = False,
+    share_prefix: bool = True,
     scorer: Callable[..., dict[str, SignCounts]] = score,
 ) -> SteerSpec:
     """Score the AUs of ``site`` (one or several) on ``pairs`` and keep the global top ``k``.
 
-    ``share_prefix``: see :func:`score` (prompt run once per pair, answers from its KV cache).
+    ``share_prefix``: see :func:`score` (default: prompt run once per pair, answers from its KV cache;
+    ``False`` runs both texts whole).
     ``scorer``: the function that computes the counts, with :func:`score`'s arguments
     (:func:`austeer.distributed.score_distributed` spreads them over a process group).
     """

@@ -39,7 +39,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.evaluate import evaluate
+from austeer.evaluate import Unsteered, evaluate
 from austeer.fit import fit
 from austeer.io import atomic_write_text, check_replaceable
 from austeer.models import fingerprint
@@ -160,10 +160,18 @@ def sweep(
     def run_eval(split: str, limit: int | None) -> dict[str, float]:
         return evaluate(model, tok, task, split, limit, batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens)
 
+    unsteered = Unsteered(model, tok)  # the unsteered val and test evaluations share one perplexity
+
+    def run_unsteered(split: str, limit: int | None) -> dict[str, float]:
+        return unsteered.get(
+            task, split, limit, batch_size=batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens
+        )
+
     if "baseline" not in state:
-        state["baseline"] = run_eval("val", val_limit)
+        state["baseline"] = run_unsteered("val", val_limit)
         _write_state(out, state)
     base = state["baseline"]
+    unsteered.ppl = base["ppl"]
 
     pair_cache: list[Any] = []
 
@@ -216,9 +224,9 @@ def sweep(
         state.pop("test", None)
         _write_state(out, state)
     if run_test and "test" not in state:
-        unsteered = run_eval("test", test_limit)
+        base_test = run_unsteered("test", test_limit)
         with steering(model, best_spec):
             steered = run_eval("test", test_limit)
-        state["test"] = {"unsteered": unsteered, "steered": steered, **choice, "n_steered": best_spec.k}
+        state["test"] = {"unsteered": base_test, "steered": steered, **choice, "n_steered": best_spec.k}
         _write_state(out, state)
     return state

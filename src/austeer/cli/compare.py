@@ -16,6 +16,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from austeer.baselines.base import gather
     from austeer.baselines.report import plot_comparison, plot_dose, table
     from austeer.compare import compare, dose_response, parse_doses, sites_for
+    from austeer.evaluate import Unsteered
     from austeer.io import atomic_write_text, check_file_target
     from austeer.sites import check_site
     from austeer.tasks import get_task
@@ -39,6 +40,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_kw["ref_model"] = load_from_args(args)[0]
     pairs = task.pairs(model, tok, limit=args.pairs_limit)  # one pass for the methods and the dose-response
     evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
+    unsteered = Unsteered(model, tok)  # unsteered evaluations and perplexity: once per run
     result = compare(
         model,
         tok,
@@ -52,6 +54,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         evidence=evidence,
         eval_kw=eval_kw,
+        unsteered=unsteered,
     )
     out = Path(args.out)
     data = {"model": name, **result.to_json()}
@@ -64,7 +67,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if doses:
         alpha = args.dose_alpha or result.chosen_alpha()
         limit = args.dose_limit or args.test_limit
-        kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw}
+        kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw, "unsteered": unsteered}
         rows = dose_response(model, tok, task, evidence, dose_sites, doses, alpha, **kw)
         dose = {"model": name, "task": task.name, "alpha": alpha, "limit": limit, "rows": rows}
         atomic_write_text(out / "dose.json", json.dumps(dose, indent=2) + "\n")

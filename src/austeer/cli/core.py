@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -12,7 +13,12 @@ from austeer.sites import SITES
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="hub id, local path or embedded:NAME (default: embedded SmolLM2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto (default): bfloat16 on a GPU and on CPUs with avx512_bf16/amx_bf16, else float32",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
     p.add_argument("--device-map", default=None, help="e.g. auto, to split a large model over GPUs")
 
@@ -21,6 +27,12 @@ def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[
     from austeer.models import DEFAULT_MODEL, load_model
 
     name = model or args.model or DEFAULT_MODEL
+    if args.dtype == "auto":  # resolved (and told) once; later loads of this run (a reference copy) reuse it
+        from austeer.models import resolve_dtype
+
+        dtype, why = resolve_dtype("auto", args.device, args.device_map)
+        args.dtype = str(dtype).removeprefix("torch.")
+        print(f"austeer: dtype auto -> {args.dtype} ({why}); --dtype float32 for full precision", file=sys.stderr)
     m, tok = load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map)
     return m, tok, name
 
@@ -49,7 +61,7 @@ def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> An
         max_length=args.max_length,
         model_id=name,
         progress=rank == 0,
-        share_prefix=bool(getattr(args, "share_prefix", False)),
+        share_prefix=bool(getattr(args, "share_prefix", True)),
     )
     spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2))
     if world > 1:
@@ -150,8 +162,10 @@ def register(sub: Any) -> None:
     p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
     p.add_argument(
         "--share-prefix",
-        action="store_true",
-        help="run each pair's shared prompt once and both answers from its KV cache (about 2x faster)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each pair's shared prompt once and both answers from its KV cache (default, about 2x faster); "
+        "--no-share-prefix runs both texts whole",
     )
     add_model_args(p)
     p.set_defaults(func=cmd_fit)
