@@ -158,7 +158,7 @@ def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
     task = get_task("copa")
     out = tmp_path / "cmp"
     args = ["compare", "--task", "copa", "--methods", "austeer,prompt,prompt+austeer", "--budget", "1",
-            "--pairs-limit", "8", "--val-limit", "8", "--test-limit", "8", "--out", str(out)]  # fmt: skip
+            "--pairs-limit", "8", "--val-limit", "8", "--test-limit", "8", "--out", str(out), "--dtype", "float32"]  # fmt: skip
     assert main(args) == 0
     data = json.loads((out / "compare.json").read_text())
     comp = Comparison.from_json(data)
@@ -174,3 +174,27 @@ def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
     assert comp.best_steering() in (by["austeer"], by["prompt+austeer"])  # a prompt alone steers nothing
     text = (out / "compare.md").read_text()
     assert "| prompt | shots=0 | 0 |" in text and "| prompt+austeer |" in text
+
+
+def test_compare_resumes_after_the_methods_it_has(smol):
+    """``done`` results are kept as they are and ``on_result`` sees the comparison after every method."""
+    from austeer.compare import compare
+    from austeer.tasks import get_task
+
+    model, tok = smol
+    kw = {"budget": 1, "pairs_limit": 8, "val_limit": 4, "test_limit": 4, "progress": False}
+    seen: list[list[str]] = []
+    first = compare(
+        model,
+        tok,
+        get_task("copa"),
+        ["prompt", "austeer"],
+        **kw,
+        on_result=lambda c: seen.append([r.method for r in c.results]),
+    )
+    assert seen == [["prompt"], ["prompt", "austeer"]]
+    kept = first.results[0]
+    kept.test_metric = -1.0  # a marker: a resumed method is not evaluated again
+    again = compare(model, tok, get_task("copa"), ["prompt", "austeer"], **kw, done=[kept])
+    assert again.results[0].test_metric == -1.0
+    assert again.results[1].test == first.results[1].test and again.baseline_correct == first.baseline_correct

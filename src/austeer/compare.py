@@ -137,6 +137,11 @@ def sites_for(methods: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     return sorted({s for m in methods if not METHODS[m].prompted for s in METHODS[m].sites} | set(extra))
 
 
+def _needs_instruction(task: Task) -> None:
+    if not task.instruction:
+        raise ValueError(f"task {task.name!r} declares no instruction (Task.instruction) for the prompted methods")
+
+
 def prompted_evidence(
     model: nn.Module,
     tok: Any,
@@ -148,8 +153,7 @@ def prompted_evidence(
 ) -> Evidence:
     """The evidence of the prompted ``methods``: the task's pairs with :attr:`~austeer.tasks.base.Task.instruction`
     in their system turn, read at the sites those methods need (none: only the texts are kept)."""
-    if not task.instruction:
-        raise ValueError(f"task {task.name!r} declares no instruction (Task.instruction) for the prompted methods")
+    _needs_instruction(task)
     pairs = [replace(p, system=task.instruction) for p in task.pairs(model, tok, limit=pairs_limit)]
     sites = sorted({s for m in methods if METHODS[m].prompted for s in METHODS[m].sites})
     return gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
@@ -203,9 +207,9 @@ def compare(
         raise ValueError(f"calibration applies to multiple-choice tasks only; {task.name} is {task.kind}")
     kw = {"batch_size": batch_size, **(eval_kw or {})}
     prior = {r.method: r for r in done}
-    prompted = None
-    if any(METHODS[m].prompted for m in methods if m not in prior):
-        prompted = prompted_evidence(model, tok, task, methods, pairs_limit, batch_size, progress)
+    prompted = None  # read when the first method that needs it comes
+    if any(METHODS[m].prompted for m in methods):
+        _needs_instruction(task)  # fail before the long run
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
         evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
@@ -231,6 +235,8 @@ def compare(
             results.append(prior[name])
             continue
         method = METHODS[name]
+        if method.prompted and prompted is None:
+            prompted = prompted_evidence(model, tok, task, methods, pairs_limit, batch_size, progress)
         ev = prompted if method.prompted and prompted is not None else evidence
         trials = []
         for config in tqdm(spread_grid(method.grid, budget), desc=f"{task.name}: {name}", disable=not progress):
