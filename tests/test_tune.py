@@ -88,23 +88,24 @@ def test_resume_skips_measured_rows(smol, sentiment_pairs, sentiment_run, monkey
 
 
 def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_run):
-    model, tok = smol
-    _, result, _ = sentiment_run
-    swapped = tune(model, tok, [_swap(p) for p in sentiment_pairs], None, **BUDGET)
-    assert swapped.spec is not None, swapped.message
-    # the same units with flipped betas: sign counts of negated momenta
-    mine = {(u.layer, u.index): u.beta for u in result.spec.units}
-    for u in swapped.spec.units:
-        if (u.layer, u.index) in mine:
-            assert u.beta == -mine[(u.layer, u.index)]
-    # and on the original orientation, the swapped choice lowers the held-out margins
+    """The swapped file scores the same units with flipped betas. Its gains ``1 - alpha * beta`` are not the
+    mirror of ``1 + alpha * beta``: at budget 6 the only effect beyond noise on the swapped orientation comes
+    with perplexity x1e5 (measured, docs/TUNE.md), so the bound is lifted here to test the sign alone."""
     from austeer.steer import folded
     from austeer.tune import effect_of, margins
 
+    model, tok = smol
+    _, result, _ = sentiment_run
+    swapped = tune(model, tok, [_swap(p) for p in sentiment_pairs], None, max_damage=1e300, **BUDGET)
+    assert swapped.spec is not None, swapped.message
+    mine = {(u.layer, u.index): u.beta for u in result.spec.with_k(100).units}
+    flipped = swapped.spec.with_k(100).units
+    assert all(u.beta == -mine[(u.layer, u.index)] for u in flipped if (u.layer, u.index) in mine)
+    assert sum((u.layer, u.index) in mine for u in flipped) >= 90
     held = [sentiment_pairs[i] for i in split_pairs(sentiment_pairs)[1]]
     base = margins(model, tok, held)
     with folded(model, swapped.spec):
-        assert effect_of(margins(model, tok, held), base).effect < 0
+        assert effect_of(margins(model, tok, held), base).effect < 0  # lowers the original margins
 
 
 def test_random_labels_choose_nothing(smol, sentiment_pairs, tmp_path):

@@ -380,7 +380,7 @@ def damage(model: nn.Module, ref: Neutral) -> tuple[float, float]:
         per_pos = (logp_u.exp() * (logp_u - logp_s)).sum(-1)
         kl += float(per_pos[target].double().sum())
         nll -= float(logp_s.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)[target].double().sum())
-    return kl / ref.n_tokens, math.exp((nll - ref.nll) / ref.n_tokens)
+    return kl / ref.n_tokens, math.exp(min(700.0, (nll - ref.nll) / ref.n_tokens))  # finite, for JSON
 
 
 def read_neutral(path: str | Path) -> list[str]:
