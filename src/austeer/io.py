@@ -380,6 +380,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_file(Path(path), fill)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a binary file (a PNG) through a temp file and ``os.replace`` (never half-written).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "a.bin"
+        >>> atomic_write_bytes(p, b"\\x00"); p.read_bytes()
+        b'\\x00'
+    """
+
+    def fill(fd: int, tmp: str) -> None:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+    _atomic_file(Path(path), fill)
+
+
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save ``tensors`` as safetensors through a temp file and ``os.replace``.
 

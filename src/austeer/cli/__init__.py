@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 #: command modules of this package, in help order (a module not present in this build is skipped)
-COMMANDS = ["core", "evaluate", "inspect", "compare", "serve"]
+COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve"]
 
 
 def _modules() -> list:

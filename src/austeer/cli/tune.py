@@ -1,0 +1,97 @@
+"""``austeer tune``: choose site, k and alpha from a pairs file alone (see :mod:`austeer.tune`).
+
+Exit code 0 when a spec was written to ``DIR/spec``, 1 when no configuration has an effect beyond noise
+within the damage bound (the table and ``tune.json`` are still written), 2 for an error in the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from austeer.cli.argtypes import finite_float, positive_int
+from austeer.cli.core import add_force_arg, add_model_args, load_from_args
+
+
+def _row_line(r: Any, chosen: Any) -> str:
+    what = f"{r.site:8s} k={r.k:<4d}" if r.method == "austeer" else f"caa L{r.layer:<3d} d={r.k:<4d}"
+    mark = " <- chosen" if chosen is not None and r.key == chosen.key else ""
+    return (
+        f"  {what} alpha={r.alpha:<5g} effect {r.effect:+.3f} +- {r.effect_se:.3f} (z {r.z:+6.2f}, "
+        f"up {r.share_up:4.0%})  KL {r.kl:8.4f}  ppl x{r.ppl_ratio:.3g}{mark}"
+    )
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from austeer.io import atomic_write_bytes, check_replaceable
+    from austeer.pairs import read_pairs
+    from austeer.report.tune import tune_plot
+    from austeer.sites import check_site
+    from austeer.tune import read_neutral, split_pairs, tune
+
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    for s in sites:
+        check_site(s)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    out = Path(args.out)
+    for where in [out / "spec", *(out / "scores" / s for s in sites)]:
+        check_replaceable(where, "spec", args.force)  # before loading the model
+    pairs = read_pairs(args.pairs)
+    split_pairs(pairs)  # too few pairs: say so before loading the model
+    neutral = read_neutral(args.neutral) if args.neutral else []
+    model, tok, name = load_from_args(args)
+    result = tune(
+        model,
+        tok,
+        pairs,
+        out,
+        sites=sites,
+        budget=args.budget,
+        max_damage=args.max_damage,
+        methods=methods,
+        neutral=neutral,
+        model_id=name,
+        batch_size=args.batch_size,
+        force=args.force,
+    )
+    title = f"{Path(args.pairs).name}: {result.n_fit} fit / {result.n_heldout} held-out pairs"
+    atomic_write_bytes(out / "tune.png", tune_plot(result.rows, result.chosen, result.max_damage, title))
+    print(
+        f"{title}; unsteered held-out margin {result.baseline_margin:+.3f} nats/token; "
+        f"noise rule z >= {result.min_z:.2f}, damage bound ppl x{result.max_damage:g}"
+    )
+    for r in sorted(result.rows, key=lambda r: (r.method, r.site, r.k, r.alpha)):
+        print(_row_line(r, result.chosen if r.method == "austeer" else result.chosen_caa))
+    if "caa" in methods:
+        c = result.chosen_caa
+        print(
+            "caa: no vector beyond noise within the bound"
+            if c is None
+            else f"caa: best vector layer {c.layer} x{c.alpha:g}, effect {c.effect:+.3f} "
+            f"-> {out / 'caa.safetensors'} (a residual addition, not a spec)"
+        )
+    if "austeer" in methods:
+        print(result.message)
+    print(f"table: {out / 'tune.json'}, figure: {out / 'tune.png'}")
+    if result.spec is not None:
+        print(f"spec: {out / 'spec'} (austeer generate --steer {out / 'spec'} ...)")
+        return 0
+    return 1
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tune", help="choose site, k and alpha from the pairs alone: effect vs damage")
+    p.add_argument("--pairs", required=True, help="JSONL with prompt, positive, negative (optional system)")
+    p.add_argument("--out", required=True, help="directory for tune.json, tune.png, spec/ (resumed if it exists)")
+    p.add_argument("--sites", default="head,ffn,neuron", help="comma-separated sites to try")
+    p.add_argument("--budget", type=positive_int, default=None, help="at most N configurations per method")
+    p.add_argument(
+        "--max-damage", type=finite_float, default=1.25, help="largest perplexity ratio on neutral text (1.25)"
+    )
+    p.add_argument("--method", default="austeer", help="austeer, caa or austeer,caa")
+    p.add_argument("--neutral", default=None, help="extra neutral texts: JSONL (strings or {text}) or text lines")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    add_force_arg(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_tune)

@@ -1,0 +1,121 @@
+"""``austeer tune``: split, grid and rule without a model; then the shipped sentiment pairs, swapped and
+random-label pairs on the real embedded model (budget 6, neuron AUs, 40 pairs)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from austeer.cli import main
+from austeer.pairs import Pair, write_pairs
+from austeer.spec import load
+from austeer.tune import TuneRow, choose, grid, noise_z, split_pairs, tune
+
+BUDGET = {"sites": ("neuron",), "budget": 6, "progress": False}
+
+
+def _swap(p: Pair) -> Pair:
+    return Pair(p.prompt, p.negative, p.positive, p.system)
+
+
+def test_split_is_fixed_disjoint_and_ignores_the_answers(sentiment_pairs):
+    fit, held = split_pairs(sentiment_pairs)
+    assert sorted(fit + held) == list(range(len(sentiment_pairs))) and not set(fit) & set(held)
+    assert len(held) == 10
+    assert split_pairs([_swap(p) for p in sentiment_pairs]) == (fit, held)
+    dup = [Pair("same?", "a", "b")] * 2 + [Pair(f"q{i}?", "a", "b") for i in range(8)]
+    f2, h2 = split_pairs(dup)
+    assert {0, 1} <= set(f2) or {0, 1} <= set(h2)  # pairs sharing a prompt stay on one side
+    with pytest.raises(ValueError, match="at least 8 pairs"):
+        split_pairs(dup[:5])
+
+
+def test_grid_spans_weak_to_strong_within_budget():
+    full = grid(["head", "ffn"])
+    assert len(full) == 48
+    g = grid(["head", "ffn"], budget=5)
+    assert len(g) == 5 and ("head", 2, 1.0) in g and ("head", 100, 50.0) in g and ("ffn", 100, 50.0) in g
+
+
+def test_rule_needs_effect_beyond_noise_and_within_damage():
+    def row(effect: float, z: float, ppl: float, k: int = 8) -> TuneRow:
+        return TuneRow("austeer", "head", k, 5.0, -1, k, effect, abs(effect / z), z, 0.8, 0.0, 0.1, ppl)
+
+    rows = [row(0.5, 1.5, 1.0), row(0.4, 3.0, 1.1), row(0.9, 4.0, 2.0), row(0.3, 5.0, 1.0, k=2)]
+    assert choose(rows, 1.25, 2.0) == rows[1]
+    assert choose(rows[:1], 1.25, 2.0) is None
+    assert noise_z(1) == 2.0 and noise_z(6) > noise_z(2) > 2.0
+
+
+@pytest.fixture(scope="module")
+def sentiment_run(smol, sentiment_pairs, tmp_path_factory):
+    model, tok = smol
+    out = tmp_path_factory.mktemp("tune") / "sentiment"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = tune(model, tok, sentiment_pairs, out, **BUDGET)
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    return out, result, unchanged
+
+
+def test_sentiment_spec_raises_held_out_margins_within_the_bound(sentiment_run):
+    out, result, unchanged = sentiment_run
+    assert unchanged  # every configuration was folded and unfolded
+    assert len(result.rows) == 6
+    c = result.chosen
+    assert c is not None, result.message
+    assert c.effect > 0 and c.z >= result.min_z and c.ppl_ratio <= result.max_damage
+    spec = load(out / "spec")
+    assert (spec.k, spec.alpha, spec.sites) == (c.k, c.alpha, [c.site])
+    state = json.loads((out / "tune.json").read_text())
+    assert len(state["rows"]) == 6 and state["chosen"]["k"] == c.k
+
+
+def test_resume_skips_measured_rows(smol, sentiment_pairs, sentiment_run, monkeypatch):
+    import austeer.tune as tune_mod
+
+    out, result, _ = sentiment_run
+
+    def boom(*a, **k):
+        raise AssertionError("a measured row was measured again")
+
+    monkeypatch.setattr(tune_mod, "damage", boom)
+    monkeypatch.setattr(tune_mod, "score", boom)
+    again = tune(*smol, sentiment_pairs, out, **BUDGET)
+    assert again.rows == result.rows and again.chosen == result.chosen
+
+
+def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_run):
+    """The swapped file scores the same units with flipped betas. Its gains ``1 - alpha * beta`` are not the
+    mirror of ``1 + alpha * beta``: at budget 6 the only effect beyond noise on the swapped orientation comes
+    with perplexity x1e5 (measured, docs/TUNE.md), so the bound is lifted here to test the sign alone."""
+    from austeer.steer import folded
+    from austeer.tune import effect_of, margins
+
+    model, tok = smol
+    _, result, _ = sentiment_run
+    swapped = tune(model, tok, [_swap(p) for p in sentiment_pairs], None, max_damage=1e300, **BUDGET)
+    assert swapped.spec is not None, swapped.message
+    mine = {(u.layer, u.index): u.beta for u in result.spec.with_k(100).units}
+    flipped = swapped.spec.with_k(100).units
+    assert all(u.beta == -mine[(u.layer, u.index)] for u in flipped if (u.layer, u.index) in mine)
+    assert sum((u.layer, u.index) in mine for u in flipped) >= 90
+    held = [sentiment_pairs[i] for i in split_pairs(sentiment_pairs)[1]]
+    base = margins(model, tok, held)
+    with folded(model, swapped.spec):
+        assert effect_of(margins(model, tok, held), base).effect < 0  # lowers the original margins
+
+
+def test_random_labels_choose_nothing(smol, sentiment_pairs, tmp_path):
+    rng = random.Random(0)
+    noisy = [_swap(p) if rng.random() < 0.5 else p for p in sentiment_pairs]
+    path = tmp_path / "noisy.jsonl"
+    write_pairs(noisy, path)
+    out = tmp_path / "noisy"
+    code = main(["tune", "--pairs", str(path), "--out", str(out), "--sites", "neuron", "--budget", "6"])
+    assert code == 1
+    state = json.loads((out / "tune.json").read_text())
+    assert state["chosen"] is None and "beyond noise" in state["message"]
+    assert not (out / "spec").exists() and (out / "tune.png").is_file()
