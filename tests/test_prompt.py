@@ -158,7 +158,8 @@ def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
     task = get_task("copa")
     out = tmp_path / "cmp"
     args = ["compare", "--task", "copa", "--methods", "austeer,prompt,prompt+austeer", "--budget", "1",
-            "--pairs-limit", "8", "--val-limit", "8", "--test-limit", "8", "--out", str(out), "--dtype", "float32"]  # fmt: skip
+            "--pairs-limit", "8", "--val-limit", "8", "--test-limit", "8", "--out", str(out),
+            "--dtype", "float32"]  # fmt: skip
     assert main(args) == 0
     data = json.loads((out / "compare.json").read_text())
     comp = Comparison.from_json(data)
