@@ -57,7 +57,16 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
     if "steered" not in data:
         start = time.perf_counter()
         pairs = task.pairs(model, tok, limit=args.pairs_limit)
-        spec = fit(model, tok, pairs, site=args.site, k=args.k, alpha=args.alpha, batch_size=args.batch_size)
+        spec = fit(
+            model,
+            tok,
+            pairs,
+            site=args.site,
+            k=args.k,
+            alpha=args.alpha,
+            batch_size=args.batch_size,
+            model_id=args.model,
+        )
         fit_seconds = round(time.perf_counter() - start, 1)
         spec.save(where / f"confirm_{task_name}_spec")
         samples = []
@@ -71,7 +80,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
             "seconds": round(time.perf_counter() - start, 1),
         }
         save(path, data)
-    print(f"confirm {task_name}: {data['unsteered']['metrics']} -> {data['steered']['metrics']}", flush=True)
+    print("\n".join(confirm_table(data, args.fresh_from)[1:]), flush=True)
 
 
 def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
@@ -125,11 +134,11 @@ def _acc_line(name: str, base: list[int], steered: list[int]) -> str:
     return f"| {name} | {n} | {a:.3f} | {b:.3f} ± {se:.3f} | {b - a:+.3f} | {fixed} / {broken} | {p:.3g} |"
 
 
-def render_confirm(data: dict[str, Any], where: Path, fresh_from: int) -> list[str]:
-    """The confirmatory table (seen, fresh and all items) and its plot."""
+def confirm_table(data: dict[str, Any], fresh_from: int) -> list[str]:
+    """The confirmatory test's description and table (seen, fresh and all items)."""
     base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
     c = data["config"]
-    lines = [
+    return [
         f"**Confirmatory test** ({data['task']}, {data['dtype']}): one configuration fixed before this run "
         f"(site {c['site']}, k={c['k']}, alpha={c['alpha']:g}, {c['pairs']} pairs), the unsteered and the steered "
         f"model on every test item. Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep "
@@ -142,6 +151,11 @@ def render_confirm(data: dict[str, Any], where: Path, fresh_from: int) -> list[s
         _acc_line("all", base, steered),
         "",
     ]
+
+
+def render_confirm(data: dict[str, Any], where: Path, fresh_from: int) -> list[str]:
+    """The confirmatory table and its plot."""
+    lines = confirm_table(data, fresh_from)
     img = plot_confirm(data, where / f"confirm_{data['task']}.png", fresh_from)
     lines.append(f"![confirmatory test]({img.relative_to(DOC.parent)})\n")
     return lines
@@ -178,12 +192,16 @@ def plot_confirm(data: dict[str, Any], out: Path, fresh_from: int) -> Path:
     return out
 
 
+def _where(out: Path, model: str) -> Path:
+    return out / model.replace("embedded:", "").replace("/", "_")
+
+
 def render(model: str, fresh_from: int) -> None:
     from austeer.baselines.report import plot_comparison, table
     from austeer.compare import Comparison
     from austeer.spec import atomic_write_text
 
-    where = OUT / model.replace("embedded:", "").replace("/", "_")
+    where = _where(OUT, model)
     parts = [f"## {model}\n"]
     for path in sorted(where.glob("confirm_*.json")):
         data = json.loads(path.read_text())
@@ -225,6 +243,7 @@ def main() -> None:
     p.add_argument("--test-limit", type=int, default=None, help="default: every test item")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
+    p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
     if args.render_only:
@@ -232,13 +251,14 @@ def main() -> None:
         return
     from austeer.models import load_model
 
-    where = OUT / args.model.replace("embedded:", "").replace("/", "_")
+    where = _where(Path(args.out), args.model)
     where.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype=args.dtype)
     for stage in args.stages.split(","):
         for name in args.tasks.split(","):
             {"confirm": confirm, "compare": compare_stage}[stage](name, args, model, tok, where)
-            render(args.model, args.fresh_from)
+            if Path(args.out).resolve() == OUT:
+                render(args.model, args.fresh_from)
 
 
 if __name__ == "__main__":
