@@ -56,19 +56,16 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
         save(path, data)
     if "steered" not in data:
         start = time.perf_counter()
-        pairs = task.pairs(model, tok, limit=args.pairs_limit)
-        spec = fit(
-            model,
-            tok,
-            pairs,
-            site=args.site,
-            k=args.k,
-            alpha=args.alpha,
-            batch_size=args.batch_size,
-            model_id=args.model,
-        )
+        if args.spec:  # the shipped spec of the docs' run: the same AUs without refitting
+            from austeer.spec import load
+
+            spec = load(args.spec).with_k(args.k).with_alpha(args.alpha)
+        else:  # full texts, as in the recorded run (in bf16 the shared-prompt path rounds differently)
+            pairs = task.pairs(model, tok, limit=args.pairs_limit)
+            fit_kw = {"site": args.site, "k": args.k, "alpha": args.alpha, "batch_size": args.batch_size}
+            spec = fit(model, tok, pairs, model_id=args.model, share_prefix=False, **fit_kw)
+            spec.save(where / f"confirm_{task_name}_spec")
         fit_seconds = round(time.perf_counter() - start, 1)
-        spec.save(where / f"confirm_{task_name}_spec")
         samples = []
         with folded(model, spec):
             metrics = evaluate(model, tok, task, samples=samples, **kw)
@@ -243,6 +240,7 @@ def main() -> None:
     p.add_argument("--test-limit", type=int, default=None, help="default: every test item")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
+    p.add_argument("--spec", default=None, help="confirm: steer with this spec directory instead of fitting")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
