@@ -12,7 +12,7 @@ import torch
 import austeer
 from austeer.collect import last_token_activations, pair_momenta
 from austeer.pairs import pair_texts
-from tests.test_families import CONFIGS, _model
+from tests.conftest import CONFIGS, tiny_model
 
 
 class _ByteTok:
@@ -68,7 +68,7 @@ def test_score_share_prefix_gives_the_same_selection(smol, sentiment_pairs):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_shared_prefix_every_family(name):
-    model = _model(name)
+    model = tiny_model(name)
     tok = _ByteTok()
     pairs = [("the answer is yes", "the answer is no"), ("a longer shared prompt: good", "a longer prompt: bad!")]
     got = pair_momenta(model, tok, pairs, ["head", "ffn", "neuron", "residual"])

@@ -6,9 +6,7 @@ a warning when a text is cut; padded on either side, and run through the model's
 ``torch.inference_mode``. Hooks keep only the last real token of each row, in float32.
 
 Example:
-    >>> from austeer.models import load_model
     >>> from austeer.collect import last_token_activations
-    >>> model, tok = load_model()
     >>> acts = last_token_activations(model, tok, ["Hello there", "Hi"], ["head"])
     >>> tuple(acts["head"].shape)   # [texts, layers, width]
     (2, 30, 576)
@@ -33,8 +31,7 @@ def context_length(model: nn.Module) -> int | None:
     """The most positions ``model`` was trained on (``max_position_embeddings`` of its config), or None.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> context_length(load_model()[0])
+        >>> context_length(model)
         8192
     """
     config = getattr(model, "config", None)
@@ -49,8 +46,6 @@ def token_limit(model: nn.Module, max_length: int | None, reserve: int = 0) -> i
     """``max_length`` if given, else the model's context less ``reserve`` tokens (kept for generation).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model = load_model()[0]
         >>> token_limit(model, None, reserve=192), token_limit(model, 64)
         (8000, 64)
     """
@@ -84,8 +79,6 @@ def encode(
     Texts longer than ``max_length`` tokens are cut on the left, with a :class:`UserWarning`.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> tok = load_model()[1]
         >>> encode(tok, ["one two three four"], max_length=2)["input_ids"].shape[1]
         2
     """
@@ -253,8 +246,6 @@ def pair_momenta(
     full texts up to float rounding (positions are taken from the attention mask).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model, tok = load_model()
         >>> m = pair_momenta(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
         >>> tuple(m["head"].shape)
         (1, 30, 576)

@@ -1,9 +1,7 @@
 """Batched generation (left padding, KV cache), optionally steered by hooks or folded weights.
 
 Example:
-    >>> from austeer.models import load_model
     >>> from austeer.generate import generate
-    >>> model, tok = load_model()
     >>> generate(model, tok, ["What is the capital of France?"], max_new_tokens=8)
     ['The capital of France is Paris.']
 """
