@@ -31,6 +31,19 @@ CONFIGS = {
 }
 
 
+class ByteTok:
+    """Just enough tokenizer for the tiny random models (no download): byte-level ids, no chat template.
+
+    austeer pads and truncates the ids itself, so only ``__call__`` (ids) and ``pad_token_id`` are needed.
+    """
+
+    chat_template = None
+    pad_token_id = 0
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True, **_: object) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[1 + b % 127 for b in t.encode()] for t in texts]}
+
+
 def tiny_model(name: str) -> torch.nn.Module:
     """A tiny random model of family ``name`` (seeded: the same weights every call)."""
     torch.manual_seed(0)

@@ -11,27 +11,7 @@ from austeer.collect import last_token_activations
 from austeer.momentum import Unit
 from austeer.sites import FAMILIES, UnsupportedModelError, decoder_layers, site_width
 from austeer.spec import SteerSpec
-from tests.conftest import CONFIGS, tiny_model
-
-
-class _Tok:
-    """Just enough tokenizer for byte-level ids on tiny models (no download)."""
-
-    chat_template = None
-    padding_side = "left"
-    truncation_side = "left"
-
-    def __call__(self, texts, return_tensors, padding, truncation, max_length, add_special_tokens):
-        ids = [[b % 128 for b in t.encode()] for t in texts]
-        width = max(map(len, ids))
-        pad = [[0] * (width - len(x)) for x in ids]
-        if self.padding_side == "left":
-            rows = [p + x for p, x in zip(pad, ids)]
-            mask = [[0] * len(p) + [1] * len(x) for p, x in zip(pad, ids)]
-        else:
-            rows = [x + p for p, x in zip(pad, ids)]
-            mask = [[1] * len(x) + [0] * len(p) for p, x in zip(pad, ids)]
-        return {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask)}
+from tests.conftest import CONFIGS, ByteTok, tiny_model
 
 
 def test_every_family_has_a_test():
@@ -43,7 +23,7 @@ def test_sites_resolve_and_hook_equals_fold(name):
     model = tiny_model(name)
     assert model.config.model_type == name
     layers = len(decoder_layers(model))
-    acts = last_token_activations(model, _Tok(), ["hello world", "hi"], ["head", "ffn", "neuron", "residual"])
+    acts = last_token_activations(model, ByteTok(), ["hello world", "hi"], ["head", "ffn", "neuron", "residual"])
     for site, a in acts.items():
         assert a.shape == (2, layers, site_width(model, site)), site
         assert a.abs().sum() > 0, site

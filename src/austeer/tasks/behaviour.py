@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.generate import generate
+from austeer.generate import generate, seeded
 from austeer.io import atomic_write_text
 from austeer.likelihood import continuation_nll
 from austeer.pairs import Pair, format_prompt, read_pairs, write_pairs
@@ -170,22 +170,20 @@ class BehaviourTask(Task):
         return pairs
 
     def _sample_pairs(self, model: Any, tok: Any, prompts: Sequence[Item]) -> tuple[list[Pair], dict[str, Any]]:
-        import torch
-
         texts = [it.prompt for it in prompts for _ in range(self.n_samples)]
-        torch.manual_seed(self.seed)
         samples: list[str] = []
         chunk = 32
-        for start in tqdm(range(0, len(texts), chunk), desc=f"{self.name}: sampling pairs", unit="batch"):
-            samples += generate(
-                model,
-                tok,
-                texts[start : start + chunk],
-                max_new_tokens=self.max_new_tokens,
-                batch_size=chunk,
-                do_sample=True,
-                temperature=self.temperature,
-            )
+        with seeded(self.seed):  # one seed for the whole run; the caller's RNG state is restored after
+            for start in tqdm(range(0, len(texts), chunk), desc=f"{self.name}: sampling pairs", unit="batch"):
+                samples += generate(
+                    model,
+                    tok,
+                    texts[start : start + chunk],
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=chunk,
+                    do_sample=True,
+                    temperature=self.temperature,
+                )
         scores = self.judge(samples)
         pairs = []
         for i, it in enumerate(prompts):
