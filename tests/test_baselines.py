@@ -121,7 +121,8 @@ def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence
     sigma = (torch.cat([p, n]) @ theta).std()
     enc = _ids(tok)
     seen = []
-    handle = site_module(model, "head", layer).register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    # a forward hook sees the o_proj input as the steerer's pre-hook left it (a pre-hook registered first would not)
+    handle = site_module(model, "head", layer).register_forward_hook(lambda m, a, out: seen.append(a[0].clone()))
     try:
         _logits(model, enc)
         with steerer.hooks(model):
