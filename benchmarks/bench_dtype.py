@@ -5,7 +5,7 @@ Contenders, all interleaved in one run (each repetition runs every one, in rotat
 - discovery: ``austeer.score`` on N COPA pairs (head site, the default shared-prompt path) in float32 and
   bfloat16; in float32 also ``share_prefix=False`` (both texts whole), a plain batched forward of the whole
   model over the same texts, and (unless ``--no-b1``) the authors' way (batch 1, all hidden states);
-- evaluation: ``austeer.evaluate.score_mc`` on N COPA val items (one forward per batch, the next-token
+- evaluation: ``austeer.tasks.mc.score_mc`` on N COPA val items (one forward per batch, the next-token
   logits only) in float32 and bfloat16;
 - generation: greedy ``austeer.generate.generate`` of T new tokens for a batch of prompts, float32 vs bfloat16.
 
@@ -31,9 +31,9 @@ from _common import copa_pairs, dump, interleaved, med, paired_ratio, print_mach
 from bench_discovery import authors, batches_like_score, plain
 
 import austeer
-from austeer.evaluate import score_mc
 from austeer.generate import generate
 from austeer.tasks import get_task
+from austeer.tasks.mc import score_mc
 
 PROMPTS = [
     "Tell me about your day.",

@@ -1,20 +1,53 @@
+"""Helpers shared by the test modules (the session fixture ``smol`` is in the root ``conftest.py``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+import transformers as tf
 
-from austeer.models import load_model
 from austeer.pairs import Pair, read_pairs
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "austeer" / "data"
 
+#: tiny random configurations of every supported family (no download)
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)
+GQA = dict(SMALL, num_key_value_heads=2)
 
-@pytest.fixture(scope="session")
-def smol():
-    """The real embedded SmolLM2-135M-Instruct (float32, CPU), loaded once per test session."""
-    model, tok = load_model()
-    return model, tok
+CONFIGS = {
+    "llama": lambda: tf.LlamaConfig(**GQA),
+    "mistral": lambda: tf.MistralConfig(**GQA),
+    "qwen2": lambda: tf.Qwen2Config(**GQA),
+    "qwen3": lambda: tf.Qwen3Config(**GQA, head_dim=16),
+    "gemma2": lambda: tf.Gemma2Config(**GQA, head_dim=16),
+    "gemma3_text": lambda: tf.Gemma3TextConfig(**GQA, head_dim=24),  # head_dim * heads != hidden
+    "phi3": lambda: tf.Phi3Config(**GQA, pad_token_id=0),
+    "olmo": lambda: tf.OlmoConfig(**GQA, pad_token_id=0),
+    "olmo2": lambda: tf.Olmo2Config(**GQA, pad_token_id=0),
+    "gpt2": lambda: tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_inner=96),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(**SMALL),
+}
+
+
+class ByteTok:
+    """Just enough tokenizer for the tiny random models (no download): byte-level ids, no chat template.
+
+    austeer pads and truncates the ids itself, so only ``__call__`` (ids) and ``pad_token_id`` are needed.
+    """
+
+    chat_template = None
+    pad_token_id = 0
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True, **_: object) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[1 + b % 127 for b in t.encode()] for t in texts]}
+
+
+def tiny_model(name: str) -> torch.nn.Module:
+    """A tiny random model of family ``name`` (seeded: the same weights every call)."""
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(CONFIGS[name]()).eval()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ from austeer.distributed import batch_plan, score_shard, shard
 from austeer.fit import score
 from austeer.momentum import select
 from austeer.spec import load
-
-from .conftest import DATA
+from tests.conftest import DATA
 
 PAIRS = DATA / "pairs" / "sentiment.jsonl"
 

@@ -11,48 +11,7 @@ from austeer.collect import last_token_activations
 from austeer.momentum import Unit
 from austeer.sites import FAMILIES, UnsupportedModelError, decoder_layers, site_width
 from austeer.spec import SteerSpec
-
-SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)
-GQA = dict(SMALL, num_key_value_heads=2)
-
-CONFIGS = {
-    "llama": lambda: tf.LlamaConfig(**GQA),
-    "mistral": lambda: tf.MistralConfig(**GQA),
-    "qwen2": lambda: tf.Qwen2Config(**GQA),
-    "qwen3": lambda: tf.Qwen3Config(**GQA, head_dim=16),
-    "gemma2": lambda: tf.Gemma2Config(**GQA, head_dim=16),
-    "gemma3_text": lambda: tf.Gemma3TextConfig(**GQA, head_dim=24),  # head_dim * heads != hidden
-    "phi3": lambda: tf.Phi3Config(**GQA, pad_token_id=0),
-    "olmo": lambda: tf.OlmoConfig(**GQA, pad_token_id=0),
-    "olmo2": lambda: tf.Olmo2Config(**GQA, pad_token_id=0),
-    "gpt2": lambda: tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_inner=96),
-    "gpt_neox": lambda: tf.GPTNeoXConfig(**SMALL),
-}
-
-
-class _Tok:
-    """Just enough tokenizer for byte-level ids on tiny models (no download)."""
-
-    chat_template = None
-    padding_side = "left"
-    truncation_side = "left"
-
-    def __call__(self, texts, return_tensors, padding, truncation, max_length, add_special_tokens):
-        ids = [[b % 128 for b in t.encode()] for t in texts]
-        width = max(map(len, ids))
-        pad = [[0] * (width - len(x)) for x in ids]
-        if self.padding_side == "left":
-            rows = [p + x for p, x in zip(pad, ids)]
-            mask = [[0] * len(p) + [1] * len(x) for p, x in zip(pad, ids)]
-        else:
-            rows = [x + p for p, x in zip(pad, ids)]
-            mask = [[1] * len(x) + [0] * len(p) for p, x in zip(pad, ids)]
-        return {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask)}
-
-
-def _model(name):
-    torch.manual_seed(0)
-    return tf.AutoModelForCausalLM.from_config(CONFIGS[name]()).eval()
+from tests.conftest import CONFIGS, ByteTok, tiny_model
 
 
 def test_every_family_has_a_test():
@@ -61,10 +20,10 @@ def test_every_family_has_a_test():
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_sites_resolve_and_hook_equals_fold(name):
-    model = _model(name)
+    model = tiny_model(name)
     assert model.config.model_type == name
     layers = len(decoder_layers(model))
-    acts = last_token_activations(model, _Tok(), ["hello world", "hi"], ["head", "ffn", "neuron", "residual"])
+    acts = last_token_activations(model, ByteTok(), ["hello world", "hi"], ["head", "ffn", "neuron", "residual"])
     for site, a in acts.items():
         assert a.shape == (2, layers, site_width(model, site)), site
         assert a.abs().sum() > 0, site

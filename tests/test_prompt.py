@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import austeer.evaluate as ev_module
+import austeer.tasks.mc as mc_module
 from austeer.baselines import METHODS, au
 from austeer.baselines.base import gather
 from austeer.baselines.report import paired, summary_table, table
@@ -36,13 +36,13 @@ def test_prompt_changes_the_formatted_prompts_and_nothing_in_the_model(smol, mon
     steerer = METHODS["prompt"].build(model, evidence, shots=0)
     assert steerer.system == task.instruction and steerer.n_steered == 0
     seen: list[str] = []
-    real = ev_module.next_token_logits
+    real = mc_module.next_token_logits
 
     def spy(model, tok, texts, batch_size=16):
         seen.extend(texts)
         return real(model, tok, texts, batch_size)
 
-    monkeypatch.setattr(ev_module, "next_token_logits", spy)
+    monkeypatch.setattr(mc_module, "next_token_logits", spy)  # where the MC scorer looks it up
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plain = evaluate(model, tok, task, split="val", limit=3)
     assert all(SMOL_DEFAULT_SYSTEM in t and task.instruction not in t for t in seen)

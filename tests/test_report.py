@@ -22,7 +22,7 @@ from austeer.report.lens import directions, final_norm, unit_lens
 from austeer.report.shift import prompt_shifts, read_prompts
 from austeer.report.sweep import read_sweep
 from austeer.sites import site_module
-from tests.conftest import DATA
+from tests.conftest import DATA, tiny_model
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
@@ -199,9 +199,7 @@ def test_lens_directions_are_what_the_au_writes(name):
     """On tiny models of other families (GPT-2's transposed Conv1D, GQA, head_dim * heads != hidden)."""
     from austeer.report.lens import block_of, lens_logits
     from austeer.sites import fold_module, site_width
-    from tests.test_families import _model
-
-    model = _model(name)
+    model = tiny_model(name)
     d_model = int(model.config.hidden_size)
     for site in ("head", "neuron", "ffn"):
         dirs = directions(model, site, 1)

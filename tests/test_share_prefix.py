@@ -12,28 +12,7 @@ import torch
 import austeer
 from austeer.collect import last_token_activations, pair_momenta
 from austeer.pairs import pair_texts
-from tests.test_families import CONFIGS, _model
-
-
-class _ByteTok:
-    """Byte-level ids, padded or not, for the tiny random models (no download)."""
-
-    chat_template = None
-    padding_side = "left"
-    truncation_side = "left"
-    pad_token_id = 0
-
-    def __call__(self, texts, padding, truncation, max_length, add_special_tokens, return_tensors=None):
-        ids = [[1 + b % 127 for b in t.encode()] for t in texts]
-        if truncation and max_length:
-            ids = [x[-max_length:] for x in ids]
-        if not padding:
-            return {"input_ids": ids}
-        width = max(map(len, ids))
-        left = self.padding_side == "left"
-        rows = [[0] * (width - len(x)) + x if left else x + [0] * (width - len(x)) for x in ids]
-        mask = [[0] * (width - len(x)) + [1] * len(x) if left else [1] * len(x) + [0] * (width - len(x)) for x in ids]
-        return {"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask)}
+from tests.conftest import CONFIGS, ByteTok, tiny_model
 
 
 def _full_momenta(model, tok, pairs, sites):
@@ -82,8 +61,8 @@ def test_share_prefix_is_the_default(smol, sentiment_pairs):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_shared_prefix_every_family(name):
-    model = _model(name)
-    tok = _ByteTok()
+    model = tiny_model(name)
+    tok = ByteTok()
     pairs = [("the answer is yes", "the answer is no"), ("a longer shared prompt: good", "a longer prompt: bad!")]
     got = pair_momenta(model, tok, pairs, ["head", "ffn", "neuron", "residual"])
     ref = _full_momenta(model, tok, pairs, ["head", "ffn", "neuron", "residual"])

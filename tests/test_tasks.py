@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from austeer.evaluate import evaluate, perplexity
 from austeer.tasks import TASKS, get_task
-from austeer.tasks.base import extract_number, norm_text, same_number
+from austeer.tasks.base import norm_text
 from austeer.tasks.custom import read_eval
-from austeer.tasks.math import answer_text
-
-from .conftest import DATA
+from austeer.tasks.math import answer_text, extract_number, same_number
+from tests.conftest import DATA
 
 SIZES = {
     "boolq": {"pairs": 1000, "val": 100, "test": 2170},
@@ -39,10 +41,23 @@ def test_split_sizes_and_no_overlap(name: str) -> None:
     assert len(task.items("val", limit=7)) == 7
 
 
+_SPLIT_IDS = """
+import json
+from austeer.tasks import TASKS, get_task
+print(json.dumps({n: {s: [it.id for it in get_task(n).items(s)] for s in ("val", "test")} for n in TASKS}))
+"""
+
+
 def test_splits_are_deterministic() -> None:
+    """The splits here equal those a fresh process (no cache, another hash seed) recomputes from the data."""
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    proc = subprocess.run([sys.executable, "-c", _SPLIT_IDS], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads(proc.stdout)
     for name in TASKS:
         a, b = get_task(name), get_task(name)
         assert [it.id for it in a.items("test")] == [it.id for it in b.items("test")]
+        assert {s: [it.id for it in a.items(s)] for s in ("val", "test")} == fresh[name]
 
 
 def test_copa_pairs_share_no_premise_with_evaluation() -> None:

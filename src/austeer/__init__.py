@@ -4,7 +4,7 @@ The flow: pairs -> :func:`fit` (score every atomic unit by sign-consistent activ
 keep the global top-k) -> :class:`SteerSpec` -> :func:`apply` (hooks) | :func:`fold` (weights) |
 :func:`export` (checkpoint).
 
-Example:
+Example (the other docstring examples use ``model, tok`` as loaded here):
     >>> import austeer
     >>> model, tok = austeer.load_model()
     >>> pairs = [austeer.Pair("How was the film?", "It was wonderful.", "It was dreadful.")] * 4

@@ -16,9 +16,7 @@ Example:
     >>> import torch
     >>> from austeer.momentum import Unit
     >>> from austeer.spec import SteerSpec
-    >>> from austeer.models import load_model
     >>> from austeer.batched import RowSteer, row_gains
-    >>> model, tok = load_model()
     >>> spec = SteerSpec(units=[Unit("head", 10, 5, 0.5)], alpha=2.0)
     >>> gains = row_gains(model, [None, RowSteer(spec), RowSteer(spec, alpha=-1.0)])
     >>> g = gains[("head", 10)]
@@ -230,10 +228,8 @@ def run_rows(
     become a stop string is held back); ``cancelled(row)`` is polled every step and ends that row.
 
     Example:
-        >>> from austeer.models import load_model
         >>> from austeer.batched import RowRequest, run_rows
         >>> from austeer.pairs import format_prompt
-        >>> model, tok = load_model()
         >>> text = format_prompt(tok, "What is the capital of France?")
         >>> [(r.text, r.finish_reason) for r in run_rows(model, tok, [RowRequest(text, max_new_tokens=4)])]
         [('The capital of France', 'length')]
@@ -301,9 +297,7 @@ def generate_rows(
     """Greedy continuations of ``prompts`` in one batch, row ``r`` steered by ``steers[r]`` (or not at all).
 
     Example:
-        >>> from austeer.models import load_model
         >>> from austeer.batched import generate_rows
-        >>> model, tok = load_model()
         >>> generate_rows(model, tok, ["What is the capital of France?"], [None], max_new_tokens=8)
         ['The capital of France is Paris.']
     """

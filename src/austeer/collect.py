@@ -6,9 +6,7 @@ a warning when a text is cut; padded on either side, and run through the model's
 ``torch.inference_mode``. Hooks keep only the last real token of each row, in float32.
 
 Example:
-    >>> from austeer.models import load_model
     >>> from austeer.collect import last_token_activations
-    >>> model, tok = load_model()
     >>> acts = last_token_activations(model, tok, ["Hello there", "Hi"], ["head"])
     >>> tuple(acts["head"].shape)   # [texts, layers, width]
     (2, 30, 576)
@@ -33,8 +31,7 @@ def context_length(model: nn.Module) -> int | None:
     """The most positions ``model`` was trained on (``max_position_embeddings`` of its config), or None.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> context_length(load_model()[0])
+        >>> context_length(model)
         8192
     """
     config = getattr(model, "config", None)
@@ -49,8 +46,6 @@ def token_limit(model: nn.Module, max_length: int | None, reserve: int = 0) -> i
     """``max_length`` if given, else the model's context less ``reserve`` tokens (kept for generation).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model = load_model()[0]
         >>> token_limit(model, None, reserve=192), token_limit(model, 64)
         (8000, 64)
     """
@@ -60,20 +55,65 @@ def token_limit(model: nn.Module, max_length: int | None, reserve: int = 0) -> i
     return None if context is None else max(1, context - reserve)
 
 
-def _warn_truncated(tokenizer: Any, texts: Sequence[str], lengths: Sequence[int], max_length: int | None) -> None:
-    """One warning when a text was cut to ``max_length`` (only rows at the limit are re-tokenized to tell)."""
-    if max_length is None:
-        return
+def _warn_truncated(max_length: int | None) -> None:
+    warnings.warn(
+        f"a text longer than {max_length} tokens was truncated on the left to its last {max_length} "
+        "(max_length / --max-length; the default is the model's context)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    kwargs = {"padding": False, "truncation": False, "max_length": None, "verbose": False}
+    enc = tokenizer(list(texts), add_special_tokens=add_special_tokens, **kwargs)
+    return [list(row) for row in enc["input_ids"]]
+
+
+def _left_truncated_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> tuple[list[list[int]], bool]:
+    """Token ids of ``texts`` (special tokens only when there is no chat template) with the longer ones cut on
+    the left to ``max_length`` as ``truncation_side="left"`` cuts them (the special tokens the tokenizer adds
+    are kept), without setting anything on the tokenizer; and whether any text was cut."""
     add = not has_chat_template(tokenizer)
-    for text, n in zip(texts, lengths):
-        if n >= max_length and len(tokenizer(text, add_special_tokens=add, verbose=False)["input_ids"]) > max_length:
-            warnings.warn(
-                f"a text longer than {max_length} tokens was truncated on the left to its last {max_length} "
-                "(max_length / --max-length; the default is the model's context)",
-                UserWarning,
-                stacklevel=3,
-            )
-            return
+    ids = _tokenize(tokenizer, texts, add)
+    if max_length is None:
+        return ids, False
+    cut = False
+    for r, text in enumerate(texts):
+        if len(ids[r]) > max_length:
+            ids[r] = _cut_left(tokenizer, text, ids[r], max_length, add)
+            cut = True
+    return ids, cut
+
+
+def _cut_left(tokenizer: Any, text: str, full: list[int], max_length: int, add: bool) -> list[int]:
+    """The last tokens of ``text`` that fit in ``max_length`` with the tokenizer's added special tokens around them."""
+    if not add:
+        return full[-max_length:]
+    bare = _tokenize(tokenizer, [text], False)[0]
+    n_added = len(full) - len(bare)
+    start = next((p for p in range(n_added + 1) if full[p : p + len(bare)] == bare), None)
+    if start is None or n_added < 0:  # the added tokens are not around the text: cut the whole row
+        return full[-max_length:]
+    keep = max(0, max_length - n_added)
+    return full[:start] + bare[len(bare) - keep :] + full[start + len(bare) :]
+
+
+def _pad(tokenizer: Any, rows: Sequence[Sequence[int]], padding_side: str) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``rows`` padded to the longest with the tokenizer's pad token."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max((len(r) for r in rows), default=0)
+    pad = tokenizer.pad_token_id
+    if pad is None and any(len(r) < width for r in rows):
+        raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token)")
+    ids = torch.full((len(rows), width), 0 if pad is None else int(pad), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        cols = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        ids[i, cols] = torch.tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def encode(
@@ -81,29 +121,18 @@ def encode(
 ) -> dict[str, torch.Tensor]:
     """Tokenize a batch: special tokens only when there is no chat template (the template has its own).
 
-    Texts longer than ``max_length`` tokens are cut on the left, with a :class:`UserWarning`.
+    Texts longer than ``max_length`` tokens are cut on the left, with a :class:`UserWarning`; rows are
+    padded on ``padding_side``. The tokenizer's own settings (``padding_side``, ``truncation_side``) are
+    neither read nor changed.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> tok = load_model()[1]
         >>> encode(tok, ["one two three four"], max_length=2)["input_ids"].shape[1]
         2
     """
-    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = padding_side, "left"
-    try:
-        enc = tokenizer(
-            list(texts),
-            return_tensors="pt",
-            padding=True,
-            truncation=max_length is not None,
-            max_length=max_length,
-            add_special_tokens=not has_chat_template(tokenizer),
-        )
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
-    _warn_truncated(tokenizer, texts, enc["attention_mask"].sum(1).tolist(), max_length)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    ids, cut = _left_truncated_ids(tokenizer, texts, max_length)
+    if cut:
+        _warn_truncated(max_length)
+    return _pad(tokenizer, ids, padding_side)
 
 
 def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -221,20 +250,9 @@ def pair_activations(
 
 def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
     """Unpadded token ids, truncated on the left like :func:`encode`."""
-    old = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        enc = tokenizer(
-            list(texts),
-            padding=False,
-            truncation=max_length is not None,
-            max_length=max_length,
-            add_special_tokens=not has_chat_template(tokenizer),
-        )
-    finally:
-        tokenizer.truncation_side = old
-    ids = [list(row) for row in enc["input_ids"]]
-    _warn_truncated(tokenizer, texts, [len(row) for row in ids], max_length)
+    ids, cut = _left_truncated_ids(tokenizer, texts, max_length)
+    if cut:
+        _warn_truncated(max_length)
     return ids
 
 
@@ -253,8 +271,6 @@ def pair_momenta(
     full texts up to float rounding (positions are taken from the attention mask).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model, tok = load_model()
         >>> m = pair_momenta(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
         >>> tuple(m["head"].shape)
         (1, 30, 576)

@@ -7,9 +7,7 @@ memory does not grow with the number of pairs.
 
 Example:
     >>> from austeer import fit
-    >>> from austeer.models import load_model
     >>> from austeer.pairs import Pair
-    >>> model, tok = load_model()
     >>> pairs = [Pair("Say something about the weather.", "What a lovely sunny day!", "What an awful gloomy day.")] * 4
     >>> spec = fit(model, tok, pairs, site="head", k=8, alpha=5.0, progress=False)
     >>> spec.k, abs(spec.units[0].beta)

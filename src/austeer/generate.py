@@ -1,9 +1,7 @@
 """Batched generation (left padding, KV cache), optionally steered by hooks or folded weights.
 
 Example:
-    >>> from austeer.models import load_model
     >>> from austeer.generate import generate
-    >>> model, tok = load_model()
     >>> generate(model, tok, ["What is the capital of France?"], max_new_tokens=8)
     ['The capital of France is Paris.']
 """
@@ -41,6 +39,31 @@ def steered(
         yield
 
 
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` inside the block and the caller's state restored after it
+    (``model.generate`` samples from the global RNG and takes no generator); ``None``: nothing is touched.
+
+    Example:
+        >>> before = torch.random.get_rng_state()
+        >>> with seeded(0):
+        ...     a = torch.rand(2)
+        >>> with seeded(0):
+        ...     b = torch.rand(2)
+        >>> torch.equal(a, b), torch.equal(torch.random.get_rng_state(), before)
+        (True, True)
+    """
+    if seed is None:
+        yield
+        return
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:  # seeded (and restored) only where CUDA is in use: no lazy seeding queued for later
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
 @torch.inference_mode()
 def generate(
     model: nn.Module,
@@ -59,29 +82,29 @@ def generate(
     with ``system`` in the system turn (see :func:`~austeer.pairs.format_prompt`).
 
     A prompt longer than ``max_length`` tokens (default: the model's context less ``max_new_tokens``)
-    is cut on the left, with a warning.
+    is cut on the left, with a warning. ``seed`` makes sampling repeatable without changing the caller's
+    RNG state (see :func:`seeded`).
     """
     max_length = token_limit(model, max_length, reserve=max_new_tokens)
     texts = [format_prompt(tokenizer, p, system) if chat else p for p in prompts]
-    if seed is not None:
-        torch.manual_seed(seed)
     device = model_device(model)
+    kwargs: dict[str, Any] = {"do_sample": do_sample}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
     out: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        enc = encode(tokenizer, texts[start : start + batch_size], max_length, padding_side="left")
-        kwargs: dict[str, Any] = {"do_sample": do_sample}
-        if do_sample:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-        else:
-            kwargs.update(temperature=None, top_k=None, top_p=None)
-        ids = model.generate(  # type: ignore[operator]
-            input_ids=enc["input_ids"].to(device),
-            attention_mask=enc["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **kwargs,
-        )
-        new = ids[:, enc["input_ids"].shape[1] :]
-        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    with seeded(seed):
+        for start in range(0, len(texts), batch_size):
+            enc = encode(tokenizer, texts[start : start + batch_size], max_length, padding_side="left")
+            ids = model.generate(  # type: ignore[operator]
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kwargs,
+            )
+            new = ids[:, enc["input_ids"].shape[1] :]
+            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return out

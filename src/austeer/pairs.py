@@ -92,8 +92,6 @@ def format_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str
     Gemma's does, or drops it) it opens the user turn instead, as in plain text.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> _, tok = load_model()
         >>> print(format_prompt(tok, "Hi?", system="Be brief."))
         <|im_start|>system
         Be brief.<|im_end|>

@@ -103,9 +103,7 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
     validator, :meth:`~austeer.spec.SteerSpec.check_fits`: family, layers, widths, every unit in range).
 
     Example:
-        >>> from austeer.models import load_model
         >>> from austeer.momentum import Unit
-        >>> model, _ = load_model()
         >>> check_units(model, "wide", SteerSpec(units=[Unit("head", 0, 9999, 0.5)], alpha=1.0))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -576,8 +574,6 @@ def format_chat(tokenizer: Any, prompt: str) -> str:
     """The text the server generates from for one user message (as ``/v1/chat/completions`` does).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> _, tok = load_model()
         >>> format_chat(tok, "Hi").endswith("<|im_start|>assistant\\n")
         True
     """

@@ -14,8 +14,6 @@ Example:
     >>> from austeer import apply, fold, unfold
     >>> from austeer.momentum import Unit
     >>> from austeer.spec import SteerSpec
-    >>> from austeer.models import load_model
-    >>> model, tok = load_model()
     >>> spec = SteerSpec(units=[Unit("head", 10, 5, 1.0)], alpha=2.0)
     >>> ids = tok("Hello", return_tensors="pt").input_ids
     >>> with apply(model, spec):

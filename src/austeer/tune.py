@@ -242,8 +242,6 @@ def answer_logprobs(
     on its own; a prefix too long for the context is cut on the left.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model, tok = load_model()
         >>> lp = answer_logprobs(model, tok, ["The capital of France is"] * 2, [" Paris", " banana"])
         >>> bool(lp[0] > lp[1])
         True

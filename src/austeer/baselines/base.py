@@ -112,8 +112,6 @@ def gather(
     with no site, nothing is run (the evidence then holds the pairs' texts only).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model, tok = load_model()
         >>> ev = gather(model, tok, [Pair("Hi?", "Great!", "Awful.")] * 2, ["residual"], progress=False)
         >>> tuple(ev.pos["residual"].shape), ev.n_pairs
         ((2, 30, 576), 2)

@@ -100,15 +100,10 @@ def summary_table(comps: Sequence[Comparison]) -> str:
 
 def plot_comparison(c: Comparison, out: str | Path) -> Path:
     """Bar chart of the test metric per method, annotated with the number of steered activations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = ["none"] + [r.method for r in c.results]
     vals = [c.baseline_test[c.metric]] + [r.test_metric for r in c.results]
     counts = [0] + [r.n_steered for r in c.results]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _subplots(figsize=(7, 3.5))
     bars = ax.bar(names, vals, color=["grey"] + ["C0" if n == "austeer" else "C1" for n in names[1:]])
     for bar, n in zip(bars, counts, strict=True):
         ax.annotate(f"{n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
@@ -119,12 +114,7 @@ def plot_comparison(c: Comparison, out: str | Path) -> Path:
 
 def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str | Path) -> Path:
     """Test metric (left) and neutral-text perplexity (right) against the number of steered AUs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (ax, ax_ppl) = _subplots(1, 2, figsize=(9, 3.5))
     _site_curves(ax, rows, "metric", "o")
     _site_curves(ax_ppl, rows, "ppl", "o")
     for a in (ax, ax_ppl):
@@ -148,14 +138,9 @@ def _site_curves(ax: Any, rows: Sequence[dict[str, Any]], y: str, marker: str) -
 
 def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out: str | Path) -> Path:
     """One small dose-response panel per task (``curves``: task -> (rows, metric)), side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = min(4, max(len(curves), 1))
     nrows = (len(curves) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
     for ax, (task, (rows, metric)) in zip(axes.flat, curves.items(), strict=False):
         _site_curves(ax, rows, "metric", ".")
         ax.set_xscale("symlog", linthresh=1)
@@ -171,13 +156,8 @@ def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out:
 
 def plot_frontier(rows: Sequence[dict[str, Any]], task: str, metric: str, x: str, out: str | Path) -> Path:
     """Effect (``metric``) against the increase of ``x`` (``ppl`` or ``cont_ppl``), one curve per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     base = next(r for r in rows if r["method"] == "none")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     ax.scatter([0.0], [base["metric"]], color="black", zorder=3, label="unsteered")
     for name in [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]:
         pts = sorted(
@@ -192,14 +172,21 @@ def plot_frontier(rows: Sequence[dict[str, Any]], task: str, metric: str, x: str
     return _save(fig, out)
 
 
-def _save(fig: Any, out: str | Path) -> Path:
-    import matplotlib.pyplot as plt
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """A figure on its own Agg canvas and its axes, as ``pyplot.subplots`` gives (no pyplot, no backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _save(fig: Any, out: str | Path) -> Path:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
     return path

@@ -78,7 +78,7 @@ def add_force_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from austeer.distributed import cmd_fit_multi, launched_by_torchrun
+    from austeer.cli.distributed import cmd_fit_multi, launched_by_torchrun
     from austeer.io import check_replaceable
 
     check_replaceable(args.out, "spec", args.force)  # before reading the pairs and loading the model

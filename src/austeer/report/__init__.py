@@ -16,7 +16,6 @@ Example:
     >>> import tempfile, pathlib
     >>> import austeer
     >>> from austeer.report import build_report
-    >>> model, tok = austeer.load_model()
     >>> pairs = austeer.read_pairs(pathlib.Path(austeer.__file__).parent / "data/pairs/sentiment.jsonl")[:4]
     >>> spec = austeer.fit(model, tok, pairs, site="head", k=4, alpha=5.0, progress=False)
     >>> out = build_report(model, tok, spec, pathlib.Path(tempfile.mkdtemp()) / "r.html", n_units=2, progress=False)

@@ -73,8 +73,7 @@ def final_norm(model: nn.Module) -> nn.Module:
     """The norm applied before the unembedding (``model.model.norm`` for Llama-style families).
 
     Example:
-        >>> from austeer.models import load_model
-        >>> type(final_norm(load_model()[0])).__name__
+        >>> type(final_norm(model)).__name__
         'LlamaRMSNorm'
     """
     base = backbone(model)
@@ -99,8 +98,7 @@ def block_of(model: nn.Module, unit: Unit) -> tuple[range, str]:
     """Indices of the block ``unit`` belongs to and a label: its head for ``head``, else its whole layer.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> block_of(load_model()[0], Unit("head", 3, 70, 1.0))
+        >>> block_of(model, Unit("head", 3, 70, 1.0))
         (range(64, 128), 'layer 3 head 1')
     """
     width = site_width(model, unit.site)
@@ -116,8 +114,7 @@ def directions(model: nn.Module, site: str, layer: int) -> torch.Tensor:
     """``[width, d_model]`` float32: the residual direction written by each AU of ``site`` in ``layer``.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> directions(load_model()[0], "ffn", 0)[:2, :3]
+        >>> directions(model, "ffn", 0)[:2, :3]
         tensor([[1., 0., 0.],
                 [0., 1., 0.]])
     """
@@ -162,8 +159,6 @@ def unit_lens(
     """Top promoted / suppressed tokens of ``unit`` (per unit of positive activation) and of its block.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> model, tok = load_model()
         >>> lens = unit_lens(model, tok, Unit("head", 16, 75, 1.0), n_tokens=3)
         >>> len(lens.promoted), lens.block
         (3, 'layer 16 head 1')
@@ -203,8 +198,7 @@ def block_heterogeneity(model: nn.Module, unit: Unit) -> torch.Tensor:
     Low off-diagonal values mean the dimensions of one block push towards different tokens.
 
     Example:
-        >>> from austeer.models import load_model
-        >>> sims = block_heterogeneity(load_model()[0], Unit("head", 16, 75, 1.0))
+        >>> sims = block_heterogeneity(model, Unit("head", 16, 75, 1.0))
         >>> sims.shape, round(float(sims[0, 0]), 3)
         (torch.Size([64, 64]), 1.0)
     """

@@ -1,4 +1,5 @@
-"""Matplotlib figures of a steering spec (Agg backend: no display needed); each returns PNG bytes.
+"""Matplotlib figures of a steering spec, drawn on their own Agg canvas (no pyplot, no backend switch:
+matplotlib's global state is left alone); each returns PNG bytes.
 
 Example:
     >>> import torch
@@ -16,26 +17,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from austeer.momentum import Unit  # noqa: E402
+from austeer.momentum import Unit
 
 DPI = 110
 
 
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """Like ``pyplot.subplots``, without pyplot: a figure on its own Agg canvas, never registered or shown."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def to_png(fig: Figure) -> bytes:
-    """Render ``fig`` to PNG bytes and close it."""
+    """Render ``fig`` to PNG bytes."""
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -49,7 +51,7 @@ def beta_heatmap(
     """
     b = beta.abs().float().numpy()
     n_layers, width = b.shape
-    fig, ax = plt.subplots(figsize=(12, max(3.0, 0.16 * n_layers + 1.2)))
+    fig, ax = subplots(figsize=(12, max(3.0, 0.16 * n_layers + 1.2)))
     # the scale tops out at the largest |beta| (rounded up to 0.05), so weakly consistent fits still show contrast
     vmax = min(1.0, max(0.55, float(np.ceil(b.max() * 20 - 1e-9) / 20))) if b.size else 1.0
     im = ax.imshow(b, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.5, vmax=vmax, origin="lower")
@@ -89,7 +91,7 @@ def location_plot(units: Sequence[Unit], site: str, n_layers: int, head_dim: int
     sel = [u for u in units if u.site == site]
     per_layer = np.bincount([u.layer for u in sel], minlength=n_layers)[:n_layers]
     grid = site == "head" and head_dim and n_heads
-    fig, axes = plt.subplots(1, 2 if grid else 1, figsize=(12, 3.8), squeeze=False,
+    fig, axes = subplots(1, 2 if grid else 1, figsize=(12, 3.8), squeeze=False,
                              gridspec_kw={"width_ratios": [1.6, 1]} if grid else None)
     ax = axes[0][0]
     ax.bar(np.arange(n_layers), per_layer, color="#3b6fb6")
@@ -129,7 +131,7 @@ def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = (
     """
     n = sims.shape[0]
     if n <= 128:
-        fig, ax = plt.subplots(figsize=(4.4, 3.7))
+        fig, ax = subplots(figsize=(4.4, 3.7))
         im = ax.imshow(sims.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         for i in marked:
             ax.axhline(i, color="black", linewidth=0.5, alpha=0.6)
@@ -139,7 +141,7 @@ def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = (
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     else:
         off = ~torch.eye(n, dtype=torch.bool)
-        fig, ax = plt.subplots(figsize=(4.8, 3.4))
+        fig, ax = subplots(figsize=(4.8, 3.4))
         bins = [float(b) for b in np.linspace(-1, 1, 81)]
         ax.hist(sims[off].numpy(), bins=bins, density=True, color="#8da0cb", label="all pairs of dims")
         if marked:
@@ -155,7 +157,7 @@ def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = (
 
 def _grid_lines(ax: Any, ks: list[int], alphas: list[float], val: dict[tuple[int, float], float], by_k: bool) -> None:
     """One line per alpha over k (``by_k``), or one line per k over alpha; log x axis for wide ranges."""
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     outer: list[Any] = list(alphas) if by_k else list(ks)
     for j, o in enumerate(outer):
         keys = [(k, float(o)) for k in ks] if by_k else [(int(o), a) for a in alphas]
@@ -192,7 +194,7 @@ def sweep_plots(rows: Sequence[dict[str, Any]], metric: str, baseline: float | N
         val = {(int(r["k"]), float(r["alpha"])): float(r["metric"]) for r in rs}
         ppl = {(int(r["k"]), float(r["alpha"])): float(r["ppl_delta"]) for r in rs
                if isinstance(r.get("ppl_delta"), int | float)}
-        fig, axes = plt.subplots(1, 3 if ppl else 2, figsize=(13 if ppl else 12, 3.9))
+        fig, axes = subplots(1, 3 if ppl else 2, figsize=(13 if ppl else 12, 3.9))
         for ax, by_k in zip(axes, (True, False)):
             _grid_lines(ax, ks, alphas, val, by_k)
             if baseline is not None:
@@ -216,7 +218,7 @@ def shift_plot(
 ) -> bytes:
     """Horizontal bars of the next-token probability change: ``(token, p_unsteered, p_steered)`` rows."""
     rows = list(rises) + list(falls)
-    fig, ax = plt.subplots(figsize=(4.2, 0.19 * len(rows) + 1.0))
+    fig, ax = subplots(figsize=(4.2, 0.19 * len(rows) + 1.0))
     deltas = [q - p for _, p, q in rows]
     labels = [repr(t) for t, _, _ in rows]
     ax.barh(np.arange(len(rows)), deltas, color=["#2e8b57" if d > 0 else "#c0392b" for d in deltas])

@@ -95,8 +95,6 @@ def top_shifts(tokenizer: Any, before: torch.Tensor, after: torch.Tensor, n: int
 
     Example:
         >>> import torch
-        >>> from austeer.models import load_model
-        >>> tok = load_model()[1]
         >>> up, down = top_shifts(tok, torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.1, 0.3, 0.6]), n=1)
         >>> (up[0].id, down[0].id)
         (2, 0)

@@ -1,16 +1,12 @@
-"""What every task shares: the :class:`Item` and :class:`Task` types, deterministic splits, data paths,
-answer-number extraction and the neutral text set used for the perplexity side effect.
+"""What every task shares: the :class:`Item` and :class:`Task` types, deterministic splits, data paths
+and the neutral text set used for the perplexity side effect.
 
 Splits are made by :func:`split_ids`: items are ordered by the SHA-256 of ``"<task>:<key>"`` (a
 stable, platform-independent shuffle that needs no random generator) and cut into consecutive blocks,
 so no item can be in two splits and the split never changes between runs or machines.
 
 Example:
-    >>> from austeer.tasks.base import extract_number, split_ids
-    >>> extract_number("3 + 4 = 7\\n#### 7")
-    7.0
-    >>> extract_number("She has 12 apples, then 5 more: 17 apples.")
-    17.0
+    >>> from austeer.tasks.base import split_ids
     >>> a, b = split_ids("demo", [str(i) for i in range(10)], [6, 4])
     >>> sorted(a + b) == [str(i) for i in range(10)], set(a) & set(b)
     (True, set())
@@ -20,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from austeer.pairs import Pair
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Kind = Literal["mc", "math", "behaviour"]
 SPLITS = ("val", "test")
@@ -60,10 +58,11 @@ class Item:
 
 
 class Task:
-    """Base class of a task: its data, splits, pair building and (for behaviour tasks) its judge.
+    """Base class of a task: its data, splits, pair building and scoring.
 
     Subclasses set ``name``, ``kind``, ``metric`` and implement :meth:`_items` (all items of a split
-    before ``limit``) and :meth:`pairs`.
+    before ``limit``), :meth:`pairs` and :meth:`score` (the task kinds :class:`~austeer.tasks.mc.MCTask`,
+    :class:`~austeer.tasks.math.MathTask` and :class:`~austeer.tasks.behaviour.BehaviourTask` do).
     """
 
     name: str = ""
@@ -87,6 +86,26 @@ class Task:
         raise NotImplementedError
 
     def pairs(self, model: Any = None, tokenizer: Any = None, limit: int | None = None) -> list[Pair]:
+        raise NotImplementedError
+
+    def score(
+        self,
+        model: nn.Module,
+        tok: Any,
+        items: Sequence[Item],
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int | None = None,
+        ref_model: nn.Module | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        system: str | None = None,
+    ) -> dict[str, float]:
+        """The task's metrics of ``model`` as it is now (steered or not) on ``items``.
+
+        ``max_new_tokens`` defaults to the task's decoding budget; ``ref_model`` judges the fluency of
+        generated continuations (behaviour tasks); ``samples``, when a list, receives one record per item;
+        ``system`` is the system turn of every prompt.
+        """
         raise NotImplementedError
 
     def sizes(self) -> dict[str, int]:
@@ -130,35 +149,6 @@ def split_ids(task: str, keys: Sequence[str], sizes: Sequence[int | None]) -> li
 def norm_text(text: str) -> str:
     """Lower case, single spaces: what counts as "the same question" when checking overlap."""
     return " ".join(text.lower().split())
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_number(text: str) -> float | None:
-    """The predicted number of a math answer: the first number after the last ``####``, else the last number.
-
-    Thousands separators are removed (``1,200`` -> 1200). Returns None when there is no number.
-    """
-    if "####" in text:
-        tail = text.rsplit("####", 1)[1]
-        found = _NUMBER.findall(tail)
-        if found:
-            return _to_float(found[0])
-    found = _NUMBER.findall(text)
-    return _to_float(found[-1]) if found else None
-
-
-def _to_float(s: str) -> float | None:
-    try:
-        return float(s.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def same_number(pred: float | None, gold: float, tol: float = 1e-4) -> bool:
-    """Float comparison with a small relative/absolute tolerance (answers like 0.333 vs 1/3 excepted)."""
-    return pred is not None and abs(pred - gold) <= tol * max(1.0, abs(gold))
 
 
 def fmt_number(x: float) -> str:

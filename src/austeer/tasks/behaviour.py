@@ -5,9 +5,10 @@ judge scores them and the task picks a positive and a negative continuation (or 
 pairs are cached as JSONL under ``<austeer cache>/tasks/`` keyed by the task, the model (name and
 fingerprint) and every sampling setting, so a sweep or a rerun never samples twice.
 
-Evaluation: greedy continuations of the held-out prompts, the share judged as wanted (the task's
-metric), the judge's mean score, and the perplexity of the continuations (``cont_ppl``, see
-:mod:`austeer.evaluate`).
+Evaluation (:func:`score_behaviour`): greedy continuations of the held-out prompts, the share judged as
+wanted (the task's metric), the judge's mean score, and ``cont_ppl``, the perplexity of the continuations
+given their prompts under ``ref_model`` (pass the unsteered model) or, without one, under the evaluated
+model itself.
 
 Example:
     >>> from austeer.tasks import get_task
@@ -20,15 +21,56 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.generate import generate, seeded
 from austeer.io import atomic_write_text
-from austeer.pairs import Pair, read_pairs, write_pairs
+from austeer.likelihood import continuation_nll
+from austeer.pairs import Pair, format_prompt, read_pairs, write_pairs
 from austeer.tasks.base import MAX_PAIRS, Item, Task
+
+
+def score_behaviour(
+    model: nn.Module,
+    tok: Any,
+    task: BehaviourTask,
+    items: Sequence[Item],
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    ref_model: nn.Module | None = None,
+    samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
+) -> dict[str, float]:
+    """Greedy continuations, judged by the task, with their perplexity under ``ref_model`` (or ``model``).
+
+    ``cont_ppl`` conditions on the prompt without ``system``, so it compares the continuations of a prompted
+    and an unprompted model on the same prefixes.
+
+    Example:
+        >>> from austeer.tasks import get_task
+        >>> task = get_task("sentiment")
+        >>> m = score_behaviour(model, tok, task, task.items("val", 2), max_new_tokens=4)
+        >>> sorted(m)
+        ['cont_ppl', 'empty_rate', 'mean_compound', 'positive_rate']
+    """
+    prompts = [it.prompt for it in items]
+    gen = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+    outs = [o.strip() for o in gen]
+    metrics = task.metrics(outs)
+    judge = ref_model if ref_model is not None else model
+    nll, n = continuation_nll(judge, tok, [format_prompt(tok, p) for p in prompts], outs, max(1, batch_size // 2))
+    metrics["cont_ppl"] = math.exp(nll / n) if n else float("nan")
+    metrics["empty_rate"] = sum(not o for o in outs) / max(1, len(outs))
+    if samples is not None:
+        scores = task.judge(outs)
+        samples.extend({"id": it.id, "output": o, "score": s} for it, o, s in zip(items, outs, scores))
+    return metrics
 
 
 class BehaviourTask(Task):
@@ -62,6 +104,22 @@ class BehaviourTask(Task):
         scores = self.judge(texts)
         n = max(1, len(scores))
         return {self.metric: sum(self.wanted(s) for s in scores) / n, self.mean_name: sum(scores) / n}
+
+    def score(
+        self,
+        model: nn.Module,
+        tok: Any,
+        items: Sequence[Item],
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int | None = None,
+        ref_model: nn.Module | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        system: str | None = None,
+    ) -> dict[str, float]:
+        """:func:`score_behaviour` with the task's decoding budget unless ``max_new_tokens`` is given."""
+        budget = max_new_tokens or self.max_new_tokens
+        return score_behaviour(model, tok, self, items, batch_size, budget, ref_model, samples, system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}
@@ -112,24 +170,20 @@ class BehaviourTask(Task):
         return pairs
 
     def _sample_pairs(self, model: Any, tok: Any, prompts: Sequence[Item]) -> tuple[list[Pair], dict[str, Any]]:
-        import torch
-
-        from austeer.generate import generate
-
         texts = [it.prompt for it in prompts for _ in range(self.n_samples)]
-        torch.manual_seed(self.seed)
         samples: list[str] = []
         chunk = 32
-        for start in tqdm(range(0, len(texts), chunk), desc=f"{self.name}: sampling pairs", unit="batch"):
-            samples += generate(
-                model,
-                tok,
-                texts[start : start + chunk],
-                max_new_tokens=self.max_new_tokens,
-                batch_size=chunk,
-                do_sample=True,
-                temperature=self.temperature,
-            )
+        with seeded(self.seed):  # one seed for the whole run; the caller's RNG state is restored after
+            for start in tqdm(range(0, len(texts), chunk), desc=f"{self.name}: sampling pairs", unit="batch"):
+                samples += generate(
+                    model,
+                    tok,
+                    texts[start : start + chunk],
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=chunk,
+                    do_sample=True,
+                    temperature=self.temperature,
+                )
         scores = self.judge(samples)
         pairs = []
         for i, it in enumerate(prompts):

@@ -7,11 +7,17 @@ distance ``|v - gold| / max(|gold|, 1)``, among answers that are a different num
 scorer's tolerance, so 0.3333 and 0.333333 count as the same; ties: the first in pool order). The
 negative is that item's whole answer text: a fluent, plausible-looking solution whose number is wrong.
 
-The prediction is the first number after the last ``####`` of the output, else its last number
-(:func:`austeer.tasks.base.extract_number`).
+Scoring (:func:`score_math`): greedy decoding (``model.generate`` with KV cache, left padding);
+``accuracy`` compares the predicted number to the gold answer as a float (:func:`same_number`);
+``answered`` is the share of outputs containing a number. The prediction is the first number after the
+last ``####`` of the output, else its last number (:func:`extract_number`).
 
 Example:
-    >>> from austeer.tasks.math import math_pairs, prefix_to_infix
+    >>> from austeer.tasks.math import extract_number, math_pairs, prefix_to_infix
+    >>> extract_number("3 + 4 = 7\\n#### 7")
+    7.0
+    >>> extract_number("She has 12 apples, then 5 more: 17 apples.")
+    17.0
     >>> prefix_to_infix("+ * 3 4 5")
     '(3 * 4) + 5'
     >>> from austeer.tasks.base import Item
@@ -25,12 +31,76 @@ Example:
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Sequence
+from typing import Any
 
+from torch import nn
+
+from austeer.generate import generate
 from austeer.pairs import Pair
-from austeer.tasks.base import MAX_PAIRS, Item, Task, fmt_number, same_number
+from austeer.tasks.base import MAX_PAIRS, Item, Task, fmt_number
 
 INSTRUCTION = "Solve the problem. End your answer with #### followed by the final number."
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def extract_number(text: str) -> float | None:
+    """The predicted number of a math answer: the first number after the last ``####``, else the last number.
+
+    Thousands separators are removed (``1,200`` -> 1200). Returns None when there is no number.
+    """
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1]
+        found = _NUMBER.findall(tail)
+        if found:
+            return _to_float(found[0])
+    found = _NUMBER.findall(text)
+    return _to_float(found[-1]) if found else None
+
+
+def _to_float(s: str) -> float | None:
+    try:
+        return float(s.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def same_number(pred: float | None, gold: float, tol: float = 1e-4) -> bool:
+    """Float comparison with a small relative/absolute tolerance (answers like 0.333 vs 1/3 excepted)."""
+    return pred is not None and abs(pred - gold) <= tol * max(1.0, abs(gold))
+
+
+def score_math(
+    model: nn.Module,
+    tok: Any,
+    items: Sequence[Item],
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
+) -> dict[str, float]:
+    """Greedy decoding; the extracted number compared to the gold answer as a float.
+
+    Example:
+        >>> from austeer.tasks import get_task
+        >>> m = score_math(model, tok, get_task("svamp").items("val", 2), max_new_tokens=4)
+        >>> sorted(m)
+        ['accuracy', 'answered']
+    """
+    prompts = [it.prompt for it in items]
+    outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+    correct = answered = 0
+    for it, text in zip(items, outs):
+        pred = extract_number(text)
+        ok = same_number(pred, float(it.answer or 0.0))
+        correct += ok
+        answered += pred is not None
+        if samples is not None:
+            samples.append({"id": it.id, "output": text, "pred": pred, "gold": it.answer, "correct": ok})
+    n = max(1, len(items))
+    return {"accuracy": correct / n, "answered": answered / n}
 
 
 def answer_text(item: Item) -> str:
@@ -110,6 +180,22 @@ class MathTask(Task):
 
     def pairs(self, model: object = None, tokenizer: object = None, limit: int | None = None) -> list[Pair]:
         return math_pairs(self.pair_items(), limit)
+
+    def score(
+        self,
+        model: nn.Module,
+        tok: Any,
+        items: Sequence[Item],
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int | None = None,
+        ref_model: nn.Module | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        system: str | None = None,
+    ) -> dict[str, float]:
+        """:func:`score_math` with the task's decoding budget unless ``max_new_tokens`` is given."""
+        budget = max_new_tokens or self.max_new_tokens
+        return score_math(model, tok, items, batch_size, budget, samples, system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}

@@ -1,8 +1,12 @@
 """Multiple-choice tasks (BoolQ, COPA, WinoGrande): items with single-token answers, pairs correct vs wrong.
 
 A pair is ``(prompt, correct answer, wrong answer)``; with two options the wrong answer is the other one.
-Scoring (see :mod:`austeer.evaluate`): the paper's greedy one-token exact match, and a restricted-choice
-accuracy (argmax of the next-token logits over the options' first tokens).
+
+Scoring (:func:`score_mc`): one batched forward pass (left padding, position ids from the attention
+mask) of the chat-formatted prompt; at the next-token position ``accuracy`` is the paper's greedy
+one-token exact match (the greedy token, stripped and lower-cased, equals the gold answer's first
+token), ``choice_accuracy`` the argmax over the choices' first tokens only, and ``answer_rate`` the share
+of greedy tokens that are one of the choices.
 
 Example:
     >>> from austeer.tasks.base import Item
@@ -14,8 +18,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from austeer.pairs import Pair
+import torch
+from torch import nn
+
+from austeer.likelihood import next_token_logits
+from austeer.pairs import Pair, format_prompt
 from austeer.tasks.base import MAX_PAIRS, Item, Task
 
 AB = ("A", "B")
@@ -31,6 +40,56 @@ def mc_pairs(items: Sequence[Item], limit: int | None = None) -> list[Pair]:
     return pairs[:cap]
 
 
+def _first_token(tok: Any, text: str) -> int:
+    ids = tok(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError(f"choice {text!r} has no tokens")
+    return int(ids[0])
+
+
+def score_mc(
+    model: nn.Module,
+    tok: Any,
+    items: Sequence[Item],
+    batch_size: int = 16,
+    samples: list[dict[str, Any]] | None = None,
+    system: str | None = None,
+) -> dict[str, float]:
+    """Greedy one-token exact match, restricted-choice accuracy and answer rate (see the module docstring).
+
+    Example:
+        >>> from austeer.tasks import get_task
+        >>> m = score_mc(model, tok, get_task("copa").items("val", 4))
+        >>> sorted(m), all(0 <= v <= 1 for v in m.values())
+        (['accuracy', 'answer_rate', 'choice_accuracy'], True)
+    """
+    logits = next_token_logits(model, tok, [format_prompt(tok, it.prompt, system) for it in items], batch_size)
+    exact = restricted = answered = 0
+    for it, row in zip(items, logits):
+        option_ids = [_first_token(tok, c) for c in it.choices]
+        if len(set(option_ids)) != len(option_ids):
+            raise ValueError(f"item {it.id}: choices {it.choices} do not start with distinct tokens")
+        greedy = int(row.argmax())
+        said = tok.decode([greedy]).strip().lower()
+        gold = tok.decode([option_ids[it.label]]).strip().lower()
+        pick = int(torch.stack([row[i] for i in option_ids]).argmax())
+        exact += said == gold
+        restricted += pick == it.label
+        answered += greedy in option_ids
+        if samples is not None:
+            samples.append(
+                {
+                    "id": it.id,
+                    "greedy": tok.decode([greedy]),
+                    "choice": it.choices[pick],
+                    "gold": it.gold,
+                    "correct": said == gold,
+                }
+            )
+    n = max(1, len(items))
+    return {"accuracy": exact / n, "choice_accuracy": restricted / n, "answer_rate": answered / n}
+
+
 class MCTask(Task):
     """A multiple-choice task: subclasses provide the pair items and the val/test items."""
 
@@ -44,6 +103,21 @@ class MCTask(Task):
     def pairs(self, model: object = None, tokenizer: object = None, limit: int | None = None) -> list[Pair]:
         """Pairs from the task's pair split (never from val/test); ``model`` is not needed."""
         return mc_pairs(self.pair_items(), limit)
+
+    def score(
+        self,
+        model: nn.Module,
+        tok: Any,
+        items: Sequence[Item],
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int | None = None,
+        ref_model: nn.Module | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        system: str | None = None,
+    ) -> dict[str, float]:
+        """:func:`score_mc` (one forward pass: no decoding budget, no reference model)."""
+        return score_mc(model, tok, items, batch_size, samples, system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}

@@ -1,0 +1,54 @@
+"""Which way imports go: the library never imports the command line (docs/ARCHITECTURE.md, floor 5)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import austeer
+
+_CHECK = """
+import importlib, pkgutil, sys
+def walk(name):  # like pkgutil.walk_packages, which would import the cli package to look inside it
+    module = importlib.import_module(name)
+    yield name
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        child = f"{name}.{info.name}"
+        if child not in ("austeer.cli", "austeer.__main__"):
+            yield from walk(child)
+library = list(walk("austeer"))
+print(len(library))
+print(" ".join(sorted(n for n in sys.modules if n == "austeer.cli" or n.startswith("austeer.cli."))))
+"""
+
+
+def test_library_never_imports_the_cli() -> None:
+    proc = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, cli = proc.stdout.splitlines()[-2:] if proc.stdout.count("\n") >= 2 else (proc.stdout.strip(), "")
+    assert int(count) > 20  # the walk found the package's modules
+    assert cli == "", f"importing the library imported {cli}"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module an ``import`` statement of ``path`` names, at any depth (lazy imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+    return names
+
+
+def test_no_library_source_imports_the_cli() -> None:
+    package = Path(austeer.__file__).parent
+    library = [p for p in package.rglob("*.py") if p.relative_to(package).parts[0] not in ("cli", "__main__.py")]
+    assert len(library) > 20
+    cli = {
+        str(p.relative_to(package)): sorted(n for n in _imports(p) if n.split(".")[:2] == ["austeer", "cli"])
+        for p in library
+    }
+    assert {path: names for path, names in cli.items() if names} == {}
