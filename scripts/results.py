@@ -124,9 +124,10 @@ def write_doc() -> None:
         "",
     ]
     for model in MODELS:
-        folder = RUNS / short(model)
-        found = [folder / t / "sweep.json" for t in TASKS if (folder / t / "sweep.json").exists()]
-        states = {p.parent.name: json.loads(p.read_text()) for p in found}
+        folder, kept = RUNS / short(model), DOC.parent / "results" / short(model)
+        found = {t: folder / t / "sweep.json" for t in TASKS if (folder / t / "sweep.json").exists()}
+        found |= {t: kept / f"{t}.json" for t in TASKS if t not in found and (kept / f"{t}.json").exists()}
+        states = {t: json.loads(p.read_text()) for t, p in found.items()}
         states = {t: s for t, s in states.items() if "test" in s}
         if not states:
             lines += [f"## {model}", "", f"Not run yet: `python scripts/results.py --model {model}`.", ""]
@@ -179,6 +180,7 @@ def write_doc() -> None:
             if key in u:
                 lines.append(f"- **{name}** {key} on test: vanilla {u[key]:.3f} -> AUSteer {st[key]:.3f}.")
         lines.append("")
+    lines += evidence_lines()
     lines += comparison_lines()
     lines += [
         "## Machine",
@@ -190,6 +192,30 @@ def write_doc() -> None:
         "",
     ]
     atomic_write_text(DOC, "\n".join(lines))
+
+
+def evidence_lines() -> list[str]:
+    """The held-out evidence of ``scripts/evidence.py`` (``docs/results/<model>/confirm_*.json`` and
+    ``compare_*.json``), one section per model; the full tables are in COMPARISON.md."""
+    from evidence import confirm_table
+
+    from austeer.baselines.report import summary_table
+    from austeer.compare import Comparison
+
+    lines: list[str] = []
+    for folder in sorted((DOC.parent / "results").iterdir()):
+        confirms = [json.loads(p.read_text()) for p in sorted(folder.glob("confirm_*.json"))]
+        comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_*.json"))]
+        confirms = [d for d in confirms if "steered" in d]
+        if not confirms and not comps:
+            continue
+        lines += [f"## embedded:{folder.name} (scripts/evidence.py)", ""]
+        for data in confirms:
+            lines += confirm_table(data, 200)
+        if comps:
+            lines += ["Comparison (every method, same evidence, same test items; tables in COMPARISON.md):", ""]
+            lines += [summary_table(comps), ""]
+    return lines
 
 
 def comparison_lines() -> list[str]:
