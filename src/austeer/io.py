@@ -415,3 +415,39 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> N
         save_file(tensors, tmp)
 
     _atomic_file(Path(path), fill)
+
+
+def atomic_write_file(
+    path: str | Path, write: Callable[[Path], Any], owned: Callable[[Path], bool], force: bool = False
+) -> Path:
+    """Write a file with ``write(tmp)`` (a sibling temp path), then ``os.replace`` it into place.
+
+    An existing file at ``path`` is replaced only when ``owned(path)`` says austeer wrote it (the GGUF
+    exports carry an ``austeer.*`` key), unless ``force``; a directory there is always refused.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "notes.bin"
+        >>> _ = p.write_bytes(b"theirs")
+        >>> try:
+        ...     atomic_write_file(p, lambda tmp: tmp.write_bytes(b"ours"), owned=lambda _: False)
+        ... except OutputExistsError:
+        ...     print("refused")
+        refused
+        >>> _ = atomic_write_file(p, lambda tmp: tmp.write_bytes(b"ours"), owned=lambda _: False, force=True)
+        >>> p.read_bytes()
+        b'ours'
+    """
+    path = Path(path)
+    check_file_target(path)
+    if (path.exists() or path.is_symlink()) and not force and not owned(path):
+        raise OutputExistsError(
+            f"{path}: this file was not written by austeer; refusing to replace it (--force replaces it)"
+        )
+
+    def fill(fd: int, tmp: str) -> None:
+        os.close(fd)
+        write(Path(tmp))
+
+    _atomic_file(path, fill)
+    return path

@@ -267,20 +267,26 @@ def _fix_tokenizer(tok: Any) -> Any:
     return tok
 
 
-def _convert_gguf(folder: Path, gguf: str, target: Path) -> None:
-    """Dequantise ``folder/gguf`` into an ordinary float32 checkpoint at ``target`` (tokenizer fixed)."""
+def _convert_gguf(folder: Path, gguf: str, target: Path, sha256: str | None = None) -> None:
+    """Dequantise ``folder/gguf`` into an ordinary float32 checkpoint at ``target`` (tokenizer fixed).
+
+    ``source.json`` in ``target`` records the GGUF file (name, absolute path, size, SHA-256), so a GGUF
+    export (:mod:`austeer.export_gguf`) can copy its untouched tensors byte for byte.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = _fix_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    save_checkpoint(model, tok, target, {"source.json": json.dumps({"gguf": gguf}) + "\n"}, "checkpoint", force=True)
+    path = (folder / gguf).resolve()
+    source = {"gguf": gguf, "path": str(path), "size": path.stat().st_size, "sha256": sha256 or file_digest(path)}
+    save_checkpoint(model, tok, target, {"source.json": json.dumps(source) + "\n"}, "checkpoint", force=True)
 
 
 def _convert_embedded(name: str, target: Path) -> None:
     folder, gguf = _embedded_gguf(name)
-    _convert_gguf(folder, gguf, target)
+    _convert_gguf(folder, gguf, target, _SPLIT[name].sha256 if name in _SPLIT else None)
 
 
 def file_digest(path: Path) -> str:
@@ -294,10 +300,44 @@ def file_digest(path: Path) -> str:
 
 def _local_gguf(path: Path) -> Path:
     """The converted cache of a local GGUF file, keyed by its content (a changed file converts again)."""
-    target = cache_dir() / f"gguf-{path.stem}-{file_digest(path)[:16]}"
+    digest = file_digest(path)
+    target = cache_dir() / f"gguf-{path.stem}-{digest[:16]}"
     if not (target / "model.safetensors").exists():
-        _convert_gguf(path.parent, path.name, target)
+        _convert_gguf(path.parent, path.name, target, digest)
     return target
+
+
+def gguf_source(model: Any) -> Path | None:
+    """The GGUF file ``model`` was converted from, when it was loaded from austeer's cache of one (else None).
+
+    Read from ``source.json`` in the cache (its recorded SHA-256 and size are checked: a changed file is
+    an error, not a silent mismatch); caches of the embedded models written before ``source.json``
+    recorded the path are matched by their folder name.
+
+    Example:
+        >>> model, _ = load_model()
+        >>> gguf_source(model).suffix
+        '.gguf'
+    """
+    folder = Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
+    if not folder.is_dir():
+        return None
+    record_file = folder / "source.json"
+    record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
+    if isinstance(record, dict) and isinstance(record.get("path"), str):
+        path = Path(record["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{record_file}: the source GGUF {path} no longer exists")
+        if record.get("size") not in (None, path.stat().st_size) or (
+            record.get("sha256") and file_digest(path) != record["sha256"]
+        ):
+            raise ValueError(f"{record_file}: the source GGUF {path} changed since {folder} was converted from it")
+        return path
+    name = f"embedded:{folder.name}"
+    if (name in _EMBEDDED or name in _SPLIT) and folder.resolve() == (cache_dir() / folder.name).resolve():
+        found, filename = _embedded_gguf(name)
+        return found / filename
+    return None
 
 
 def save_checkpoint(

@@ -156,14 +156,28 @@ def _slices(model: nn.Module, site: str, layer: int, index: torch.Tensor) -> lis
     return out
 
 
+def fold_gains(
+    model: nn.Module, spec: SteerSpec, alpha: float | None = None
+) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``{(site, layer): (index, gain)}``: the AU indices and the float32 gains :func:`fold` multiplies them by.
+
+    The one source of the folded numbers, shared by :func:`fold` and the GGUF export
+    (:mod:`austeer.export_gguf`), so both write the same bits.
+    """
+    out = {}
+    for (site, layer), items in _grouped(model, spec, alpha).items():
+        index = torch.tensor([i for i, _ in items], dtype=torch.long)
+        gain = torch.tensor([1.0 + g for _, g in items], dtype=torch.float32)
+        out[(site, layer)] = (index, gain)
+    return out
+
+
 @torch.no_grad()
 def fold(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> FoldRecord:
     """Multiply the weight slices of the selected AUs by their gains in place; returns what :func:`unfold` needs."""
     record = FoldRecord()
     try:
-        for (site, layer), items in _grouped(model, spec, alpha).items():
-            index = torch.tensor([i for i, _ in items], dtype=torch.long)
-            gain = torch.tensor([1.0 + g for _, g in items], dtype=torch.float32)
+        for (site, layer), (index, gain) in fold_gains(model, spec, alpha).items():
             for tensor, where, shape in _slices(model, site, layer, index):
                 idx = tuple(w.to(tensor.device) if isinstance(w, torch.Tensor) else w for w in where)
                 original = tensor[idx].clone()
