@@ -6,6 +6,7 @@ added at *every* position (prompt and generated tokens alike), which is what mak
 (created if the model has none), exactly, in families whose MLP output goes straight into the residual
 stream (not Gemma2/Gemma3/OLMo2, which normalise it first: hooks only there). It steers ``d_model``
 activations. The layer is given as a fraction of the depth so one grid fits every model.
+:func:`to_control_vector` writes it as a llama.cpp control vector (``llama-cli --control-vector``).
 
 Example:
     >>> layer_of(0.5, 30)
@@ -13,6 +14,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from torch import nn
 
@@ -31,6 +34,14 @@ def build(model: nn.Module, evidence: Evidence, layer: float = 0.5, multiplier: 
     v = evidence.mean_diff("residual")[index]
     config = {"layer": layer, "layer_index": index, "multiplier": multiplier}
     return AddSteerer("caa", "residual", {index: float(multiplier) * v}, config, n_steered=int(v.numel()))
+
+
+def to_control_vector(steerer: AddSteerer, model: nn.Module, out: str | Path, force: bool = False) -> Path:
+    """Write a CAA steerer as a llama.cpp control vector GGUF (see :mod:`austeer.control_vector`); its layer
+    must be >= 1 (llama.cpp cannot steer the output of layer 0)."""
+    from austeer.control_vector import to_control_vector as write
+
+    return write(steerer, model, out, force=force)
 
 
 GRID = tuple({"layer": f, "multiplier": m} for f in (0.33, 0.6) for m in (0.5, 1.0, 2.0, 4.0))

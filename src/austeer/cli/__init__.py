@@ -12,8 +12,7 @@ import sys
 from collections.abc import Sequence
 
 #: command modules of this package, in help order (a module not present in this build is skipped)
-COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve"]
-
+COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve", "llamacpp"]
 
 def _modules() -> list:
     found = []

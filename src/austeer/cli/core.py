@@ -126,6 +126,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if getattr(args, "format", "hf") == "gguf":
+        from austeer.cli.llamacpp import cmd_export_gguf
+
+        return cmd_export_gguf(args)
     from austeer.io import check_replaceable
     from austeer.models import fingerprint
     from austeer.spec import load
@@ -187,10 +191,13 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("export", help="write the folded model as an ordinary Hugging Face checkpoint")
+    p = sub.add_parser("export", help="write the folded model as a Hugging Face checkpoint or a GGUF file")
     p.add_argument("--steer", required=True)
-    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--out", required=True, help="model directory to write (a .gguf file with --format gguf)")
     add_force_arg(p)
     p.add_argument("--alpha", type=finite_float, default=None)
+    from austeer.cli.llamacpp import add_export_args
+
+    add_export_args(p)
     add_model_args(p)
     p.set_defaults(func=cmd_export)

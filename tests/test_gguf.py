@@ -1,0 +1,148 @@
+"""llama.cpp outputs on the real embedded SmolLM2 (Q4_1 GGUF): the folded GGUF export and the CAA control vector.
+
+Measured here (float32, CPU): the F32 export reloaded by transformers' GGUF reader gives logits equal to
+the folded HF model's bit for bit (max |diff| 0.0; the test allows 1e-5); F16 folded tensors give
+1.7e-3 and BF16 1.3e-2 (see docs/SERVING.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from austeer import fit
+from austeer.baselines import caa
+from austeer.baselines.base import AddSteerer, gather
+from austeer.cli import main
+from austeer.export_gguf import STEER_KEY, export_gguf, is_austeer_gguf
+from austeer.io import OutputExistsError
+from austeer.models import gguf_source, load_model
+from austeer.steer import folded
+
+PROMPTS = ["The movie was", "<|im_start|>user\nHow was your weekend?<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.fixture(scope="module")
+def spec(smol, sentiment_pairs):
+    model, tok = smol
+    return fit(model, tok, sentiment_pairs[:8], site=["head", "ffn"], k=8, alpha=5.0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(smol, spec, tmp_path_factory):
+    model, _ = smol
+    return export_gguf(model, spec, tmp_path_factory.mktemp("gguf") / "steered.gguf")
+
+
+def _folded_names(spec) -> set[str]:
+    kind = {"head": "attn_output", "ffn": "ffn_down", "neuron": "ffn_down"}
+    return {f"blk.{u.layer}.{kind[u.site]}.weight" for u in spec.units}
+
+
+def _field_values(reader: gguf.GGUFReader) -> dict[str, object]:
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def test_untouched_tensors_are_byte_identical_and_metadata_carried(smol, spec, exported):
+    source = gguf_source(smol[0])
+    assert source is not None
+    before, after = gguf.GGUFReader(source), gguf.GGUFReader(exported)
+    assert [t.name for t in before.tensors] == [t.name for t in after.tensors]
+    touched = _folded_names(spec)
+    assert touched and len(touched) <= 8
+    for old, new in zip(before.tensors, after.tensors):
+        assert list(old.shape) == list(new.shape), old.name
+        if old.name in touched:
+            assert new.tensor_type == gguf.GGMLQuantizationType.F32, old.name
+        else:
+            assert new.tensor_type == old.tensor_type, old.name
+            assert old.data.tobytes() == new.data.tobytes(), old.name
+    meta_before, meta_after = _field_values(before), _field_values(after)
+    assert {k: v for k, v in meta_after.items() if k != STEER_KEY} == meta_before
+    assert "tokenizer.chat_template" in meta_after and "tokenizer.ggml.merges" in meta_after
+    steer = json.loads(str(meta_after[STEER_KEY]))
+    assert steer["alpha"] == 5.0 and steer["source"] == source.name
+
+
+def test_folded_tensors_equal_the_folded_model_weights(smol, spec, exported):
+    model, _ = smol
+    by_name = {t.name: t for t in gguf.GGUFReader(exported).tensors}
+    with folded(model, spec):
+        for u in spec.units:
+            layer = model.model.layers[u.layer]
+            hf = layer.self_attn.o_proj.weight if u.site == "head" else layer.mlp.down_proj.weight
+            name = f"blk.{u.layer}.{'attn_output' if u.site == 'head' else 'ffn_down'}.weight"
+            assert np.array_equal(np.asarray(by_name[name].data), hf.detach().numpy()), name
+
+
+def test_reloaded_export_computes_the_folded_model(smol, spec, exported, tmp_path, monkeypatch):
+    model, tok = smol
+    monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path / "cache"))  # the converted export stays out of the user cache
+    reloaded, _ = load_model(str(exported))
+    for prompt in PROMPTS:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            base = model(ids).logits
+            with folded(model, spec):
+                want = model(ids).logits
+            got = reloaded(ids).logits
+        assert (want - base).abs().max() > 0.1  # the steering changes the logits
+        assert (got - want).abs().max() <= 1e-5  # measured: 0.0
+
+
+def test_export_refuses_foreign_files_and_replaces_its_own(smol, spec, exported, tmp_path):
+    model, _ = smol
+    assert is_austeer_gguf(exported)
+    theirs = tmp_path / "theirs.gguf"
+    theirs.write_bytes(b"not mine")
+    with pytest.raises(OutputExistsError):
+        export_gguf(model, spec, theirs)
+    assert theirs.read_bytes() == b"not mine"
+    with pytest.raises(ValueError, match="source GGUF"):
+        export_gguf(model, spec, gguf_source(model))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dtype"):
+        export_gguf(model, spec, tmp_path / "x.gguf", dtype="q4_0")
+
+
+def test_cli_export_gguf(smol, spec, tmp_path):
+    spec_dir = spec.save(tmp_path / "spec")
+    out = tmp_path / "m.gguf"
+    assert main(["export", "--steer", str(spec_dir), "--out", str(out), "--format", "gguf", "--gguf-dtype", "f16"]) == 0
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert {types[n] for n in _folded_names(spec)} == {gguf.GGMLQuantizationType.F16}
+
+
+def test_control_vector_file(smol, sentiment_pairs, tmp_path):
+    model, tok = smol
+    evidence = gather(model, tok, sentiment_pairs[:8], ["residual"], progress=False)
+    steerer = caa.build(model, evidence, layer=0.5, multiplier=4.0)
+    path = caa.to_control_vector(steerer, model, tmp_path / "cv.gguf")
+    r = gguf.GGUFReader(path)
+    meta = _field_values(r)
+    assert meta["general.architecture"] == "controlvector"
+    assert meta["controlvector.model_hint"] == "llama"
+    assert meta["controlvector.layer_count"] == 1
+    [t] = r.tensors
+    assert t.name == "direction.14" and t.tensor_type == gguf.GGMLQuantizationType.F32 and list(t.shape) == [576]
+    assert np.array_equal(np.asarray(t.data), steerer.vectors[14].numpy())
+    # layer 0 cannot be expressed (llama.cpp rejects direction.0), other sites are not residual additions
+    with pytest.raises(ValueError, match="layer 0"):
+        caa.to_control_vector(caa.build(model, evidence, layer=0.0), model, tmp_path / "cv0.gguf")
+    with pytest.raises(ValueError, match="residual"):
+        caa.to_control_vector(AddSteerer("iti", "head", {3: torch.ones(576)}, {}), model, tmp_path / "x.gguf")
+
+
+def test_cli_control_vector(tmp_path):
+    from tests.conftest import DATA
+
+    out = tmp_path / "cv.gguf"
+    pairs = str(DATA / "pairs" / "sentiment.jsonl")
+    args = ["control-vector", "--pairs", pairs, "--limit", "4", "--layer", "10", "--multiplier", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert [t.name for t in gguf.GGUFReader(out).tensors] == ["direction.10"]
+    (tmp_path / "other.gguf").write_bytes(b"x")
+    assert main([*args[:-1], str(tmp_path / "other.gguf")]) == 2  # not austeer's: refused
