@@ -2,7 +2,7 @@
 
 The flow: pairs -> :func:`fit` (score every atomic unit by sign-consistent activation momentum,
 keep the global top-k) -> :class:`SteerSpec` -> :func:`apply` (hooks) | :func:`fold` (weights) |
-:func:`export` (checkpoint).
+:func:`export` (checkpoint) | :func:`export_gguf` (llama.cpp).
 
 Example (the other docstring examples use ``model, tok`` as loaded here):
     >>> import austeer
@@ -14,6 +14,7 @@ Example (the other docstring examples use ``model, tok`` as loaded here):
 """
 
 from austeer.fit import fit, score
+from austeer.gguf_export import export_gguf
 from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
 from austeer.momentum import SignCounts, Unit, select
 from austeer.pairs import Pair, read_pairs
@@ -31,6 +32,7 @@ __all__ = [
     "__version__",
     "apply",
     "export",
+    "export_gguf",
     "fit",
     "fold",
     "folded",

@@ -271,7 +271,7 @@ def _convert_gguf(folder: Path, gguf: str, target: Path, sha256: str | None = No
     """Dequantise ``folder/gguf`` into an ordinary float32 checkpoint at ``target`` (tokenizer fixed).
 
     ``source.json`` in ``target`` records the GGUF file (name, absolute path, size, SHA-256), so a GGUF
-    export (:mod:`austeer.export_gguf`) can copy its untouched tensors byte for byte.
+    export (:mod:`austeer.gguf_export`) can copy its untouched tensors byte for byte.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

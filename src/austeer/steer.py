@@ -162,7 +162,7 @@ def fold_gains(
     """``{(site, layer): (index, gain)}``: the AU indices and the float32 gains :func:`fold` multiplies them by.
 
     The one source of the folded numbers, shared by :func:`fold` and the GGUF export
-    (:mod:`austeer.export_gguf`), so both write the same bits.
+    (:mod:`austeer.gguf_export`), so both write the same bits.
     """
     out = {}
     for (site, layer), items in _grouped(model, spec, alpha).items():

@@ -25,7 +25,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
-    from austeer.export_gguf import export_gguf
+    from austeer.gguf_export import export_gguf
     from austeer.io import check_file_target
     from austeer.models import fingerprint
     from austeer.spec import load
