@@ -146,3 +146,104 @@ def test_cli_control_vector(tmp_path):
     assert [t.name for t in gguf.GGUFReader(out).tensors] == ["direction.10"]
     (tmp_path / "other.gguf").write_bytes(b"x")
     assert main([*args[:-1], str(tmp_path / "other.gguf")]) == 2  # not austeer's: refused
+
+
+# -- llama.cpp itself (llama-cpp-python), skipped where it is not installed
+
+
+def _llama(path, llama_cpp):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2)
+
+
+def _llama_logits(llm, ids: list[int]) -> torch.Tensor:
+    llm.reset()
+    llm.eval(ids)
+    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+
+
+def _llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
+    out: list[int] = []
+    llm.eval(ids)
+    for _ in range(n):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(nxt)
+        llm.eval([nxt])
+    return out
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return y[0, len(ids) :].tolist()
+
+
+def test_llamacpp_runs_the_export_as_the_folded_model(smol, spec, exported):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, tok = smol
+    source = _llama(gguf_source(model), llama_cpp)
+    steered = _llama(exported, llama_cpp)
+    for prompt in PROMPTS:
+        ids = tok(prompt).input_ids
+        with torch.no_grad():
+            base = model(torch.tensor([ids])).logits[0]
+            with folded(model, spec):
+                want = model(torch.tensor([ids])).logits[0]
+        got, got_base = _llama_logits(steered, ids), _llama_logits(source, ids)
+        effect = (want - base).abs().mean()
+        # llama.cpp computes in its own kernels (activations quantised to 8 bits against Q4_1 weights): the
+        # export must be as close to the folded HF model as the unsteered GGUF is to the unsteered HF model,
+        # and much closer than the steering effect
+        assert (got - want).abs().mean() < 0.25 * effect
+        assert (got - want).abs().mean() < 2 * (got_base - base).abs().mean() + 1e-3
+    ids = tok(PROMPTS[1]).input_ids
+    with folded(model, spec):
+        hf_text = _hf_greedy(model, ids, 12)
+    assert _llama_greedy(steered, ids, 12) == hf_text
+
+
+def _cvec_buffer(path, n_layer: int) -> tuple[np.ndarray, int]:
+    """The control vector as llama.cpp's common loader lays it out: direction.N at offset (N-1) * n_embd."""
+    tensors = {t.name: np.asarray(t.data, dtype=np.float32) for t in gguf.GGUFReader(path).tensors}
+    n_embd = len(next(iter(tensors.values())))
+    data = np.zeros((n_layer - 1) * n_embd, dtype=np.float32)
+    for name, v in tensors.items():
+        layer = int(name.split(".")[1])
+        data[(layer - 1) * n_embd : layer * n_embd] += v
+    return data, n_embd
+
+
+def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, tok = smol
+    evidence = gather(model, tok, sentiment_pairs[:8], ["residual"], progress=False)
+    steerer = caa.build(model, evidence, layer=0.5, multiplier=4.0)
+    path = caa.to_control_vector(steerer, model, tmp_path / "cv.gguf")
+    n_layer = len(model.model.layers)
+    llm = _llama(gguf_source(model), llama_cpp)
+    data, n_embd = _cvec_buffer(path, n_layer)
+    ids = tok(PROMPTS[1]).input_ids
+    with torch.no_grad():
+        base = model(torch.tensor([ids])).logits[0]
+        with steerer.hooks(model):
+            want = model(torch.tensor([ids])).logits[0]
+    ptr = data.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
+
+    def run(shift: int) -> torch.Tensor:
+        shifted = np.roll(data, shift * n_embd)
+        p = shifted.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
+        assert llama_cpp.llama_set_adapter_cvec(llm.ctx, p, len(shifted), n_embd, 1, n_layer - 1) == 0
+        return _llama_logits(llm, ids)
+
+    assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
+    got = _llama_logits(llm, ids)
+    effect = (want - base).abs().mean()
+    assert (got - want).abs().mean() < 0.25 * effect
+    # the numbering: one layer earlier or later is farther from the CAA hook than the written layer
+    err = (got - want).abs().mean()
+    assert err < (run(-1) - want).abs().mean() and err < (run(1) - want).abs().mean()
+    with steerer.hooks(model):
+        hf_text = _hf_greedy(model, ids, 12)
+    assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
+    assert _llama_greedy(llm, ids, 12) == hf_text

@@ -368,6 +368,8 @@ def save_checkpoint(
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = model.config.to_dict()
         config.pop("quantization_config", None)
+        if not config.get("architectures"):  # GGUF-loaded models have none; vLLM and llama.cpp's converter need it
+            config["architectures"] = [type(model).__name__]
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
