@@ -247,3 +247,13 @@ def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
         hf_text = _hf_greedy(model, ids, 12)
     assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
     assert _llama_greedy(llm, ids, 12) == hf_text
+
+
+def test_hf_export_names_its_architecture(smol, spec, tmp_path):
+    """A model loaded from a GGUF has no config.architectures; the HF export writes it (vLLM and llama.cpp's
+    convert_hf_to_gguf.py pick the model class by it)."""
+    from austeer import export
+
+    model, tok = smol
+    out = export(model, tok, spec, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]

@@ -183,7 +183,8 @@ def export_gguf(
     if src is None:
         raise ValueError(
             "this model was not loaded from a GGUF file, so there is no GGUF to copy the untouched tensors from; "
-            "pass source= (--source-gguf) the .gguf it came from, or export a Hugging Face checkpoint instead"
+            "pass source= (--source-gguf) the .gguf it came from, or export a Hugging Face checkpoint and convert it "
+            "with llama.cpp's convert_hf_to_gguf.py (docs/SERVING.md)"
         )
     out = Path(out)
     if out.exists() and out.resolve() == src.resolve():
