@@ -257,3 +257,24 @@ def test_hf_export_names_its_architecture(smol, spec, tmp_path):
     model, tok = smol
     out = export(model, tok, spec, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_gguf_source_checks_the_recorded_file(tmp_path):
+    from types import SimpleNamespace
+
+    from austeer.models import file_digest
+
+    gguf_file, cache = tmp_path / "m.gguf", tmp_path / "cache"
+    gguf_file.write_bytes(b"GGUF v3")
+    cache.mkdir()
+    model = SimpleNamespace(name_or_path=str(cache), config=SimpleNamespace())
+    assert gguf_source(model) is None  # no record, not an embedded model's cache
+    record = {"gguf": "m.gguf", "path": str(gguf_file), "size": 7, "sha256": file_digest(gguf_file)}
+    (cache / "source.json").write_text(json.dumps(record))
+    assert gguf_source(model) == gguf_file
+    gguf_file.write_bytes(b"GGUF v4")
+    with pytest.raises(ValueError, match="changed"):
+        gguf_source(model)
+    gguf_file.unlink()
+    with pytest.raises(FileNotFoundError, match="no longer exists"):
+        gguf_source(model)
