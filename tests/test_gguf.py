@@ -7,6 +7,7 @@ the folded HF model's bit for bit (max |diff| 0.0; the test allows 1e-5); F16 fo
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import gguf
@@ -229,11 +230,11 @@ def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
         base = model(torch.tensor([ids])).logits[0]
         with steerer.hooks(model):
             want = model(torch.tensor([ids])).logits[0]
-    ptr = data.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
+    ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
     def run(shift: int) -> torch.Tensor:
         shifted = np.roll(data, shift * n_embd)
-        p = shifted.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
+        p = shifted.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         assert llama_cpp.llama_set_adapter_cvec(llm.ctx, p, len(shifted), n_embd, 1, n_layer - 1) == 0
         return _llama_logits(llm, ids)
 
