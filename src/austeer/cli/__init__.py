@@ -14,6 +14,7 @@ from collections.abc import Sequence
 #: command modules of this package, in help order (a module not present in this build is skipped)
 COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve", "llamacpp"]
 
+
 def _modules() -> list:
     found = []
     for name in COMMANDS:
