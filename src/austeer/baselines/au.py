@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit, select
 
 
@@ -39,4 +39,13 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
 #: k from 2 to 100 and alpha from the small gains to the paper's range (up to 100)
 GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
 
-METHOD = Method("austeer", ("head",), GRID, build, "exact: gains folded into W_O columns (head) / W_down")
+METHOD = Method(
+    "austeer",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into W_O columns (head) / W_down",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

@@ -281,21 +281,79 @@ def _add_output(v: torch.Tensor) -> Callable[..., Any]:
 
 
 @dataclass(frozen=True)
+class Frontier:
+    """A method's point on the effect/damage frontier: a fixed ``config`` swept over ``strengths`` (values of the
+    method's :attr:`Method.strength` key)."""
+
+    config: dict[str, Any]
+    strengths: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Method:
-    """A steering method: the sites it reads, its validation grid, and how to build a steerer.
+    """A steering method: the sites it reads, its validation grid, how to build a steerer, and how it describes
+    itself (how it folds, its strength, what a table shows), so that the comparison needs no method names.
 
     ``build(model, evidence, **config)`` returns one :class:`Steerer`, or several (``random`` averages
     seeds: the comparison evaluates each and reports the mean). A ``prompted`` method is built from
     evidence read with the task's instruction in the system turn (:attr:`~austeer.tasks.base.Task.instruction`)
     and evaluated with it.
+
+    - ``foldable``: how it folds, in words (the ``fold`` of a comparison result).
+    - ``adds_at``: the site where an additive method adds its vector (:class:`AddSteerer`); its fold is a bias
+      there, which some models lack (see :func:`bias_module` and :meth:`fold_note`). ``None`` for gains and prompts.
+    - ``strength``: the grid key that sets its strength (the frontier sweeps it); ``None`` when it has none.
+    - ``also_shown``: configuration keys a table shows besides the grid's own (:attr:`shown`).
+    - ``frontier``: its configuration and strengths on the frontier, if it has one there.
+    - ``default``: whether ``austeer compare`` runs it when no methods are named.
+    - ``kind``: the only task kind it applies to (``None``: every kind).
+
+    Example:
+        >>> m = Method("demo", ("head",), ({"k": 2, "alpha": 1.0},), lambda *a, **kw: None, "exact", strength="alpha")
+        >>> sorted(m.params), m.shown
+        (['alpha', 'k'], ('k', 'alpha'))
+        >>> m.fold_note(None)
+        'exact'
     """
 
     name: str
     sites: tuple[str, ...]
     grid: tuple[dict[str, Any], ...]
     build: Callable[..., Any]
-    foldable: str  # how it folds, in words
+    foldable: str
     prompted: bool = False
+    adds_at: str | None = None
+    strength: str | None = None
+    also_shown: tuple[str, ...] = ()
+    frontier: Frontier | None = None
+    default: bool = False
+    kind: str | None = None
+
+    @property
+    def params(self) -> frozenset[str]:
+        """The keys of its grid: what :attr:`build` takes (a steerer's config may hold more, e.g. CAA's layer index)."""
+        return frozenset(k for config in self.grid for k in config)
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        """The configuration keys a comparison table shows: the grid's keys, then :attr:`also_shown`."""
+        return tuple(dict.fromkeys([k for config in self.grid for k in config] + list(self.also_shown)))
+
+    def fold_note(self, model: nn.Module) -> str:
+        """How its steering folds into ``model``'s weights, in words: :attr:`foldable`, or ``hooks only (why)``
+        where the model has no bias for its addition. A cheap check: nothing is folded to find out.
+
+        Example:
+            >>> from austeer.baselines import METHODS
+            >>> print(METHODS["caa"].fold_note(model))
+            as a bias: v added to down_proj's bias of that layer
+        """
+        if self.adds_at is not None:
+            try:
+                bias_module(model, self.adds_at, 0)  # the family (or the LM head) decides, not the layer
+            except CannotFold as exc:
+                return f"hooks only ({exc})"
+        return self.foldable
 
     def fit(self, model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], **config: Any) -> Steerer | list[Steerer]:
         """Gather the evidence on ``pairs`` and build one steerer with ``config``."""

@@ -17,7 +17,7 @@ from collections import defaultdict
 from torch import nn
 
 from austeer.baselines.au import GRID, top_units
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit
 from austeer.sites import head_dim, site_width
 
@@ -42,4 +42,13 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     return GainSteerer("block", units, {"site": site, "k": k, "alpha": alpha})
 
 
-METHOD = Method("block", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "block",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into the weights",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

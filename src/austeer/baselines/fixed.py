@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from austeer.baselines.au import GRID, top_units
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit
 
 
@@ -27,4 +27,13 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     return GainSteerer("fixed", signed(top_units(evidence, site, k), alpha), {"site": site, "k": k, "alpha": alpha})
 
 
-METHOD = Method("fixed", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "fixed",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into the weights",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

@@ -102,6 +102,7 @@ METHOD = Method(
     build,
     "nothing to fold: a prompt, the weights are unchanged",
     prompted=True,
+    default=True,
 )
 
 WITH_AUSTEER = Method(
@@ -111,4 +112,5 @@ WITH_AUSTEER = Method(
     build_with_austeer,
     "exact: AUSteer's gains folded, the instruction stays in the prompt",
     prompted=True,
+    strength="alpha",
 )

@@ -41,4 +41,6 @@ def build(
     return out
 
 
-METHOD = Method("random", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "random", ("head",), GRID, build, "exact: gains folded into the weights", strength="alpha", default=True
+)

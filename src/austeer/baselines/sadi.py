@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit
 
 
@@ -35,4 +35,13 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
 
 GRID = tuple({"site": "head", "k": k, "delta": d} for k in (2, 8, 32, 100) for d in (1.0, 4.0))
 
-METHOD = Method("sadi", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "sadi",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into the weights",
+    strength="delta",
+    frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 4.0, 8.0)),
+    default=True,
+)
