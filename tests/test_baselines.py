@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import austeer
 from austeer.baselines import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
-from austeer.baselines.base import AddSteerer, gather
+from austeer.baselines.base import AddSteerer, CannotFold, gather
 from austeer.pairs import pair_texts
 from austeer.sites import decoder_layers, head_dim, site_module
 from austeer.steer import gain_vectors
@@ -244,6 +246,38 @@ def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(sm
     finally:
         model.config.model_type = original
     assert isinstance(steerer, AddSteerer) and _n_hooks(model) == 0
+
+
+def test_methods_describe_themselves():
+    for name, m in METHODS.items():
+        assert m.name == name
+        assert m.strength is None or m.strength in m.params
+        if m.frontier is not None:
+            assert m.strength is not None and set(m.frontier.config) | {m.strength} <= m.params
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_fold_note_says_what_folding_does(smol, evidence, family):
+    """``Method.fold_note`` (nothing folded) says ``hooks only (why)`` exactly where folding a built steerer refuses."""
+    model, _ = smol
+    # the prompted methods read an instruction, calibration a small option set
+    ev = dataclasses.replace(evidence, system="Be kind.", answer_tokens=[(10, 20)] * evidence.n_pairs)
+    original = model.config.model_type
+    try:
+        model.config.model_type = family  # the family name alone decides; no weights are touched
+        for name, method in METHODS.items():
+            built = method.build(model, ev, **method.grid[0])
+            steerer = built[0] if isinstance(built, list) else built
+            try:
+                with steerer.fold(model):
+                    pass
+                expected = method.foldable
+            except CannotFold as exc:
+                expected = f"hooks only ({exc})"
+            assert method.fold_note(model) == expected, name
+    finally:
+        model.config.model_type = original
+    assert METHODS["caa"].fold_note(model).startswith("as a bias")
 
 
 def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
