@@ -6,8 +6,8 @@ Foldable exactly (the core's weight folding).
 
 Example:
     >>> from austeer.momentum import Unit
-    >>> [u.beta for u in scaled([Unit("head", 0, 1, -0.75)], 4.0)]
-    [-3.0]
+    >>> scaled([Unit("head", 0, 1, -0.75)], 4.0)
+    [Gain(site='head', layer=0, index=1, gamma=-3.0)]
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from torch import nn
 
 from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit, select
+from austeer.steer import Gain
 
 
-def scaled(units: list[Unit], alpha: float) -> list[Unit]:
-    """The units with ``beta`` replaced by the gain offset ``gamma = alpha * beta``."""
-    return [Unit(u.site, u.layer, u.index, float(alpha) * u.beta) for u in units]
+def scaled(units: list[Unit], alpha: float) -> list[Gain]:
+    """AUSteer's gains on ``units``: ``gamma = alpha * beta``."""
+    return [Gain(u.site, u.layer, u.index, float(alpha) * u.beta) for u in units]
 
 
 def top_units(evidence: Evidence, site: str, k: int) -> list[Unit]:

@@ -7,9 +7,9 @@ allows, ``with steerer.fold(model):`` (weights changed in place and restored whe
 
 Two shapes cover every method:
 
-- :class:`GainSteerer`: a per-dimension gain ``x <- g * x`` (AUSteer, SADI, block, random, fixed).
-  It is an ordinary :class:`~austeer.spec.SteerSpec` with ``alpha = 1`` and ``beta = g - 1``, so hooks
-  and exact folding are the core's :func:`~austeer.steer.apply` / :func:`~austeer.steer.folded`.
+- :class:`GainSteerer`: a per-dimension gain ``x <- (1 + gamma) * x`` (AUSteer, SADI, block, random, fixed),
+  held as :class:`~austeer.steer.Gain` s, so hooks and exact folding are the core's
+  :func:`~austeer.steer.apply_gains` / :func:`~austeer.steer.folded_gains` (``Unit.beta`` stays a score).
 - :class:`AddSteerer`: a constant vector added at every position (CAA on the residual stream, ITI on
   head outputs, the answer-bias calibration on the logits). An addition is not a gain; it folds into a
   *bias*: ``W (x + v) = W x + W v`` for an addition to the input of a linear map, and an addition to a
@@ -17,10 +17,9 @@ Two shapes cover every method:
   in families whose MLP output goes straight into the residual stream.
 
 Example:
-    >>> from austeer.momentum import Unit
-    >>> s = GainSteerer("demo", [Unit("head", 3, 7, 0.5)], {"k": 1})
-    >>> s.n_steered, s.spec.gains()
-    (1, [(Unit(site='head', layer=3, index=7, beta=0.5), 0.5)])
+    >>> s = GainSteerer("demo", [Gain("head", 3, 7, 0.5)], {"k": 1})
+    >>> s.n_steered, s.gains
+    (1, [Gain(site='head', layer=3, index=7, gamma=0.5)])
 """
 
 from __future__ import annotations
@@ -35,11 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.collect import batch_plan, pair_activations
-from austeer.momentum import SignCounts, Unit
+from austeer.momentum import SignCounts
 from austeer.pairs import Pair
 from austeer.sites import decoder_layers, family_of, fold_module, site_module
-from austeer.spec import SteerSpec
-from austeer.steer import apply, folded
+from austeer.steer import Gain, apply_gains, folded_gains
 
 #: families whose MLP output passes through a norm before the residual add: a residual addition is not a
 #: down_proj bias there
@@ -148,26 +146,23 @@ def _first_token(tokenizer: Any, text: str) -> int:
 
 @dataclass
 class GainSteerer:
-    """``x_u <- (1 + gamma_u) x_u`` on the given units (``Unit.beta`` holds ``gamma_u``); hooks and exact fold."""
+    """``x_u <- (1 + gamma_u) x_u`` for each :class:`~austeer.steer.Gain` ``(site, layer, index, gamma)``;
+    hooks and exact fold."""
 
     name: str
-    units: list[Unit]
+    gains: list[Gain]
     config: dict[str, Any]
     system: str | None = None
 
     @property
-    def spec(self) -> SteerSpec:
-        return SteerSpec(units=list(self.units), alpha=1.0)
-
-    @property
     def n_steered(self) -> int:
-        return len(self.units)
+        return len(self.gains)
 
     def hooks(self, model: nn.Module) -> Any:
-        return apply(model, self.spec)
+        return apply_gains(model, self.gains)
 
     def fold(self, model: nn.Module) -> Any:
-        return folded(model, self.spec)
+        return folded_gains(model, self.gains)
 
 
 @dataclass

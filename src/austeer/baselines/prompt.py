@@ -92,7 +92,7 @@ def build_with_austeer(
 ) -> GainSteerer:
     """AUSteer (:func:`austeer.baselines.au.build`) on prompted evidence, evaluated with the same instruction."""
     steerer = au.build(model, evidence, site, k, alpha)
-    return GainSteerer("prompt+austeer", steerer.units, steerer.config, system=instruction_of(evidence))
+    return GainSteerer("prompt+austeer", steerer.gains, steerer.config, system=instruction_of(evidence))
 
 
 METHOD = Method(
