@@ -16,27 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from austeer.baselines import METHODS
+from austeer.compare import UNPROMPTED_DEFAULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
 DOC = ROOT / "docs" / "COMPARISON.md"
 BEGIN, END = "<!-- BEGIN GENERATED (scripts/compare_all.py) -->", "<!-- END GENERATED -->"
 
-FRONTIER_CONFIGS: dict[str, dict[str, Any]] = {
-    "austeer": {"site": "head", "k": 32},
-    "fixed": {"site": "head", "k": 32},
-    "block": {"site": "head", "k": 32},
-    "sadi": {"site": "head", "k": 32},
-    "iti": {"heads": 16},
-    "caa": {"layer": 0.33},
-}
-FRONTIER_STRENGTHS: dict[str, Sequence[float]] = {
-    "austeer": (2.0, 5.0, 10.0, 20.0),
-    "fixed": (2.0, 5.0, 10.0, 20.0),
-    "block": (2.0, 5.0, 10.0, 20.0),
-    "sadi": (1.0, 2.0, 4.0, 8.0),
-    "iti": (2.0, 5.0, 10.0, 20.0),
-    "caa": (0.5, 1.0, 2.0, 4.0),
-}
+#: each method's frontier configuration and strengths, as the methods declare them (Method.frontier)
+FRONTIER_CONFIGS: dict[str, dict[str, Any]] = {n: m.frontier.config for n, m in METHODS.items() if m.frontier}
+FRONTIER_STRENGTHS: dict[str, Sequence[float]] = {n: m.frontier.strengths for n, m in METHODS.items() if m.frontier}
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
@@ -192,7 +182,7 @@ def render() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tasks", default="boolq,copa,winogrande,svamp,mawps,sentiment,detox")
-    p.add_argument("--methods", default="austeer,caa,iti,sadi,block,random,fixed")
+    p.add_argument("--methods", default=",".join(UNPROMPTED_DEFAULTS))
     p.add_argument("--stages", default="compare,dose,frontier")
     p.add_argument("--budget", type=int, default=8)
     p.add_argument("--pairs-limit", type=int, default=200)

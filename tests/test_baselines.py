@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import austeer
 from austeer.baselines import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
-from austeer.baselines.base import AddSteerer, gather
+from austeer.baselines.base import AddSteerer, CannotFold, gather
 from austeer.pairs import pair_texts
 from austeer.sites import decoder_layers, head_dim, site_module
-from austeer.steer import gain_vectors
+from austeer.steer import gains_vectors
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +153,8 @@ def test_sadi_mask_is_top_k_mean_difference(smol, sentiment_pairs, evidence):
     diff = (evidence.pos["head"] - evidence.neg["head"]).double().mean(0).numpy()
     L, W = diff.shape
     order = np.argsort(-np.abs(diff).ravel(), kind="stable")[:20]
-    assert {(u.layer, u.index) for u in steerer.units} == {(int(o) // W, int(o) % W) for o in order}
-    gains = gain_vectors(model, steerer.spec)
+    assert {(g.layer, g.index) for g in steerer.gains} == {(int(o) // W, int(o) % W) for o in order}
+    gains = gains_vectors(model, steerer.gains)
     assert sum(int((g != 1).sum()) for g in gains.values()) == 20
     assert all(set(g[g != 1].tolist()) == {3.0} for g in gains.values())
 
@@ -163,11 +165,11 @@ def test_block_gains_cover_exactly_the_heads(smol, evidence):
     top = austeer.select({"head": evidence.counts("head")}, 12)
     steerer = block.build(model, evidence, k=12, alpha=4.0)
     heads = {(u.layer, u.index // d) for u in top}
-    assert {(u.layer, u.index) for u in steerer.units} == {(l, h * d + i) for l, h in heads for i in range(d)}
+    assert {(g.layer, g.index) for g in steerer.gains} == {(l, h * d + i) for l, h in heads for i in range(d)}
     assert steerer.n_steered == len(heads) * d
     for layer, h in heads:
         betas = [u.beta for u in top if (u.layer, u.index // d) == (layer, h)]
-        gain = gain_vectors(model, steerer.spec)[("head", layer)][h * d : (h + 1) * d]
+        gain = gains_vectors(model, steerer.gains)[("head", layer)][h * d : (h + 1) * d]
         assert torch.allclose(gain, torch.full((d,), 1 + 4.0 * float(np.mean(betas))))
 
 
@@ -175,7 +177,7 @@ def test_fixed_gains_are_one_plus_alpha_sign_beta(smol, evidence):
     model, _ = smol
     top = austeer.select({"head": evidence.counts("head")}, 16)
     steerer = fixed.build(model, evidence, k=16, alpha=3.0)
-    gains = gain_vectors(model, steerer.spec)
+    gains = gains_vectors(model, steerer.gains)
     for u in top:
         assert float(gains[("head", u.layer)][u.index]) == pytest.approx(1 + 3.0 * np.sign(u.beta))
 
@@ -186,12 +188,12 @@ def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs,
     pairs = sentiment_pairs[:16]
     spec = austeer.fit(model, tok, pairs, site="head", k=10, alpha=5.0, progress=False, share_prefix=False)
     mine = METHODS["austeer"].build(model, evidence, k=10, alpha=5.0)
-    assert [(u.layer, u.index) for u in mine.units] == [(u.layer, u.index) for u in spec.units]
-    assert [u.beta for u in mine.units] == pytest.approx([5.0 * u.beta for u in spec.units])
+    assert [(g.layer, g.index) for g in mine.gains] == [(u.layer, u.index) for u in spec.units]
+    assert [g.gamma for g in mine.gains] == pytest.approx([5.0 * u.beta for u in spec.units])
     seeds = random_units.build(model, evidence, k=10, alpha=5.0, seeds=3)
-    places = [{(u.layer, u.index) for u in s.units} for s in seeds]
+    places = [{(g.layer, g.index) for g in s.gains} for s in seeds]
     assert all(len(p) == 10 for p in places) and len({frozenset(p) for p in places}) == 3  # three different draws
-    assert all(sorted(u.beta for u in s.units) == sorted(u.beta for u in mine.units) for s in seeds)
+    assert all(sorted(g.gamma for g in s.gains) == sorted(g.gamma for g in mine.gains) for s in seeds)
 
 
 def test_calibration_offsets_one_option_logit(smol):
@@ -244,6 +246,38 @@ def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(sm
     finally:
         model.config.model_type = original
     assert isinstance(steerer, AddSteerer) and _n_hooks(model) == 0
+
+
+def test_methods_describe_themselves():
+    for name, m in METHODS.items():
+        assert m.name == name
+        assert m.strength is None or m.strength in m.params
+        if m.frontier is not None:
+            assert m.strength is not None and set(m.frontier.config) | {m.strength} <= m.params
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_fold_note_says_what_folding_does(smol, evidence, family):
+    """``Method.fold_note`` (nothing folded) says ``hooks only (why)`` exactly where folding a built steerer refuses."""
+    model, _ = smol
+    # the prompted methods read an instruction, calibration a small option set
+    ev = dataclasses.replace(evidence, system="Be kind.", answer_tokens=[(10, 20)] * evidence.n_pairs)
+    original = model.config.model_type
+    try:
+        model.config.model_type = family  # the family name alone decides; no weights are touched
+        for name, method in METHODS.items():
+            built = method.build(model, ev, **method.grid[0])
+            steerer = built[0] if isinstance(built, list) else built
+            try:
+                with steerer.fold(model):
+                    pass
+                expected = method.foldable
+            except CannotFold as exc:
+                expected = f"hooks only ({exc})"
+            assert method.fold_note(model) == expected, name
+    finally:
+        model.config.model_type = original
+    assert METHODS["caa"].fold_note(model).startswith("as a bias")
 
 
 def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):

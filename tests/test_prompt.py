@@ -90,8 +90,8 @@ def test_prompt_austeer_is_fitted_on_prompted_pairs(smol):
     config = dict(METHODS["prompt+austeer"].grid[-1])
     steerer = METHODS["prompt+austeer"].build(model, prompted, **config)
     assert steerer.system == task.instruction and steerer.config == config
-    assert steerer.units == au.build(model, prompted, **config).units
-    assert steerer.units != au.build(model, plain, **config).units
+    assert steerer.gains == au.build(model, prompted, **config).gains
+    assert steerer.gains != au.build(model, plain, **config).gains
     with pytest.raises(ValueError, match="instruction"):
         METHODS["prompt+austeer"].build(model, plain, **config)
 

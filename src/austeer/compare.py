@@ -5,7 +5,8 @@ tries the same number of configurations (``budget``, spread evenly over its grid
 items. A configuration is *eligible* when it keeps the neutral-text perplexity within ``max_ppl_ratio``
 of the unsteered model's (a method must not win by breaking the language model); among eligible ones
 the best validation metric wins (ties: fewer steered activations, then grid order). The winner is then
-evaluated once on the test items. ``random`` averages its seeds at every step. *Prompted* methods (the
+evaluated once on the test items. A method that builds several steerers (``random``: one per seed) is
+averaged over them at every step. *Prompted* methods (the
 prompting baseline, :mod:`austeer.baselines.prompt`) read the same pairs with the task's instruction in
 their system turn (:func:`prompted_evidence`) and are evaluated with it.
 
@@ -31,14 +32,17 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.baselines import METHODS
+from austeer.baselines import DEFAULT_METHODS, METHODS
 from austeer.baselines.au import scaled, top_units
-from austeer.baselines.base import CannotFold, Evidence, GainSteerer, Steerer, gather
+from austeer.baselines.base import Evidence, GainSteerer, Steerer, gather
 from austeer.evaluate import Unsteered, evaluate
 from austeer.tasks.base import Task
 
 #: number of AUs for the dose-response curve; ``None`` means every AU of the site
 DOSES: tuple[int | None, ...] = (0, 2, 8, 32, 100, 200, 500, 1000, 5000, None)
+
+#: what :func:`compare` runs when no methods are named: the default methods that need no task instruction
+UNPROMPTED_DEFAULTS: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if not METHODS[m].prompted)
 
 
 @dataclass
@@ -181,7 +185,7 @@ def compare(
     model: nn.Module,
     tok: Any,
     task: Task,
-    methods: Sequence[str] = ("austeer", "caa", "iti", "sadi", "block", "random", "fixed"),
+    methods: Sequence[str] = UNPROMPTED_DEFAULTS,
     budget: int = 8,
     pairs_limit: int | None = 200,
     val_limit: int | None = 100,
@@ -203,8 +207,10 @@ def compare(
     ``on_result`` receives the comparison so far after every method (save it to resume later).
     """
     sites = sites_for(methods)  # raises on an unknown method
-    if "calibration" in methods and task.kind != "mc":
-        raise ValueError(f"calibration applies to multiple-choice tasks only; {task.name} is {task.kind}")
+    for name in methods:
+        kind = METHODS[name].kind
+        if kind is not None and task.kind != kind:
+            raise ValueError(f"{name} applies to {kind!r} tasks only; {task.name} is {task.kind!r}")
     kw = {"batch_size": batch_size, **(eval_kw or {})}
     prior = {r.method: r for r in done}
     prompted = None  # read when the first method that needs it comes
@@ -243,10 +249,11 @@ def compare(
             start = time.perf_counter()
             steerers = method.build(model, ev, **config)
             m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, **kw)
-            first = steerers[0] if isinstance(steerers, list) else steerers
+            several = isinstance(steerers, list)  # seeds averaged: their configs differ by the seed alone
+            first = steerers[0] if several else steerers
             trials.append(
                 {
-                    "config": dict(first.config) if name != "random" else dict(config),
+                    "config": dict(config) if several else dict(first.config),
                     "n_steered": first.n_steered,
                     "val": m[task.metric],
                     "ppl_ratio": m["ppl"] / base_val["ppl"],
@@ -255,7 +262,7 @@ def compare(
                 }
             )
         best = trials[pick(trials, max_ppl_ratio)]
-        steerers = method.build(model, ev, **{k: v for k, v in best["config"].items() if k in _keys(method)})
+        steerers = method.build(model, ev, **{k: v for k, v in best["config"].items() if k in method.params})
         test_samples: list[dict[str, Any]] = []
         test = evaluate_steered(model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, **kw)
         results.append(
@@ -267,7 +274,7 @@ def compare(
                 test,
                 test[task.metric],
                 test["ppl"] - base_test["ppl"],
-                _fold_note(model, steerers),
+                method.fold_note(model),
                 trials,
                 _correct(test_samples),
             )
@@ -284,20 +291,6 @@ def _correct(samples: list[dict[str, Any]]) -> list[int]:
         return []
     n = len({s["id"] for s in samples})
     return [int(bool(s["correct"])) for s in samples[:n]]
-
-
-def _keys(method: Any) -> set[str]:
-    return {k for config in method.grid for k in config}
-
-
-def _fold_note(model: nn.Module, steerers: Steerer | list[Steerer]) -> str:
-    s = steerers[0] if isinstance(steerers, list) else steerers
-    try:
-        with s.fold(model):
-            pass
-    except CannotFold as exc:
-        return f"hooks only ({exc})"
-    return METHODS[s.name].foldable
 
 
 def dose_response(
@@ -344,18 +337,6 @@ def dose_response(
     return rows
 
 
-#: the strength key of each method's grid, for the frontier
-STRENGTH = {
-    "austeer": "alpha",
-    "fixed": "alpha",
-    "block": "alpha",
-    "random": "alpha",
-    "sadi": "delta",
-    "iti": "alpha",
-    "caa": "multiplier",
-}
-
-
 def frontier(
     model: nn.Module,
     tok: Any,
@@ -370,15 +351,19 @@ def frontier(
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
 ) -> list[dict[str, Any]]:
-    """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``.
+    """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``
+    (values of the method's :attr:`~austeer.baselines.base.Method.strength` key).
 
     ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
+    weak = [m for m in configs if METHODS[m].strength is None]
+    if weak:
+        raise ValueError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     base = (unsteered or Unsteered(model, tok)).get(task, **kw)
     rows = [{"method": "none", "strength": 0.0, "n_steered": 0, "metric": base[task.metric], "metrics": base}]
     for name, config in configs.items():
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):
-            steerers = METHODS[name].build(model, evidence, **{**config, STRENGTH[name]: s})
+            steerers = METHODS[name].build(model, evidence, **{**config, str(METHODS[name].strength): s})
             m = evaluate_steered(model, tok, task, steerers, **kw)
             first = steerers[0] if isinstance(steerers, list) else steerers
             rows.append(

@@ -5,7 +5,7 @@ finds the file) is exported *from that file*: every tensor the fold does not tou
 quantisation type and bytes unchanged, every metadata key (tokenizer, chat template, hyperparameters) is
 carried over, and only the folded tensors (``blk.{i}.attn_output.weight`` for ``head``,
 ``blk.{i}.ffn_down.weight`` (+ ``.bias``) for ``ffn`` / ``neuron``) are written anew: dequantised, scaled
-by the gains :func:`austeer.steer.fold` uses (:func:`austeer.steer.fold_gains`), and stored as F32
+by the gains :func:`austeer.steer.fold` uses (:func:`austeer.steer.gain_tensors`), and stored as F32
 (default: the folded HF model's weights exactly), F16 or BF16. The GGUF names come from the ``gguf``
 package's own tensor-name tables.
 
@@ -41,7 +41,7 @@ from torch import nn
 from austeer.io import atomic_write_file
 from austeer.sites import _weight, decoder_layers, family, fold_module
 from austeer.spec import SteerSpec
-from austeer.steer import fold_gains
+from austeer.steer import gain_tensors, spec_gains
 
 #: how the folded tensors are stored
 FOLDED_TYPES = {
@@ -114,7 +114,7 @@ def folded_tensors(
     name_map = gguf.get_tensor_name_map(arch, len(decoder_layers(model)))
     by_name = {t.name: t for t in reader.tensors}
     out: dict[str, torch.Tensor] = {}
-    for (site, layer), (index, gain) in fold_gains(model, spec, alpha).items():
+    for (site, layer), (index, gain) in gain_tensors(model, spec_gains(model, spec, alpha)).items():
         module, how = fold_module(model, site, layer)
         for suffix in ("weight", "bias") if how.axis == "out" else ("weight",):
             name = gguf_name(name_map, f"{layers}.{layer}.{how.module}.{suffix}")

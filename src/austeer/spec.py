@@ -19,8 +19,8 @@ which :mod:`austeer.steer` calls for hooks, fold, export and the per-row gains o
   when present, has ``family``, ``n_layers``, ``widths`` and a ``digest`` that matches them, and the
   units lie inside it;
 - read from disk, in addition: the fingerprint is required, ``beta`` is a sign-consistency score in
-  ``[-1, 1]`` (every saved spec is fitted; a programmatic spec, such as a baseline's
-  ``GainSteerer`` that stores gain offsets in ``beta`` with ``alpha = 1``, may hold any finite gain),
+  ``[-1, 1]`` (every saved spec is fitted; a spec built in code may hold any finite ``beta``; gains
+  with no score behind them, such as the baselines', are :class:`~austeer.steer.Gain` s, not units),
   and the stored scores match the fingerprint's shapes and the number of pairs;
 - against a model: the spec's fingerprint equals the model's (family, layers, widths, digest), and
   every unit lies in ``0..n_layers-1`` and ``0..width-1`` of the model.
@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -176,7 +176,20 @@ def check_units(
         seen[key] = i
 
 
-def check_in_range(units: Sequence[Unit], fp: Mapping[str, Any], where: str = "spec", first: int = 0) -> None:
+class Located(Protocol):
+    """Anything at one AU: a :class:`~austeer.momentum.Unit`, a :class:`~austeer.steer.Gain`."""
+
+    @property
+    def site(self) -> str: ...
+
+    @property
+    def layer(self) -> int: ...
+
+    @property
+    def index(self) -> int: ...
+
+
+def check_in_range(units: Sequence[Located], fp: Mapping[str, Any], where: str = "spec", first: int = 0) -> None:
     """Raise :class:`SpecError` unless every unit lies inside the layers and site widths of fingerprint ``fp``.
 
     ``first``: the position of ``units[0]`` in the spec (for the message).

@@ -1,6 +1,9 @@
 """Steer with a spec: hooks (dynamic) or exact weight folding (zero runtime cost), and export.
 
 Every selected AU ``u`` gets the gain ``x_u <- (1 + alpha * beta_u) * x_u`` at every token position.
+A spec's units become :class:`Gain` s (``gamma = alpha * beta``); steering that has gains but no scores
+(the baselines' SADI, block, ...) takes the same path with its own gains: :func:`apply_gains`,
+:func:`folded_gains`, :func:`gains_vectors`.
 
 - :func:`apply` is a context manager: forward hooks multiply each hooked tensor by a precomputed gain
   vector (ones everywhere but the selected dimensions), made once on the module's device and dtype.
@@ -28,8 +31,9 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,20 +43,55 @@ import torch
 from torch import nn
 
 from austeer.sites import _weight, decoder_layers, fold_module, site_def, site_module, site_width
-from austeer.spec import SteerSpec
+from austeer.spec import SpecError, SteerSpec, check_in_range
 
 
-def _grouped(model: nn.Module, spec: SteerSpec, alpha: float | None) -> dict[tuple[str, int], list[tuple[int, float]]]:
-    """Gains per ``(site, layer)``, after checking that ``spec`` fits ``model`` and ``alpha`` is finite.
+@dataclass(frozen=True)
+class Gain:
+    """``x <- (1 + gamma) * x`` on one AU ``(site, layer, index)``.
 
-    The one model check of every path: hooks, fold, export and the per-row gains of ``batched``/``serve``.
+    Example:
+        >>> Gain("head", 3, 7, 0.5).gamma
+        0.5
+    """
+
+    site: str
+    layer: int
+    index: int
+    gamma: float
+
+
+def spec_gains(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> list[Gain]:
+    """The gains of ``spec`` (``gamma = alpha * beta``; ``alpha`` overrides the spec's), after checking that
+    ``spec`` fits ``model`` and ``alpha`` is finite.
+
+    The one spec check of every path: hooks, fold, export and the per-row gains of ``batched``/``serve``.
+
+    Example:
+        >>> from austeer.momentum import Unit
+        >>> spec_gains(model, SteerSpec([Unit("head", 3, 7, -0.5)], alpha=4.0))
+        [Gain(site='head', layer=3, index=7, gamma=-2.0)]
     """
     from austeer.models import fingerprint
 
     spec.check_fits(fingerprint(model))
+    return [Gain(u.site, u.layer, u.index, gamma) for u, gamma in spec.gains(alpha)]
+
+
+def _grouped(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int], list[tuple[int, float]]]:
+    """Gains per ``(site, layer)``, after checking each is finite, lies inside ``model`` and is given once."""
+    from austeer.models import fingerprint
+
+    check_in_range(gains, fingerprint(model), "gains")
     groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
-    for unit, gamma in spec.gains(alpha):
-        groups[(unit.site, unit.layer)].append((unit.index, gamma))
+    seen: set[tuple[str, int, int]] = set()
+    for i, g in enumerate(gains):
+        if not math.isfinite(g.gamma):
+            raise SpecError(f"gains: units[{i}].gamma: expected a finite number, found {g.gamma!r}")
+        if (g.site, g.layer, g.index) in seen:
+            raise SpecError(f"gains: units[{i}]: {g.site} layer {g.layer} index {g.index} is listed twice")
+        seen.add((g.site, g.layer, g.index))
+        groups[(g.site, g.layer)].append((g.index, float(g.gamma)))
     return groups
 
 
@@ -67,8 +106,19 @@ def gain_vectors(model: nn.Module, spec: SteerSpec, alpha: float | None = None) 
 
     Each vector lives on the device and in the dtype of the module it serves.
     """
+    return gains_vectors(model, spec_gains(model, spec, alpha))
+
+
+def gains_vectors(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int], torch.Tensor]:
+    """``{(site, layer): gain}``: ``1 + gamma`` at the given indices, 1 elsewhere (see :func:`gain_vectors`).
+
+    Example:
+        >>> v = gains_vectors(model, [Gain("head", 3, 7, 0.5)])
+        >>> list(v), float(v[("head", 3)][7]), float(v[("head", 3)].sum()) == v[("head", 3)].numel() + 0.5
+        ([('head', 3)], 1.5, True)
+    """
     out = {}
-    for (site, layer), items in _grouped(model, spec, alpha).items():
+    for (site, layer), items in _grouped(model, gains).items():
         g = torch.ones(site_width(model, site), dtype=torch.float32)
         for index, gamma in items:
             g[index] += gamma
@@ -124,7 +174,14 @@ def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor]) -> S
 @contextmanager
 def apply(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Iterator[Steering]:
     """Steer ``model`` with hooks inside the ``with`` block (``alpha`` overrides the spec's)."""
-    steering = add_hooks(model, gain_vectors(model, spec, alpha))
+    with apply_gains(model, spec_gains(model, spec, alpha)) as steering:
+        yield steering
+
+
+@contextmanager
+def apply_gains(model: nn.Module, gains: Sequence[Gain]) -> Iterator[Steering]:
+    """Steer ``model`` with hooks for ``gains`` inside the ``with`` block (see :func:`apply`)."""
+    steering = add_hooks(model, gains_vectors(model, gains))
     try:
         yield steering
     finally:
@@ -156,16 +213,14 @@ def _slices(model: nn.Module, site: str, layer: int, index: torch.Tensor) -> lis
     return out
 
 
-def fold_gains(
-    model: nn.Module, spec: SteerSpec, alpha: float | None = None
-) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
+def gain_tensors(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
     """``{(site, layer): (index, gain)}``: the AU indices and the float32 gains :func:`fold` multiplies them by.
 
-    The one source of the folded numbers, shared by :func:`fold` and the GGUF export
+    The one source of the folded numbers, shared by :func:`fold_gains` and the GGUF export
     (:mod:`austeer.gguf_export`), so both write the same bits.
     """
     out = {}
-    for (site, layer), items in _grouped(model, spec, alpha).items():
+    for (site, layer), items in _grouped(model, gains).items():
         index = torch.tensor([i for i, _ in items], dtype=torch.long)
         gain = torch.tensor([1.0 + g for _, g in items], dtype=torch.float32)
         out[(site, layer)] = (index, gain)
@@ -175,9 +230,15 @@ def fold_gains(
 @torch.no_grad()
 def fold(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> FoldRecord:
     """Multiply the weight slices of the selected AUs by their gains in place; returns what :func:`unfold` needs."""
+    return fold_gains(model, spec_gains(model, spec, alpha))
+
+
+@torch.no_grad()
+def fold_gains(model: nn.Module, gains: Sequence[Gain]) -> FoldRecord:
+    """Fold ``gains`` into the weights in place (see :func:`fold`); returns what :func:`unfold` needs."""
     record = FoldRecord()
     try:
-        for (site, layer), (index, gain) in fold_gains(model, spec, alpha).items():
+        for (site, layer), (index, gain) in gain_tensors(model, gains).items():
             for tensor, where, shape in _slices(model, site, layer, index):
                 idx = tuple(w.to(tensor.device) if isinstance(w, torch.Tensor) else w for w in where)
                 original = tensor[idx].clone()
@@ -200,7 +261,14 @@ def unfold(model: nn.Module, record: FoldRecord) -> None:
 @contextmanager
 def folded(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Iterator[FoldRecord]:
     """Fold inside the ``with`` block; the weights are restored when it ends, also on error."""
-    record = fold(model, spec, alpha)
+    with folded_gains(model, spec_gains(model, spec, alpha)) as record:
+        yield record
+
+
+@contextmanager
+def folded_gains(model: nn.Module, gains: Sequence[Gain]) -> Iterator[FoldRecord]:
+    """Fold ``gains`` inside the ``with`` block (see :func:`folded`)."""
+    record = fold_gains(model, gains)
     try:
         yield record
     finally:

@@ -11,12 +11,17 @@ Example:
     ['austeer', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
     >>> len(METHODS["caa"].grid)
     8
+    >>> DEFAULT_METHODS
+    ('austeer', 'caa', 'iti', 'sadi', 'block', 'random', 'fixed', 'prompt')
+
+Adding a method is one file that declares its ``METHOD`` (:class:`~austeer.baselines.base.Method`) and one
+line in :data:`METHODS`.
 """
 
 from __future__ import annotations
 
 from austeer.baselines import au, block, caa, calibration, fixed, iti, prompt, random_units, sadi
-from austeer.baselines.base import AddSteerer, CannotFold, Evidence, GainSteerer, Method, Steerer, gather
+from austeer.baselines.base import AddSteerer, CannotFold, Evidence, Frontier, GainSteerer, Method, Steerer, gather
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -34,4 +39,18 @@ METHODS: dict[str, Method] = {
     )
 }
 
-__all__ = ["METHODS", "AddSteerer", "CannotFold", "Evidence", "GainSteerer", "Method", "Steerer", "gather"]
+#: the methods ``austeer compare`` runs when none are named, in registry order
+DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.default)
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "AddSteerer",
+    "CannotFold",
+    "Evidence",
+    "Frontier",
+    "GainSteerer",
+    "Method",
+    "Steerer",
+    "gather",
+]

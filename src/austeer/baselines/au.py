@@ -6,8 +6,8 @@ Foldable exactly (the core's weight folding).
 
 Example:
     >>> from austeer.momentum import Unit
-    >>> [u.beta for u in scaled([Unit("head", 0, 1, -0.75)], 4.0)]
-    [-3.0]
+    >>> scaled([Unit("head", 0, 1, -0.75)], 4.0)
+    [Gain(site='head', layer=0, index=1, gamma=-3.0)]
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any
 
 from torch import nn
 
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit, select
+from austeer.steer import Gain
 
 
-def scaled(units: list[Unit], alpha: float) -> list[Unit]:
-    """The units with ``beta`` replaced by the gain offset ``gamma = alpha * beta``."""
-    return [Unit(u.site, u.layer, u.index, float(alpha) * u.beta) for u in units]
+def scaled(units: list[Unit], alpha: float) -> list[Gain]:
+    """AUSteer's gains on ``units``: ``gamma = alpha * beta``."""
+    return [Gain(u.site, u.layer, u.index, float(alpha) * u.beta) for u in units]
 
 
 def top_units(evidence: Evidence, site: str, k: int) -> list[Unit]:
@@ -39,4 +40,13 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
 #: k from 2 to 100 and alpha from the small gains to the paper's range (up to 100)
 GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
 
-METHOD = Method("austeer", ("head",), GRID, build, "exact: gains folded into W_O columns (head) / W_down")
+METHOD = Method(
+    "austeer",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into W_O columns (head) / W_down",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

@@ -7,9 +7,9 @@ allows, ``with steerer.fold(model):`` (weights changed in place and restored whe
 
 Two shapes cover every method:
 
-- :class:`GainSteerer`: a per-dimension gain ``x <- g * x`` (AUSteer, SADI, block, random, fixed).
-  It is an ordinary :class:`~austeer.spec.SteerSpec` with ``alpha = 1`` and ``beta = g - 1``, so hooks
-  and exact folding are the core's :func:`~austeer.steer.apply` / :func:`~austeer.steer.folded`.
+- :class:`GainSteerer`: a per-dimension gain ``x <- (1 + gamma) * x`` (AUSteer, SADI, block, random, fixed),
+  held as :class:`~austeer.steer.Gain` s, so hooks and exact folding are the core's
+  :func:`~austeer.steer.apply_gains` / :func:`~austeer.steer.folded_gains` (``Unit.beta`` stays a score).
 - :class:`AddSteerer`: a constant vector added at every position (CAA on the residual stream, ITI on
   head outputs, the answer-bias calibration on the logits). An addition is not a gain; it folds into a
   *bias*: ``W (x + v) = W x + W v`` for an addition to the input of a linear map, and an addition to a
@@ -17,10 +17,9 @@ Two shapes cover every method:
   in families whose MLP output goes straight into the residual stream.
 
 Example:
-    >>> from austeer.momentum import Unit
-    >>> s = GainSteerer("demo", [Unit("head", 3, 7, 0.5)], {"k": 1})
-    >>> s.n_steered, s.spec.gains()
-    (1, [(Unit(site='head', layer=3, index=7, beta=0.5), 0.5)])
+    >>> s = GainSteerer("demo", [Gain("head", 3, 7, 0.5)], {"k": 1})
+    >>> s.n_steered, s.gains
+    (1, [Gain(site='head', layer=3, index=7, gamma=0.5)])
 """
 
 from __future__ import annotations
@@ -35,11 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.collect import batch_plan, pair_activations
-from austeer.momentum import SignCounts, Unit
+from austeer.momentum import SignCounts
 from austeer.pairs import Pair
 from austeer.sites import decoder_layers, family_of, fold_module, site_module
-from austeer.spec import SteerSpec
-from austeer.steer import apply, folded
+from austeer.steer import Gain, apply_gains, folded_gains
 
 #: families whose MLP output passes through a norm before the residual add: a residual addition is not a
 #: down_proj bias there
@@ -148,26 +146,23 @@ def _first_token(tokenizer: Any, text: str) -> int:
 
 @dataclass
 class GainSteerer:
-    """``x_u <- (1 + gamma_u) x_u`` on the given units (``Unit.beta`` holds ``gamma_u``); hooks and exact fold."""
+    """``x_u <- (1 + gamma_u) x_u`` for each :class:`~austeer.steer.Gain` ``(site, layer, index, gamma)``;
+    hooks and exact fold."""
 
     name: str
-    units: list[Unit]
+    gains: list[Gain]
     config: dict[str, Any]
     system: str | None = None
 
     @property
-    def spec(self) -> SteerSpec:
-        return SteerSpec(units=list(self.units), alpha=1.0)
-
-    @property
     def n_steered(self) -> int:
-        return len(self.units)
+        return len(self.gains)
 
     def hooks(self, model: nn.Module) -> Any:
-        return apply(model, self.spec)
+        return apply_gains(model, self.gains)
 
     def fold(self, model: nn.Module) -> Any:
-        return folded(model, self.spec)
+        return folded_gains(model, self.gains)
 
 
 @dataclass
@@ -281,21 +276,79 @@ def _add_output(v: torch.Tensor) -> Callable[..., Any]:
 
 
 @dataclass(frozen=True)
+class Frontier:
+    """A method's point on the effect/damage frontier: a fixed ``config`` swept over ``strengths`` (values of the
+    method's :attr:`Method.strength` key)."""
+
+    config: dict[str, Any]
+    strengths: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Method:
-    """A steering method: the sites it reads, its validation grid, and how to build a steerer.
+    """A steering method: the sites it reads, its validation grid, how to build a steerer, and how it describes
+    itself (how it folds, its strength, what a table shows), so that the comparison needs no method names.
 
     ``build(model, evidence, **config)`` returns one :class:`Steerer`, or several (``random`` averages
     seeds: the comparison evaluates each and reports the mean). A ``prompted`` method is built from
     evidence read with the task's instruction in the system turn (:attr:`~austeer.tasks.base.Task.instruction`)
     and evaluated with it.
+
+    - ``foldable``: how it folds, in words (the ``fold`` of a comparison result).
+    - ``adds_at``: the site where an additive method adds its vector (:class:`AddSteerer`); its fold is a bias
+      there, which some models lack (see :func:`bias_module` and :meth:`fold_note`). ``None`` for gains and prompts.
+    - ``strength``: the grid key that sets its strength (the frontier sweeps it); ``None`` when it has none.
+    - ``also_shown``: configuration keys a table shows besides the grid's own (:attr:`shown`).
+    - ``frontier``: its configuration and strengths on the frontier, if it has one there.
+    - ``default``: whether ``austeer compare`` runs it when no methods are named.
+    - ``kind``: the only task kind it applies to (``None``: every kind).
+
+    Example:
+        >>> m = Method("demo", ("head",), ({"k": 2, "alpha": 1.0},), lambda *a, **kw: None, "exact", strength="alpha")
+        >>> sorted(m.params), m.shown
+        (['alpha', 'k'], ('k', 'alpha'))
+        >>> m.fold_note(None)
+        'exact'
     """
 
     name: str
     sites: tuple[str, ...]
     grid: tuple[dict[str, Any], ...]
     build: Callable[..., Any]
-    foldable: str  # how it folds, in words
+    foldable: str
     prompted: bool = False
+    adds_at: str | None = None
+    strength: str | None = None
+    also_shown: tuple[str, ...] = ()
+    frontier: Frontier | None = None
+    default: bool = False
+    kind: str | None = None
+
+    @property
+    def params(self) -> frozenset[str]:
+        """The keys of its grid: what :attr:`build` takes (a steerer's config may hold more, e.g. CAA's layer index)."""
+        return frozenset(k for config in self.grid for k in config)
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        """The configuration keys a comparison table shows: the grid's keys, then :attr:`also_shown`."""
+        return tuple(dict.fromkeys([k for config in self.grid for k in config] + list(self.also_shown)))
+
+    def fold_note(self, model: nn.Module) -> str:
+        """How its steering folds into ``model``'s weights, in words: :attr:`foldable`, or ``hooks only (why)``
+        where the model has no bias for its addition. A cheap check: nothing is folded to find out.
+
+        Example:
+            >>> from austeer.baselines import METHODS
+            >>> print(METHODS["caa"].fold_note(model))
+            as a bias: v added to down_proj's bias of that layer
+        """
+        if self.adds_at is not None:
+            try:
+                bias_module(model, self.adds_at, 0)  # the family (or the LM head) decides, not the layer
+            except CannotFold as exc:
+                return f"hooks only ({exc})"
+        return self.foldable
 
     def fit(self, model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], **config: Any) -> Steerer | list[Steerer]:
         """Gather the evidence on ``pairs`` and build one steerer with ``config``."""

@@ -6,7 +6,7 @@ sites. Each block holding at least one of the AUSteer top-``k`` AUs gets, on *ev
 
 Example:
     >>> from austeer.momentum import Unit
-    >>> [(u.index, u.beta) for u in spread([Unit("head", 0, 5, 1.0), Unit("head", 0, 6, 0.5)], 4, 8, 2.0)]
+    >>> [(g.index, g.gamma) for g in spread([Unit("head", 0, 5, 1.0), Unit("head", 0, 6, 0.5)], 4, 8, 2.0)]
     [(4, 1.5), (5, 1.5), (6, 1.5), (7, 1.5)]
 """
 
@@ -17,20 +17,21 @@ from collections import defaultdict
 from torch import nn
 
 from austeer.baselines.au import GRID, top_units
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit
 from austeer.sites import head_dim, site_width
+from austeer.steer import Gain
 
 
-def spread(units: list[Unit], block: int, width: int, alpha: float) -> list[Unit]:
-    """Every dimension of each ``block``-wide block holding a unit, with gain offset ``alpha * mean(beta)``."""
+def spread(units: list[Unit], block: int, width: int, alpha: float) -> list[Gain]:
+    """Every dimension of each ``block``-wide block holding a unit, with the gain ``gamma = alpha * mean(beta)``."""
     groups: dict[tuple[str, int, int], list[float]] = defaultdict(list)
     for u in units:
         groups[(u.site, u.layer, u.index // block)].append(u.beta)
-    out: list[Unit] = []
+    out: list[Gain] = []
     for (site, layer, b), betas in sorted(groups.items()):
         gamma = float(alpha) * sum(betas) / len(betas)
-        out.extend(Unit(site, layer, i, gamma) for i in range(b * block, min((b + 1) * block, width)))
+        out.extend(Gain(site, layer, i, gamma) for i in range(b * block, min((b + 1) * block, width)))
     return out
 
 
@@ -38,8 +39,17 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     """Block-level steering of the heads (``head``) or layers (other sites) holding the top-``k`` AUs."""
     width = site_width(model, site)
     block = head_dim(model) if site == "head" else width
-    units = spread(top_units(evidence, site, k), block, width, alpha)
-    return GainSteerer("block", units, {"site": site, "k": k, "alpha": alpha})
+    gains = spread(top_units(evidence, site, k), block, width, alpha)
+    return GainSteerer("block", gains, {"site": site, "k": k, "alpha": alpha})
 
 
-METHOD = Method("block", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "block",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into the weights",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from austeer.baselines.base import AddSteerer, Evidence, Method
+from austeer.baselines.base import AddSteerer, Evidence, Frontier, Method
 
 
 def layer_of(fraction: float, n_layers: int) -> int:
@@ -46,4 +46,15 @@ def to_control_vector(steerer: AddSteerer, model: nn.Module, out: str | Path, fo
 
 GRID = tuple({"layer": f, "multiplier": m} for f in (0.33, 0.6) for m in (0.5, 1.0, 2.0, 4.0))
 
-METHOD = Method("caa", ("residual",), GRID, build, "as a bias: v added to down_proj's bias of that layer")
+METHOD = Method(
+    "caa",
+    ("residual",),
+    GRID,
+    build,
+    "as a bias: v added to down_proj's bias of that layer",
+    adds_at="residual",
+    strength="multiplier",
+    also_shown=("layer_index",),
+    frontier=Frontier({"layer": 0.33}, (0.5, 1.0, 2.0, 4.0)),
+    default=True,
+)

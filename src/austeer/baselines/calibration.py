@@ -40,4 +40,13 @@ def build(model: nn.Module, evidence: Evidence, offset: float = 0.0) -> AddSteer
 
 GRID = tuple({"offset": o} for o in (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0))
 
-METHOD = Method("calibration", ("residual",), GRID, build, "as a bias on the LM head")
+METHOD = Method(
+    "calibration",
+    ("residual",),
+    GRID,
+    build,
+    "as a bias on the LM head",
+    adds_at="logits",
+    strength="offset",
+    kind="mc",
+)

@@ -4,7 +4,7 @@ An ablation of the graded gain: every selected AU gets the same magnitude. Folda
 
 Example:
     >>> from austeer.momentum import Unit
-    >>> [u.beta for u in signed([Unit("head", 0, 1, -0.6), Unit("head", 0, 2, 0.9)], 5.0)]
+    >>> [g.gamma for g in signed([Unit("head", 0, 1, -0.6), Unit("head", 0, 2, 0.9)], 5.0)]
     [-5.0, 5.0]
 """
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 from torch import nn
 
 from austeer.baselines.au import GRID, top_units
-from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
 from austeer.momentum import Unit
+from austeer.steer import Gain
 
 
-def signed(units: list[Unit], alpha: float) -> list[Unit]:
-    """Gain offsets ``alpha * sign(beta)`` (a zero beta gets no gain)."""
-    return [Unit(u.site, u.layer, u.index, float(alpha) * ((u.beta > 0) - (u.beta < 0))) for u in units]
+def signed(units: list[Unit], alpha: float) -> list[Gain]:
+    """Gains ``gamma = alpha * sign(beta)`` on ``units`` (a zero beta gets no gain)."""
+    return [Gain(u.site, u.layer, u.index, float(alpha) * ((u.beta > 0) - (u.beta < 0))) for u in units]
 
 
 def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0) -> GainSteerer:
@@ -27,4 +28,13 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     return GainSteerer("fixed", signed(top_units(evidence, site, k), alpha), {"site": site, "k": k, "alpha": alpha})
 
 
-METHOD = Method("fixed", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "fixed",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into the weights",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

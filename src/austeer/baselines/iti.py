@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from austeer.baselines.base import AddSteerer, Evidence, Method
+from austeer.baselines.base import AddSteerer, Evidence, Frontier, Method
 
 
 @dataclass
@@ -126,4 +126,14 @@ def build(model: nn.Module, evidence: Evidence, heads: int = 16, alpha: float = 
 
 GRID = tuple({"heads": k, "alpha": a} for k in (4, 16) for a in (2.0, 5.0, 10.0, 15.0))
 
-METHOD = Method("iti", ("head",), GRID, build, "as a bias: W_O v added to o_proj's bias")
+METHOD = Method(
+    "iti",
+    ("head",),
+    GRID,
+    build,
+    "as a bias: W_O v added to o_proj's bias",
+    adds_at="head",
+    strength="alpha",
+    frontier=Frontier({"heads": 16}, (2.0, 5.0, 10.0, 20.0)),
+    default=True,
+)

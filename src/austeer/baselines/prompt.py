@@ -92,7 +92,7 @@ def build_with_austeer(
 ) -> GainSteerer:
     """AUSteer (:func:`austeer.baselines.au.build`) on prompted evidence, evaluated with the same instruction."""
     steerer = au.build(model, evidence, site, k, alpha)
-    return GainSteerer("prompt+austeer", steerer.units, steerer.config, system=instruction_of(evidence))
+    return GainSteerer("prompt+austeer", steerer.gains, steerer.config, system=instruction_of(evidence))
 
 
 METHOD = Method(
@@ -102,6 +102,7 @@ METHOD = Method(
     build,
     "nothing to fold: a prompt, the weights are unchanged",
     prompted=True,
+    default=True,
 )
 
 WITH_AUSTEER = Method(
@@ -111,4 +112,5 @@ WITH_AUSTEER = Method(
     build_with_austeer,
     "exact: AUSteer's gains folded, the instruction stays in the prompt",
     prompted=True,
+    strength="alpha",
 )

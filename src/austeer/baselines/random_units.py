@@ -16,8 +16,8 @@ from torch import nn
 
 from austeer.baselines.au import GRID, top_units
 from austeer.baselines.base import Evidence, GainSteerer, Method
-from austeer.momentum import Unit
 from austeer.sites import site_width
+from austeer.steer import Gain
 
 
 def draw(n_layers: int, width: int, k: int, seed: int) -> list[tuple[int, int]]:
@@ -36,9 +36,11 @@ def build(
     out = []
     for seed in range(seeds):
         where = draw(n_layers, site_width(model, site), len(best), seed)
-        units = [Unit(site, layer, i, float(alpha) * u.beta) for (layer, i), u in zip(where, best, strict=True)]
-        out.append(GainSteerer("random", units, {"site": site, "k": k, "alpha": alpha, "seed": seed}))
+        gains = [Gain(site, layer, i, float(alpha) * u.beta) for (layer, i), u in zip(where, best, strict=True)]
+        out.append(GainSteerer("random", gains, {"site": site, "k": k, "alpha": alpha, "seed": seed}))
     return out
 
 
-METHOD = Method("random", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "random", ("head",), GRID, build, "exact: gains folded into the weights", strength="alpha", default=True
+)

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from austeer.baselines import METHODS
 from austeer.compare import Comparison, Result
 from austeer.stats import discordant, margin, mcnemar
 
-SHOWN = ("site", "k", "alpha", "delta", "heads", "layer", "layer_index", "multiplier", "offset", "shots")
+#: the configuration keys a table shows: what every method shows (:attr:`~austeer.baselines.base.Method.shown`)
+SHOWN: tuple[str, ...] = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.shown))
 
 
 def fmt_config(config: dict[str, Any]) -> str:

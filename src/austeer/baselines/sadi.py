@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.baselines.base import Evidence, GainSteerer, Method
-from austeer.momentum import Unit
+from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
+from austeer.steer import Gain
 
 
 def top_k_mask(mean_diff: torch.Tensor, k: int) -> list[tuple[int, int]]:
@@ -29,10 +29,19 @@ def top_k_mask(mean_diff: torch.Tensor, k: int) -> list[tuple[int, int]]:
 
 def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, delta: float = 1.0) -> GainSteerer:
     """SADI on ``site``: gain ``1 + delta`` on the top-``k`` elements by absolute mean difference."""
-    units = [Unit(site, layer, i, float(delta)) for layer, i in top_k_mask(evidence.mean_diff(site), k)]
-    return GainSteerer("sadi", units, {"site": site, "k": k, "delta": delta})
+    gains = [Gain(site, layer, i, float(delta)) for layer, i in top_k_mask(evidence.mean_diff(site), k)]
+    return GainSteerer("sadi", gains, {"site": site, "k": k, "delta": delta})
 
 
 GRID = tuple({"site": "head", "k": k, "delta": d} for k in (2, 8, 32, 100) for d in (1.0, 4.0))
 
-METHOD = Method("sadi", ("head",), GRID, build, "exact: gains folded into the weights")
+METHOD = Method(
+    "sadi",
+    ("head",),
+    GRID,
+    build,
+    "exact: gains folded into the weights",
+    strength="delta",
+    frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 4.0, 8.0)),
+    default=True,
+)

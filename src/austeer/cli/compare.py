@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from austeer.baselines import DEFAULT_METHODS as _DEFAULTS
 from austeer.cli.core import add_model_args, load_from_args
 
-DEFAULT_METHODS = "austeer,caa,iti,sadi,block,random,fixed,prompt"
+#: the methods run when none are named (those that declare ``Method.default``)
+DEFAULT_METHODS = ",".join(_DEFAULTS)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
