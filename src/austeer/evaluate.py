@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from austeer.likelihood import continuation_nll, next_token_logits
-from austeer.tasks.base import NEUTRAL_TEXTS, Task
+from austeer.tasks.base import NEUTRAL_TEXTS, ScoreOptions, Task
 
 __all__ = ["continuation_nll", "evaluate", "next_token_logits", "perplexity"]
 
@@ -61,16 +61,7 @@ def evaluate(
     items = task.items(split, limit)
     if not items:
         raise ValueError(f"task {task.name!r} has no {split} items")
-    metrics = task.score(
-        model,
-        tok,
-        items,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        ref_model=ref_model,
-        samples=samples,
-        system=system,
-    )
+    metrics = task.score(model, tok, items, ScoreOptions(batch_size, max_new_tokens, ref_model, samples, system))
     metrics["ppl"] = perplexity(model, tok) if ppl is None else ppl
     metrics["n_items"] = float(len(items))
     return metrics

@@ -36,6 +36,19 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 MAX_PAIRS = 1000
 
 
+@dataclass
+class ScoreOptions:
+    """How :meth:`Task.score` scores: ``max_new_tokens`` (``None``: the task's decoding budget),
+    ``ref_model`` (judges the fluency of generated continuations: behaviour tasks), ``samples`` (when a
+    list, receives one record per item) and ``system`` (the system turn of every prompt)."""
+
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+    ref_model: nn.Module | None = None
+    samples: list[dict[str, Any]] | None = None
+    system: str | None = None
+
+
 @dataclass(frozen=True)
 class Item:
     """One evaluation item.
@@ -88,24 +101,8 @@ class Task:
     def pairs(self, model: Any = None, tokenizer: Any = None, limit: int | None = None) -> list[Pair]:
         raise NotImplementedError
 
-    def score(
-        self,
-        model: nn.Module,
-        tok: Any,
-        items: Sequence[Item],
-        *,
-        batch_size: int = 16,
-        max_new_tokens: int | None = None,
-        ref_model: nn.Module | None = None,
-        samples: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-    ) -> dict[str, float]:
-        """The task's metrics of ``model`` as it is now (steered or not) on ``items``.
-
-        ``max_new_tokens`` defaults to the task's decoding budget; ``ref_model`` judges the fluency of
-        generated continuations (behaviour tasks); ``samples``, when a list, receives one record per item;
-        ``system`` is the system turn of every prompt.
-        """
+    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
+        """The task's metrics of ``model`` as it is now (steered or not) on ``items`` (see :class:`ScoreOptions`)."""
         raise NotImplementedError
 
     def sizes(self) -> dict[str, int]:

@@ -33,7 +33,7 @@ from austeer.generate import generate, seeded
 from austeer.io import atomic_write_text
 from austeer.likelihood import continuation_nll
 from austeer.pairs import Pair, format_prompt, read_pairs, write_pairs
-from austeer.tasks.base import MAX_PAIRS, Item, Task
+from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
 
 
 def score_behaviour(
@@ -105,21 +105,12 @@ class BehaviourTask(Task):
         n = max(1, len(scores))
         return {self.metric: sum(self.wanted(s) for s in scores) / n, self.mean_name: sum(scores) / n}
 
-    def score(
-        self,
-        model: nn.Module,
-        tok: Any,
-        items: Sequence[Item],
-        *,
-        batch_size: int = 16,
-        max_new_tokens: int | None = None,
-        ref_model: nn.Module | None = None,
-        samples: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-    ) -> dict[str, float]:
+    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """:func:`score_behaviour` with the task's decoding budget unless ``max_new_tokens`` is given."""
-        budget = max_new_tokens or self.max_new_tokens
-        return score_behaviour(model, tok, self, items, batch_size, budget, ref_model, samples, system)
+        budget = opts.max_new_tokens or self.max_new_tokens
+        return score_behaviour(
+            model, tok, self, items, opts.batch_size, budget, opts.ref_model, opts.samples, opts.system
+        )
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}

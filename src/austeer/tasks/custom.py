@@ -33,7 +33,7 @@ from torch import nn
 
 from austeer.io import iter_jsonl
 from austeer.pairs import Pair, read_pairs
-from austeer.tasks.base import MAX_PAIRS, Item, Task, split_ids
+from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task, split_ids
 from austeer.tasks.math import score_math
 from austeer.tasks.mc import score_mc
 
@@ -103,22 +103,12 @@ class CustomTask(Task):
     def _items(self, split: str) -> list[Item]:
         return self._splits[split]
 
-    def score(
-        self,
-        model: nn.Module,
-        tok: Any,
-        items: Sequence[Item],
-        *,
-        batch_size: int = 16,
-        max_new_tokens: int | None = None,
-        ref_model: nn.Module | None = None,
-        samples: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-    ) -> dict[str, float]:
+    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """Scored as a multiple-choice or a math task, whichever the eval file holds."""
         if self.kind == "mc":
-            return score_mc(model, tok, items, batch_size, samples, system)
-        return score_math(model, tok, items, batch_size, max_new_tokens or self.max_new_tokens, samples, system)
+            return score_mc(model, tok, items, opts.batch_size, opts.samples, opts.system)
+        budget = opts.max_new_tokens or self.max_new_tokens
+        return score_math(model, tok, items, opts.batch_size, budget, opts.samples, opts.system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self._pairs), **super().sizes()}

@@ -39,7 +39,7 @@ from torch import nn
 
 from austeer.generate import generate
 from austeer.pairs import Pair
-from austeer.tasks.base import MAX_PAIRS, Item, Task, fmt_number
+from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task, fmt_number
 
 INSTRUCTION = "Solve the problem. End your answer with #### followed by the final number."
 
@@ -181,21 +181,10 @@ class MathTask(Task):
     def pairs(self, model: object = None, tokenizer: object = None, limit: int | None = None) -> list[Pair]:
         return math_pairs(self.pair_items(), limit)
 
-    def score(
-        self,
-        model: nn.Module,
-        tok: Any,
-        items: Sequence[Item],
-        *,
-        batch_size: int = 16,
-        max_new_tokens: int | None = None,
-        ref_model: nn.Module | None = None,
-        samples: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-    ) -> dict[str, float]:
+    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """:func:`score_math` with the task's decoding budget unless ``max_new_tokens`` is given."""
-        budget = max_new_tokens or self.max_new_tokens
-        return score_math(model, tok, items, batch_size, budget, samples, system)
+        budget = opts.max_new_tokens or self.max_new_tokens
+        return score_math(model, tok, items, opts.batch_size, budget, opts.samples, opts.system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}

@@ -25,7 +25,7 @@ from torch import nn
 
 from austeer.likelihood import next_token_logits
 from austeer.pairs import Pair, format_prompt
-from austeer.tasks.base import MAX_PAIRS, Item, Task
+from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
 
 AB = ("A", "B")
 
@@ -104,20 +104,9 @@ class MCTask(Task):
         """Pairs from the task's pair split (never from val/test); ``model`` is not needed."""
         return mc_pairs(self.pair_items(), limit)
 
-    def score(
-        self,
-        model: nn.Module,
-        tok: Any,
-        items: Sequence[Item],
-        *,
-        batch_size: int = 16,
-        max_new_tokens: int | None = None,
-        ref_model: nn.Module | None = None,
-        samples: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-    ) -> dict[str, float]:
+    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """:func:`score_mc` (one forward pass: no decoding budget, no reference model)."""
-        return score_mc(model, tok, items, batch_size, samples, system)
+        return score_mc(model, tok, items, opts.batch_size, opts.samples, opts.system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}
