@@ -120,9 +120,9 @@ def _metric(data: dict[str, Any]) -> str:
 
 
 def render() -> None:
-    from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, summary_table, table
+    from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, settings_line, summary_table, table
     from austeer.compare import Comparison
-    from austeer.spec import atomic_write_text
+    from austeer.io import write_between
 
     parts = []
     for path in sorted(IMG.glob("compare_*.json")):
@@ -131,12 +131,7 @@ def render() -> None:
         parts.append(f"### {name}\n")
         if "compare" in data:
             comp = Comparison.from_json(data["compare"])
-            s = comp.settings
-            parts.append(
-                f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
-                f"{s['test_limit']} test items, eligible configs keep ppl within x{s['max_ppl_ratio']} "
-                f"(unsteered val ppl {comp.baseline_val['ppl']:.2f}, test ppl {comp.baseline_test['ppl']:.2f}).\n"
-            )
+            parts.append(f"{settings_line(comp)}.\n")
             parts.append(table(comp) + "\n")
             img = plot_comparison(comp, IMG / f"compare_{name}.png")
             parts.append(f"![{name} comparison](img/{img.name})\n")
@@ -170,13 +165,7 @@ def render() -> None:
     comps = [Comparison.from_json(d["compare"]) for d in datas if "compare" in d]
     if comps:
         parts[:0] = ["### All tasks\n", summary_table(comps) + "\n"]
-    generated = "\n".join(parts)
-    text = DOC.read_text() if DOC.exists() else f"# Comparison\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    atomic_write_text(DOC, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+    write_between(DOC, BEGIN, END, "\n".join(parts))
 
 
 def main() -> None:

@@ -194,9 +194,9 @@ def _where(out: Path, model: str) -> Path:
 
 
 def render(model: str, fresh_from: int) -> None:
-    from austeer.baselines.report import plot_comparison, table
+    from austeer.baselines.report import plot_comparison, settings_line, table
     from austeer.compare import Comparison
-    from austeer.spec import atomic_write_text
+    from austeer.io import write_between
 
     where = _where(OUT, model)
     parts = [f"## {model}\n"]
@@ -207,21 +207,14 @@ def render(model: str, fresh_from: int) -> None:
     for path in sorted(where.glob("compare_*.json")):
         data = json.loads(path.read_text())
         comp = Comparison.from_json(data)
-        s = comp.settings
+        minutes = data.get("seconds", 0) / 60
         parts.append(
-            f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {data.get('seconds', 0) / 60:.0f} min): "
-            f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
-            f"{s['test_limit']} test items, eligible configs keep ppl within x{s['max_ppl_ratio']}.\n"
+            f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {minutes:.0f} min): {settings_line(comp)}.\n"
         )
         parts.append(table(comp) + "\n")
         img = plot_comparison(comp, where / f"compare_{comp.task}.png")
         parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
-    generated = "\n".join(parts)
-    text = DOC.read_text()
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    atomic_write_text(DOC, f"{head}{BEGIN}\n{generated}\n{END}{rest.split(END, 1)[1]}")
+    write_between(DOC, BEGIN, END, "\n".join(parts))
 
 
 def main() -> None:

@@ -380,6 +380,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_file(Path(path), fill)
 
 
+def write_between(path: str | Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the marker lines ``begin`` and ``end`` of a text file with ``text``,
+    atomically (the markers are appended when missing; the rest of the file is kept as it is).
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "doc.md"
+        >>> _ = f.write_text("# Title\n<!-- B -->\nold\n<!-- E -->\nkept\n")
+        >>> write_between(f, "<!-- B -->", "<!-- E -->", "new")
+        >>> f.read_text()
+        '# Title\n<!-- B -->\nnew\n<!-- E -->\nkept\n'
+    """
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if begin not in old:
+        old += f"\n{begin}\n{end}\n"
+    head, rest = old.split(begin, 1)
+    tail = rest.split(end, 1)[1] if end in rest else "\n"
+    atomic_write_text(path, f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a binary file (a PNG) through a temp file and ``os.replace`` (never half-written).
 

@@ -28,6 +28,16 @@ def fmt_config(config: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items() if k in SHOWN)
 
 
+def settings_line(c: Comparison) -> str:
+    """The protocol of a comparison in one sentence (pairs, budget, val and test items, ppl bound)."""
+    s = c.settings
+    return (
+        f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
+        f"{s['test_limit']} test items, eligible configs keep ppl within x{s['max_ppl_ratio']} "
+        f"(unsteered val ppl {c.baseline_val['ppl']:.2f}, test ppl {c.baseline_test['ppl']:.2f})"
+    )
+
+
 def table(c: Comparison) -> str:
     """Markdown table: method, choice, steered activations, val and test metric, its significance against the
     unsteered model (two-proportion z; McNemar's paired test: items fixed/broken and p), ppl change, folding."""
