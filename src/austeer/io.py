@@ -381,7 +381,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_between(path: str | Path, begin: str, end: str, text: str) -> None:
-    """Replace what lies between the marker lines ``begin`` and ``end`` of a text file with ``text``,
+    r"""Replace what lies between the marker lines ``begin`` and ``end`` of a text file with ``text``,
     atomically (the markers are appended when missing; the rest of the file is kept as it is).
 
     Example:
