@@ -27,13 +27,15 @@ def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[
     from austeer.models import DEFAULT_MODEL, load_model
 
     name = model or args.model or DEFAULT_MODEL
+    why = ""
     if args.dtype == "auto":  # resolved (and told) once; later loads of this run (a reference copy) reuse it
         from austeer.models import resolve_dtype
 
         dtype, why = resolve_dtype("auto", args.device, args.device_map)
         args.dtype = str(dtype).removeprefix("torch.")
-        print(f"austeer: dtype auto -> {args.dtype} ({why}); --dtype float32 for full precision", file=sys.stderr)
     m, tok = load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    if why:  # told once the model has loaded: a bad --model stays a one-line error
+        print(f"austeer: dtype auto -> {args.dtype} ({why}); --dtype float32 for full precision", file=sys.stderr)
     return m, tok, name
 
 
