@@ -31,11 +31,8 @@ def save(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def outcomes(samples: list[dict[str, Any]]) -> list[int]:
-    return [int(bool(s["correct"])) for s in samples]
-
-
 def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
+    from austeer.compare import outcomes
     from austeer.evaluate import evaluate
     from austeer.fit import fit
     from austeer.steer import folded
@@ -102,17 +99,18 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
         save(path, {**data, **c.to_json()})
         print(f"compare {task_name}: {c.results[-1].method} done, test {c.results[-1].test_metric:.3f}", flush=True)
 
-    kw = {"budget": args.budget, "pairs_limit": args.pairs_limit, "val_limit": args.val_limit}
     compare(
         model,
         tok,
         task,
         methods,
+        budget=args.budget,
+        pairs_limit=args.pairs_limit,
+        val_limit=args.val_limit,
         test_limit=args.test_limit,
         batch_size=args.batch_size,
         done=done,
         on_result=checkpoint,
-        **kw,
     )
 
 

@@ -234,7 +234,7 @@ def compare(
     results: list[Result] = []
 
     def so_far() -> Comparison:
-        return Comparison(task.name, task.metric, settings, base_val, base_test, results, _correct(base_samples))
+        return Comparison(task.name, task.metric, settings, base_val, base_test, results, outcomes(base_samples))
 
     for name in methods:
         if name in prior:
@@ -276,7 +276,7 @@ def compare(
                 test["ppl"] - base_test["ppl"],
                 method.fold_note(model),
                 trials,
-                _correct(test_samples),
+                outcomes(test_samples),
             )
         )
         if on_result is not None:
@@ -284,9 +284,14 @@ def compare(
     return so_far()
 
 
-def _correct(samples: list[dict[str, Any]]) -> list[int]:
+def outcomes(samples: list[dict[str, Any]]) -> list[int]:
     """Per-item 0/1 outcomes from evaluation samples (empty when the task kind records none); a method
-    averaged over several steerers (``random``) keeps the first one's."""
+    averaged over several steerers (``random``) keeps the first one's.
+
+    Example:
+        >>> outcomes([{"id": "a", "correct": True}, {"id": "b", "correct": False}])
+        [1, 0]
+    """
     if not samples or "correct" not in samples[0]:
         return []
     n = len({s["id"] for s in samples})
