@@ -84,7 +84,9 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
 
     path = where / f"compare_{task_name}.json"
     task = get_task(task_name)
-    methods = args.methods.split(",") + (["calibration"] if task.kind == "mc" else [])
+    methods = args.methods.split(",")
+    if task.kind == "mc" and "calibration" not in methods:
+        methods.append("calibration")
     old = json.loads(path.read_text()) if path.exists() else None
     planned = {"methods": methods, "budget": args.budget, "val_limit": args.val_limit, "test_limit": args.test_limit}
     same = old is not None and all(old["settings"].get(k) == v for k, v in planned.items())

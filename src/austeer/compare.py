@@ -36,6 +36,7 @@ from austeer.baselines import DEFAULT_METHODS, METHODS
 from austeer.baselines.au import scaled, top_units
 from austeer.baselines.base import Evidence, GainSteerer, Steerer, gather
 from austeer.evaluate import Unsteered, evaluate
+from austeer.reuse import LayerCache, reusing
 from austeer.tasks.base import Task
 
 #: number of AUs for the dose-response curve; ``None`` means every AU of the site
@@ -114,15 +115,22 @@ def pick(trials: Sequence[dict[str, Any]], max_ppl_ratio: float | None) -> int:
 
 
 def evaluate_steered(
-    model: nn.Module, tok: Any, task: Task, steerers: Steerer | list[Steerer], mode: str = "hook", **kw: Any
+    model: nn.Module,
+    tok: Any,
+    task: Task,
+    steerers: Steerer | list[Steerer],
+    mode: str = "hook",
+    cache: LayerCache | None = None,
+    **kw: Any,
 ) -> dict[str, float]:
     """:func:`~austeer.evaluate.evaluate` under each steerer (hooks or fold) and with its system turn, metrics
-    averaged over them."""
+    averaged over them; ``cache`` (made while the model was unsteered): the layers below the first steered
+    one are replayed from it (:mod:`austeer.reuse`)."""
     group = steerers if isinstance(steerers, list) else [steerers]
     runs = []
     for s in group:
         ctx = s.hooks(model) if mode == "hook" else s.fold(model)
-        with ctx:
+        with ctx, reusing(cache):
             runs.append(evaluate(model, tok, task, system=s.system, **kw))
     return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
 
@@ -198,6 +206,7 @@ def compare(
     unsteered: Unsteered | None = None,
     done: Sequence[Result] = (),
     on_result: Callable[[Comparison], None] | None = None,
+    cache: LayerCache | None = None,
 ) -> Comparison:
     """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``.
 
@@ -205,6 +214,9 @@ def compare(
     :func:`frontier` so that the unsteered model is evaluated once per split and limit).
     ``done``: results of an interrupted run with the same settings, kept as they are (resume);
     ``on_result`` receives the comparison so far after every method (save it to resume later).
+    ``cache``: hidden states shared by every evaluation (default: a new :class:`~austeer.reuse.LayerCache`,
+    made now, while the model is unsteered); the layers below the first steered layer are computed once
+    per item.
     """
     sites = sites_for(methods)  # raises on an unknown method
     for name in methods:
@@ -220,9 +232,11 @@ def compare(
         pairs = task.pairs(model, tok, limit=pairs_limit)
         evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
     unsteered = unsteered or Unsteered(model, tok)
-    base_val = unsteered.get(task, "val", val_limit, **kw)
-    base_samples: list[dict[str, Any]] = []
-    base_test = unsteered.get(task, "test", test_limit, samples=base_samples, **kw)
+    cache = cache or LayerCache(model)
+    with cache.reuse():
+        base_val = unsteered.get(task, "val", val_limit, **kw)
+        base_samples: list[dict[str, Any]] = []
+        base_test = unsteered.get(task, "test", test_limit, samples=base_samples, **kw)
     settings = {
         "methods": list(methods),
         "budget": budget,
@@ -248,7 +262,7 @@ def compare(
         for config in tqdm(spread_grid(method.grid, budget), desc=f"{task.name}: {name}", disable=not progress):
             start = time.perf_counter()
             steerers = method.build(model, ev, **config)
-            m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, **kw)
+            m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, cache=cache, **kw)
             several = isinstance(steerers, list)  # seeds averaged: their configs differ by the seed alone
             first = steerers[0] if several else steerers
             trials.append(
@@ -264,7 +278,9 @@ def compare(
         best = trials[pick(trials, max_ppl_ratio)]
         steerers = method.build(model, ev, **{k: v for k, v in best["config"].items() if k in method.params})
         test_samples: list[dict[str, Any]] = []
-        test = evaluate_steered(model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, **kw)
+        test = evaluate_steered(
+            model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, cache=cache, **kw
+        )
         results.append(
             Result(
                 name,
@@ -312,12 +328,15 @@ def dose_response(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
+    cache: LayerCache | None = None,
 ) -> list[dict[str, Any]]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
-    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
+    ``unsteered``, ``cache``: the run's memo of unsteered evaluations and its hidden states (see :func:`compare`)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    base = (unsteered or Unsteered(model, tok)).get(task, **kw)
+    cache = cache or LayerCache(model)
+    with cache.reuse():
+        base = (unsteered or Unsteered(model, tok)).get(task, **kw)
     rows = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
@@ -327,7 +346,8 @@ def dose_response(
             if k == 0:
                 m = base
             else:
-                m = evaluate_steered(model, tok, task, GainSteerer("austeer", scaled(ranked[:k], alpha), {}), **kw)
+                steerer = GainSteerer("austeer", scaled(ranked[:k], alpha), {})
+                m = evaluate_steered(model, tok, task, steerer, cache=cache, **kw)
             rows.append(
                 {
                     "site": site,
@@ -355,21 +375,24 @@ def frontier(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
+    cache: LayerCache | None = None,
 ) -> list[dict[str, Any]]:
     """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``
     (values of the method's :attr:`~austeer.baselines.base.Method.strength` key).
 
-    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
+    ``unsteered``, ``cache``: the run's memo of unsteered evaluations and its hidden states (see :func:`compare`)."""
     weak = [m for m in configs if METHODS[m].strength is None]
     if weak:
         raise ValueError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    base = (unsteered or Unsteered(model, tok)).get(task, **kw)
+    cache = cache or LayerCache(model)
+    with cache.reuse():
+        base = (unsteered or Unsteered(model, tok)).get(task, **kw)
     rows = [{"method": "none", "strength": 0.0, "n_steered": 0, "metric": base[task.metric], "metrics": base}]
     for name, config in configs.items():
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):
             steerers = METHODS[name].build(model, evidence, **{**config, str(METHODS[name].strength): s})
-            m = evaluate_steered(model, tok, task, steerers, **kw)
+            m = evaluate_steered(model, tok, task, steerers, cache=cache, **kw)
             first = steerers[0] if isinstance(steerers, list) else steerers
             rows.append(
                 {"method": name, "strength": s, "n_steered": first.n_steered, "metric": m[task.metric], "metrics": m}

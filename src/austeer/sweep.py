@@ -3,7 +3,9 @@
 The AUs of each site are scored **once** on the task's pairs (the fitted spec, with its full sign counts,
 is cached in ``DIR/scores/<site>/``); every ``(k, alpha)`` is then a :meth:`SteerSpec.with_k` /
 :meth:`SteerSpec.with_alpha` of it, folded into the weights for the evaluation and unfolded after it
-(``residual``, which cannot be folded, is hooked). No activation is recomputed.
+(``residual``, which cannot be folded, is hooked). No activation is recomputed: the AUs are read once,
+and the layers below a configuration's first steered layer are replayed from the unsteered pass
+(:mod:`austeer.reuse`).
 
 Output directory:
 
@@ -43,6 +45,7 @@ from austeer.evaluate import Unsteered, evaluate
 from austeer.fit import fit
 from austeer.io import atomic_write_text, check_replaceable
 from austeer.models import fingerprint
+from austeer.reuse import LayerCache
 from austeer.spec import SteerSpec, load
 from austeer.steer import apply, folded
 from austeer.tasks.base import Task
@@ -161,11 +164,13 @@ def sweep(
         return evaluate(model, tok, task, split, limit, batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens)
 
     unsteered = Unsteered(model, tok)  # the unsteered val and test evaluations share one perplexity
+    cache = LayerCache(model)  # the layers below the first steered one: computed once per item (austeer.reuse)
 
     def run_unsteered(split: str, limit: int | None) -> dict[str, float]:
-        return unsteered.get(
-            task, split, limit, batch_size=batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens
-        )
+        with cache.reuse():
+            return unsteered.get(
+                task, split, limit, batch_size=batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens
+            )
 
     if "baseline" not in state:
         state["baseline"] = run_unsteered("val", val_limit)
@@ -192,7 +197,7 @@ def sweep(
             if site not in specs:
                 specs[site] = _site_spec(model, tok, task, site, max(ks), out, pairs, model_id, batch_size, force)
             spec = specs[site].with_k(k).with_alpha(alpha)
-            with steering(model, spec):
+            with steering(model, spec), cache.reuse():
                 metrics = run_eval("val", val_limit)
             state["rows"].append(
                 {
@@ -225,7 +230,7 @@ def sweep(
         _write_state(out, state)
     if run_test and "test" not in state:
         base_test = run_unsteered("test", test_limit)
-        with steering(model, best_spec):
+        with steering(model, best_spec), cache.reuse():
             steered = run_eval("test", test_limit)
         state["test"] = {"unsteered": base_test, "steered": steered, **choice, "n_steered": best_spec.k}
         _write_state(out, state)

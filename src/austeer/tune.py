@@ -73,6 +73,7 @@ from austeer.fit import score, spec_from_counts
 from austeer.io import atomic_save_tensors, atomic_write_text, check_replaceable, iter_jsonl
 from austeer.models import fingerprint
 from austeer.pairs import Pair, format_prompt, has_chat_template
+from austeer.reuse import LayerCache
 from austeer.sites import check_site
 from austeer.spec import SteerSpec, load
 from austeer.sweep import steering
@@ -537,8 +538,10 @@ def tune(
         "min_z": need_z,
     }
 
-    base = margins(model, tok, held, batch_size)
-    ref = neutral_reference(model, tok, texts, batch_size)
+    cache = LayerCache(model)  # the layers below the first steered one: computed once per pair (austeer.reuse)
+    with cache.reuse():
+        base = margins(model, tok, held, batch_size)
+        ref = neutral_reference(model, tok, texts, batch_size)
     state["baseline"] = {"margin": float(base.mean()), "ppl": math.exp(ref.nll / ref.n_tokens)}
     rows = {_row(r).key: _row(r) for r in state["rows"]}
     specs: dict[str, SteerSpec] = {}
@@ -576,7 +579,7 @@ def tune(
     try:
         for c in todo:
             ctx, n_steered = steerer(c)
-            with ctx:
+            with ctx, cache.reuse():
                 eff = effect_of(margins(model, tok, held, batch_size), base)
                 kl, ratio = damage(model, ref)
             method, site, k, alpha, layer = key(c)
