@@ -46,6 +46,7 @@ from austeer.fit import fit
 from austeer.io import atomic_write_text, check_replaceable
 from austeer.models import fingerprint
 from austeer.reuse import LayerCache
+from austeer.sites import site_def
 from austeer.spec import SteerSpec, load
 from austeer.steer import apply, folded
 from austeer.tasks.base import Task
@@ -66,7 +67,8 @@ def _key(site: str, k: int, alpha: float) -> tuple[str, int, float]:
 
 def steering(model: nn.Module, spec: SteerSpec) -> AbstractContextManager[Any]:
     """Fold when every site of ``spec`` can be folded, else hook."""
-    return apply(model, spec) if "residual" in {u.site for u in spec.units} else folded(model, spec)
+    hook_only = any(site_def(model, site).fold is None for site in {u.site for u in spec.units})
+    return apply(model, spec) if hook_only else folded(model, spec)
 
 
 def _write_state(out: Path, state: dict[str, Any]) -> None:
