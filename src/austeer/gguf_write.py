@@ -175,12 +175,14 @@ class Vocab:
     tokens: list[str]
     types: list[int]
     special: gguf.SpecialVocab  # merges, special ids, add_bos / add_eos, chat template
+    space_prefix: bool  # the byte-level pre-tokenizer puts a space before the text
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         writer.add_token_types(self.types)
+        writer.add_add_space_prefix(self.space_prefix)
         self.special.add_to_gguf(writer, quiet=True)
 
 
@@ -192,15 +194,17 @@ def gguf_vocab(tokenizer: Any, config: Any, n_vocab: int) -> Vocab:
     vocab: dict[str, int] = tokenizer.get_vocab()
     if max(vocab.values()) >= n_vocab:
         raise ValueError(f"the tokenizer has ids up to {max(vocab.values())}, the model only {n_vocab} embeddings")
+    pre = pre_tokenizer(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         config.to_json_file(str(Path(tmp) / "config.json"))
         tok_json = Path(tmp) / "tokenizer.json"
-        model_type = json.loads(tok_json.read_text(encoding="utf-8"))["model"]["type"] if tok_json.is_file() else None
-        if model_type != "BPE":
-            raise ValueError(f"tokenizer model {model_type!r}: the GGUF writer writes byte-level BPE tokenizers only")
+        saved = json.loads(tok_json.read_text(encoding="utf-8")) if tok_json.is_file() else {}
+        pre_tok = json.dumps(saved.get("pre_tokenizer"))
+        if saved.get("model", {}).get("type") != "BPE" or '"ByteLevel"' not in pre_tok:
+            raise ValueError("the GGUF writer writes byte-level BPE tokenizers (tokenizer.json) only")
+        space_prefix = '"add_prefix_space": true' in pre_tok
         special = gguf.SpecialVocab(tmp, load_merges=True, n_vocab=n_vocab)
-    pre = pre_tokenizer(tokenizer)
     added = tokenizer.added_tokens_decoder  # {id: AddedToken}
     by_id = {i: t for t, i in vocab.items()}
     tokens: list[str] = []
@@ -223,7 +227,7 @@ def gguf_vocab(tokenizer: Any, config: Any, n_vocab: int) -> Vocab:
     for kind, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id)):
         at = 0 if kind == "bos" else -1
         special.add_special_token[kind] = tid is not None and len(ids) > 1 and ids[at] == tid
-    return Vocab(pre, tokens, types, special)
+    return Vocab(pre, tokens, types, special, space_prefix)
 
 
 def _plan(model: nn.Module) -> list[tuple[str, str, nn.Parameter, int]]:
