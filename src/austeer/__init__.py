@@ -15,6 +15,7 @@ Example (the other docstring examples use ``model, tok`` as loaded here):
 
 from austeer.fit import fit, score
 from austeer.gguf_export import export_gguf
+from austeer.gguf_write import export_hf_gguf
 from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
 from austeer.momentum import SignCounts, Unit, select
 from austeer.pairs import Pair, read_pairs
@@ -33,6 +34,7 @@ __all__ = [
     "apply",
     "export",
     "export_gguf",
+    "export_hf_gguf",
     "fit",
     "fold",
     "folded",

@@ -167,10 +167,15 @@ def export_gguf(
     source: str | Path | None = None,
     dtype: str = "f32",
     force: bool = False,
+    tokenizer: Any = None,
 ) -> Path:
     """Write the folded model as a GGUF file, built from the GGUF ``source`` the model was loaded from
     (default: found by :func:`austeer.models.gguf_source`). ``dtype``: how the folded tensors are stored
     (``f32``, ``f16`` or ``bf16``); every other tensor keeps its type and bytes.
+
+    A model with no source GGUF (loaded from a Hugging Face checkpoint) is written whole from its weights
+    and ``tokenizer`` by :func:`austeer.gguf_write.export_hf_gguf` (llama and qwen2 families; ``dtype``
+    then applies to every matrix).
 
     An existing ``out`` is replaced only when austeer wrote it (it carries :data:`STEER_KEY`), unless
     ``force``; the source file itself is never replaced.
@@ -180,11 +185,15 @@ def export_gguf(
     if dtype not in FOLDED_TYPES:
         raise ValueError(f"unknown dtype {dtype!r} for the folded tensors; expected one of {', '.join(FOLDED_TYPES)}")
     src = Path(source) if source is not None else gguf_source(model)
+    if src is None and tokenizer is not None:
+        from austeer.gguf_write import export_hf_gguf
+
+        return export_hf_gguf(model, tokenizer, spec, out, alpha=alpha, dtype=dtype, force=force)
     if src is None:
         raise ValueError(
             "this model was not loaded from a GGUF file, so there is no GGUF to copy the untouched tensors from; "
-            "pass source= (--source-gguf) the .gguf it came from, or export a Hugging Face checkpoint and convert it "
-            "with llama.cpp's convert_hf_to_gguf.py (docs/SERVING.md)"
+            "pass tokenizer= to write the GGUF from the weights (llama and qwen2 families), or source= the .gguf "
+            "it came from"
         )
     out = Path(out)
     if out.exists() and out.resolve() == src.resolve():

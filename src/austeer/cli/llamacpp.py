@@ -15,12 +15,16 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         "--format",
         default="hf",
         choices=["hf", "gguf"],
-        help="hf: a Hugging Face checkpoint directory; gguf: one .gguf file for llama.cpp / Ollama (the model must "
-        "come from a GGUF: its untouched tensors are copied byte for byte)",
+        help="hf: a Hugging Face checkpoint directory; gguf: one .gguf file for llama.cpp / Ollama (a model loaded "
+        "from a GGUF keeps its untouched tensors byte for byte; one from a Hugging Face checkpoint, llama or qwen2 "
+        "family, is written whole)",
     )
     p.add_argument("--source-gguf", default=None, help="the .gguf the model was loaded from (default: found)")
     p.add_argument(
-        "--gguf-dtype", default="f32", choices=["f32", "f16", "bf16"], help="how the folded tensors are stored"
+        "--gguf-dtype",
+        default="f32",
+        choices=["f32", "f16", "bf16"],
+        help="how the folded tensors are stored (every matrix, for a model from a Hugging Face checkpoint)",
     )
 
 
@@ -32,10 +36,17 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 
     check_file_target(args.out)
     spec = load(args.steer)
-    model, _, _ = load_from_args(args, args.model or spec.model_id or None)
+    model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     spec.check_fits(fingerprint(model))
     path = export_gguf(
-        model, spec, args.out, alpha=args.alpha, source=args.source_gguf, dtype=args.gguf_dtype, force=args.force
+        model,
+        spec,
+        args.out,
+        alpha=args.alpha,
+        source=args.source_gguf,
+        dtype=args.gguf_dtype,
+        force=args.force,
+        tokenizer=tok,
     )
     alpha = spec.alpha if args.alpha is None else args.alpha
     print(f"folded {spec.k} AUs (alpha {alpha:g}) into {path}; run it with llama-cli -m {path}")
