@@ -70,7 +70,8 @@ def runs(smol: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> dic
     out: dict[str, dict[str, Any]] = {}
     for name, alpha in (("unsteered", 0.0), ("steered", ALPHA)):
         path = austeer.export(model, tok, spec, root / name, alpha=alpha)
-        out[name] = {"lm_eval": _lm_eval(path), "austeer": _austeer(model, tok, spec, alpha)}
+        ours = _austeer(model, tok, spec if alpha else None, alpha)  # unsteered: plain austeer eval
+        out[name] = {"lm_eval": _lm_eval(path), "austeer": ours}
     return out
 
 
