@@ -43,6 +43,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
     config = {"site": args.site, "k": args.k, "alpha": args.alpha, "pairs": args.pairs_limit}
     if data.get("config") != config:
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "config": config}
+        data.update(fresh_from=args.fresh_from, note=args.note)
     task = get_task(task_name)
     kw: dict[str, Any] = {"split": "test", "limit": args.test_limit, "batch_size": args.batch_size}
     if "unsteered" not in data:
@@ -132,20 +133,34 @@ def _acc_line(name: str, base: list[int], steered: list[int]) -> str:
 
 
 def confirm_table(data: dict[str, Any], fresh_from: int) -> list[str]:
-    """The confirmatory test's description and table (seen, fresh and all items)."""
+    """The confirmatory test's description and table (seen, fresh and all items; all only when no item was
+    seen before). ``fresh_from``: used when the file does not record its own."""
     base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
     c = data["config"]
+    fresh_from = data.get("fresh_from", fresh_from)
+    seen = (
+        f"Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep that chose the "
+        f"configuration on val; items {fresh_from}+ were never evaluated before. "
+        if fresh_from
+        else "No test item of this task was evaluated with steering before this run. "
+    )
+    rows = (
+        [
+            _acc_line(f"seen (0-{fresh_from - 1})", base[:fresh_from], steered[:fresh_from]),
+            _acc_line(f"**fresh ({fresh_from}+)**", base[fresh_from:], steered[fresh_from:]),
+        ]
+        if fresh_from
+        else []
+    )
     return [
         f"**Confirmatory test** ({data['task']}, {data['dtype']}): one configuration fixed before this run "
         f"(site {c['site']}, k={c['k']}, alpha={c['alpha']:g}, {c['pairs']} pairs), the unsteered and the steered "
-        f"model on every test item. Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep "
-        f"that chose the configuration on val; items {fresh_from}+ were never evaluated before. "
+        f"model on every test item. {seen}{data.get('note') or ''}"
         f"Neutral-text ppl {data['unsteered']['metrics']['ppl']:.2f} -> {data['steered']['metrics']['ppl']:.2f}.\n",
         "| items | n | unsteered | steered ± se | change | fixed / broken | McNemar p |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        _acc_line(f"seen (0-{fresh_from - 1})", base[:fresh_from], steered[:fresh_from]),
-        _acc_line(f"**fresh ({fresh_from}+)**", base[fresh_from:], steered[fresh_from:]),
-        _acc_line("all", base, steered),
+        *rows,
+        _acc_line("**all**" if not fresh_from else "all", base, steered),
         "",
     ]
 
@@ -164,7 +179,10 @@ def plot_confirm(data: dict[str, Any], out: Path, fresh_from: int) -> Path:
     from matplotlib.figure import Figure
 
     base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
+    fresh_from = data.get("fresh_from", fresh_from)
     groups = {"seen": slice(0, fresh_from), "fresh": slice(fresh_from, None), "all": slice(None)}
+    if not fresh_from:
+        groups = {"all": slice(None)}
     fig = Figure(figsize=(6, 3.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -234,6 +252,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
     p.add_argument("--spec", default=None, help="confirm: steer with this spec directory instead of fitting")
+    p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
