@@ -35,6 +35,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
     from austeer.compare import outcomes
     from austeer.evaluate import evaluate
     from austeer.fit import fit
+    from austeer.reuse import LayerCache
     from austeer.steer import folded
     from austeer.tasks import get_task
 
@@ -46,9 +47,11 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
         data.update(fresh_from=args.fresh_from, note=args.note)
     task = get_task(task_name)
     kw: dict[str, Any] = {"split": "test", "limit": args.test_limit, "batch_size": args.batch_size}
+    cache = LayerCache(model)  # the steered pass replays the layers below its first steered layer
     if "unsteered" not in data:
         start, samples = time.perf_counter(), []  # type: ignore[var-annotated]
-        metrics = evaluate(model, tok, task, samples=samples, **kw)
+        with cache.reuse():
+            metrics = evaluate(model, tok, task, samples=samples, **kw)
         data["unsteered"] = {"metrics": metrics, "correct": outcomes(samples), "ids": [s["id"] for s in samples]}
         data["unsteered"]["seconds"] = round(time.perf_counter() - start, 1)
         save(path, data)
@@ -65,7 +68,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
             spec.save(where / f"confirm_{task_name}_spec")
         fit_seconds = round(time.perf_counter() - start, 1)
         samples = []
-        with folded(model, spec):
+        with folded(model, spec), cache.reuse():
             metrics = evaluate(model, tok, task, samples=samples, **kw)
         data["steered"] = {
             "metrics": metrics,
