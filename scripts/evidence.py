@@ -86,7 +86,7 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
     from austeer.compare import Comparison, compare
     from austeer.tasks import get_task
 
-    path = where / f"compare_{task_name}.json"
+    path = where / f"compare_{task_name}{args.label}.json"
     task = get_task(task_name)
     methods = args.methods.split(",")
     if task.kind == "mc" and "calibration" not in methods:
@@ -233,7 +233,7 @@ def render(model: str, fresh_from: int) -> None:
             f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {minutes:.0f} min): {settings_line(comp)}.\n"
         )
         parts.append(table(comp) + "\n")
-        img = plot_comparison(comp, where / f"compare_{comp.task}.png")
+        img = plot_comparison(comp, where / f"{path.stem}.png")
         parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
     write_between(DOC, BEGIN, END, "\n".join(parts))
 
@@ -255,6 +255,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
     p.add_argument("--spec", default=None, help="confirm: steer with this spec directory instead of fitting")
+    p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
