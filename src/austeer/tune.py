@@ -14,8 +14,9 @@ A user with a pairs file has no task, scorer or validation set. :func:`tune` mak
      p(negative answer | prompt)``, each a mean over the answer's tokens (nats per token, so long
      answers do not outweigh short ones). ``effect`` is the mean over held-out pairs of the steered
      margin minus the unsteered one, ``effect_se`` its standard error (sample standard deviation of the
-     per-pair changes over ``sqrt(n)``), ``z = effect / effect_se``, and ``share_up`` the share of
-     held-out pairs whose margin grew;
+     per-pair changes over ``sqrt(n)``), ``z = effect / effect_se``, ``share_up`` the share of
+     held-out pairs whose margin grew, and ``fixed`` / ``broken`` the held-out pairs whose preference
+     flipped to the positive answer / away from it (reported; the rule uses the mean);
    - *damage*: on the neutral texts (:data:`austeer.tasks.base.NEUTRAL_TEXTS`, plus the user's own),
      ``kl`` is ``KL(unsteered || steered)`` of the next-token distributions, averaged over positions
      (nats), and ``ppl_ratio`` the steered perplexity over the unsteered one.
@@ -108,6 +109,8 @@ class TuneRow:
     margin: float
     kl: float
     ppl_ratio: float
+    fixed: int = 0
+    broken: int = 0
 
     @property
     def key(self) -> tuple[str, str, int, float, int]:
@@ -305,22 +308,27 @@ class Effect:
     z: float
     share_up: float
     margin: float
+    fixed: int = 0  # held-out pairs whose margin went from <= 0 (negative answer preferred) to > 0
+    broken: int = 0  # and from > 0 to <= 0
 
 
 def effect_of(steered: torch.Tensor, unsteered: torch.Tensor) -> Effect:
-    """Mean change of per-pair margins, its standard error, z, share of pairs up, and the mean steered margin.
+    """Mean change of per-pair margins, its standard error, z, share of pairs up, the mean steered margin,
+    and the pairs whose preference flipped each way (``fixed``: to the positive answer; ``broken``: away).
 
     Example:
         >>> e = effect_of(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 1.0]))
-        >>> e.effect, round(e.se, 3), round(e.z, 2), e.share_up
-        (1.6666666666666667, 0.333, 5.0, 1.0)
+        >>> e.effect, round(e.se, 3), round(e.z, 2), e.share_up, (e.fixed, e.broken)
+        (1.6666666666666667, 0.333, 5.0, 1.0, (2, 0))
     """
     d = (steered - unsteered).double()
     n = int(d.numel())
     mean = float(d.mean())
     se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
     z = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else 0.0)
-    return Effect(mean, se, z, float((d > 0).double().mean()), float(steered.double().mean()))
+    fixed = int(((unsteered <= 0) & (steered > 0)).sum())
+    broken = int(((unsteered > 0) & (steered <= 0)).sum())
+    return Effect(mean, se, z, float((d > 0).double().mean()), float(steered.double().mean()), fixed, broken)
 
 
 @dataclass
@@ -585,7 +593,7 @@ def tune(
             method, site, k, alpha, layer = key(c)
             row = TuneRow(
                 method, site, k if method == "austeer" else n_steered, alpha, layer, n_steered,
-                eff.effect, eff.se, eff.z, eff.share_up, eff.margin, kl, ratio,
+                eff.effect, eff.se, eff.z, eff.share_up, eff.margin, kl, ratio, eff.fixed, eff.broken,
             )  # fmt: skip
             rows[key(c)] = row
             state["rows"] = [asdict(r) for r in rows.values()]

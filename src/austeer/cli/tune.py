@@ -19,7 +19,7 @@ def _row_line(r: Any, chosen: Any) -> str:
     mark = " <- chosen" if chosen is not None and r.key == chosen.key else ""
     return (
         f"  {what} alpha={r.alpha:<5g} effect {r.effect:+.3f} +- {r.effect_se:.3f} (z {r.z:+6.2f}, "
-        f"up {r.share_up:4.0%})  KL {r.kl:8.4f}  ppl x{r.ppl_ratio:.3g}{mark}"
+        f"up {r.share_up:4.0%}, flips +{r.fixed}/-{r.broken})  KL {r.kl:8.4f}  ppl x{r.ppl_ratio:.3g}{mark}"
     )
 
 
