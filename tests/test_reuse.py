@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from austeer.compare import compare
+from austeer.evaluate import Unsteered
 from austeer.generate import generate
 from austeer.likelihood import next_token_logits
 from austeer.momentum import Unit
@@ -112,8 +113,9 @@ def test_compare_gives_the_same_results_with_and_without_reuse(smol) -> None:
     reused = LayerCache(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = compare(model, tok, get_task("copa"), progress=False, cache=reused, **kw)
-        b = compare(model, tok, get_task("copa"), progress=False, cache=LayerCache(model, max_bytes=0), **kw)
+        a = compare(model, tok, get_task("copa"), progress=False, unsteered=Unsteered(model, tok, reused), **kw)
+        none = Unsteered(model, tok, LayerCache(model, max_bytes=0))
+        b = compare(model, tok, get_task("copa"), progress=False, unsteered=none, **kw)
     assert reused.stats["skipped"] > 0
 
     def seen(c):  # everything but the timings

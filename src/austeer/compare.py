@@ -206,17 +206,14 @@ def compare(
     unsteered: Unsteered | None = None,
     done: Sequence[Result] = (),
     on_result: Callable[[Comparison], None] | None = None,
-    cache: LayerCache | None = None,
 ) -> Comparison:
     """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``.
 
-    ``unsteered``: the run's memo of unsteered evaluations (share one with :func:`dose_response` and
-    :func:`frontier` so that the unsteered model is evaluated once per split and limit).
+    ``unsteered``: the run's memo of unsteered evaluations and their hidden states (share one with
+    :func:`dose_response` and :func:`frontier` so that the unsteered model is evaluated once per split and
+    limit, and every steered evaluation replays the layers below its first steered layer from it).
     ``done``: results of an interrupted run with the same settings, kept as they are (resume);
     ``on_result`` receives the comparison so far after every method (save it to resume later).
-    ``cache``: hidden states shared by every evaluation (default: a new :class:`~austeer.reuse.LayerCache`,
-    made now, while the model is unsteered); the layers below the first steered layer are computed once
-    per item.
     """
     sites = sites_for(methods)  # raises on an unknown method
     for name in methods:
@@ -232,11 +229,10 @@ def compare(
         pairs = task.pairs(model, tok, limit=pairs_limit)
         evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
     unsteered = unsteered or Unsteered(model, tok)
-    cache = cache or LayerCache(model)
-    with cache.reuse():
-        base_val = unsteered.get(task, "val", val_limit, **kw)
-        base_samples: list[dict[str, Any]] = []
-        base_test = unsteered.get(task, "test", test_limit, samples=base_samples, **kw)
+    cache = unsteered.cache
+    base_val = unsteered.get(task, "val", val_limit, **kw)
+    base_samples: list[dict[str, Any]] = []
+    base_test = unsteered.get(task, "test", test_limit, samples=base_samples, **kw)
     settings = {
         "methods": list(methods),
         "budget": budget,
@@ -328,15 +324,14 @@ def dose_response(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
-    cache: LayerCache | None = None,
 ) -> list[dict[str, Any]]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
-    ``unsteered``, ``cache``: the run's memo of unsteered evaluations and its hidden states (see :func:`compare`)."""
+    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    cache = cache or LayerCache(model)
-    with cache.reuse():
-        base = (unsteered or Unsteered(model, tok)).get(task, **kw)
+    unsteered = unsteered or Unsteered(model, tok)
+    cache = unsteered.cache
+    base = unsteered.get(task, **kw)
     rows = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
@@ -375,19 +370,18 @@ def frontier(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
-    cache: LayerCache | None = None,
 ) -> list[dict[str, Any]]:
     """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``
     (values of the method's :attr:`~austeer.baselines.base.Method.strength` key).
 
-    ``unsteered``, ``cache``: the run's memo of unsteered evaluations and its hidden states (see :func:`compare`)."""
+    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
     weak = [m for m in configs if METHODS[m].strength is None]
     if weak:
         raise ValueError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    cache = cache or LayerCache(model)
-    with cache.reuse():
-        base = (unsteered or Unsteered(model, tok)).get(task, **kw)
+    unsteered = unsteered or Unsteered(model, tok)
+    cache = unsteered.cache
+    base = unsteered.get(task, **kw)
     rows = [{"method": "none", "strength": 0.0, "n_steered": 0, "metric": base[task.metric], "metrics": base}]
     for name, config in configs.items():
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from austeer.likelihood import continuation_nll, next_token_logits
+from austeer.reuse import LayerCache
 from austeer.tasks.base import NEUTRAL_TEXTS, ScoreOptions, Task
 
 __all__ = ["continuation_nll", "evaluate", "next_token_logits", "perplexity"]
@@ -71,7 +72,10 @@ class Unsteered:
     """The unsteered model's evaluations of one run, each computed once (and its neutral-text perplexity
     once for all of them): ``get`` returns the memo for the same task, split, limit and options.
 
-    Call it only while ``model`` is unsteered; steered evaluations must not go through it.
+    Call it only while ``model`` is unsteered; steered evaluations must not go through it. ``cache`` (made
+    now, while the model is unsteered, unless given) receives the hidden states of these evaluations, so
+    steered evaluations of the same items can replay the layers below their first steered layer
+    (:mod:`austeer.reuse`).
 
     Example:
         >>> from austeer.tasks import get_task
@@ -81,8 +85,9 @@ class Unsteered:
         (True, 1)
     """
 
-    def __init__(self, model: nn.Module, tok: Any) -> None:
+    def __init__(self, model: nn.Module, tok: Any, cache: LayerCache | None = None) -> None:
         self.model, self.tok = model, tok
+        self.cache = cache or LayerCache(model)
         self.ppl: float | None = None
         self.evaluations = 0
         self._memo: dict[tuple[Any, ...], tuple[dict[str, float], list[dict[str, Any]]]] = {}
@@ -104,7 +109,8 @@ class Unsteered:
         )
         if key not in self._memo:
             records: list[dict[str, Any]] = []
-            metrics = evaluate(self.model, self.tok, task, split, limit, samples=records, ppl=self.ppl, **kw)
+            with self.cache.reuse():
+                metrics = evaluate(self.model, self.tok, task, split, limit, samples=records, ppl=self.ppl, **kw)
             self.ppl = metrics["ppl"]
             self.evaluations += 1
             self._memo[key] = (metrics, records)

@@ -45,7 +45,6 @@ from austeer.evaluate import Unsteered, evaluate
 from austeer.fit import fit
 from austeer.io import atomic_write_text, check_replaceable
 from austeer.models import fingerprint
-from austeer.reuse import LayerCache
 from austeer.sites import site_def
 from austeer.spec import SteerSpec, load
 from austeer.steer import apply, folded
@@ -166,13 +165,12 @@ def sweep(
         return evaluate(model, tok, task, split, limit, batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens)
 
     unsteered = Unsteered(model, tok)  # the unsteered val and test evaluations share one perplexity
-    cache = LayerCache(model)  # the layers below the first steered one: computed once per item (austeer.reuse)
+    cache = unsteered.cache  # the layers below the first steered one: computed once per item (austeer.reuse)
 
     def run_unsteered(split: str, limit: int | None) -> dict[str, float]:
-        with cache.reuse():
-            return unsteered.get(
-                task, split, limit, batch_size=batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens
-            )
+        return unsteered.get(
+            task, split, limit, batch_size=batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens
+        )
 
     if "baseline" not in state:
         state["baseline"] = run_unsteered("val", val_limit)
