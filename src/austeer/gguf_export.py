@@ -147,6 +147,11 @@ def _stored(tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, gguf.GGMLQuant
     return gguf.quants.quantize(array, qtype), qtype
 
 
+def steer_meta(spec: SteerSpec, alpha: float | None, source: str) -> dict[str, Any]:
+    """What an exported GGUF records under :data:`STEER_KEY`: the spec, the alpha folded in, the source's name."""
+    return {**spec.to_json(), "alpha": spec.alpha if alpha is None else alpha, "source": source}
+
+
 def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> None:
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
@@ -201,9 +206,7 @@ def export_gguf(
     reader = gguf.GGUFReader(src)
     arch_name, _ = _arch(reader, src)
     new = {name: _stored(t, dtype) for name, t in folded_tensors(model, spec, reader, alpha, src).items()}
-    meta = spec.to_json()
-    meta["alpha"] = spec.alpha if alpha is None else alpha
-    meta["source"] = src.name
+    meta = steer_meta(spec, alpha, src.name)
 
     def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(tmp, arch_name, endianess=reader.endianess)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.gguf_export import FOLDED_TYPES, STEER_KEY, _stored, gguf_name, is_austeer_gguf
+from austeer.gguf_export import FOLDED_TYPES, STEER_KEY, _stored, gguf_name, is_austeer_gguf, steer_meta
 from austeer.io import atomic_write_file
 from austeer.spec import SteerSpec
 from austeer.steer import folded
@@ -260,8 +260,9 @@ def gguf_tensors(model: nn.Module) -> Iterator[tuple[str, str, torch.Tensor]]:
         yield name, hf_name, (rope_permute(w, heads) if heads else w).contiguous()
 
 
-def _qtype(shape: torch.Size, dtype: str) -> gguf.GGMLQuantizationType:
-    return FOLDED_TYPES[dtype] if len(shape) >= 2 else gguf.GGMLQuantizationType.F32
+def _kind(shape: torch.Size, dtype: str) -> str:
+    """How a tensor is stored: matrices as ``dtype``, vectors (norms, biases) always as f32."""
+    return dtype if len(shape) >= 2 else "f32"
 
 
 def export_hf_gguf(
@@ -283,9 +284,7 @@ def export_hf_gguf(
     arch = arch_of(model)
     hp = _hparams(model.config)
     source = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "model")
-    meta = spec.to_json()
-    meta["alpha"] = spec.alpha if alpha is None else alpha
-    meta["source"] = Path(source).name
+    meta = steer_meta(spec, alpha, Path(source).name)
     plan = _plan(model)  # checked before anything is written
     vocab = gguf_vocab(tokenizer, model.config, hp["vocab"])
 
@@ -295,7 +294,7 @@ def export_hf_gguf(
         vocab.add_to(writer)
         writer.add_string(STEER_KEY, json.dumps(meta, sort_keys=True))
         for name, _, param, _ in plan:
-            qtype = _qtype(param.shape, dtype)
+            qtype = FOLDED_TYPES[_kind(param.shape, dtype)]
             nbytes = param.numel() * (4 if qtype == gguf.GGMLQuantizationType.F32 else 2)
             writer.add_tensor_info(name, tuple(param.shape), np.dtype(np.float32), nbytes, raw_dtype=qtype)
         writer.write_header_to_file()
@@ -303,7 +302,7 @@ def export_hf_gguf(
         writer.write_ti_data_to_file()
         with folded(model, spec, alpha):
             for _, _, w in gguf_tensors(model):
-                writer.write_tensor_data(_stored(w, "f32" if w.dim() < 2 else dtype)[0])
+                writer.write_tensor_data(_stored(w, _kind(w.shape, dtype))[0])
         writer.close()
 
     return atomic_write_file(Path(out), write, owned=is_austeer_gguf, force=force)
