@@ -5,7 +5,7 @@ Contenders, all on the same texts (COPA pairs: chat-formatted prompt + correct /
 - ``austeer``: ``austeer.score(model, tok, pairs, ["head"], batch_size=16)`` (32 texts per forward, sorted
   by length, backbone only, hooks keep the last token, streamed sign counts);
 - ``austeer_shared``: the same with ``share_prefix=True``: the prompt common to the two texts of a pair
-  runs once, both answers continue from its KV cache (``austeer.collect.pair_momenta``);
+  runs once, both answers continue from its KV cache (``austeer.collect.shared_prefix_activations``);
 - ``plain``: a plain batched forward of the whole model (``model(**enc)``, LM head included) over the
   same batches, tokenization included;
 - ``plain_backbone``: the same without the LM head (the strictest reference: everything austeer adds);

@@ -4,10 +4,10 @@ pairs in float32 and bfloat16, with the prompt shared or not; top-k overlaps as 
 For each dtype the model is loaded once (one at a time: a 1.5B model in float32 takes 6 GB) and the pairs are
 scored in growing chunks (counts add up, so the counts at 64, 300, 1000 pairs come from one pass):
 
-- ``full``: :func:`austeer.collect.pair_activations` (both texts run whole), the momentum taken from the
-  captured activations upcast to float32 (what :func:`austeer.fit.score` does);
+- ``full``: :func:`austeer.collect.pair_batches` with ``share_prefix=False`` (both texts run whole), the
+  momentum taken from the captured activations upcast to float32 (what :func:`austeer.fit.score` does);
 - ``full_lowdiff``: the same activations, the difference taken in the model's dtype (the "no upcast" variant);
-- ``shared``: :func:`austeer.collect.pair_momenta` (prompt once, answers from its KV cache).
+- ``shared``: ``pair_batches`` with ``share_prefix=True`` (prompt once, answers from its KV cache).
 
 Reported: the number of AUs whose (pos, neg) counts differ between two variants, the share of exactly-zero
 momenta, and the overlap ``|top_k(a) & top_k(b)| / k`` of the global top-k (ranking of
@@ -28,9 +28,8 @@ import torch
 from _common import copa_pairs, dump, print_machine, set_threads, table
 
 import austeer
-from austeer.collect import batch_plan, pair_activations, pair_momenta
+from austeer.collect import pair_batches
 from austeer.momentum import SignCounts, select
-from austeer.pairs import pair_texts
 from austeer.sites import decoder_layers, site_width
 
 VARIANTS = ("full", "full_lowdiff", "shared")
@@ -53,18 +52,14 @@ def counts_by_size(
     done = 0
     for n in sizes:
         chunk = pairs[done:n]
-        for _, pos, neg in (
-            []
-            if "full" not in variants
-            else pair_activations(model, tok, chunk, sites, batch_plan(tok, chunk, batch_size))
-        ):
+        if "full" in variants:
+            for _, pos, neg in pair_batches(model, tok, chunk, sites, batch_size, share_prefix=False):
+                for s in sites:
+                    acc["full"][s].update(pos[s] - neg[s])
+                    acc["full_lowdiff"][s].update((pos[s].to(low) - neg[s].to(low)).float())
+        for _, pos, neg in pair_batches(model, tok, chunk, sites, batch_size, share_prefix=True):
             for s in sites:
-                acc["full"][s].update(pos[s] - neg[s])
-                acc["full_lowdiff"][s].update((pos[s].to(low) - neg[s].to(low)).float())
-        for rows in batch_plan(tok, chunk, batch_size):
-            m = pair_momenta(model, tok, [pair_texts(tok, chunk[i]) for i in rows], sites)
-            for s in sites:
-                acc["shared"][s].update(m[s])
+                acc["shared"][s].update(pos[s] - neg[s])
         done = n
         out[n] = {v: {s: _copy(c) for s, c in acc[v].items()} for v in variants}
         print(f"  {n} pairs scored ({time.strftime('%H:%M:%S')})", flush=True)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from austeer.baselines import METHODS
-from austeer.compare import UNPROMPTED_DEFAULTS
+from austeer.compare import UNPROMPTED_DEFAULTS, DoseRow, FrontierRow
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
@@ -86,13 +87,14 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
         )
         old = data.get("dose", {})
         if old.get("limit") == args.dose_limit and old.get("alpha") == alpha:  # add doses to an earlier run
-            new = {(r["site"], r["k"]) for r in rows}
-            rows = sorted([r for r in old["rows"] if (r["site"], r["k"]) not in new] + rows, key=_dose_key)
-        data["dose"] = {"limit": args.dose_limit, "alpha": alpha, "rows": rows}
+            new = {(r.site, r.k) for r in rows}
+            kept = [DoseRow(**r) for r in old["rows"] if (r["site"], r["k"]) not in new]
+            rows = sorted(kept + rows, key=_dose_key)
+        data["dose"] = {"limit": args.dose_limit, "alpha": alpha, "rows": [asdict(r) for r in rows]}
         save(path, data)
     if "frontier" in args.stages and task.kind == "behaviour":
         chosen = {m: FRONTIER_CONFIGS[m] for m in args.frontier_methods.split(",")}
-        rows = frontier(
+        points = frontier(
             model,
             tok,
             task,
@@ -104,13 +106,13 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
             eval_kw=eval_kw,
             unsteered=unsteered,
         )
-        data["frontier"] = {"limit": args.frontier_limit, "configs": chosen, "rows": rows}
+        data["frontier"] = {"limit": args.frontier_limit, "configs": chosen, "rows": [asdict(r) for r in points]}
         save(path, data)
 
 
-def _dose_key(row: dict[str, Any]) -> tuple[int, int]:
+def _dose_key(row: DoseRow) -> tuple[int, int]:
     order = ["head", "ffn", "neuron", "residual"]
-    return (order.index(row["site"]) if row["site"] in order else len(order), int(row["k"]))
+    return (order.index(row.site) if row.site in order else len(order), int(row.k))
 
 
 def _metric(data: dict[str, Any]) -> str:
@@ -138,10 +140,11 @@ def render() -> None:
         if "dose" in data:
             d = data["dose"]
             metric = _metric(data)
-            img = plot_dose(d["rows"], name, metric, IMG / f"compare_{name}_dose.png")
+            dose_rows = [DoseRow(**r) for r in d["rows"]]
+            img = plot_dose(dose_rows, name, metric, IMG / f"compare_{name}_dose.png")
             by_site: dict[str, list[str]] = {}
-            for r in d["rows"]:
-                by_site.setdefault(r["site"], []).append(f"{'all ' if r['all'] else ''}{r['k']}: {r['metric']:.3f}")
+            for r in dose_rows:
+                by_site.setdefault(r.site, []).append(f"{'all ' if r.all else ''}{r.k}: {r.metric:.3f}")
             parts.append(f"Dose-response (test, first {d['limit']} items, alpha {d['alpha']:g}):\n")
             parts.extend(f"- `{site}`: " + ", ".join(v) for site, v in by_site.items())
             parts.append(f"\n![{name} dose-response](img/{img.name})\n")
@@ -149,7 +152,8 @@ def render() -> None:
             f = data["frontier"]
             metric = _metric(data)
             for x in ("ppl", "cont_ppl"):
-                img = plot_frontier(f["rows"], name, metric, x, IMG / f"compare_{name}_frontier_{x}.png")
+                out = IMG / f"compare_{name}_frontier_{x}.png"
+                img = plot_frontier([FrontierRow(**r) for r in f["rows"]], name, metric, x, out)
                 parts.append(f"![{name} frontier ({x})](img/{img.name})\n")
             parts.append(
                 f"Frontier points (test, first {f['limit']} items): method, strength -> {metric}, ppl, cont_ppl\n"

@@ -8,9 +8,19 @@ finished pieces are skipped on a rerun):
   COPA test items). The unsteered and the steered model answer every test item; the file keeps each item's
   outcome so the paired test (McNemar) can be read on the items the earlier run never saw.
 - ``compare``: ``austeer.compare`` with every method on the same evidence (paired outcomes per item).
+- ``frontier`` (behaviour tasks): effect against perplexity and continuation perplexity of each method at a
+  fixed configuration over a strength grid (``--strengths``), on the first ``--test-limit`` test items,
+  saved after each method; the prompt's point (from the ``compare`` stage on the same items) is drawn beside.
+
+- ``dose``: the dose-response (test metric and perplexity against the number of top AUs steered at
+  ``--alpha``) for every site of ``--sites`` on every test item (or ``--test-limit``), saved after each site.
+
+Behaviour tasks judge continuation perplexity under a second, unsteered copy of the model.
 
     python scripts/evidence.py --stages confirm --tasks copa
     python scripts/evidence.py --stages compare --tasks copa --budget 4
+    python scripts/evidence.py --stages compare,frontier --tasks sentiment --methods austeer,caa,iti,prompt \\
+        --pairs-limit 200 --test-limit 100
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +128,126 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
         batch_size=args.batch_size,
         done=done,
         on_result=checkpoint,
+        eval_kw=eval_kw(task, args),
+        unsteered=unsteered_memo(model, tok),
     )
+
+
+_MEMO: dict[str, Any] = {}
+
+
+def unsteered_memo(model: Any, tok: Any) -> Any:
+    """One memo of unsteered evaluations (and their hidden states) for every stage of this process."""
+    from austeer.evaluate import Unsteered
+
+    if "unsteered" not in _MEMO:
+        _MEMO["unsteered"] = Unsteered(model, tok)
+    return _MEMO["unsteered"]
+
+
+def eval_kw(task: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Behaviour tasks: continuation perplexity under an unsteered copy of the model (loaded once)."""
+    if task.kind != "behaviour":
+        return {}
+    if "ref" not in _MEMO:
+        from austeer.models import load_model
+
+        _MEMO["ref"] = load_model(args.model, dtype=args.dtype)[0]
+    return {"ref_model": _MEMO["ref"]}
+
+
+def parse_strengths(text: str) -> dict[str, list[float]]:
+    """``"austeer=5,10;caa=1,2"`` -> ``{"austeer": [5.0, 10.0], "caa": [1.0, 2.0]}``."""
+    out: dict[str, list[float]] = {}
+    for part in filter(None, (x.strip() for x in text.split(";"))):
+        name, _, values = part.partition("=")
+        out[name.strip()] = [float(v) for v in values.split(",")]
+    return out
+
+
+def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
+    """:func:`austeer.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
+    from austeer.baselines.base import gather
+    from austeer.compare import dose_response, parse_doses
+    from austeer.tasks import get_task
+
+    task = get_task(task_name)
+    path = where / f"dose_{task_name}{args.label}.json"
+    settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "alpha": args.alpha, "doses": args.doses}
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if data.get("settings") != settings:
+        data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
+    todo = [s for s in args.sites.split(",") if s not in {r["site"] for r in data["rows"]}]
+    if not todo:
+        print(f"dose {task_name}: done ({path})")
+        return
+    start = time.perf_counter() - data.get("seconds", 0)
+    evidence = gather(model, tok, task.pairs(model, tok, limit=args.pairs_limit), todo, batch_size=args.batch_size)
+    for site in todo:
+        rows = dose_response(
+            model,
+            tok,
+            task,
+            evidence,
+            [site],
+            parse_doses(args.doses),
+            args.alpha,
+            limit=args.test_limit,
+            batch_size=args.batch_size,
+            eval_kw=eval_kw(task, args),
+            unsteered=unsteered_memo(model, tok),
+        )
+        data["rows"] += [asdict(r) for r in rows]
+        data["seconds"] = round(time.perf_counter() - start, 1)
+        save(path, data)
+        print(f"dose {task_name} {site}: " + ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows), flush=True)
+
+
+def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
+    """Each method of ``--strengths`` at its declared frontier configuration over its strengths, on the first
+    ``--test-limit`` test items; saved after every method (a rerun skips the methods done)."""
+    from austeer.baselines import METHODS
+    from austeer.baselines.base import gather
+    from austeer.compare import frontier
+    from austeer.tasks import get_task
+
+    task = get_task(task_name)
+    path = where / f"frontier_{task_name}{args.label}.json"
+    strengths = parse_strengths(args.strengths)
+    settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "strengths": strengths}
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if data.get("settings") != settings:
+        data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
+    data["configs"] = {m: METHODS[m].frontier.config for m in strengths if METHODS[m].frontier}  # type: ignore[union-attr]
+    done = {r["method"] for r in data["rows"]}
+    todo = [m for m in strengths if m not in done]
+    if not todo:
+        print(f"frontier {task_name}: done ({path})")
+        return
+    start = time.perf_counter() - data.get("seconds", 0)
+    pairs = task.pairs(model, tok, limit=args.pairs_limit)
+    sites = sorted({s for m in todo for s in METHODS[m].sites})
+    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
+    for name in todo:
+        rows = frontier(
+            model,
+            tok,
+            task,
+            evidence,
+            {name: data["configs"][name]},
+            {name: strengths[name]},
+            limit=args.test_limit,
+            batch_size=args.batch_size,
+            eval_kw=eval_kw(task, args),
+            unsteered=unsteered_memo(model, tok),
+        )
+        new = [asdict(r) for r in rows]
+        data["rows"] = [r for r in data["rows"] if r["method"] != "none"] + new  # the unsteered row once
+        data["rows"].sort(key=lambda r: r["method"] != "none")
+        data["seconds"] = round(time.perf_counter() - start, 1)
+        save(path, data)
+        best = max((r for r in rows if r.method == name), key=lambda r: r.metric)
+        print(f"frontier {task_name}: {name} done, best {best.metric:.3f} at {best.strength:g}", flush=True)
 
 
 BEGIN, END = "<!-- BEGIN GENERATED (scripts/evidence.py) -->", "<!-- END GENERATED (scripts/evidence.py) -->"
@@ -235,7 +365,74 @@ def render(model: str, fresh_from: int) -> None:
         parts.append(table(comp) + "\n")
         img = plot_comparison(comp, where / f"{path.stem}.png")
         parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
+    for path in sorted(where.glob("dose_*.json")):
+        parts += render_dose(json.loads(path.read_text()), where, path.stem)
+    for path in sorted(where.glob("frontier_*.json")):
+        parts += render_frontier(json.loads(path.read_text()), where, path.stem)
     write_between(DOC, BEGIN, END, "\n".join(parts))
+
+
+def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
+    """The dose-response plot and its points per site."""
+    from austeer.baselines.report import plot_dose
+    from austeer.compare import DoseRow
+    from austeer.tasks import get_task
+
+    rows = [DoseRow(**r) for r in data["rows"]]
+    task, st = data["task"], data["settings"]
+    img = plot_dose(rows, task, get_task(task).metric, where / f"{stem}.png")
+    n = int(rows[0].metrics.get("n_items", 0)) if rows else 0
+    lines = [
+        f"**Dose-response** ({task}, {data['dtype']}, {data.get('seconds', 0) / 60:.0f} min): the top-k AUs of each "
+        f"site (ranked on {st['pairs']} pairs) steered at alpha {st['alpha']:g}, {n} test items; "
+        "k = 0 is the unsteered model.\n",
+        "| site | k | metric | neutral ppl |",
+        "|---|---:|---:|---:|",
+        *(f"| {r.site} | {'all ' if r.all else ''}{r.k} | {r.metric:.3f} | {r.ppl:.2f} |" for r in rows),
+        "",
+        f"![{task} dose-response]({img.relative_to(DOC.parent)})\n",
+    ]
+    return lines
+
+
+def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
+    """The frontier plots (neutral and continuation perplexity) and points; the prompted methods' test results
+    of the compare stage on the same items are drawn as single points."""
+    from austeer.baselines.report import plot_frontier
+    from austeer.compare import Comparison, FrontierRow
+    from austeer.tasks import get_task
+
+    task, limit = data["task"], data["settings"]["limit"]
+    metric = get_task(task).metric
+    rows = [FrontierRow(**r) for r in data["rows"]]
+    compared = where / f"compare_{task}.json"
+    if compared.exists():
+        comp = Comparison.from_json(json.loads(compared.read_text()))
+        if comp.settings.get("test_limit") == limit:
+            rows += [
+                FrontierRow(r.method, 0.0, r.n_steered, r.test_metric, r.test)
+                for r in comp.results
+                if r.method.startswith("prompt")
+            ]
+    minutes = data.get("seconds", 0) / 60
+    lines = [
+        f"**Frontier** ({task}, {data['dtype']}, {minutes:.0f} min): each method at a fixed configuration "
+        f"({', '.join(f'{m} {c}' for m, c in data['configs'].items())}) over its strengths, first {limit} test "
+        f"items, {data['settings']['pairs']} pairs; the prompt is one point (compare stage, same items).\n"
+    ]
+    for x in ("ppl", "cont_ppl"):
+        img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
+        lines.append(f"![{task} frontier ({x})]({img.relative_to(DOC.parent)})\n")
+    n = limit or len(rows)
+    lines += [f"| method | strength | {metric} ± se | ppl | cont_ppl |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        v, m = r.metric, r.metrics
+        se = (v * (1 - v) / n) ** 0.5
+        lines.append(
+            f"| {r.method} | {r.strength:g} | {v:.3f} ± {se:.3f} | {m['ppl']:.2f} | "
+            f"{m.get('cont_ppl', float('nan')):.2f} |"
+        )
+    return [*lines, ""]
 
 
 def main() -> None:
@@ -245,6 +442,8 @@ def main() -> None:
     p.add_argument("--tasks", default="copa")
     p.add_argument("--stages", default="confirm,compare")
     p.add_argument("--site", default="head")
+    p.add_argument("--sites", default="head,ffn,neuron", help="dose: one curve per site")
+    p.add_argument("--doses", default="0,2,8,32,100,1000,all", help="dose: numbers of top AUs (all: every AU)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--alpha", type=float, default=10.0)
     p.add_argument("--methods", default="austeer,caa,iti,sadi,block,random,fixed")
@@ -255,6 +454,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
     p.add_argument("--spec", default=None, help="confirm: steer with this spec directory instead of fitting")
+    p.add_argument(
+        "--strengths",
+        default="austeer=5,10,20,50;caa=0.5,1,2,4;iti=2,5,10,20",
+        help="frontier: method=strength,... separated by ';' (each at its declared frontier configuration)",
+    )
     p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
@@ -270,7 +474,9 @@ def main() -> None:
     model, tok = load_model(args.model, dtype=args.dtype)
     for stage in args.stages.split(","):
         for name in args.tasks.split(","):
-            {"confirm": confirm, "compare": compare_stage}[stage](name, args, model, tok, where)
+            {"confirm": confirm, "compare": compare_stage, "dose": dose_stage, "frontier": frontier_stage}[stage](
+                name, args, model, tok, where
+            )
             if Path(args.out).resolve() == OUT:
                 render(args.model, args.fresh_from)
 

@@ -221,7 +221,7 @@ def evidence_lines() -> list[str]:
 def comparison_lines() -> list[str]:
     """The cross-task summary of ``docs/img/compare_<task>.json`` (written by scripts/compare_all.py)."""
     from austeer.baselines.report import plot_dose_grid, summary_table
-    from austeer.compare import Comparison
+    from austeer.compare import Comparison, DoseRow
     from austeer.tasks import TASKS, get_task
 
     img = DOC.parent / "img"
@@ -230,7 +230,9 @@ def comparison_lines() -> list[str]:
     if not found:
         return []
     comps = [Comparison.from_json(d["compare"]) for d in found.values() if "compare" in d]
-    curves = {t: (d["dose"]["rows"], get_task(t).metric) for t, d in found.items() if "dose" in d}
+    curves = {
+        t: ([DoseRow(**r) for r in d["dose"]["rows"]], get_task(t).metric) for t, d in found.items() if "dose" in d
+    }
     lines = [
         "## Does steering less achieve more? AUSteer against the baselines (SmolLM2-135M-Instruct)",
         "",

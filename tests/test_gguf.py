@@ -23,8 +23,7 @@ from austeer.gguf_export import STEER_KEY, export_gguf, is_austeer_gguf
 from austeer.io import OutputExistsError
 from austeer.models import gguf_source, load_model
 from austeer.steer import folded
-
-PROMPTS = ["The movie was", "<|im_start|>user\nHow was your weekend?<|im_end|>\n<|im_start|>assistant\n"]
+from tests.conftest import GGUF_PROMPTS, hf_greedy, llama, llama_greedy, llama_logits
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,7 @@ def test_reloaded_export_computes_the_folded_model(smol, spec, exported, tmp_pat
     model, tok = smol
     monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path / "cache"))  # the converted export stays out of the user cache
     reloaded, _ = load_model(str(exported))
-    for prompt in PROMPTS:
+    for prompt in GGUF_PROMPTS:
         ids = tok(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
             base = model(ids).logits
@@ -152,46 +151,18 @@ def test_cli_control_vector(tmp_path):
 # -- llama.cpp itself (llama-cpp-python), skipped where it is not installed
 
 
-def _llama(path, llama_cpp):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2)
-
-
-def _llama_logits(llm, ids: list[int]) -> torch.Tensor:
-    llm.reset()
-    llm.eval(ids)
-    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
-
-
-def _llama_greedy(llm, ids: list[int], n: int) -> list[int]:
-    llm.reset()
-    out: list[int] = []
-    llm.eval(ids)
-    for _ in range(n):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(nxt)
-        llm.eval([nxt])
-    return out
-
-
-def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, min_new_tokens=n)
-    return y[0, len(ids) :].tolist()
-
-
 def test_llamacpp_runs_the_export_as_the_folded_model(smol, spec, exported):
     llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = smol
-    source = _llama(gguf_source(model), llama_cpp)
-    steered = _llama(exported, llama_cpp)
-    for prompt in PROMPTS:
+    source = llama(gguf_source(model), llama_cpp)
+    steered = llama(exported, llama_cpp)
+    for prompt in GGUF_PROMPTS:
         ids = tok(prompt).input_ids
         with torch.no_grad():
             base = model(torch.tensor([ids])).logits[0]
             with folded(model, spec):
                 want = model(torch.tensor([ids])).logits[0]
-        got, got_base = _llama_logits(steered, ids), _llama_logits(source, ids)
+        got, got_base = llama_logits(steered, ids), llama_logits(source, ids)
         # llama.cpp computes in its own kernels (activations quantised to 8 bits against Q4_1 weights), so
         # it differs from the dequantised HF model by ~0.2 mean |logit|, steered or not (measured: 0.16-0.30,
         # against a steering effect of 0.5-0.8): the export in llama.cpp must be nearer the folded HF model
@@ -199,10 +170,10 @@ def test_llamacpp_runs_the_export_as_the_folded_model(smol, spec, exported):
         err = float((got - want).abs().mean())
         assert err < 0.6 * float((got_base - want).abs().mean()), prompt
         assert err < 0.6 * float((got - base).abs().mean()), prompt
-    ids = tok(PROMPTS[1]).input_ids
+    ids = tok(GGUF_PROMPTS[1]).input_ids
     with folded(model, spec):
-        hf_text = _hf_greedy(model, ids, 8)
-    assert _llama_greedy(steered, ids, 8) == hf_text  # measured: the first 16 tokens agree on this prompt
+        hf_text = hf_greedy(model, ids, 8)
+    assert llama_greedy(steered, ids, 8) == hf_text  # measured: the first 16 tokens agree on this prompt
 
 
 def _cvec_buffer(path, n_layer: int) -> tuple[np.ndarray, int]:
@@ -223,9 +194,9 @@ def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
     steerer = caa.build(model, evidence, layer=0.5, multiplier=4.0)
     path = caa.to_control_vector(steerer, model, tmp_path / "cv.gguf")
     n_layer = len(model.model.layers)
-    llm = _llama(gguf_source(model), llama_cpp)
+    llm = llama(gguf_source(model), llama_cpp)
     data, n_embd = _cvec_buffer(path, n_layer)
-    ids = tok(PROMPTS[1]).input_ids
+    ids = tok(GGUF_PROMPTS[1]).input_ids
     with torch.no_grad():
         base = model(torch.tensor([ids])).logits[0]
         with steerer.hooks(model):
@@ -236,19 +207,19 @@ def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
         shifted = np.roll(data, shift * n_embd)
         p = shifted.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         assert llama_cpp.llama_set_adapter_cvec(llm.ctx, p, len(shifted), n_embd, 1, n_layer - 1) == 0
-        return _llama_logits(llm, ids)
+        return llama_logits(llm, ids)
 
     assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
-    got = _llama_logits(llm, ids)
+    got = llama_logits(llm, ids)
     effect = (want - base).abs().mean()
     assert (got - want).abs().mean() < 0.1 * effect  # measured: 0.25 against an effect of 6.0
     # the numbering: one layer earlier or later is farther from the CAA hook than the written layer
     err = (got - want).abs().mean()
     assert err < (run(-1) - want).abs().mean() and err < (run(1) - want).abs().mean()
     with steerer.hooks(model):
-        hf_text = _hf_greedy(model, ids, 12)
+        hf_text = hf_greedy(model, ids, 12)
     assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
-    assert _llama_greedy(llm, ids, 12) == hf_text  # measured: the first 16 tokens agree
+    assert llama_greedy(llm, ids, 12) == hf_text  # measured: the first 16 tokens agree
 
 
 def test_hf_export_names_its_architecture(smol, spec, tmp_path):

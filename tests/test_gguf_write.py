@@ -28,8 +28,7 @@ from austeer.models import fingerprint, gguf_source, save_checkpoint
 from austeer.momentum import Unit
 from austeer.spec import SteerSpec
 from austeer.steer import folded
-from tests.conftest import GQA, ByteTok
-from tests.test_gguf import PROMPTS, _hf_greedy, _llama_greedy, _llama_logits
+from tests.conftest import GGUF_PROMPTS, GQA, ByteTok, hf_greedy, llama, llama_greedy, llama_logits
 
 VOCAB = 49152  # SmolLM2's tokenizer, so the tiny models get a real one
 
@@ -193,12 +192,6 @@ def test_cli_writes_a_checkpoint_model_as_gguf(smol, tmp_path):
 # -- llama.cpp itself (llama-cpp-python), skipped where it is not installed
 
 
-def _llama(path, llama_cpp):  # type: ignore[no-untyped-def]
-    # one thread: ggml's spinning threads are ~20x slower on a busy 2-core machine (measured 45 s vs 2.5 s
-    # for 16 greedy tokens), and the test is small
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=1)
-
-
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_llamacpp_runs_the_tiny_models(kind, files, smol):
     """The tiny llama (RoPE rows permuted, GQA, q/k/v/o biases, tied) and qwen2 (NeoX RoPE, q/k/v biases,
@@ -207,12 +200,12 @@ def test_llamacpp_runs_the_tiny_models(kind, files, smol):
     llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = _tiny(kind), smol[1]
     spec = _spec(model)
-    llm = _llama(files[kind], llama_cpp)
-    for prompt in PROMPTS:
+    llm = llama(files[kind], llama_cpp)
+    for prompt in GGUF_PROMPTS:
         ids = tok(prompt).input_ids
         with torch.no_grad(), folded(model, spec):
             want = model(torch.tensor([ids])).logits[0]
-        got = _llama_logits(llm, ids)
+        got = llama_logits(llm, ids)
         assert float((got - want).abs().max()) < 1e-3 and float((got - want).abs().mean()) < 1e-4, prompt
 
 
@@ -228,18 +221,18 @@ def test_llamacpp_runs_the_written_gguf_as_the_folded_model(smol, smol_spec, tmp
     llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = smol
     out = export_hf_gguf(model, tok, smol_spec, tmp_path / "smol.gguf")
-    llm = _llama(out, llama_cpp)
-    for prompt in PROMPTS:
+    llm = llama(out, llama_cpp)
+    for prompt in GGUF_PROMPTS:
         ids = tok(prompt).input_ids
         assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
         with torch.no_grad():
             base = model(torch.tensor([ids])).logits[0]
             with folded(model, smol_spec):
                 want = model(torch.tensor([ids])).logits[0]
-        got = _llama_logits(llm, ids)
+        got = llama_logits(llm, ids)
         effect = float((want - base).abs().mean())
         assert float((got - want).abs().max()) < 0.1, prompt
         assert float((got - want).abs().mean()) < 0.02 * effect, prompt
         with folded(model, smol_spec):
-            hf_text = _hf_greedy(model, ids, 16)
-        assert _llama_greedy(llm, ids, 16) == hf_text, prompt
+            hf_text = hf_greedy(model, ids, 16)
+        assert llama_greedy(llm, ids, 16) == hf_text, prompt

@@ -119,7 +119,7 @@ def test_compare_gives_the_same_results_with_and_without_reuse(smol) -> None:
     assert reused.stats["skipped"] > 0
 
     def seen(c):  # everything but the timings
-        return [(r.method, r.config, r.val, r.test, r.test_correct, [t["metrics"] for t in r.trials])
+        return [(r.method, r.config, r.val, r.test, r.test_correct, [t.metrics for t in r.trials])
                 for r in c.results]
 
     assert seen(a) == seen(b)

@@ -68,3 +68,26 @@ def test_shared_prefix_every_family(name):
     ref = _full_momenta(model, tok, pairs, ["head", "ffn", "neuron", "residual"])
     for site in ref:
         torch.testing.assert_close(got[site], ref[site], rtol=1e-4, atol=1e-4)
+
+
+def test_score_and_gather_read_the_same_batches(smol, sentiment_pairs, monkeypatch):
+    """One loop over pairs (``pair_batches``): the evidence of the baselines gives the sign counts ``score``
+    gives, in either mode, and each pair's chat template is applied once per pass."""
+    import austeer.collect
+    from austeer.baselines.base import gather
+
+    model, tok = smol
+    pairs = sentiment_pairs[:7]
+    calls = []
+    real = austeer.collect.pair_texts
+    monkeypatch.setattr(austeer.collect, "pair_texts", lambda t, p: calls.append(p) or real(t, p))
+    for shared in (False, True):
+        calls.clear()
+        counts = austeer.score(model, tok, pairs, ["head"], batch_size=3, progress=False, share_prefix=shared)["head"]
+        assert len(calls) == len(pairs)
+        calls.clear()
+        ev = gather(model, tok, pairs, ["head"], batch_size=3, progress=False, share_prefix=shared)
+        assert len(calls) == len(pairs)
+        again = ev.counts("head")
+        assert torch.equal(again.pos, counts.pos) and torch.equal(again.neg, counts.neg)
+        assert [p.prompt for p in pairs] == ev.prompts  # put back in the pairs' order

@@ -73,4 +73,4 @@ def test_unsteered_baselines_are_evaluated_once(smol, monkeypatch):
     rows = dose_response(model, tok, task, evidence, ["head"], [0, 2], limit=3, progress=False, unsteered=unsteered)
     # the dose-response's unsteered test (dose 0) is the comparison's: only dose 2 is evaluated
     assert unsteered.evaluations == 2 and calls["ppl"] == 4
-    assert rows[0]["metrics"] == c.baseline_test
+    assert rows[0].metrics == c.baseline_test

@@ -218,34 +218,65 @@ def last_token_activations(
 
 def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[list[int]]:
     """Pair indices of each forward batch: pairs sorted by length (longest first), cut into ``batch_size`` chunks."""
+    return plan_batches([pair_texts(tokenizer, p) for p in pairs], batch_size)
+
+
+def plan_batches(texts: Sequence[tuple[str, str]], batch_size: int) -> list[list[int]]:
+    """:func:`batch_plan` of pairs already formatted (``(positive, negative)`` texts)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    texts = [pair_texts(tokenizer, p) for p in pairs]
     order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def pair_activations(
+PairBatch = tuple[list[int], dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def pair_batches(
     model: nn.Module,
     tokenizer: Any,
     pairs: Sequence[Pair],
     sites: Sequence[str],
-    batches: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    *,
+    share_prefix: bool = True,
     max_length: int | None = None,
     padding_side: str = "left",
-) -> Iterator[tuple[Sequence[int], dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-    """Per batch of pair indices (one forward of both texts of each pair): ``(indices, positive, negative)``.
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[PairBatch]:
+    """The one loop over pairs that discovery reads: per batch, ``(indices, positive, negative)``.
 
     ``positive[site]`` and ``negative[site]`` are ``[len(indices), n_layers, width]`` float32 activations at
-    the last token, in the order of ``indices``. Scoring (:func:`austeer.fit.score`) and the baselines'
-    evidence (:func:`austeer.baselines.base.gather`) both read pairs through this loop.
+    the last token, in the order of ``indices``. Pairs are formatted once (chat template), sorted by length
+    (:func:`plan_batches`) and run ``batch_size`` pairs at a time; with ``share_prefix`` the prompt the two
+    texts share runs once and both answers continue from its KV cache (:func:`shared_prefix_activations`),
+    otherwise both texts run whole (padded on ``padding_side``). ``rank``/``world`` keep batches
+    ``rank, rank + world, ...`` (one shard of a multi-process run). With no site nothing runs. Scoring
+    (:func:`austeer.fit.score`) and the baselines' evidence (:func:`austeer.baselines.base.gather`) both
+    consume this iterator.
+
+    Example:
+        >>> from austeer.pairs import Pair
+        >>> batches = pair_batches(model, tok, [Pair("Hi?", "Yes", "No")], ["head"])
+        >>> [(rows, tuple(pos["head"].shape)) for rows, pos, _ in batches]
+        [([0], (1, 30, 576))]
     """
-    for batch in batches:
-        chunk = [pair_texts(tokenizer, pairs[i]) for i in batch]
-        texts = [pos for pos, _ in chunk] + [neg for _, neg in chunk]
-        acts = last_token_activations(model, tokenizer, texts, sites, max_length, padding_side)
-        b = len(chunk)
-        yield batch, {s: acts[s][:b] for s in sites}, {s: acts[s][b:] for s in sites}
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+    if not sites:
+        return
+    texts = [pair_texts(tokenizer, p) for p in pairs]
+    for rows in plan_batches(texts, batch_size)[rank::world]:
+        chunk = [texts[i] for i in rows]
+        if share_prefix:
+            pos, neg = shared_prefix_activations(model, tokenizer, chunk, sites, max_length)
+        else:
+            flat = [p for p, _ in chunk] + [n for _, n in chunk]
+            acts = last_token_activations(model, tokenizer, flat, sites, max_length, padding_side)
+            pos = {s: acts[s][: len(chunk)] for s in sites}
+            neg = {s: acts[s][len(chunk) :] for s in sites}
+        yield rows, pos, neg
 
 
 def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
@@ -263,17 +294,31 @@ def pair_momenta(
     sites: Sequence[str],
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``{site: [len(pairs), n_layers, width]}``: last-token ``positive - negative`` activations, float32.
-
-    The two texts of a pair share their prompt. The common token prefix is run once (left padded, KV
-    cache kept), then both answers continue from the cache (right padded), so the prompt costs one
-    forward instead of two. The activations equal those of :func:`last_token_activations` on the
-    full texts up to float rounding (positions are taken from the attention mask).
+    """``{site: [len(pairs), n_layers, width]}``: last-token ``positive - negative`` activations, float32,
+    read with the shared prompt run once (:func:`shared_prefix_activations`).
 
     Example:
         >>> m = pair_momenta(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
         >>> tuple(m["head"].shape)
         (1, 30, 576)
+    """
+    pos, neg = shared_prefix_activations(model, tokenizer, pairs, sites, max_length)
+    return {s: pos[s] - neg[s] for s in sites}
+
+
+def shared_prefix_activations(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    sites: Sequence[str],
+    max_length: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(positive, negative)``, each ``{site: [len(pairs), n_layers, width]}`` float32 last-token activations.
+
+    The two texts of a pair share their prompt. The common token prefix is run once (left padded, KV
+    cache kept), then both answers continue from the cache (right padded), so the prompt costs one
+    forward instead of two. The activations equal those of :func:`last_token_activations` on the
+    full texts up to float rounding (positions are taken from the attention mask).
     """
     max_length = token_limit(model, max_length)
     ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)
@@ -286,7 +331,7 @@ def pair_momenta(
         cut.append(n)
     if not pairs or min(cut) < 1:  # a pair without a shared first token: run the full texts
         full = last_token_activations(model, tokenizer, [t for pair in pairs for t in pair], sites, max_length)
-        return {s: a[0::2] - a[1::2] for s, a in full.items()}
+        return {s: a[0::2] for s, a in full.items()}, {s: a[1::2] for s, a in full.items()}
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     b, width = len(pairs), max(cut)
@@ -327,11 +372,11 @@ def pair_momenta(
                 use_cache=True,
                 **{cache_arg: cache},
             )
-    result = {}
+    pos_out, neg_out = {}, {}
     for site in sites:
         got = torch.stack(store[site], dim=1)
         expected = (2 * b, len(store[site]), site_width(model, site))
         if tuple(got.shape) != expected:
             raise RuntimeError(f"site {site!r}: captured shape {tuple(got.shape)}, expected {expected}")
-        result[site] = got[0::2] - got[1::2]
-    return result
+        pos_out[site], neg_out[site] = got[0::2], got[1::2]
+    return pos_out, neg_out

@@ -17,8 +17,7 @@ one curve per method).
 Example:
     >>> spread_grid(tuple({"i": i} for i in range(8)), 3)
     ({'i': 0}, {'i': 4}, {'i': 7})
-    >>> pick([{"val": 0.6, "n_steered": 8, "ppl_ratio": 1.1}, {"val": 0.6, "n_steered": 2, "ppl_ratio": 1.2},
-    ...       {"val": 0.9, "n_steered": 2, "ppl_ratio": 5.0}], max_ppl_ratio=2.0)
+    >>> pick([Trial({}, 8, 0.6, 1.1), Trial({}, 2, 0.6, 1.2), Trial({}, 2, 0.9, 5.0)], max_ppl_ratio=2.0)
     1
 """
 
@@ -47,6 +46,42 @@ UNPROMPTED_DEFAULTS: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if not M
 
 
 @dataclass
+class Trial:
+    """One configuration of a method tried on the validation items."""
+
+    config: dict[str, Any]
+    n_steered: int
+    val: float  # the task's metric on val
+    ppl_ratio: float  # neutral-text perplexity over the unsteered model's
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class DoseRow:
+    """One point of the dose-response: AUSteer with the top ``k`` AUs of ``site`` at ``alpha``."""
+
+    site: str
+    k: int
+    all: bool  # k is every AU of the site
+    alpha: float
+    metric: float
+    ppl: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class FrontierRow:
+    """One point of a frontier: ``method`` (``"none"``: unsteered) at ``strength``."""
+
+    method: str
+    strength: float
+    n_steered: int
+    metric: float
+    metrics: dict[str, float]
+
+
+@dataclass
 class Result:
     """The chosen configuration of one method and its test metrics."""
 
@@ -58,7 +93,7 @@ class Result:
     test_metric: float
     ppl_delta: float
     fold: str
-    trials: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
     #: per test item (in the task's test order), 1 where the item counts for the metric (mc and math tasks)
     test_correct: list[int] = field(default_factory=list)
 
@@ -91,7 +126,8 @@ class Comparison:
         """The inverse of :meth:`to_json`; other keys (the CLI adds ``model``) are ignored."""
         names = {f.name for f in fields(cls)}
         kept = {k: v for k, v in data.items() if k in names}
-        return cls(**{**kept, "results": [Result(**r) for r in data["results"]]})
+        results = [Result(**{**r, "trials": [Trial(**t) for t in r.get("trials", [])]}) for r in data["results"]]
+        return cls(**{**kept, "results": results})
 
 
 def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, Any], ...]:
@@ -106,12 +142,12 @@ def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, 
     return tuple(grid[round(i * (n - 1) / (budget - 1))] for i in range(budget))
 
 
-def pick(trials: Sequence[dict[str, Any]], max_ppl_ratio: float | None) -> int:
+def pick(trials: Sequence[Trial], max_ppl_ratio: float | None) -> int:
     """Index of the best trial: highest ``val`` among those within the ppl bound (else the lowest ppl)."""
-    ok = [i for i, t in enumerate(trials) if max_ppl_ratio is None or t["ppl_ratio"] <= max_ppl_ratio]
+    ok = [i for i, t in enumerate(trials) if max_ppl_ratio is None or t.ppl_ratio <= max_ppl_ratio]
     if not ok:
-        return min(range(len(trials)), key=lambda i: trials[i]["ppl_ratio"])
-    return max(ok, key=lambda i: (trials[i]["val"], -trials[i]["n_steered"], -i))
+        return min(range(len(trials)), key=lambda i: trials[i].ppl_ratio)
+    return max(ok, key=lambda i: (trials[i].val, -trials[i].n_steered, -i))
 
 
 def evaluate_steered(
@@ -254,25 +290,18 @@ def compare(
         if method.prompted and prompted is None:
             prompted = prompted_evidence(model, tok, task, methods, pairs_limit, batch_size, progress)
         ev = prompted if method.prompted and prompted is not None else evidence
-        trials = []
+        trials: list[Trial] = []
         for config in tqdm(spread_grid(method.grid, budget), desc=f"{task.name}: {name}", disable=not progress):
             start = time.perf_counter()
             steerers = method.build(model, ev, **config)
             m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, cache=cache, **kw)
             several = isinstance(steerers, list)  # seeds averaged: their configs differ by the seed alone
             first = steerers[0] if several else steerers
-            trials.append(
-                {
-                    "config": dict(config) if several else dict(first.config),
-                    "n_steered": first.n_steered,
-                    "val": m[task.metric],
-                    "ppl_ratio": m["ppl"] / base_val["ppl"],
-                    "metrics": m,
-                    "seconds": round(time.perf_counter() - start, 1),
-                }
-            )
+            config = dict(config) if several else dict(first.config)
+            seconds = round(time.perf_counter() - start, 1)
+            trials.append(Trial(config, first.n_steered, m[task.metric], m["ppl"] / base_val["ppl"], m, seconds))
         best = trials[pick(trials, max_ppl_ratio)]
-        steerers = method.build(model, ev, **{k: v for k, v in best["config"].items() if k in method.params})
+        steerers = method.build(model, ev, **{k: v for k, v in best.config.items() if k in method.params})
         test_samples: list[dict[str, Any]] = []
         test = evaluate_steered(
             model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, cache=cache, **kw
@@ -280,9 +309,9 @@ def compare(
         results.append(
             Result(
                 name,
-                best["config"],
-                best["n_steered"],
-                best["val"],
+                best.config,
+                best.n_steered,
+                best.val,
                 test,
                 test[task.metric],
                 test["ppl"] - base_test["ppl"],
@@ -324,7 +353,7 @@ def dose_response(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
-) -> list[dict[str, Any]]:
+) -> list[DoseRow]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
     ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
@@ -332,7 +361,7 @@ def dose_response(
     unsteered = unsteered or Unsteered(model, tok)
     cache = unsteered.cache
     base = unsteered.get(task, **kw)
-    rows = []
+    rows: list[DoseRow] = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
         ranked = top_units(evidence, site, total)
@@ -343,17 +372,7 @@ def dose_response(
             else:
                 steerer = GainSteerer("austeer", scaled(ranked[:k], alpha), {})
                 m = evaluate_steered(model, tok, task, steerer, cache=cache, **kw)
-            rows.append(
-                {
-                    "site": site,
-                    "k": k,
-                    "all": dose is None,
-                    "alpha": alpha,
-                    "metric": m[task.metric],
-                    "ppl": m["ppl"],
-                    "metrics": m,
-                }
-            )
+            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m))
     return rows
 
 
@@ -370,7 +389,7 @@ def frontier(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
-) -> list[dict[str, Any]]:
+) -> list[FrontierRow]:
     """Effect and side effects of each method (fixed ``configs[m]``) over its strength grid ``strengths[m]``
     (values of the method's :attr:`~austeer.baselines.base.Method.strength` key).
 
@@ -382,13 +401,11 @@ def frontier(
     unsteered = unsteered or Unsteered(model, tok)
     cache = unsteered.cache
     base = unsteered.get(task, **kw)
-    rows = [{"method": "none", "strength": 0.0, "n_steered": 0, "metric": base[task.metric], "metrics": base}]
+    rows = [FrontierRow("none", 0.0, 0, base[task.metric], base)]
     for name, config in configs.items():
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):
             steerers = METHODS[name].build(model, evidence, **{**config, str(METHODS[name].strength): s})
             m = evaluate_steered(model, tok, task, steerers, cache=cache, **kw)
             first = steerers[0] if isinstance(steerers, list) else steerers
-            rows.append(
-                {"method": name, "strength": s, "n_steered": first.n_steered, "metric": m[task.metric], "metrics": m}
-            )
+            rows.append(FrontierRow(name, s, first.n_steered, m[task.metric], m))
     return rows

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from austeer.fit import batch_plan, fit, score
+from austeer.collect import batch_plan
+from austeer.fit import fit, score
 from austeer.momentum import SignCounts
 from austeer.pairs import Pair
 from austeer.spec import SteerSpec

@@ -20,14 +20,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import batch_plan, pair_activations, pair_momenta
+from austeer.collect import pair_batches
 from austeer.models import fingerprint
 from austeer.momentum import SignCounts, select, tied_at_cut
-from austeer.pairs import Pair, pair_texts
+from austeer.pairs import Pair
 from austeer.sites import check_site, decoder_layers, site_width
 from austeer.spec import SteerSpec
 
@@ -58,28 +57,27 @@ def score(
     """
     for site in sites:
         check_site(site)
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
     n_layers = len(decoder_layers(model))
     counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
-    mine = batch_plan(tokenizer, pairs, batch_size)[rank::world]
+    batches = pair_batches(
+        model,
+        tokenizer,
+        pairs,
+        sites,
+        batch_size,
+        share_prefix=share_prefix,
+        max_length=max_length,
+        padding_side=padding_side,
+        rank=rank,
+        world=world,
+    )
+    total = len(pairs) if world == 1 else None  # a shard's size shows once its batches are planned
     desc = "scoring AUs" if world == 1 else f"scoring AUs (rank {rank})"
-    bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="pair", disable=not progress)
-    try:
-        if share_prefix:
-            for rows in mine:
-                chunk = [pair_texts(tokenizer, pairs[i]) for i in rows]
-                momenta = pair_momenta(model, tokenizer, chunk, sites, max_length)
-                for site in sites:
-                    counts[site].update(momenta[site])
-                bar.update(len(rows))
-        else:
-            for batch, pos, neg in pair_activations(model, tokenizer, pairs, sites, mine, max_length, padding_side):
-                for site in sites:  # subtract in float32: half-precision differences zero many momenta
-                    counts[site].update(pos[site].to(torch.float32) - neg[site].to(torch.float32))
-                bar.update(len(batch))
-    finally:
-        bar.close()
+    with tqdm(total=total, desc=desc, unit="pair", disable=not progress) as bar:
+        for rows, pos, neg in batches:
+            for site in sites:  # activations arrive in float32: half-precision differences would zero many momenta
+                counts[site].update(pos[site] - neg[site])
+            bar.update(len(rows))
     return counts
 
 
@@ -96,7 +94,7 @@ def check_evidence(counts: dict[str, SignCounts], k: int, n_pairs: int) -> None:
       order choose the units (a single pair: every AU that moves at all has ``|beta| = 1``).
 
     Example:
-        >>> import warnings
+        >>> import torch, warnings
         >>> c = SignCounts.zeros(1, 4)
         >>> c.update(torch.zeros(3, 1, 4))
         >>> with warnings.catch_warnings(record=True) as w:

@@ -20,10 +20,9 @@ smaller ``k``, then the smaller ``alpha``. ``n_steered`` is the number of steere
 rescaled at every token position).
 
 Example:
-    >>> from austeer.sweep import best_row
-    >>> rows = [{"site": "head", "k": 8, "alpha": 5.0, "metric": 0.6, "ppl_delta": 0.3},
-    ...         {"site": "head", "k": 2, "alpha": 5.0, "metric": 0.6, "ppl_delta": 0.1}]
-    >>> best_row(rows)["k"]
+    >>> from austeer.sweep import SweepRow, best_row
+    >>> rows = [SweepRow("head", 8, 5.0, 8, metric=0.6, ppl_delta=0.3), SweepRow("head", 2, 5.0, 2, 0.6, 0.1)]
+    >>> best_row(rows).k
     2
 """
 
@@ -35,6 +34,7 @@ import json
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,28 @@ from austeer.tasks.base import Task
 CSV_COLUMNS = ("site", "k", "alpha", "n_steered", "metric", "ppl_delta")
 
 
-def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+@dataclass
+class SweepRow:
+    """One configuration of the sweep on the validation items (a row of ``sweep.json``)."""
+
+    site: str
+    k: int
+    alpha: float
+    n_steered: int
+    metric: float  # the task's metric on val
+    ppl_delta: float  # neutral-text perplexity minus the unsteered model's
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int, float]:
+        return _key(self.site, self.k, self.alpha)
+
+
+def best_row(rows: Sequence[SweepRow]) -> SweepRow:
     """Highest metric; ties: smaller ppl increase, smaller k, smaller alpha."""
     if not rows:
         raise ValueError("no sweep rows to choose from")
-    return max(rows, key=lambda r: (r["metric"], -r["ppl_delta"], -r["k"], -r["alpha"]))
+    return max(rows, key=lambda r: (r.metric, -r.ppl_delta, -r.k, -r.alpha))
 
 
 def _key(site: str, k: int, alpha: float) -> tuple[str, int, float]:
@@ -85,10 +102,10 @@ def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return fresh
     state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    for field in ("task", "model", "settings"):
-        if state.get(field) != fresh[field]:
+    for name in ("task", "model", "settings"):
+        if state.get(name) != fresh[name]:
             raise ValueError(
-                f"{path}: an earlier sweep with a different {field} ({state.get(field)!r}, now {fresh[field]!r}); "
+                f"{path}: an earlier sweep with a different {name} ({state.get(name)!r}, now {fresh[name]!r}); "
                 "use another --out directory"
             )
     return state
@@ -186,7 +203,7 @@ def sweep(
             state["n_pairs"] = len(pair_cache[0])
         return pair_cache[0]
 
-    done = {_key(r["site"], r["k"], r["alpha"]) for r in state["rows"]}
+    done = {SweepRow(**r).key for r in state["rows"]}
     todo = [g for g in grid if _key(*g) not in done]
     specs: dict[str, SteerSpec] = {}
     bar = tqdm(
@@ -199,30 +216,21 @@ def sweep(
             spec = specs[site].with_k(k).with_alpha(alpha)
             with steering(model, spec), cache.reuse():
                 metrics = run_eval("val", val_limit)
-            state["rows"].append(
-                {
-                    "site": site,
-                    "k": k,
-                    "alpha": alpha,
-                    "n_steered": spec.k,
-                    "metric": metrics[task.metric],
-                    "ppl_delta": metrics["ppl"] - base["ppl"],
-                    "metrics": metrics,
-                }
-            )
+            row = SweepRow(site, k, alpha, spec.k, metrics[task.metric], metrics["ppl"] - base["ppl"], metrics)
+            state["rows"].append(asdict(row))
             _write_state(out, state)
             bar.update(1)
     finally:
         bar.close()
 
     wanted = {_key(*g) for g in grid}
-    best = best_row([r for r in state["rows"] if _key(r["site"], r["k"], r["alpha"]) in wanted])
-    choice = {"site": best["site"], "k": best["k"], "alpha": best["alpha"]}
-    site_spec = specs.get(best["site"]) or _site_spec(
-        model, tok, task, best["site"], max(ks), out, pairs, model_id, batch_size, force
+    best = best_row([row for row in (SweepRow(**r) for r in state["rows"]) if row.key in wanted])
+    choice = {"site": best.site, "k": best.k, "alpha": best.alpha}
+    site_spec = specs.get(best.site) or _site_spec(
+        model, tok, task, best.site, max(ks), out, pairs, model_id, batch_size, force
     )
-    best_spec = site_spec.with_k(best["k"]).with_alpha(best["alpha"])
-    best_spec.info.update(task=task.name, sweep=choice, val_metric=best["metric"])
+    best_spec = site_spec.with_k(best.k).with_alpha(best.alpha)
+    best_spec.info.update(task=task.name, sweep=choice, val_metric=best.metric)
     if state.get("best") != choice or not (out / "best" / "steer.json").exists():
         best_spec.save(out / "best", force=force)
         state["best"] = choice

@@ -11,12 +11,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from austeer.baselines import METHODS
-from austeer.compare import Comparison, Result
+from austeer.compare import Comparison, DoseRow, FrontierRow, Result
 from austeer.stats import discordant, margin, mcnemar
 
 #: the configuration keys a table shows: what every method shows (:attr:`~austeer.baselines.base.Method.shown`)
@@ -75,7 +75,7 @@ def _n_test(c: Comparison) -> int:
 def _ineligible(c: Comparison, r: Result) -> bool:
     """Whether no configuration ``r`` tried kept the perplexity within the comparison's bound."""
     bound = c.settings.get("max_ppl_ratio")
-    return bound is not None and bool(r.trials) and all(t["ppl_ratio"] > bound for t in r.trials)
+    return bound is not None and bool(r.trials) and all(t.ppl_ratio > bound for t in r.trials)
 
 
 def summary_table(comps: Sequence[Comparison]) -> str:
@@ -124,7 +124,7 @@ def plot_comparison(c: Comparison, out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str | Path) -> Path:
+def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path) -> Path:
     """Test metric (left) and neutral-text perplexity (right) against the number of steered AUs."""
     fig, (ax, ax_ppl) = _subplots(1, 2, figsize=(9, 3.5))
     _site_curves(ax, rows, "metric", "o")
@@ -135,20 +135,20 @@ def plot_dose(rows: Sequence[dict[str, Any]], task: str, metric: str, out: str |
     ax.set_ylabel(metric)
     ax_ppl.set_yscale("log")
     ax_ppl.set_ylabel("neutral-text perplexity")
-    ax.set_title(f"{task}: dose-response (alpha {rows[0]['alpha']:g})" if rows else task)
+    ax.set_title(f"{task}: dose-response (alpha {rows[0].alpha:g})" if rows else task)
     ax_ppl.set_title("damage")
     ax.legend()
     return _save(fig, out)
 
 
-def _site_curves(ax: Any, rows: Sequence[dict[str, Any]], y: str, marker: str) -> None:
-    """One line per site: dose-response rows' ``y`` against their ``k``."""
-    for site in sorted({r["site"] for r in rows}):
-        pts = sorted((r["k"], r[y]) for r in rows if r["site"] == site)
+def _site_curves(ax: Any, rows: Sequence[DoseRow], y: str, marker: str) -> None:
+    """One line per site: dose-response rows' ``y`` (``metric`` or ``ppl``) against their ``k``."""
+    for site in sorted({r.site for r in rows}):
+        pts = sorted((r.k, getattr(r, y)) for r in rows if r.site == site)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=site)
 
 
-def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out: str | Path) -> Path:
+def plot_dose_grid(curves: Mapping[str, tuple[Sequence[DoseRow], str]], out: str | Path) -> Path:
     """One small dose-response panel per task (``curves``: task -> (rows, metric)), side by side."""
     cols = min(4, max(len(curves), 1))
     nrows = (len(curves) + cols - 1) // cols
@@ -166,15 +166,14 @@ def plot_dose_grid(curves: dict[str, tuple[Sequence[dict[str, Any]], str]], out:
     return _save(fig, out)
 
 
-def plot_frontier(rows: Sequence[dict[str, Any]], task: str, metric: str, x: str, out: str | Path) -> Path:
-    """Effect (``metric``) against the increase of ``x`` (``ppl`` or ``cont_ppl``), one curve per method."""
-    base = next(r for r in rows if r["method"] == "none")
+def plot_frontier(rows: Sequence[FrontierRow], task: str, metric: str, x: str, out: str | Path) -> Path:
+    """Effect (``metric``) against the increase of ``x`` (``ppl`` or ``cont_ppl``), one curve per method (a
+    method with one row is one point)."""
+    base = next(r for r in rows if r.method == "none")
     fig, ax = _subplots(figsize=(6, 4))
-    ax.scatter([0.0], [base["metric"]], color="black", zorder=3, label="unsteered")
-    for name in [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]:
-        pts = sorted(
-            (r["strength"], r["metrics"][x] - base["metrics"][x], r["metric"]) for r in rows if r["method"] == name
-        )
+    ax.scatter([0.0], [base.metric], color="black", zorder=3, label="unsteered")
+    for name in [m for m in dict.fromkeys(r.method for r in rows) if m != "none"]:
+        pts = sorted((r.strength, r.metrics[x] - base.metrics[x], r.metric) for r in rows if r.method == name)
         ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=name)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel(f"increase of {x} over the unsteered model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         limit = args.dose_limit or args.test_limit
         kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw, "unsteered": unsteered}
         rows = dose_response(model, tok, task, evidence, dose_sites, doses, alpha, **kw)
-        dose = {"model": name, "task": task.name, "alpha": alpha, "limit": limit, "rows": rows}
+        dose = {"model": name, "task": task.name, "alpha": alpha, "limit": limit, "rows": [asdict(r) for r in rows]}
         atomic_write_text(out / "dose.json", json.dumps(dose, indent=2) + "\n")
         plot_dose(rows, task.name, task.metric, out / "dose.png")
         for site in dose_sites:
-            pts = ", ".join(f"{r['k']}: {r['metric']:.3f}" for r in rows if r["site"] == site)
+            pts = ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows if r.site == site)
             print(f"dose-response {site} (alpha {alpha:g}): {pts}")
         print(f"-> {out}/dose.json, dose.png")
     return 0
