@@ -196,6 +196,31 @@ def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs,
     assert all(sorted(g.gamma for g in s.gains) == sorted(g.gamma for g in mine.gains) for s in seeds)
 
 
+@pytest.mark.parametrize("site", ["ffn", "neuron"])
+def test_austeer_at_the_mlp_sites_equals_fit_there(smol, sentiment_pairs, site):
+    """``austeer-ffn`` / ``austeer-neuron``: AUSteer's rule at the MLP sites, the AUs ``fit(site=...)`` selects,
+    and its fold changes the outputs exactly as its hooks do."""
+    model, tok = smol
+    pairs = sentiment_pairs[:8]
+    ev = gather(model, tok, pairs, [site], batch_size=8, progress=False)
+    method = METHODS[f"austeer-{site}"]
+    assert method.sites == (site,) and {c["site"] for c in method.grid} == {site} and not method.default
+    spec = austeer.fit(model, tok, pairs, site=site, k=6, alpha=4.0, progress=False, share_prefix=False)
+    mine = method.build(model, ev, **method.grid[5])  # k=8, alpha 10 on the grid
+    assert mine.n_steered == 8 and {g.site for g in mine.gains} == {site}
+    first6 = method.build(model, ev, site=site, k=6, alpha=4.0)
+    assert [(g.layer, g.index) for g in first6.gains] == [(u.layer, u.index) for u in spec.units]
+    enc = _ids(tok)
+    base = _logits(model, enc)
+    with mine.hooks(model):
+        hooked = _logits(model, enc)
+    with mine.fold(model):
+        folded = _logits(model, enc)
+    assert (hooked - base).abs().max() > 1e-3
+    torch.testing.assert_close(folded, hooked, rtol=1e-4, atol=1e-4)
+    assert torch.equal(_logits(model, enc), base)
+
+
 def test_calibration_offsets_one_option_logit(smol):
     model, tok = smol
     pairs = [austeer.Pair("Is water wet?", "Yes", "No"), austeer.Pair("Is fire cold?", "No", "Yes")]

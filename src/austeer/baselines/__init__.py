@@ -7,8 +7,9 @@ turn it is evaluated with; the prompting baseline's, :mod:`austeer.baselines.pro
 
 Example:
     >>> from austeer.baselines import METHODS
-    >>> sorted(METHODS)
-    ['austeer', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
+    >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
+    ['austeer', 'austeer-ffn', 'austeer-neuron', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt',
+     'prompt+austeer', 'random', 'sadi']
     >>> len(METHODS["caa"].grid)
     8
     >>> DEFAULT_METHODS
@@ -36,6 +37,8 @@ METHODS: dict[str, Method] = {
         calibration.METHOD,
         prompt.METHOD,
         prompt.WITH_AUSTEER,
+        au.FFN,
+        au.NEURON,
     )
 }
 

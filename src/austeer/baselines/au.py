@@ -37,8 +37,12 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     return GainSteerer("austeer", scaled(top_units(evidence, site, k), alpha), config)
 
 
-#: k from 2 to 100 and alpha from the small gains to the paper's range (up to 100)
-GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
+def grid(site: str) -> tuple[dict[str, Any], ...]:
+    """k from 2 to 100 and alpha from the small gains to the paper's range (up to 100), at ``site``."""
+    return tuple({"site": site, "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
+
+
+GRID = grid("head")
 
 METHOD = Method(
     "austeer",
@@ -49,4 +53,11 @@ METHOD = Method(
     strength="alpha",
     frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
     default=True,
+)
+
+#: AUSteer at the MLP output (``ffn``) and at the MLP's inner neurons (``neuron``): the paper's other AU sites,
+#: with the same grid (run them by name: ``austeer compare --methods austeer,austeer-ffn,austeer-neuron``)
+FFN = Method("austeer-ffn", ("ffn",), grid("ffn"), build, "exact: gains folded into W_down rows", strength="alpha")
+NEURON = Method(
+    "austeer-neuron", ("neuron",), grid("neuron"), build, "exact: gains folded into W_down columns", strength="alpha"
 )
