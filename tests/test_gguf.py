@@ -19,7 +19,8 @@ from austeer import fit
 from austeer.baselines import caa
 from austeer.baselines.base import AddSteerer, gather
 from austeer.cli import main
-from austeer.gguf_export import STEER_KEY, export_gguf, is_austeer_gguf
+from austeer.gguf_export import export_gguf
+from austeer.gguf_meta import STEER_KEY, is_austeer_gguf
 from austeer.io import OutputExistsError
 from austeer.models import gguf_source, load_model
 from austeer.steer import folded

@@ -21,7 +21,8 @@ import transformers as tf
 
 from austeer import fit
 from austeer.cli import main
-from austeer.gguf_export import export_gguf, gguf_name
+from austeer.gguf_export import export_gguf
+from austeer.gguf_meta import gguf_name
 from austeer.gguf_write import export_hf_gguf, rope_permute, rope_unpermute
 from austeer.io import OutputExistsError
 from austeer.models import fingerprint, gguf_source, save_checkpoint

@@ -38,42 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, gguf_name, is_austeer_gguf, steer_meta, stored
+from austeer.gguf_write import export_hf_gguf
 from austeer.io import atomic_write_file
 from austeer.sites import _weight, decoder_layers, family, fold_module
 from austeer.spec import SteerSpec
 from austeer.steer import gain_tensors, spec_gains
-
-#: how the folded tensors are stored
-FOLDED_TYPES = {
-    "f32": gguf.GGMLQuantizationType.F32,
-    "f16": gguf.GGMLQuantizationType.F16,
-    "bf16": gguf.GGMLQuantizationType.BF16,
-}
-#: the metadata key every GGUF austeer writes carries (its steering, as JSON): the file's ownership mark
-STEER_KEY = "austeer.steer"
-
-
-def is_austeer_gguf(path: Path) -> bool:
-    """Whether ``path`` is a GGUF file austeer wrote (it holds :data:`STEER_KEY`)."""
-    try:
-        return STEER_KEY in gguf.GGUFReader(path).fields
-    except Exception:  # not a GGUF at all: not ours
-        return False
-
-
-def gguf_name(name_map: gguf.TensorNameMap, hf_name: str) -> str:
-    """The GGUF tensor name of an HF parameter name, from the ``gguf`` package's tables.
-
-    Example:
-        >>> m = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
-        >>> gguf_name(m, "model.layers.4.mlp.down_proj.weight")
-        'blk.4.ffn_down.weight'
-    """
-    stem, _, suffix = hf_name.rpartition(".")
-    name = name_map.get_name(stem)
-    if name is None:
-        raise ValueError(f"the gguf package's name table has no GGUF name for {hf_name!r}")
-    return f"{name}.{suffix}"
 
 
 def _arch(reader: gguf.GGUFReader, path: Path) -> tuple[str, gguf.MODEL_ARCH]:
@@ -137,21 +107,6 @@ def folded_tensors(
     return out
 
 
-def _stored(tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    qtype = FOLDED_TYPES[kind]
-    array = tensor.numpy()
-    if qtype == gguf.GGMLQuantizationType.F32:
-        return array, qtype
-    if qtype == gguf.GGMLQuantizationType.F16:
-        return array.astype(np.float16), qtype
-    return gguf.quants.quantize(array, qtype), qtype
-
-
-def steer_meta(spec: SteerSpec, alpha: float | None, source: str) -> dict[str, Any]:
-    """What an exported GGUF records under :data:`STEER_KEY`: the spec, the alpha folded in, the source's name."""
-    return {**spec.to_json(), "alpha": spec.alpha if alpha is None else alpha, "source": source}
-
-
 def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> None:
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
@@ -191,8 +146,6 @@ def export_gguf(
         raise ValueError(f"unknown dtype {dtype!r} for the folded tensors; expected one of {', '.join(FOLDED_TYPES)}")
     src = Path(source) if source is not None else gguf_source(model)
     if src is None and tokenizer is not None:
-        from austeer.gguf_write import export_hf_gguf
-
         return export_hf_gguf(model, tokenizer, spec, out, alpha=alpha, dtype=dtype, force=force)
     if src is None:
         raise ValueError(
@@ -205,7 +158,7 @@ def export_gguf(
         raise ValueError(f"{out}: is the source GGUF; write the export to another file")
     reader = gguf.GGUFReader(src)
     arch_name, _ = _arch(reader, src)
-    new = {name: _stored(t, dtype) for name, t in folded_tensors(model, spec, reader, alpha, src).items()}
+    new = {name: stored(t, dtype) for name, t in folded_tensors(model, spec, reader, alpha, src).items()}
     meta = steer_meta(spec, alpha, src.name)
 
     def write(tmp: Path) -> None:

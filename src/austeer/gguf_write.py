@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.gguf_export import FOLDED_TYPES, STEER_KEY, _stored, gguf_name, is_austeer_gguf, steer_meta
+from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, gguf_name, is_austeer_gguf, steer_meta, stored
 from austeer.io import atomic_write_file
 from austeer.spec import SteerSpec
 from austeer.steer import folded
@@ -302,7 +302,7 @@ def export_hf_gguf(
         writer.write_ti_data_to_file()
         with folded(model, spec, alpha):
             for _, _, w in gguf_tensors(model):
-                writer.write_tensor_data(_stored(w, _kind(w.shape, dtype))[0])
+                writer.write_tensor_data(stored(w, _kind(w.shape, dtype))[0])
         writer.close()
 
     return atomic_write_file(Path(out), write, owned=is_austeer_gguf, force=force)
