@@ -10,7 +10,8 @@ finished pieces are skipped on a rerun):
 - ``compare``: ``austeer.compare`` with every method on the same evidence (paired outcomes per item).
 - ``frontier`` (behaviour tasks): effect against perplexity and continuation perplexity of each method at a
   fixed configuration over a strength grid (``--strengths``), on the first ``--test-limit`` test items,
-  saved after each method; the prompt's point (from the ``compare`` stage on the same items) is drawn beside.
+  saved after each method; ``--prompt-point`` adds the prompting baseline (instruction alone, and with worked
+  examples) on the same items.
 
 - ``dose``: the dose-response (test metric and perplexity against the number of top AUs steered at
   ``--alpha``) for every site of ``--sites`` on every test item (or ``--test-limit``), saved after each site.
@@ -218,10 +219,11 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     if data.get("settings") != settings:
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
+    strengths = {m: v for m, v in strengths.items() if m != "prompt"}
     data["configs"] = {m: METHODS[m].frontier.config for m in strengths if METHODS[m].frontier}  # type: ignore[union-attr]
     done = {r["method"] for r in data["rows"]}
     todo = [m for m in strengths if m not in done]
-    if not todo:
+    if not todo and (not args.prompt_point or "prompt" in done):
         print(f"frontier {task_name}: done ({path})")
         return
     start = time.perf_counter() - data.get("seconds", 0)
@@ -248,6 +250,35 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
         save(path, data)
         best = max((r for r in rows if r.method == name), key=lambda r: r.metric)
         print(f"frontier {task_name}: {name} done, best {best.metric:.3f} at {best.strength:g}", flush=True)
+    if args.prompt_point and not any(r["method"] == "prompt" for r in data["rows"]):
+        data["rows"] += [asdict(r) for r in prompt_points(model, tok, task, args)]
+        data["seconds"] = round(time.perf_counter() - start, 1)
+        save(path, data)
+        print(f"frontier {task_name}: prompt done", flush=True)
+
+
+def prompt_points(model: Any, tok: Any, task: Any, args: argparse.Namespace) -> list[Any]:
+    """The prompting baseline on the frontier's items: the task's instruction alone and with worked examples
+    (``strength`` = the number of examples); it steers nothing."""
+    from austeer.baselines import METHODS
+    from austeer.compare import FrontierRow, evaluate_steered, prompted_evidence
+
+    method = METHODS["prompt"]
+    evidence = prompted_evidence(model, tok, task, ["prompt"], args.pairs_limit, args.batch_size)
+    rows = []
+    for config in method.grid:
+        m = evaluate_steered(
+            model,
+            tok,
+            task,
+            method.build(model, evidence, **config),
+            split="test",
+            limit=args.test_limit,
+            batch_size=args.batch_size,
+            **eval_kw(task, args),
+        )
+        rows.append(FrontierRow("prompt", float(config["shots"]), 0, m[task.metric], m))
+    return rows
 
 
 BEGIN, END = "<!-- BEGIN GENERATED (scripts/evidence.py) -->", "<!-- END GENERATED (scripts/evidence.py) -->"
@@ -408,7 +439,7 @@ def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     compared = where / f"compare_{task}.json"
     if compared.exists():
         comp = Comparison.from_json(json.loads(compared.read_text()))
-        if comp.settings.get("test_limit") == limit:
+        if comp.settings.get("test_limit") == limit and not any(r.method == "prompt" for r in rows):
             rows += [
                 FrontierRow(r.method, 0.0, r.n_steered, r.test_metric, r.test)
                 for r in comp.results
@@ -418,7 +449,8 @@ def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     lines = [
         f"**Frontier** ({task}, {data['dtype']}, {minutes:.0f} min): each method at a fixed configuration "
         f"({', '.join(f'{m} {c}' for m, c in data['configs'].items())}) over its strengths, first {limit} test "
-        f"items, {data['settings']['pairs']} pairs; the prompt is one point (compare stage, same items).\n"
+        f"items, {data['settings']['pairs']} pairs; `prompt` steers nothing (strength = worked examples after the "
+        "task's instruction: 0 or 3).\n"
     ]
     for x in ("ppl", "cont_ppl"):
         img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
@@ -458,6 +490,11 @@ def main() -> None:
         "--strengths",
         default="austeer=5,10,20,50;caa=0.5,1,2,4;iti=2,5,10,20",
         help="frontier: method=strength,... separated by ';' (each at its declared frontier configuration)",
+    )
+    p.add_argument(
+        "--prompt-point",
+        action="store_true",
+        help="frontier: also the prompt (instruction alone, and with examples) on the same items",
     )
     p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
