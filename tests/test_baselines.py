@@ -12,7 +12,7 @@ import austeer
 from austeer.baselines import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
 from austeer.baselines.base import AddSteerer, CannotFold, gather
 from austeer.pairs import pair_texts
-from austeer.sites import decoder_layers, head_dim, site_module
+from austeer.sites import decoder_layers, head_dim, site_module, site_width
 from austeer.steer import gains_vectors
 
 
@@ -285,8 +285,11 @@ def test_methods_describe_themselves():
 def test_fold_note_says_what_folding_does(smol, evidence, family):
     """``Method.fold_note`` (nothing folded) says ``hooks only (why)`` exactly where folding a built steerer refuses."""
     model, _ = smol
-    # the prompted methods read an instruction, calibration a small option set
-    ev = dataclasses.replace(evidence, system="Be kind.", answer_tokens=[(10, 20)] * evidence.n_pairs)
+    # the prompted methods read an instruction, calibration a small option set; the MLP-site methods their site
+    g = torch.Generator().manual_seed(0)
+    mlp = {s: torch.randn(evidence.n_pairs, 30, site_width(model, s), generator=g) for s in ("ffn", "neuron")}
+    pos, neg = {**evidence.pos, **mlp}, {**evidence.neg, **{s: torch.zeros_like(v) for s, v in mlp.items()}}
+    ev = dataclasses.replace(evidence, pos=pos, neg=neg, system="Be kind.", answer_tokens=[(10, 20)] * evidence.n_pairs)
     original = model.config.model_type
     try:
         model.config.model_type = family  # the family name alone decides; no weights are touched

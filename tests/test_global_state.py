@@ -66,10 +66,11 @@ def test_seeded_sampling_repeats_and_leaves_the_global_rng_alone(smol):
 _PLOT = """
 import sys, matplotlib, torch
 from austeer.baselines.report import plot_dose
+from austeer.compare import DoseRow
 from austeer.momentum import Unit
 from austeer.report.plots import beta_heatmap
 png = beta_heatmap(torch.rand(4, 16) - 0.5, [Unit("head", 1, 3, 1.0)], "head", head_dim=8)
-rows = [{"site": "head", "k": k, "metric": 0.5, "ppl": 10.0, "alpha": 1.0} for k in (1, 2)]
+rows = [DoseRow("head", k, False, 1.0, 0.5, 10.0, {}) for k in (1, 2)]
 plot_dose(rows, "demo", "accuracy", sys.argv[1])
 print(png[:4] == b"\\x89PNG", matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
