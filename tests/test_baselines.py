@@ -58,6 +58,17 @@ def _logits(model, enc):
         return model(**enc).logits
 
 
+def _three_ways(model, tok, steerer):
+    """Logits of two prompts unsteered, with ``steerer``'s hooks and with its fold."""
+    enc = _ids(tok)
+    base = _logits(model, enc)
+    with steerer.hooks(model):
+        hooked = _logits(model, enc)
+    with steerer.fold(model):
+        folded = _logits(model, enc)
+    return base, hooked, folded
+
+
 def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentiment_pairs, evidence):
     model, tok = smol
     pairs = sentiment_pairs[:16]
@@ -210,15 +221,10 @@ def test_austeer_at_the_mlp_sites_equals_fit_there(smol, sentiment_pairs, site):
     assert mine.n_steered == 8 and {g.site for g in mine.gains} == {site}
     first6 = method.build(model, ev, site=site, k=6, alpha=4.0)
     assert [(g.layer, g.index) for g in first6.gains] == [(u.layer, u.index) for u in spec.units]
-    enc = _ids(tok)
-    base = _logits(model, enc)
-    with mine.hooks(model):
-        hooked = _logits(model, enc)
-    with mine.fold(model):
-        folded = _logits(model, enc)
+    base, hooked, folded = _three_ways(model, tok, mine)
     assert (hooked - base).abs().max() > 1e-3
     torch.testing.assert_close(folded, hooked, rtol=1e-4, atol=1e-4)
-    assert torch.equal(_logits(model, enc), base)
+    assert torch.equal(_logits(model, _ids(tok)), base)
 
 
 def test_calibration_offsets_one_option_logit(smol):
@@ -228,12 +234,7 @@ def test_calibration_offsets_one_option_logit(smol):
     steerer = calibration.build(model, ev, offset=2.5)
     yes, no = tok("Yes", add_special_tokens=False).input_ids[0], tok("No", add_special_tokens=False).input_ids[0]
     assert steerer.config["options"] == sorted([yes, no]) and steerer.n_steered == 0
-    enc = _ids(tok)
-    base = _logits(model, enc)
-    with steerer.hooks(model):
-        hooked = _logits(model, enc)
-    with steerer.fold(model):
-        folded = _logits(model, enc)
+    base, hooked, folded = _three_ways(model, tok, steerer)
     delta = hooked - base
     assert torch.allclose(delta[..., min(yes, no)], torch.full_like(delta[..., 0], 2.5), atol=1e-4)
     delta[..., min(yes, no)] = 0

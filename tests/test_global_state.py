@@ -13,7 +13,7 @@ import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
 
-from austeer.collect import encode, pair_momenta
+from austeer.collect import encode, shared_prefix_activations
 from austeer.generate import generate
 
 
@@ -48,7 +48,7 @@ def test_library_calls_leave_the_tokenizer_settings_alone(smol):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encode(tok, ["a b c d e", "f"], max_length=3, padding_side="right")
-        pair_momenta(model, tok, [("Say yes: yes", "Say yes: no")], ["head"], max_length=6)
+        shared_prefix_activations(model, tok, [("Say yes: yes", "Say yes: no")], ["head"], max_length=6)
     generate(model, tok, ["Hi"], max_new_tokens=2)
     assert (tok.padding_side, tok.truncation_side) == before
 

@@ -10,9 +10,14 @@ import pytest
 import torch
 
 import austeer
-from austeer.collect import last_token_activations, pair_momenta
+from austeer.collect import last_token_activations, shared_prefix_activations
 from austeer.pairs import pair_texts
 from tests.conftest import CONFIGS, ByteTok, tiny_model
+
+
+def pair_momenta(model, tok, pairs, sites):
+    pos, neg = shared_prefix_activations(model, tok, pairs, sites)
+    return {s: pos[s] - neg[s] for s in sites}
 
 
 def _full_momenta(model, tok, pairs, sites):

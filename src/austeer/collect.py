@@ -287,25 +287,6 @@ def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> 
     return ids
 
 
-def pair_momenta(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    sites: Sequence[str],
-    max_length: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """``{site: [len(pairs), n_layers, width]}``: last-token ``positive - negative`` activations, float32,
-    read with the shared prompt run once (:func:`shared_prefix_activations`).
-
-    Example:
-        >>> m = pair_momenta(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
-        >>> tuple(m["head"].shape)
-        (1, 30, 576)
-    """
-    pos, neg = shared_prefix_activations(model, tokenizer, pairs, sites, max_length)
-    return {s: pos[s] - neg[s] for s in sites}
-
-
 def shared_prefix_activations(
     model: nn.Module,
     tokenizer: Any,
@@ -319,6 +300,11 @@ def shared_prefix_activations(
     cache kept), then both answers continue from the cache (right padded), so the prompt costs one
     forward instead of two. The activations equal those of :func:`last_token_activations` on the
     full texts up to float rounding (positions are taken from the attention mask).
+
+    Example:
+        >>> pos, neg = shared_prefix_activations(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
+        >>> tuple((pos["head"] - neg["head"]).shape)   # the momenta
+        (1, 30, 576)
     """
     max_length = token_limit(model, max_length)
     ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)

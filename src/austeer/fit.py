@@ -47,7 +47,7 @@ def score(
     """Sign counts of every AU of ``sites`` over ``pairs`` (``batch_size`` pairs = 2x texts per forward).
 
     ``share_prefix=True`` (the default) runs the prompt shared by the two texts of a pair once and both
-    answers from its KV cache (:func:`austeer.collect.pair_momenta`): about half the compute when answers
+    answers from its KV cache (:func:`austeer.collect.shared_prefix_activations`): about half the compute when answers
     are short. The counts equal those of ``share_prefix=False`` (every text run whole) up to the sign of
     momenta within float rounding of zero (in float32, a handful of ~35k AU counts on COPA:
     ``benchmarks/dtype_selection.py``, docs/BENCHMARKS.md).
