@@ -12,7 +12,6 @@ finished pieces are skipped on a rerun):
   fixed configuration over a strength grid (``--strengths``), on the first ``--test-limit`` test items,
   saved after each method; ``--prompt-point`` adds the prompting baseline (instruction alone, and with worked
   examples) on the same items.
-
 - ``dose``: the dose-response (test metric and perplexity against the number of top AUs steered at
   ``--alpha``) for every site of ``--sites`` on every test item (or ``--test-limit``), saved after each site.
 
@@ -20,8 +19,8 @@ Behaviour tasks judge continuation perplexity under a second, unsteered copy of 
 
     python scripts/evidence.py --stages confirm --tasks copa
     python scripts/evidence.py --stages compare --tasks copa --budget 4
-    python scripts/evidence.py --stages compare,frontier --tasks sentiment --methods austeer,caa,iti,prompt \\
-        --pairs-limit 200 --test-limit 100
+    python scripts/evidence.py --stages dose --tasks copa --sites head,ffn --pairs-limit 300
+    python scripts/evidence.py --stages frontier --tasks sentiment --pairs-limit 100 --test-limit 100 --prompt-point
 """
 
 from __future__ import annotations
@@ -427,24 +426,14 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
 
 
 def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
-    """The frontier plots (neutral and continuation perplexity) and points; the prompted methods' test results
-    of the compare stage on the same items are drawn as single points."""
+    """The frontier plots (neutral and continuation perplexity) and its points with their standard errors."""
     from austeer.baselines.report import plot_frontier
-    from austeer.compare import Comparison, FrontierRow
+    from austeer.compare import FrontierRow
     from austeer.tasks import get_task
 
     task, limit = data["task"], data["settings"]["limit"]
     metric = get_task(task).metric
     rows = [FrontierRow(**r) for r in data["rows"]]
-    compared = where / f"compare_{task}.json"
-    if compared.exists():
-        comp = Comparison.from_json(json.loads(compared.read_text()))
-        if comp.settings.get("test_limit") == limit and not any(r.method == "prompt" for r in rows):
-            rows += [
-                FrontierRow(r.method, 0.0, r.n_steered, r.test_metric, r.test)
-                for r in comp.results
-                if r.method.startswith("prompt")
-            ]
     minutes = data.get("seconds", 0) / 60
     lines = [
         f"**Frontier** ({task}, {data['dtype']}, {minutes:.0f} min): each method at a fixed configuration "
@@ -455,11 +444,10 @@ def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     for x in ("ppl", "cont_ppl"):
         img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
         lines.append(f"![{task} frontier ({x})]({img.relative_to(DOC.parent)})\n")
-    n = limit or len(rows)
     lines += [f"| method | strength | {metric} ± se | ppl | cont_ppl |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         v, m = r.metric, r.metrics
-        se = (v * (1 - v) / n) ** 0.5
+        se = (v * (1 - v) / m["n_items"]) ** 0.5
         lines.append(
             f"| {r.method} | {r.strength:g} | {v:.3f} ± {se:.3f} | {m['ppl']:.2f} | "
             f"{m.get('cont_ppl', float('nan')):.2f} |"

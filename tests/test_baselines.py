@@ -288,7 +288,8 @@ def test_fold_note_says_what_folding_does(smol, evidence, family):
     model, _ = smol
     # the prompted methods read an instruction, calibration a small option set; the MLP-site methods their site
     g = torch.Generator().manual_seed(0)
-    mlp = {s: torch.randn(evidence.n_pairs, 30, site_width(model, s), generator=g) for s in ("ffn", "neuron")}
+    shape = (evidence.n_pairs, len(decoder_layers(model)))
+    mlp = {s: torch.randn(*shape, site_width(model, s), generator=g) for s in ("ffn", "neuron")}
     pos, neg = {**evidence.pos, **mlp}, {**evidence.neg, **{s: torch.zeros_like(v) for s, v in mlp.items()}}
     ev = dataclasses.replace(evidence, pos=pos, neg=neg, system="Be kind.", answer_tokens=[(10, 20)] * evidence.n_pairs)
     original = model.config.model_type

@@ -297,9 +297,9 @@ def compare(
             m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, cache=cache, **kw)
             several = isinstance(steerers, list)  # seeds averaged: their configs differ by the seed alone
             first = steerers[0] if several else steerers
-            config = dict(config) if several else dict(first.config)
+            tried = dict(config) if several else dict(first.config)
             seconds = round(time.perf_counter() - start, 1)
-            trials.append(Trial(config, first.n_steered, m[task.metric], m["ppl"] / base_val["ppl"], m, seconds))
+            trials.append(Trial(tried, first.n_steered, m[task.metric], m["ppl"] / base_val["ppl"], m, seconds))
         best = trials[pick(trials, max_ppl_ratio)]
         steerers = method.build(model, ev, **{k: v for k, v in best.config.items() if k in method.params})
         test_samples: list[dict[str, Any]] = []

@@ -77,6 +77,7 @@ from austeer.pairs import Pair, format_prompt, has_chat_template
 from austeer.reuse import LayerCache
 from austeer.sites import check_site
 from austeer.spec import SteerSpec, load
+from austeer.stats import discordant
 from austeer.sweep import steering
 from austeer.tasks.base import NEUTRAL_TEXTS
 
@@ -326,8 +327,7 @@ def effect_of(steered: torch.Tensor, unsteered: torch.Tensor) -> Effect:
     mean = float(d.mean())
     se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
     z = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else 0.0)
-    fixed = int(((unsteered <= 0) & (steered > 0)).sum())
-    broken = int(((unsteered > 0) & (steered <= 0)).sum())
+    fixed, broken = discordant((unsteered > 0).tolist(), (steered > 0).tolist())  # preferring the positive answer
     return Effect(mean, se, z, float((d > 0).double().mean()), float(steered.double().mean()), fixed, broken)
 
 
