@@ -113,14 +113,23 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
 
     def checkpoint(c: Comparison) -> None:
         data = {"model": args.model, "dtype": args.dtype, "seconds": round(time.perf_counter() - start, 1)}
+        data["share_prefix"] = args.share_prefix
         save(path, {**data, **c.to_json()})
         print(f"compare {task_name}: {c.results[-1].method} done, test {c.results[-1].test_metric:.3f}", flush=True)
 
+    evidence = None
+    if args.share_prefix:  # the shared prompt read once: about 2x faster on long prompts (BoolQ's passages)
+        from austeer.baselines.base import gather
+        from austeer.compare import sites_for
+
+        pairs = task.pairs(model, tok, limit=args.pairs_limit)
+        evidence = gather(model, tok, pairs, sites_for(methods), batch_size=args.batch_size, share_prefix=True)
     compare(
         model,
         tok,
         task,
         methods,
+        evidence=evidence,
         budget=args.budget,
         pairs_limit=args.pairs_limit,
         val_limit=args.val_limit,
@@ -168,7 +177,7 @@ def parse_strengths(text: str) -> dict[str, list[float]]:
 def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
     """:func:`austeer.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
     from austeer.baselines.base import gather
-    from austeer.compare import dose_response, parse_doses
+    from austeer.compare import DoseRow, dose_response, parse_doses
     from austeer.tasks import get_task
 
     task = get_task(task_name)
@@ -177,7 +186,8 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     if data.get("settings") != settings:
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
-    todo = [s for s in args.sites.split(",") if s not in {r["site"] for r in data["rows"]}]
+    done = {DoseRow(**r).curve for r in data["rows"]}
+    todo = [s for s in args.sites.split(",") if DoseRow(s, 0, False, 0, 0, 0, {}, args.positions).curve not in done]
     if not todo:
         print(f"dose {task_name}: done ({path})")
         return
@@ -196,11 +206,12 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
             batch_size=args.batch_size,
             eval_kw=eval_kw(task, args),
             unsteered=unsteered_memo(model, tok),
+            positions=args.positions,
         )
         data["rows"] += [asdict(r) for r in rows]
         data["seconds"] = round(time.perf_counter() - start, 1)
         save(path, data)
-        print(f"dose {task_name} {site}: " + ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows), flush=True)
+        print(f"dose {task_name} {rows[0].curve}: " + ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows), flush=True)
 
 
 def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
@@ -216,8 +227,12 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
     strengths = parse_strengths(args.strengths)
     settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "strengths": strengths}
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    if data.get("settings") != settings:
+    before = data.get("settings", {})
+    if any(before.get(key) != settings[key] for key in ("limit", "pairs")):
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
+    else:  # same items and pairs: keep the methods measured at the strengths asked for now (a method added runs)
+        kept = {"none", "prompt", *(m for m, v in strengths.items() if before["strengths"].get(m) == v)}
+        data["rows"], data["settings"] = [r for r in data["rows"] if r["method"] in kept], settings
     strengths = {m: v for m, v in strengths.items() if m != "prompt"}
     data["configs"] = {m: METHODS[m].frontier.config for m in strengths if METHODS[m].frontier}  # type: ignore[union-attr]
     done = {r["method"] for r in data["rows"]}
@@ -418,7 +433,7 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
         "k = 0 is the unsteered model.\n",
         "| site | k | metric | neutral ppl |",
         "|---|---:|---:|---:|",
-        *(f"| {r.site} | {'all ' if r.all else ''}{r.k} | {r.metric:.3f} | {r.ppl:.2f} |" for r in rows),
+        *(f"| {r.curve} | {'all ' if r.all else ''}{r.k} | {r.metric:.3f} | {r.ppl:.2f} |" for r in rows),
         "",
         f"![{task} dose-response]({img.relative_to(DOC.parent)})\n",
     ]
@@ -463,6 +478,7 @@ def main() -> None:
     p.add_argument("--stages", default="confirm,compare")
     p.add_argument("--site", default="head")
     p.add_argument("--sites", default="head,ffn,neuron", help="dose: one curve per site")
+    p.add_argument("--positions", default="all", help="dose: where the gains act (all, or last: answer/new tokens)")
     p.add_argument("--doses", default="0,2,8,32,100,1000,all", help="dose: numbers of top AUs (all: every AU)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--alpha", type=float, default=10.0)
@@ -484,6 +500,7 @@ def main() -> None:
         action="store_true",
         help="frontier: also the prompt (instruction alone, and with examples) on the same items",
     )
+    p.add_argument("--share-prefix", action="store_true", help="compare: read each pair's shared prompt once")
     p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")

@@ -68,6 +68,12 @@ class DoseRow:
     metric: float
     ppl: float
     metrics: dict[str, float]
+    positions: str = "all"  # where the gains act (see austeer.spec.POSITIONS)
+
+    @property
+    def curve(self) -> str:
+        """The curve this point belongs to: its site, and where the gains act unless at every position."""
+        return self.site if self.positions == "all" else f"{self.site} ({self.positions} position)"
 
 
 @dataclass
@@ -353,10 +359,12 @@ def dose_response(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
+    positions: str = "all",
 ) -> list[DoseRow]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
-    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
+    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`); ``positions``: where the
+    gains act (``"last"``: the answer position / each generated token only, see :data:`austeer.spec.POSITIONS`)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok)
     cache = unsteered.cache
@@ -370,9 +378,9 @@ def dose_response(
             if k == 0:
                 m = base
             else:
-                steerer = GainSteerer("austeer", scaled(ranked[:k], alpha), {})
+                steerer = GainSteerer("austeer", scaled(ranked[:k], alpha), {}, positions=positions)
                 m = evaluate_steered(model, tok, task, steerer, cache=cache, **kw)
-            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m))
+            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, positions))
     return rows
 
 

@@ -122,9 +122,16 @@ def check_evidence(counts: dict[str, SignCounts], k: int, n_pairs: int) -> None:
 
 
 def spec_from_counts(
-    model: nn.Module, counts: dict[str, SignCounts], k: int, alpha: float, n_pairs: int, model_id: str = ""
+    model: nn.Module,
+    counts: dict[str, SignCounts],
+    k: int,
+    alpha: float,
+    n_pairs: int,
+    model_id: str = "",
+    positions: str = "all",
 ) -> SteerSpec:
-    """The spec of the global top ``k`` AUs of ``counts`` for ``model`` (warns when the evidence is too thin)."""
+    """The spec of the global top ``k`` AUs of ``counts`` for ``model`` (warns when the evidence is too thin),
+    steering at ``positions`` (see :data:`austeer.spec.POSITIONS`)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     check_evidence(counts, k, n_pairs)
@@ -136,6 +143,7 @@ def spec_from_counts(
         n_pairs=n_pairs,
         sites=list(counts),
         scores=counts,
+        positions=positions,
     )
 
 
@@ -152,6 +160,7 @@ def fit(
     progress: bool = True,
     share_prefix: bool = True,
     scorer: Callable[..., dict[str, SignCounts]] = score,
+    positions: str = "all",
 ) -> SteerSpec:
     """Score the AUs of ``site`` (one or several) on ``pairs`` and keep the global top ``k``.
 
@@ -159,6 +168,9 @@ def fit(
     ``False`` runs both texts whole).
     ``scorer``: the function that computes the counts, with :func:`score`'s arguments
     (:func:`austeer.distributed.score_distributed` spreads them over a process group).
+    ``positions``: where the gains act: ``"all"`` (the paper's rule: every token, foldable) or ``"last"``
+    (the last position of each pass: the answer position, each generated token; hooks only). The
+    selection is the same; see :data:`austeer.spec.POSITIONS`.
     """
     if not pairs:
         raise ValueError("fit needs at least one pair")
@@ -167,4 +179,4 @@ def fit(
             raise ValueError(f"{name} must be >= 1, got {value}")
     sites = [site] if isinstance(site, str) else list(site)
     counts = scorer(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)
-    return spec_from_counts(model, counts, k, alpha, len(pairs), model_id)
+    return spec_from_counts(model, counts, k, alpha, len(pairs), model_id, positions)

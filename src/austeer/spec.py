@@ -2,7 +2,8 @@
 
 On disk a spec is a directory:
 
-- ``steer.json``: model id and fingerprint, sites, alpha, number of pairs, and the units as a list of
+- ``steer.json``: model id and fingerprint, sites, alpha, number of pairs, the positions the gains act
+  on (``"all"``, the paper's rule, or ``"last"``: see :data:`POSITIONS`), and the units as a list of
   ``{"site", "layer", "index", "beta"}`` ordered by decreasing ``|beta|`` (readable, diffable);
 - ``scores.safetensors``: the full sign-count statistics of every scored site (``<site>.pos``,
   ``<site>.neg``, ``<site>.total``, ``<site>.squares``), so ``k`` can be changed without refitting.
@@ -63,6 +64,12 @@ from austeer.sites import SITES
 
 FORMAT_VERSION = 1
 _STATS = ("pos", "neg", "total", "squares")
+
+POSITIONS = ("all", "last")
+"""Where the gains act. ``"all"`` (the paper's rule, the default): every token position, so the gains fold
+into the weights. ``"last"``: only the last position of each forward pass (hooks only): the answer
+position when a task scores the token after a prompt, and each new token when generating with a KV cache
+(the prompt is read unsteered up to its last token)."""
 
 
 class SpecError(ValueError):
@@ -231,6 +238,7 @@ class SteerSpec:
     sites: list[str] = field(default_factory=list)
     scores: dict[str, SignCounts] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    positions: str = "all"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -245,6 +253,8 @@ class SteerSpec:
         _check_sites(self.sites, self.units, where)
         if not _is_int(self.n_pairs) or self.n_pairs < 0:
             raise SpecError(f"{where}: n_pairs: expected an integer >= 0, found {self.n_pairs!r}")
+        if self.positions not in POSITIONS:
+            raise SpecError(f"{where}: positions: expected one of {', '.join(POSITIONS)}, found {self.positions!r}")
 
     @property
     def k(self) -> int:
@@ -282,6 +292,7 @@ class SteerSpec:
             "alpha": self.alpha,
             "k": self.k,
             "n_pairs": self.n_pairs,
+            "positions": self.positions,
             "info": self.info,
             "units": [{"site": u.site, "layer": u.layer, "index": u.index, "beta": u.beta} for u in self.units],
         }
@@ -429,6 +440,7 @@ def load(directory: str | Path) -> SteerSpec:
     _field(obj, "k", where, lambda v: _is_int(v) and v == len(units), f"the number of units, {len(units)}", 0)
     model_id = _field(obj, "model_id", where, lambda v: isinstance(v, str), "a string", "")
     info = _field(obj, "info", where, lambda v: isinstance(v, dict), "an object", {})
+    positions = _field(obj, "positions", where, lambda v: v in POSITIONS, f"one of {', '.join(POSITIONS)}", "all")
     _check_sites(sites, units, where)
     tensor_path = directory / "scores.safetensors"
     scores = _scores(tensor_path, fp, n_pairs) if tensor_path.exists() else {}
@@ -444,4 +456,5 @@ def load(directory: str | Path) -> SteerSpec:
         sites=list(sites) or sorted({*(u.site for u in units), *scores}, key=SITES.index),
         scores=scores,
         info=info,
+        positions=positions,
     )

@@ -1,6 +1,8 @@
 """Steer with a spec: hooks (dynamic) or exact weight folding (zero runtime cost), and export.
 
-Every selected AU ``u`` gets the gain ``x_u <- (1 + alpha * beta_u) * x_u`` at every token position.
+Every selected AU ``u`` gets the gain ``x_u <- (1 + alpha * beta_u) * x_u`` at every token position (or,
+for a spec with ``positions="last"``, at the last position of each forward pass only: hooks alone can do
+that, see :data:`austeer.spec.POSITIONS`).
 A spec's units become :class:`Gain` s (``gamma = alpha * beta``); steering that has gains but no scores
 (the baselines' SADI, block, ...) takes the same path with its own gains: :func:`apply_gains`,
 :func:`folded_gains`, :func:`gains_vectors`.
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from austeer.sites import _weight, decoder_layers, fold_module, site_def, site_module, site_width
-from austeer.spec import SpecError, SteerSpec, check_in_range
+from austeer.spec import POSITIONS, SpecError, SteerSpec, check_in_range
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,13 @@ class Gain:
     gamma: float
 
 
-def spec_gains(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> list[Gain]:
+def spec_gains(model: nn.Module, spec: SteerSpec, alpha: float | None = None, hooks: bool = False) -> list[Gain]:
     """The gains of ``spec`` (``gamma = alpha * beta``; ``alpha`` overrides the spec's), after checking that
     ``spec`` fits ``model`` and ``alpha`` is finite.
 
     The one spec check of every path: hooks, fold, export and the per-row gains of ``batched``/``serve``.
+    A spec whose gains act on the last position only (``positions="last"``) can be steered with hooks
+    alone (``hooks=True``); every other path steers every position and refuses it.
 
     Example:
         >>> from austeer.momentum import Unit
@@ -75,6 +79,11 @@ def spec_gains(model: nn.Module, spec: SteerSpec, alpha: float | None = None) ->
     from austeer.models import fingerprint
 
     spec.check_fits(fingerprint(model))
+    if spec.positions != "all" and not hooks:
+        raise SpecError(
+            f"spec: positions: {spec.positions!r} steers the last position of each pass only, which folded "
+            "weights, exports and per-row serving cannot do (they steer every position); steer it with hooks"
+        )
     return [Gain(u.site, u.layer, u.index, gamma) for u, gamma in spec.gains(alpha)]
 
 
@@ -138,33 +147,47 @@ class Steering:
             self.handles.pop().remove()
 
 
-def _input_hook(gain: torch.Tensor) -> Any:
+def _scaled(x: torch.Tensor, gain: torch.Tensor, last: bool) -> torch.Tensor:
+    """``x * gain`` at every position, or (``last``) at the last position of the sequence axis only."""
+    g = gain if x.device == gain.device else gain.to(x.device)  # device_map="auto": inputs move late
+    if not last:
+        return x * g
+    y = x.clone()
+    y[..., -1, :] = x[..., -1, :] * g
+    return y
+
+
+def _input_hook(gain: torch.Tensor, last: bool = False) -> Any:
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        # with device_map="auto", accelerate may move the input only inside the module's forward
-        return (x * (gain if x.device == gain.device else gain.to(x.device)), *args[1:])
+        return (_scaled(args[0], gain, last), *args[1:])
 
     return hook
 
 
-def _output_hook(gain: torch.Tensor) -> Any:
+def _output_hook(gain: torch.Tensor, last: bool = False) -> Any:
     def hook(_module: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
         x = out[0] if isinstance(out, tuple) else out
-        y = x * (gain if x.device == gain.device else gain.to(x.device))
+        y = _scaled(x, gain, last)
         return (y, *out[1:]) if isinstance(out, tuple) else y
 
     return hook
 
 
-def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor]) -> Steering:
-    """Register one multiply-by-gain hook per ``(site, layer)``; returns the handle."""
+def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor], positions: str = "all") -> Steering:
+    """Register one multiply-by-gain hook per ``(site, layer)``; returns the handle.
+
+    ``positions``: ``"all"`` or ``"last"`` (see :data:`austeer.spec.POSITIONS`)."""
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    last = positions == "last"
     steering = Steering()
     try:
         for (site, layer), gain in gains.items():
+            module = site_module(model, site, layer)
             if site_def(model, site).io == "input":
-                steering.handles.append(site_module(model, site, layer).register_forward_pre_hook(_input_hook(gain)))
+                steering.handles.append(module.register_forward_pre_hook(_input_hook(gain, last)))
             else:
-                steering.handles.append(site_module(model, site, layer).register_forward_hook(_output_hook(gain)))
+                steering.handles.append(module.register_forward_hook(_output_hook(gain, last)))
     except BaseException:
         steering.remove()
         raise
@@ -173,15 +196,17 @@ def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor]) -> S
 
 @contextmanager
 def apply(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Iterator[Steering]:
-    """Steer ``model`` with hooks inside the ``with`` block (``alpha`` overrides the spec's)."""
-    with apply_gains(model, spec_gains(model, spec, alpha)) as steering:
+    """Steer ``model`` with hooks inside the ``with`` block (``alpha`` overrides the spec's), at the spec's
+    positions."""
+    with apply_gains(model, spec_gains(model, spec, alpha, hooks=True), spec.positions) as steering:
         yield steering
 
 
 @contextmanager
-def apply_gains(model: nn.Module, gains: Sequence[Gain]) -> Iterator[Steering]:
-    """Steer ``model`` with hooks for ``gains`` inside the ``with`` block (see :func:`apply`)."""
-    steering = add_hooks(model, gains_vectors(model, gains))
+def apply_gains(model: nn.Module, gains: Sequence[Gain], positions: str = "all") -> Iterator[Steering]:
+    """Steer ``model`` with hooks for ``gains`` inside the ``with`` block (see :func:`apply`), at every
+    position or (``positions="last"``) at the last position of each pass."""
+    steering = add_hooks(model, gains_vectors(model, gains), positions)
     try:
         yield steering
     finally:

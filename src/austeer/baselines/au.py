@@ -37,6 +37,14 @@ def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32,
     return GainSteerer("austeer", scaled(top_units(evidence, site, k), alpha), config)
 
 
+def build_last(
+    model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0
+) -> GainSteerer:
+    """AUSteer's AUs and gains, acting at the last position of each pass only (``fit(positions="last")``)."""
+    steerer = build(model, evidence, site, k, alpha)
+    return GainSteerer("austeer-last", steerer.gains, steerer.config, positions="last")
+
+
 def grid(site: str) -> tuple[dict[str, Any], ...]:
     """k from 2 to 100 and alpha from the small gains to the paper's range (up to 100), at ``site``."""
     return tuple({"site": site, "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
@@ -60,4 +68,16 @@ METHOD = Method(
 FFN = Method("austeer-ffn", ("ffn",), grid("ffn"), build, "exact: gains folded into W_down rows", strength="alpha")
 NEURON = Method(
     "austeer-neuron", ("neuron",), grid("neuron"), build, "exact: gains folded into W_down columns", strength="alpha"
+)
+
+#: AUSteer with its gains at the answer position / each generated token only (a diagnosis variant: where the
+#: gain applies); the same AUs, grid and frontier as ``austeer``
+LAST = Method(
+    "austeer-last",
+    ("head",),
+    GRID,
+    build_last,
+    "hooks only: the last position of each pass",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
 )

@@ -161,15 +161,18 @@ class GainSteerer:
     gains: list[Gain]
     config: dict[str, Any]
     system: str | None = None
+    positions: str = "all"  # or "last": the last position of each pass only (hooks only)
 
     @property
     def n_steered(self) -> int:
         return len(self.gains)
 
     def hooks(self, model: nn.Module) -> Any:
-        return apply_gains(model, self.gains)
+        return apply_gains(model, self.gains, self.positions)
 
     def fold(self, model: nn.Module) -> Any:
+        if self.positions != "all":
+            raise CannotFold(f"{self.name} steers the {self.positions} position only; folded weights steer every one")
         return folded_gains(model, self.gains)
 
 

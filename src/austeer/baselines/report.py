@@ -142,10 +142,11 @@ def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path) 
 
 
 def _site_curves(ax: Any, rows: Sequence[DoseRow], y: str, marker: str) -> None:
-    """One line per site: dose-response rows' ``y`` (``metric`` or ``ppl``) against their ``k``."""
-    for site in sorted({r.site for r in rows}):
-        pts = sorted((r.k, getattr(r, y)) for r in rows if r.site == site)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=site)
+    """One line per curve (site, and where its gains act): dose-response rows' ``y`` (``metric`` or ``ppl``)
+    against their ``k``."""
+    for curve in dict.fromkeys(r.curve for r in rows):
+        pts = sorted((r.k, getattr(r, y)) for r in rows if r.curve == curve)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=curve)
 
 
 def plot_dose_grid(curves: Mapping[str, tuple[Sequence[DoseRow], str]], out: str | Path) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 
 from austeer.cli.argtypes import finite_float, positive_int
 from austeer.sites import SITES
+from austeer.spec import POSITIONS
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +65,7 @@ def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> An
         model_id=name,
         progress=rank == 0,
         share_prefix=bool(getattr(args, "share_prefix", True)),
+        positions=getattr(args, "positions", "all"),
     )
     spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2))
     if world > 1:
@@ -155,6 +157,13 @@ def register(sub: Any) -> None:
     p.add_argument("--site", default="head", help=f"one or more of {', '.join(SITES)}, comma-separated")
     p.add_argument("--k", type=positive_int, default=32, help="number of AUs to keep (global top-k)")
     p.add_argument("--alpha", type=finite_float, default=5.0, help="global strength: gain 1 + alpha * beta")
+    p.add_argument(
+        "--positions",
+        default="all",
+        choices=list(POSITIONS),
+        help="where the gains act: all (the paper's rule, every token; foldable and exportable) or last "
+        "(the answer position / each generated token only; hooks only)",
+    )
     p.add_argument("--out", required=True, help="spec directory to write")
     add_force_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=16, help="pairs per forward pass")

@@ -1,0 +1,140 @@
+"""Gains at the last position only (``positions="last"``) on the real embedded model: what they steer, what
+refuses them (fold, export, per-row serving), how a spec keeps them, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import austeer
+from austeer.baselines import METHODS, CannotFold, gather
+from austeer.batched import RowSteer, row_gains
+from austeer.cli import main
+from austeer.sites import site_module
+from austeer.spec import SpecError
+from austeer.steer import gain_vectors
+from tests.conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def specs(smol, sentiment_pairs):
+    model, tok = smol
+    every = austeer.fit(model, tok, sentiment_pairs[:8], site="head", k=16, alpha=8.0, progress=False)
+    last = austeer.fit(model, tok, sentiment_pairs[:8], site="head", k=16, alpha=8.0, progress=False, positions="last")
+    return every, last
+
+
+def test_same_selection_different_positions(specs):
+    every, last = specs
+    assert every.positions == "all" and last.positions == "last"
+    assert last.units == every.units and last.alpha == every.alpha
+
+
+def test_last_steers_the_last_position_only(smol, specs):
+    model, tok = smol
+    every, last = specs
+    ids = tok("The weather today is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = model(ids).logits
+        with austeer.apply(model, last):
+            only_last = model(ids).logits
+        with austeer.apply(model, every):
+            everywhere = model(ids).logits
+    assert torch.equal(only_last[:, :-1], base[:, :-1]), "positions before the last must be untouched"
+    assert (only_last[:, -1] - base[:, -1]).abs().max() > 1e-2, "the last position must be steered"
+    assert (only_last[:, -1] - everywhere[:, -1]).abs().max() > 1e-3, "the prompt is read unsteered"
+    one = ids[:, :1]  # a one-token pass: its only position is the last, so both rules steer the same
+    with torch.no_grad(), austeer.apply(model, last):
+        a = model(one).logits
+    with torch.no_grad(), austeer.apply(model, every):
+        b = model(one).logits
+    assert torch.equal(a, b)
+
+
+def test_generation_steers_each_new_token(smol, specs):
+    """With a KV cache each decoding pass is one token, so "last" steers the prompt's last token and every
+    generated one: greedy decoding equals recomputing the whole sequence at each step with the gains on
+    exactly those positions (and differs from the unsteered text)."""
+    model, tok = smol
+    every, last = specs
+    last, gains = last.with_alpha(30.0), gain_vectors(model, every.with_alpha(30.0))
+    ids = tok("Tell me about your day.", return_tensors="pt").input_ids
+    start = ids.shape[1] - 1
+    with torch.no_grad():
+        plain = model.generate(ids, max_new_tokens=8, do_sample=False)
+        with austeer.apply(model, last):
+            cached = model.generate(ids, max_new_tokens=8, do_sample=False)
+
+        def hook(gain):
+            def pre(_module, args):
+                x = args[0].clone()
+                x[:, start:] = x[:, start:] * gain
+                return (x, *args[1:])
+
+            return pre
+
+        handles = [site_module(model, s, layer).register_forward_pre_hook(hook(g)) for (s, layer), g in gains.items()]
+        try:
+            seq = ids
+            for _ in range(8):
+                seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], dim=1)
+        finally:
+            for h in handles:
+                h.remove()
+    assert torch.equal(cached, seq)
+    assert not torch.equal(cached, plain)
+
+
+def test_paths_that_steer_every_position_refuse_it(smol, specs, tmp_path):
+    model, tok = smol
+    _, last = specs
+    for call in (
+        lambda: austeer.fold(model, last),
+        lambda: austeer.export(model, tok, last, tmp_path / "export"),
+        lambda: row_gains(model, [RowSteer(last)]),
+    ):
+        with pytest.raises(SpecError, match="positions: 'last' steers the last position"):
+            call()
+    assert not (tmp_path / "export").exists()
+
+
+def test_spec_keeps_positions_and_rejects_unknown(specs, tmp_path):
+    _, last = specs
+    last.save(tmp_path / "s")
+    assert austeer.load(tmp_path / "s").positions == "last"
+    assert austeer.load(tmp_path / "s").with_k(4).positions == "last"
+    meta = json.loads((tmp_path / "s" / "steer.json").read_text())
+    meta["positions"] = "first"
+    (tmp_path / "s" / "steer.json").write_text(json.dumps(meta))
+    with pytest.raises(SpecError, match=r"steer\.json: positions: expected one of all, last, found 'first'"):
+        austeer.load(tmp_path / "s")
+    del meta["positions"]  # specs written before the field existed steer every position
+    (tmp_path / "s" / "steer.json").write_text(json.dumps(meta))
+    assert austeer.load(tmp_path / "s").positions == "all"
+
+
+def test_method_austeer_last(smol, sentiment_pairs):
+    model, tok = smol
+    evidence = gather(model, tok, sentiment_pairs[:8], ["head"], progress=False)
+    a = METHODS["austeer"].build(model, evidence, site="head", k=8, alpha=4.0)
+    b = METHODS["austeer-last"].build(model, evidence, site="head", k=8, alpha=4.0)
+    assert b.gains == a.gains and b.positions == "last"
+    with pytest.raises(CannotFold, match="last position only"):
+        b.fold(model)
+
+
+def test_cli_fit_positions_last(tmp_path, capsys):
+    spec_dir = tmp_path / "spec"
+    pairs = DATA / "pairs" / "sentiment.jsonl"
+    assert (
+        main(["fit", "--pairs", str(pairs), "--k", "8", "--out", str(spec_dir), "--limit", "6", "--positions", "last"])
+        == 0
+    )
+    assert json.loads((spec_dir / "steer.json").read_text())["positions"] == "last"
+    capsys.readouterr()
+    args = ["generate", "--steer", str(spec_dir), "--max-new-tokens", "4", "Hi."]
+    assert main(args) == 0
+    assert main(args + ["--mode", "fold"]) == 2
+    assert "positions: 'last'" in capsys.readouterr().err
