@@ -122,7 +122,16 @@ def _metric(data: dict[str, Any]) -> str:
 
 
 def render() -> None:
-    from austeer.baselines.report import plot_comparison, plot_dose, plot_frontier, settings_line, summary_table, table
+    from austeer.baselines.report import (
+        dose_table,
+        frontier_table,
+        plot_comparison,
+        plot_dose,
+        plot_frontier,
+        settings_line,
+        summary_table,
+        table,
+    )
     from austeer.compare import Comparison
     from austeer.io import write_between
 
@@ -142,12 +151,10 @@ def render() -> None:
             metric = _metric(data)
             dose_rows = [DoseRow(**r) for r in d["rows"]]
             img = plot_dose(dose_rows, name, metric, IMG / f"compare_{name}_dose.png")
-            by_site: dict[str, list[str]] = {}
-            for r in dose_rows:
-                by_site.setdefault(r.site, []).append(f"{'all ' if r.all else ''}{r.k}: {r.metric:.3f}")
-            parts.append(f"Dose-response (test, first {d['limit']} items, alpha {d['alpha']:g}):\n")
-            parts.extend(f"- `{site}`: " + ", ".join(v) for site, v in by_site.items())
-            parts.append(f"\n![{name} dose-response](img/{img.name})\n")
+            where = f"test, first {d['limit']} items, alpha {d['alpha']:g}"
+            parts.append(f"Dose-response ({where}; each cell: {metric} (neutral-text perplexity)):\n")
+            parts.append(dose_table(dose_rows) + "\n")
+            parts.append(f"![{name} dose-response](img/{img.name})\n")
         if "frontier" in data:
             f = data["frontier"]
             metric = _metric(data)
@@ -155,16 +162,8 @@ def render() -> None:
                 out = IMG / f"compare_{name}_frontier_{x}.png"
                 img = plot_frontier([FrontierRow(**r) for r in f["rows"]], name, metric, x, out)
                 parts.append(f"![{name} frontier ({x})](img/{img.name})\n")
-            parts.append(
-                f"Frontier points (test, first {f['limit']} items): method, strength -> {metric}, ppl, cont_ppl\n"
-            )
-            for r in f["rows"]:
-                m = r["metrics"]
-                parts.append(
-                    f"- {r['method']} {r['strength']:g}: {r['metric']:.3f}, ppl {m['ppl']:.2f}, "
-                    f"cont_ppl {m.get('cont_ppl', float('nan')):.2f}"
-                )
-            parts.append("")
+            parts.append(f"Frontier points (test, first {f['limit']} items):\n")
+            parts.append(frontier_table([FrontierRow(**r) for r in f["rows"]], metric) + "\n")
     datas = [json.loads(p.read_text()) for p in sorted(IMG.glob("compare_*.json"))]
     comps = [Comparison.from_json(d["compare"]) for d in datas if "compare" in d]
     if comps:

@@ -419,7 +419,7 @@ def render(model: str, fresh_from: int) -> None:
 
 def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     """The dose-response plot and its points per site."""
-    from austeer.baselines.report import plot_dose
+    from austeer.baselines.report import dose_table, plot_dose
     from austeer.compare import DoseRow
     from austeer.tasks import get_task
 
@@ -430,10 +430,8 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     lines = [
         f"**Dose-response** ({task}, {data['dtype']}, {data.get('seconds', 0) / 60:.0f} min): the top-k AUs of each "
         f"site (ranked on {st['pairs']} pairs) steered at alpha {st['alpha']:g}, {n} test items; "
-        "k = 0 is the unsteered model.\n",
-        "| site | k | metric | neutral ppl |",
-        "|---|---:|---:|---:|",
-        *(f"| {r.curve} | {'all ' if r.all else ''}{r.k} | {r.metric:.3f} | {r.ppl:.2f} |" for r in rows),
+        "k = 0 is the unsteered model; each cell: metric (neutral-text perplexity).\n",
+        dose_table(rows),
         "",
         f"![{task} dose-response]({img.relative_to(DOC.parent)})\n",
     ]
@@ -442,7 +440,7 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
 
 def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     """The frontier plots (neutral and continuation perplexity) and its points with their standard errors."""
-    from austeer.baselines.report import plot_frontier
+    from austeer.baselines.report import frontier_table, plot_frontier
     from austeer.compare import FrontierRow
     from austeer.tasks import get_task
 
@@ -459,15 +457,7 @@ def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     for x in ("ppl", "cont_ppl"):
         img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
         lines.append(f"![{task} frontier ({x})]({img.relative_to(DOC.parent)})\n")
-    lines += [f"| method | strength | {metric} ± se | ppl | cont_ppl |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        v, m = r.metric, r.metrics
-        se = (v * (1 - v) / m["n_items"]) ** 0.5
-        lines.append(
-            f"| {r.method} | {r.strength:g} | {v:.3f} ± {se:.3f} | {m['ppl']:.2f} | "
-            f"{m.get('cont_ppl', float('nan')):.2f} |"
-        )
-    return [*lines, ""]
+    return [*lines, frontier_table(rows, metric), ""]
 
 
 def main() -> None:

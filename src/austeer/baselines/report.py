@@ -110,6 +110,48 @@ def summary_table(comps: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def dose_table(rows: Sequence[DoseRow]) -> str:
+    """Markdown table of dose-response points: a row per curve (site, and where the gains act), a column per
+    number of steered AUs (``all``: every AU of the site), each cell ``metric (neutral ppl)``.
+
+    Example:
+        >>> rows = [DoseRow("head", 0, False, 10.0, 0.74, 15.1, {}), DoseRow("head", 32, False, 10.0, 0.82, 15.8, {})]
+        >>> print(dose_table(rows))
+        | site | 0 | 32 |
+        |---|---:|---:|
+        | head | 0.740 (15.1) | 0.820 (15.8) |
+    """
+
+    def column(r: DoseRow) -> str:
+        return "all" if r.all else str(r.k)
+
+    columns = list(dict.fromkeys(column(r) for r in sorted(rows, key=lambda r: (r.all, r.k))))
+    cells = {(r.curve, column(r)): f"{r.metric:.3f} ({r.ppl:.3g})" for r in rows}
+    lines = [f"| site | {' | '.join(columns)} |", "|---|" + "---:|" * len(columns)]
+    for curve in dict.fromkeys(r.curve for r in rows):
+        lines.append(f"| {curve} | " + " | ".join(cells.get((curve, c), "-") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def frontier_table(rows: Sequence[FrontierRow], metric: str) -> str:
+    """Markdown table of frontier points: method, strength, ``metric`` with its standard error, neutral and
+    continuation perplexity.
+
+    Example:
+        >>> print(frontier_table([FrontierRow("caa", 1.0, 0, 0.5, {"n_items": 100, "ppl": 15.0})], "positive_rate"))
+        | method | strength | positive_rate ± se | ppl | cont_ppl |
+        |---|---:|---:|---:|---:|
+        | caa | 1 | 0.500 ± 0.050 | 15.00 | nan |
+    """
+    lines = [f"| method | strength | {metric} ± se | ppl | cont_ppl |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        v, m = r.metric, r.metrics
+        se = (v * (1 - v) / m["n_items"]) ** 0.5 if m.get("n_items") else float("nan")
+        cont = m.get("cont_ppl", float("nan"))
+        lines.append(f"| {r.method} | {r.strength:g} | {v:.3f} ± {se:.3f} | {m['ppl']:.2f} | {cont:.2f} |")
+    return "\n".join(lines)
+
+
 def plot_comparison(c: Comparison, out: str | Path) -> Path:
     """Bar chart of the test metric per method, annotated with the number of steered activations."""
     names = ["none"] + [r.method for r in c.results]
