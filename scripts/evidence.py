@@ -165,6 +165,15 @@ def eval_kw(task: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"ref_model": _MEMO["ref"]}
 
 
+def task_pairs(task: Any, model: Any, tok: Any, args: argparse.Namespace) -> list[Any]:
+    """The first ``--pairs-limit`` pairs of the task, or of ``--pairs-file`` (written pairs instead of the task's)."""
+    if not args.pairs_file:
+        return list(task.pairs(model, tok, limit=args.pairs_limit))
+    from austeer.pairs import read_pairs
+
+    return read_pairs(args.pairs_file)[: args.pairs_limit]
+
+
 def parse_strengths(text: str) -> dict[str, list[float]]:
     """``"austeer=5,10;caa=1,2"`` -> ``{"austeer": [5.0, 10.0], "caa": [1.0, 2.0]}``."""
     out: dict[str, list[float]] = {}
@@ -226,9 +235,11 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
     path = where / f"frontier_{task_name}{args.label}.json"
     strengths = parse_strengths(args.strengths)
     settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "strengths": strengths}
+    if args.pairs_file:
+        settings["pairs_file"] = args.pairs_file
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     before = data.get("settings", {})
-    if any(before.get(key) != settings[key] for key in ("limit", "pairs")):
+    if any(before.get(key) != settings.get(key) for key in ("limit", "pairs", "pairs_file")):
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
     else:  # same items and pairs: keep the methods measured at the strengths asked for now (a method added runs)
         kept = {"none", "prompt", *(m for m, v in strengths.items() if before["strengths"].get(m) == v)}
@@ -241,7 +252,7 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
         print(f"frontier {task_name}: done ({path})")
         return
     start = time.perf_counter() - data.get("seconds", 0)
-    pairs = task.pairs(model, tok, limit=args.pairs_limit)
+    pairs = task_pairs(task, model, tok, args)
     sites = sorted({s for m in todo for s in METHODS[m].sites})
     evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
     for name in todo:
@@ -448,11 +459,13 @@ def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     metric = get_task(task).metric
     rows = [FrontierRow(**r) for r in data["rows"]]
     minutes = data.get("seconds", 0) / 60
+    st = data["settings"]
+    source = f"the written pairs of `{Path(st['pairs_file']).name}`" if st.get("pairs_file") else "the task's pairs"
     lines = [
         f"**Frontier** ({task}, {data['dtype']}, {minutes:.0f} min): each method at a fixed configuration "
         f"({', '.join(f'{m} {c}' for m, c in data['configs'].items())}) over its strengths, first {limit} test "
-        f"items, {data['settings']['pairs']} pairs; `prompt` steers nothing (strength = worked examples after the "
-        "task's instruction: 0 or 3).\n"
+        f"items, steering from the first {st['pairs']} of {source}; `prompt` steers nothing (strength = worked "
+        "examples after the task's instruction: 0 or 3).\n"
     ]
     for x in ("ppl", "cont_ppl"):
         img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
@@ -491,6 +504,7 @@ def main() -> None:
         help="frontier: also the prompt (instruction alone, and with examples) on the same items",
     )
     p.add_argument("--share-prefix", action="store_true", help="compare: read each pair's shared prompt once")
+    p.add_argument("--pairs-file", default=None, help="frontier: steer from these pairs (JSONL) instead of the task's")
     p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")

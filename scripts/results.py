@@ -199,15 +199,18 @@ def evidence_lines() -> list[str]:
     ``compare_*.json``), one section per model; the full tables are in COMPARISON.md."""
     from evidence import confirm_table
 
-    from austeer.baselines.report import summary_table
-    from austeer.compare import Comparison
+    from austeer.baselines.report import dose_table, frontier_table, summary_table
+    from austeer.compare import Comparison, DoseRow, FrontierRow
+    from austeer.tasks import get_task
 
     lines: list[str] = []
     for folder in sorted((DOC.parent / "results").iterdir()):
         confirms = [json.loads(p.read_text()) for p in sorted(folder.glob("confirm_*.json"))]
         comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_*.json"))]
+        doses = [json.loads(p.read_text()) for p in sorted(folder.glob("dose_*.json"))]
+        frontiers = [json.loads(p.read_text()) for p in sorted(folder.glob("frontier_*.json"))]
         confirms = [d for d in confirms if "steered" in d]
-        if not confirms and not comps:
+        if not (confirms or comps or doses or frontiers):
             continue
         lines += [f"## embedded:{folder.name} (scripts/evidence.py)", ""]
         for data in confirms:
@@ -215,6 +218,13 @@ def evidence_lines() -> list[str]:
         if comps:
             lines += ["Comparison (every method, same evidence, same test items; tables in COMPARISON.md):", ""]
             lines += [summary_table(comps), ""]
+        for d in doses:
+            st, metric = d["settings"], get_task(d["task"]).metric
+            lines += [f"Dose-response, {d['task']} (alpha {st['alpha']:g}, {st['pairs']} pairs; {metric} (ppl)):", ""]
+            lines += [dose_table([DoseRow(**r) for r in d["rows"]]), ""]
+        for d in frontiers:
+            lines += [f"Frontier, {d['task']} (first {d['settings']['limit']} test items):", ""]
+            lines += [frontier_table([FrontierRow(**r) for r in d["rows"]], get_task(d["task"]).metric), ""]
     return lines
 
 
