@@ -32,8 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "results"
+from evidence_report import OUT, confirm_table, render, where_of
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
@@ -306,173 +305,6 @@ def prompt_points(model: Any, tok: Any, task: Any, args: argparse.Namespace) -> 
     return rows
 
 
-BEGIN, END = "<!-- BEGIN GENERATED (scripts/evidence.py) -->", "<!-- END GENERATED (scripts/evidence.py) -->"
-DOC = ROOT / "docs" / "COMPARISON.md"
-
-
-def _acc_line(name: str, base: list[int], steered: list[int]) -> str:
-    from austeer.stats import discordant, mcnemar
-
-    n = len(base)
-    a, b = sum(base) / n, sum(steered) / n
-    se = (b * (1 - b) / n) ** 0.5
-    fixed, broken = discordant(base, steered)
-    p = mcnemar(fixed, broken)
-    return f"| {name} | {n} | {a:.3f} | {b:.3f} ± {se:.3f} | {b - a:+.3f} | {fixed} / {broken} | {p:.3g} |"
-
-
-def confirm_table(data: dict[str, Any], fresh_from: int) -> list[str]:
-    """The confirmatory test's description and table (seen, fresh and all items; all only when no item was
-    seen before). ``fresh_from``: used when the file does not record its own."""
-    base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
-    c = data["config"]
-    fresh_from = data.get("fresh_from", fresh_from)
-    seen = (
-        f"Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep that chose the "
-        f"configuration on val; items {fresh_from}+ were never evaluated before. "
-        if fresh_from
-        else "No test item of this task was evaluated with steering before this run. "
-    )
-    rows = (
-        [
-            _acc_line(f"seen (0-{fresh_from - 1})", base[:fresh_from], steered[:fresh_from]),
-            _acc_line(f"**fresh ({fresh_from}+)**", base[fresh_from:], steered[fresh_from:]),
-        ]
-        if fresh_from
-        else []
-    )
-    return [
-        f"**Confirmatory test** ({data['task']}, {data['dtype']}): one configuration fixed before this run "
-        f"(site {c['site']}, k={c['k']}, alpha={c['alpha']:g}, {c['pairs']} pairs), the unsteered and the steered "
-        f"model on every test item. {seen}{data.get('note') or ''}"
-        f"Neutral-text ppl {data['unsteered']['metrics']['ppl']:.2f} -> {data['steered']['metrics']['ppl']:.2f}.\n",
-        "| items | n | unsteered | steered ± se | change | fixed / broken | McNemar p |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        _acc_line("**all**" if not fresh_from else "all", base, steered),
-        "",
-    ]
-
-
-def render_confirm(data: dict[str, Any], where: Path, fresh_from: int) -> list[str]:
-    """The confirmatory table and its plot."""
-    lines = confirm_table(data, fresh_from)
-    img = plot_confirm(data, where / f"confirm_{data['task']}.png", fresh_from)
-    lines.append(f"![confirmatory test]({img.relative_to(DOC.parent)})\n")
-    return lines
-
-
-def plot_confirm(data: dict[str, Any], out: Path, fresh_from: int) -> Path:
-    """Accuracy (95% interval) of the unsteered and the steered model on seen, fresh and all items."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
-    fresh_from = data.get("fresh_from", fresh_from)
-    groups = {"seen": slice(0, fresh_from), "fresh": slice(fresh_from, None), "all": slice(None)}
-    if not fresh_from:
-        groups = {"all": slice(None)}
-    fig = Figure(figsize=(6, 3.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for j, (label, outcomes_) in enumerate((("unsteered", base), ("steered", steered))):
-        xs, ys, es = [], [], []
-        for i, part in enumerate(groups.values()):
-            v = outcomes_[part]
-            p = sum(v) / len(v)
-            xs.append(i + (j - 0.5) * 0.3)
-            ys.append(p)
-            es.append(1.96 * (p * (1 - p) / len(v)) ** 0.5)
-        ax.bar(xs, ys, 0.3, yerr=es, capsize=3, label=label)
-    ax.set_xticks(range(len(groups)), [f"{k} ({len(base[v])})" for k, v in groups.items()])
-    ax.set_ylim(0.5, 1.0)
-    ax.set_ylabel("accuracy")
-    c = data["config"]
-    ax.set_title(f"{data['task']}: AUSteer {c['site']} k={c['k']} alpha={c['alpha']:g} (fixed in advance)")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
-
-
-def _where(out: Path, model: str) -> Path:
-    return out / model.replace("embedded:", "").replace("/", "_")
-
-
-def render(model: str, fresh_from: int) -> None:
-    from austeer.baselines.report import plot_comparison, settings_line, table
-    from austeer.compare import Comparison
-    from austeer.io import write_between
-
-    where = _where(OUT, model)
-    parts = [f"## {model}\n"]
-    for path in sorted(where.glob("confirm_*.json")):
-        data = json.loads(path.read_text())
-        if "steered" in data:
-            parts += render_confirm(data, where, fresh_from)
-    for path in sorted(where.glob("compare_*.json")):
-        data = json.loads(path.read_text())
-        comp = Comparison.from_json(data)
-        minutes = data.get("seconds", 0) / 60
-        parts.append(
-            f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {minutes:.0f} min): {settings_line(comp)}.\n"
-        )
-        parts.append(table(comp) + "\n")
-        img = plot_comparison(comp, where / f"{path.stem}.png")
-        parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
-    for path in sorted(where.glob("dose_*.json")):
-        parts += render_dose(json.loads(path.read_text()), where, path.stem)
-    for path in sorted(where.glob("frontier_*.json")):
-        parts += render_frontier(json.loads(path.read_text()), where, path.stem)
-    write_between(DOC, BEGIN, END, "\n".join(parts))
-
-
-def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
-    """The dose-response plot and its points per site."""
-    from austeer.baselines.report import dose_table, plot_dose
-    from austeer.compare import DoseRow
-    from austeer.tasks import get_task
-
-    rows = [DoseRow(**r) for r in data["rows"]]
-    task, st = data["task"], data["settings"]
-    img = plot_dose(rows, task, get_task(task).metric, where / f"{stem}.png")
-    n = int(rows[0].metrics.get("n_items", 0)) if rows else 0
-    lines = [
-        f"**Dose-response** ({task}, {data['dtype']}, {data.get('seconds', 0) / 60:.0f} min): the top-k AUs of each "
-        f"site (ranked on {st['pairs']} pairs) steered at alpha {st['alpha']:g}, {n} test items; "
-        "k = 0 is the unsteered model; each cell: metric (neutral-text perplexity).\n",
-        dose_table(rows),
-        "",
-        f"![{task} dose-response]({img.relative_to(DOC.parent)})\n",
-    ]
-    return lines
-
-
-def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
-    """The frontier plots (neutral and continuation perplexity) and its points with their standard errors."""
-    from austeer.baselines.report import frontier_table, plot_frontier
-    from austeer.compare import FrontierRow
-    from austeer.tasks import get_task
-
-    task, limit = data["task"], data["settings"]["limit"]
-    metric = get_task(task).metric
-    rows = [FrontierRow(**r) for r in data["rows"]]
-    minutes = data.get("seconds", 0) / 60
-    st = data["settings"]
-    source = f"the written pairs of `{Path(st['pairs_file']).name}`" if st.get("pairs_file") else "the task's pairs"
-    lines = [
-        f"**Frontier** ({task}, {data['dtype']}, {minutes:.0f} min): each method at a fixed configuration "
-        f"({', '.join(f'{m} {c}' for m, c in data['configs'].items())}) over its strengths, first {limit} test "
-        f"items, steering from the first {st['pairs']} of {source}; `prompt` steers nothing (strength = worked "
-        "examples after the task's instruction: 0 or 3).\n"
-    ]
-    for x in ("ppl", "cont_ppl"):
-        img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
-        lines.append(f"![{task} frontier ({x})]({img.relative_to(DOC.parent)})\n")
-    return [*lines, frontier_table(rows, metric), ""]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded:qwen2.5-coder-1.5b-instruct")
@@ -515,7 +347,7 @@ def main() -> None:
         return
     from austeer.models import load_model
 
-    where = _where(Path(args.out), args.model)
+    where = where_of(Path(args.out), args.model)
     where.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype=args.dtype)
     for stage in args.stages.split(","):

@@ -197,7 +197,7 @@ def write_doc() -> None:
 def evidence_lines() -> list[str]:
     """The held-out evidence of ``scripts/evidence.py`` (``docs/results/<model>/confirm_*.json`` and
     ``compare_*.json``), one section per model; the full tables are in COMPARISON.md."""
-    from evidence import confirm_table
+    from evidence_report import confirm_table
 
     from austeer.baselines.report import dose_table, frontier_table, summary_table
     from austeer.compare import Comparison, DoseRow, FrontierRow
