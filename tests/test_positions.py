@@ -138,3 +138,16 @@ def test_cli_fit_positions_last(tmp_path, capsys):
     assert main(args) == 0
     assert main(args + ["--mode", "fold"]) == 2
     assert "positions: 'last'" in capsys.readouterr().err
+
+
+def test_sweep_steers_a_last_position_spec_with_hooks(smol, specs):
+    from austeer.sweep import steering
+
+    model, tok = smol
+    _, last = specs
+    ids = tok("The weather today is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = model(ids).logits
+        with steering(model, last):
+            out = model(ids).logits
+    assert torch.equal(out[:, :-1], base[:, :-1]) and not torch.equal(out[:, -1], base[:, -1])

@@ -82,8 +82,9 @@ def _key(site: str, k: int, alpha: float) -> tuple[str, int, float]:
 
 
 def steering(model: nn.Module, spec: SteerSpec) -> AbstractContextManager[Any]:
-    """Fold when every site of ``spec`` can be folded, else hook."""
-    hook_only = any(site_def(model, site).fold is None for site in {u.site for u in spec.units})
+    """Fold when every site of ``spec`` can be folded and its gains act at every position, else hook."""
+    unfoldable = any(site_def(model, site).fold is None for site in {u.site for u in spec.units})
+    hook_only = unfoldable or spec.positions != "all"
     return apply(model, spec) if hook_only else folded(model, spec)
 
 
