@@ -3,6 +3,7 @@ refuses them (fold, export, per-row serving), how a spec keeps them, and the CLI
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -32,24 +33,24 @@ def test_same_selection_different_positions(specs):
     assert last.units == every.units and last.alpha == every.alpha
 
 
+def _logits(model, ids, steering=None):
+    """Logits of ``ids`` under ``steering`` (a context manager; None: unsteered)."""
+    with torch.no_grad(), steering or contextlib.nullcontext():
+        return model(ids).logits
+
+
 def test_last_steers_the_last_position_only(smol, specs):
     model, tok = smol
     every, last = specs
     ids = tok("The weather today is", return_tensors="pt").input_ids
-    with torch.no_grad():
-        base = model(ids).logits
-        with austeer.apply(model, last):
-            only_last = model(ids).logits
-        with austeer.apply(model, every):
-            everywhere = model(ids).logits
+    base = _logits(model, ids)
+    only_last = _logits(model, ids, austeer.apply(model, last))
+    everywhere = _logits(model, ids, austeer.apply(model, every))
     assert torch.equal(only_last[:, :-1], base[:, :-1]), "positions before the last must be untouched"
     assert (only_last[:, -1] - base[:, -1]).abs().max() > 1e-2, "the last position must be steered"
     assert (only_last[:, -1] - everywhere[:, -1]).abs().max() > 1e-3, "the prompt is read unsteered"
     one = ids[:, :1]  # a one-token pass: its only position is the last, so both rules steer the same
-    with torch.no_grad(), austeer.apply(model, last):
-        a = model(one).logits
-    with torch.no_grad(), austeer.apply(model, every):
-        b = model(one).logits
+    a, b = _logits(model, one, austeer.apply(model, last)), _logits(model, one, austeer.apply(model, every))
     assert torch.equal(a, b)
 
 
@@ -144,10 +145,6 @@ def test_sweep_steers_a_last_position_spec_with_hooks(smol, specs):
     from austeer.sweep import steering
 
     model, tok = smol
-    _, last = specs
     ids = tok("The weather today is", return_tensors="pt").input_ids
-    with torch.no_grad():
-        base = model(ids).logits
-        with steering(model, last):
-            out = model(ids).logits
+    base, out = _logits(model, ids), _logits(model, ids, steering(model, specs[1]))
     assert torch.equal(out[:, :-1], base[:, :-1]) and not torch.equal(out[:, -1], base[:, -1])
