@@ -71,7 +71,9 @@ NEURON = Method(
 )
 
 #: AUSteer with its gains at the answer position / each generated token only (a diagnosis variant: where the
-#: gain applies); the same AUs, grid and frontier as ``austeer``
+#: gain applies); the same AUs, grid and frontier as ``austeer``. The neutral perplexity cannot see its damage on a
+#: scored text (every scored token is predicted from earlier, unsteered positions); generated text is steered as
+#: with ``austeer``
 LAST = Method(
     "austeer-last",
     ("head",),
@@ -79,5 +81,5 @@ LAST = Method(
     build_last,
     "hooks only: the last position of each pass",
     strength="alpha",
-    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+    frontier=METHOD.frontier,
 )
