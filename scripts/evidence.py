@@ -195,7 +195,7 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
     if data.get("settings") != settings:
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
     done = {DoseRow(**r).curve for r in data["rows"]}
-    todo = [s for s in args.sites.split(",") if DoseRow(s, 0, False, 0, 0, 0, {}, args.positions).curve not in done]
+    todo = [s for s in args.sites.split(",") if DoseRow(s, 0, False, 0, 0, 0, {}, args.method).curve not in done]
     if not todo:
         print(f"dose {task_name}: done ({path})")
         return
@@ -214,7 +214,7 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
             batch_size=args.batch_size,
             eval_kw=eval_kw(task, args),
             unsteered=unsteered_memo(model, tok),
-            positions=args.positions,
+            method=args.method,
         )
         data["rows"] += [asdict(r) for r in rows]
         data["seconds"] = round(time.perf_counter() - start, 1)
@@ -313,7 +313,7 @@ def main() -> None:
     p.add_argument("--stages", default="confirm,compare")
     p.add_argument("--site", default="head")
     p.add_argument("--sites", default="head,ffn,neuron", help="dose: one curve per site")
-    p.add_argument("--positions", default="all", help="dose: where the gains act (all, or last: answer/new tokens)")
+    p.add_argument("--method", default="austeer", help="dose: austeer or a variant (austeer-last, austeer-signed)")
     p.add_argument("--doses", default="0,2,8,32,100,1000,all", help="dose: numbers of top AUs (all: every AU)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--alpha", type=float, default=10.0)

@@ -32,8 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.baselines import DEFAULT_METHODS, METHODS
-from austeer.baselines.au import scaled, top_units
-from austeer.baselines.base import Evidence, GainSteerer, Steerer, gather
+from austeer.baselines.base import Evidence, Steerer, gather
 from austeer.evaluate import Unsteered, evaluate
 from austeer.reuse import LayerCache, reusing
 from austeer.tasks.base import Task
@@ -68,12 +67,12 @@ class DoseRow:
     metric: float
     ppl: float
     metrics: dict[str, float]
-    positions: str = "all"  # where the gains act (see austeer.spec.POSITIONS)
+    method: str = "austeer"  # or a variant with AUSteer's AUs and grid (austeer-last, austeer-signed)
 
     @property
     def curve(self) -> str:
-        """The curve this point belongs to: its site, and where the gains act unless at every position."""
-        return self.site if self.positions == "all" else f"{self.site} ({self.positions} position)"
+        """The curve this point belongs to: its site, and the variant unless it is AUSteer itself."""
+        return self.site if self.method == "austeer" else f"{self.site} ({self.method})"
 
 
 @dataclass
@@ -359,12 +358,13 @@ def dose_response(
     progress: bool = True,
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
-    positions: str = "all",
+    method: str = "austeer",
 ) -> list[DoseRow]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
-    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`); ``positions``: where the
-    gains act (``"last"``: the answer position / each generated token only, see :data:`austeer.spec.POSITIONS`)."""
+    ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`); ``method``: AUSteer or a
+    variant built the same way from ``(site, k, alpha)`` (``austeer-last``: the gains at the answer position
+    and each generated token only; ``austeer-signed``: sign-aware gains)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok)
     cache = unsteered.cache
@@ -372,15 +372,14 @@ def dose_response(
     rows: list[DoseRow] = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
-        ranked = top_units(evidence, site, total)
         for dose in tqdm(doses, desc=f"{task.name}: dose-response {site}", disable=not progress):
             k = total if dose is None else min(dose, total)
             if k == 0:
                 m = base
             else:
-                steerer = GainSteerer("austeer", scaled(ranked[:k], alpha), {}, positions=positions)
+                steerer = METHODS[method].build(model, evidence, site=site, k=k, alpha=alpha)
                 m = evaluate_steered(model, tok, task, steerer, cache=cache, **kw)
-            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, positions))
+            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method))
     return rows
 
 

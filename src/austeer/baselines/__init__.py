@@ -8,8 +8,8 @@ turn it is evaluated with; the prompting baseline's, :mod:`austeer.baselines.pro
 Example:
     >>> from austeer.baselines import METHODS
     >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
-    ['austeer', 'austeer-ffn', 'austeer-last', 'austeer-neuron', 'block', 'caa', 'calibration', 'fixed', 'iti',
-     'prompt', 'prompt+austeer', 'random', 'sadi']
+    ['austeer', 'austeer-ffn', 'austeer-last', 'austeer-neuron', 'austeer-signed', 'block', 'caa', 'calibration',
+     'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
     >>> len(METHODS["caa"].grid)
     8
     >>> DEFAULT_METHODS
@@ -40,6 +40,7 @@ METHODS: dict[str, Method] = {
         au.FFN,
         au.NEURON,
         au.LAST,
+        au.SIGNED,
     )
 }
 

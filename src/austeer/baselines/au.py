@@ -45,6 +45,25 @@ def build_last(
     return GainSteerer("austeer-last", steerer.gains, steerer.config, positions="last")
 
 
+def build_signed(
+    model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0
+) -> GainSteerer:
+    """AUSteer's AUs with gains that move each toward the positive answers whatever its sign.
+
+    The paper's gain changes ``x`` by ``alpha * beta * x``: towards the positive side (the sign of ``beta``)
+    only where ``x > 0``; where an AU's activation is negative it moves it the other way. Here the gain of
+    an AU whose mean activation over the pairs is negative is ``1 - alpha * beta``, so the change has the
+    sign of ``beta`` for typical activations. Still a per-AU gain: foldable exactly.
+    """
+    level = evidence.level(site)
+    units = top_units(evidence, site, k)
+    gains = [
+        Gain(u.site, u.layer, u.index, float(alpha) * u.beta * (1.0 if level[u.layer, u.index] >= 0 else -1.0))
+        for u in units
+    ]
+    return GainSteerer("austeer-signed", gains, {"site": site, "k": k, "alpha": alpha})
+
+
 def grid(site: str) -> tuple[dict[str, Any], ...]:
     """k from 2 to 100 and alpha from the small gains to the paper's range (up to 100), at ``site``."""
     return tuple({"site": site, "k": k, "alpha": a} for k in (2, 8, 32, 100) for a in (4.0, 10.0, 30.0, 100.0))
@@ -80,6 +99,17 @@ LAST = Method(
     GRID,
     build_last,
     "hooks only: the last position of each pass",
+    strength="alpha",
+    frontier=METHOD.frontier,
+)
+
+#: AUSteer with sign-aware gains (a diagnosis variant: the gain form): the same AUs, grid and frontier
+SIGNED = Method(
+    "austeer-signed",
+    ("head",),
+    GRID,
+    build_signed,
+    "exact: gains folded into W_O columns",
     strength="alpha",
     frontier=METHOD.frontier,
 )

@@ -96,6 +96,11 @@ class Evidence:
         """``mean_j(pos_j - neg_j)``, ``[L, W]`` float32."""
         return (self.pos[site] - self.neg[site]).double().mean(0).float()
 
+    def level(self, site: str) -> torch.Tensor:
+        """The mean activation over both texts of every pair, ``[L, W]`` float32 (its sign: which way a gain
+        above 1 moves an AU)."""
+        return (self.pos[site].double() + self.neg[site].double()).mean(0).float()
+
 
 def gather(
     model: nn.Module,
