@@ -98,7 +98,7 @@ LAST = Method(
     ("head",),
     GRID,
     build_last,
-    "hooks only: the last position of each pass",
+    "hooks only (austeer-last steers the last position only; folded weights steer every one)",
     strength="alpha",
     frontier=METHOD.frontier,
 )
