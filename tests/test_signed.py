@@ -54,3 +54,21 @@ def test_dose_response_of_a_variant(smol, evidence):
     kw = {"limit": 4, "progress": False, "method": "austeer-signed"}
     rows = dose_response(model, tok, task, evidence, ["head"], [0, 8], 4.0, **kw)
     assert [(r.k, r.curve) for r in rows] == [(0, "head (austeer-signed)"), (8, "head (austeer-signed)")]
+
+
+def test_cli_compare_runs_the_variants(tmp_path, capsys):
+    import json
+
+    from austeer.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--task", "copa", "--methods", "austeer-last,austeer-signed", "--budget", "1"]
+    args += ["--pairs-limit", "6", "--val-limit", "4", "--test-limit", "4", "--out", str(out), "--dtype", "float32"]
+    args += ["--doses", "0,2", "--dose-sites", "head", "--dose-method", "austeer-last", "--share-prefix"]
+    assert main(args) == 0
+    assert [r["method"] for r in json.loads((out / "compare.json").read_text())["results"]] == [
+        "austeer-last",
+        "austeer-signed",
+    ]
+    assert {r["method"] for r in json.loads((out / "dose.json").read_text())["rows"]} == {"austeer-last"}
+    assert "dose-response head (austeer-last)" in capsys.readouterr().out

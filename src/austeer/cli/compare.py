@@ -42,7 +42,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if task.kind == "behaviour":  # judge continuations' fluency under an unsteered copy
         eval_kw["ref_model"] = load_from_args(args)[0]
     pairs = task.pairs(model, tok, limit=args.pairs_limit)  # one pass for the methods and the dose-response
-    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
+    evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size, share_prefix=args.share_prefix)
     unsteered = Unsteered(model, tok)  # unsteered evaluations and perplexity: once per run
     result = compare(
         model,
@@ -71,13 +71,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         alpha = args.dose_alpha or result.chosen_alpha()
         limit = args.dose_limit or args.test_limit
         kw = {"limit": limit, "batch_size": args.batch_size, "eval_kw": eval_kw, "unsteered": unsteered}
+        kw["method"] = args.dose_method
         rows = dose_response(model, tok, task, evidence, dose_sites, doses, alpha, **kw)
         dose = {"model": name, "task": task.name, "alpha": alpha, "limit": limit, "rows": [asdict(r) for r in rows]}
         atomic_write_text(out / "dose.json", json.dumps(dose, indent=2) + "\n")
         plot_dose(rows, task.name, task.metric, out / "dose.png")
-        for site in dose_sites:
-            pts = ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows if r.site == site)
-            print(f"dose-response {site} (alpha {alpha:g}): {pts}")
+        for curve in dict.fromkeys(r.curve for r in rows):
+            pts = ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows if r.curve == curve)
+            print(f"dose-response {curve} (alpha {alpha:g}): {pts}")
         print(f"-> {out}/dose.json, dose.png")
     return 0
 
@@ -101,6 +102,19 @@ def register(sub: Any) -> None:
         help="also the dose-response: numbers of top AUs to steer, e.g. 0,2,8,32,100,1000,all (dose.json, dose.png)",
     )
     p.add_argument("--dose-sites", default="head,ffn,neuron", help="one dose-response curve per site")
+    p.add_argument(
+        "--dose-method",
+        default="austeer",
+        choices=["austeer", "austeer-last", "austeer-signed"],
+        help="the dose-response of AUSteer or of a variant: gains at the last position, sign-aware gains",
+    )
+    p.add_argument(
+        "--share-prefix",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="read each pair's shared prompt once (about 2x faster on long prompts; activations equal up to "
+        "float rounding); off by default so that the comparisons in docs/ reproduce bit for bit",
+    )
     p.add_argument("--dose-alpha", type=float, default=None, help="default: the alpha AUSteer chose on val, else 4")
     p.add_argument("--dose-limit", type=int, default=None, help="test items of the dose-response (default: test-limit)")
     p.add_argument("--out", required=True, help="directory for compare.json, compare.md, compare.png")
