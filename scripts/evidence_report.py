@@ -123,7 +123,8 @@ def render(model: str, fresh_from: int) -> None:
         comp = Comparison.from_json(data)
         minutes = data.get("seconds", 0) / 60
         parts.append(
-            f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {minutes:.0f} min): {settings_line(comp)}.\n"
+            f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {minutes:.0f} min): {settings_line(comp)}"
+            f"{'; pairs read with their shared prompt once' if data.get('share_prefix') else ''}.\n"
         )
         parts.append(table(comp) + "\n")
         img = plot_comparison(comp, where / f"{path.stem}.png")
