@@ -116,19 +116,12 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
         save(path, {**data, **c.to_json()})
         print(f"compare {task_name}: {c.results[-1].method} done, test {c.results[-1].test_metric:.3f}", flush=True)
 
-    evidence = None
-    if args.share_prefix:  # the shared prompt read once: about 2x faster on long prompts (BoolQ's passages)
-        from austeer.baselines.base import gather
-        from austeer.compare import sites_for
-
-        pairs = task.pairs(model, tok, limit=args.pairs_limit)
-        evidence = gather(model, tok, pairs, sites_for(methods), batch_size=args.batch_size, share_prefix=True)
     compare(
         model,
         tok,
         task,
         methods,
-        evidence=evidence,
+        share_prefix=args.share_prefix,  # about 2x faster on long prompts (BoolQ's passages)
         budget=args.budget,
         pairs_limit=args.pairs_limit,
         val_limit=args.val_limit,
@@ -185,7 +178,7 @@ def parse_strengths(text: str) -> dict[str, list[float]]:
 def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
     """:func:`austeer.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
     from austeer.baselines.base import gather
-    from austeer.compare import DoseRow, dose_response, parse_doses
+    from austeer.compare import DoseRow, dose_curve, dose_response, parse_doses
     from austeer.tasks import get_task
 
     task = get_task(task_name)
@@ -195,7 +188,7 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
     if data.get("settings") != settings:
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
     done = {DoseRow(**r).curve for r in data["rows"]}
-    todo = [s for s in args.sites.split(",") if DoseRow(s, 0, False, 0, 0, 0, {}, args.method).curve not in done]
+    todo = [s for s in args.sites.split(",") if dose_curve(s, args.method) not in done]
     if not todo:
         print(f"dose {task_name}: done ({path})")
         return

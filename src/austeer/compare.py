@@ -71,8 +71,17 @@ class DoseRow:
 
     @property
     def curve(self) -> str:
-        """The curve this point belongs to: its site, and the variant unless it is AUSteer itself."""
-        return self.site if self.method == "austeer" else f"{self.site} ({self.method})"
+        return dose_curve(self.site, self.method)
+
+
+def dose_curve(site: str, method: str = "austeer") -> str:
+    """The name of a dose-response curve: its site, and the variant unless it is AUSteer itself.
+
+    Example:
+        >>> dose_curve("head"), dose_curve("head", "austeer-last")
+        ('head', 'head (austeer-last)')
+    """
+    return site if method == "austeer" else f"{site} ({method})"
 
 
 @dataclass
@@ -247,6 +256,7 @@ def compare(
     unsteered: Unsteered | None = None,
     done: Sequence[Result] = (),
     on_result: Callable[[Comparison], None] | None = None,
+    share_prefix: bool = False,
 ) -> Comparison:
     """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``.
 
@@ -255,6 +265,8 @@ def compare(
     limit, and every steered evaluation replays the layers below its first steered layer from it).
     ``done``: results of an interrupted run with the same settings, kept as they are (resume);
     ``on_result`` receives the comparison so far after every method (save it to resume later).
+    ``share_prefix``: read each pair's shared prompt once when gathering the evidence (see
+    :func:`~austeer.baselines.base.gather`; off by default so the comparisons in docs/ reproduce bit for bit).
     """
     sites = sites_for(methods)  # raises on an unknown method
     for name in methods:
@@ -268,7 +280,9 @@ def compare(
         _needs_instruction(task)  # fail before the long run
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
-        evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
+        evidence = gather(
+            model, tok, pairs, sites, batch_size=batch_size, progress=progress, share_prefix=share_prefix
+        )
     unsteered = unsteered or Unsteered(model, tok)
     cache = unsteered.cache
     base_val = unsteered.get(task, "val", val_limit, **kw)

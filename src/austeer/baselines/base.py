@@ -80,17 +80,21 @@ class Evidence:
     answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # their first token ids
     prompts: list[str] = field(default_factory=list)  # the pairs' prompts (user turns)
     system: str | None = None
+    _counts: dict[str, SignCounts] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_pairs(self) -> int:
         return len(self.answers) if self.answers else int(next(iter(self.pos.values())).shape[0])
 
     def counts(self, site: str) -> SignCounts:
-        """Sign counts of the momenta ``pos - neg`` (the AUSteer statistic) at ``site``."""
-        _, n_layers, width = self.pos[site].shape
-        c = SignCounts.zeros(n_layers, width)
-        c.update(self.pos[site] - self.neg[site])
-        return c
+        """Sign counts of the momenta ``pos - neg`` (the AUSteer statistic) at ``site``, computed once per site
+        (every configuration and dose of a run ranks the same counts)."""
+        if site not in self._counts:
+            _, n_layers, width = self.pos[site].shape
+            c = SignCounts.zeros(n_layers, width)
+            c.update(self.pos[site] - self.neg[site])
+            self._counts[site] = c
+        return self._counts[site]
 
     def mean_diff(self, site: str) -> torch.Tensor:
         """``mean_j(pos_j - neg_j)``, ``[L, W]`` float32."""

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from austeer.baselines import DEFAULT_METHODS as _DEFAULTS
+from austeer.baselines import METHODS
 from austeer.cli.core import add_model_args, load_from_args
 
 #: the methods run when none are named (those that declare ``Method.default``)
 DEFAULT_METHODS = ",".join(_DEFAULTS)
+
+#: the methods a dose-response can run: those built from ``(site, k, alpha)`` alone on the pairs' evidence
+DOSE_METHODS = [name for name, m in METHODS.items() if m.params == {"site", "k", "alpha"} and not m.prompted]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -105,8 +109,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--dose-method",
         default="austeer",
-        choices=["austeer", "austeer-last", "austeer-signed"],
-        help="the dose-response of AUSteer or of a variant: gains at the last position, sign-aware gains",
+        choices=DOSE_METHODS,
+        help="the dose-response of AUSteer (default) or of a method built the same way from site, k and alpha",
     )
     p.add_argument(
         "--share-prefix",
