@@ -92,7 +92,8 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
 
 
 def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    """``austeer.compare`` of every method, saved after each one (a rerun resumes after the last saved)."""
+    """``austeer.compare`` of every method, saved after each one (a rerun keeps the methods already measured with
+    the same budget and limits, and runs the rest)."""
     from austeer.compare import Comparison, compare
     from austeer.tasks import get_task
 
@@ -102,9 +103,10 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
     if task.kind == "mc" and "calibration" not in methods:
         methods.append("calibration")
     old = json.loads(path.read_text()) if path.exists() else None
-    planned = {"methods": methods, "budget": args.budget, "val_limit": args.val_limit, "test_limit": args.test_limit}
+    planned = {"budget": args.budget, "val_limit": args.val_limit, "test_limit": args.test_limit}
     same = old is not None and all(old["settings"].get(k) == v for k, v in planned.items())
-    done = Comparison.from_json(old).results if old and same else []
+    # methods measured under the same protocol are kept; a new method joins them
+    done = [r for r in Comparison.from_json(old).results if r.method in methods] if old and same else []
     if len(done) == len(methods):
         print(f"compare {task_name}: done ({path})")
         return

@@ -80,7 +80,10 @@ class Evidence:
     answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # their first token ids
     prompts: list[str] = field(default_factory=list)  # the pairs' prompts (user turns)
     system: str | None = None
+    pairs: list[Pair] = field(default_factory=list, repr=False)  # the pairs read (selection rules that rerun them)
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # the tokenizer they were read with
     _counts: dict[str, SignCounts] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _memo: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_pairs(self) -> int:
@@ -95,6 +98,13 @@ class Evidence:
             c.update(self.pos[site] - self.neg[site])
             self._counts[site] = c
         return self._counts[site]
+
+    def memo(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` the first time ``key`` is asked for, the kept result after (a score every
+        configuration of a run ranks, e.g. :func:`austeer.baselines.attribution.scores`)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def mean_diff(self, site: str) -> torch.Tensor:
         """``mean_j(pos_j - neg_j)``, ``[L, W]`` float32."""
@@ -153,6 +163,8 @@ def gather(
         [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
         [p.prompt for p in pairs],
         systems.pop() if len(systems) == 1 else None,
+        list(pairs),
+        tokenizer,
     )
 
 

@@ -1,0 +1,75 @@
+"""The attribution selection rule (``attribution``) on the real embedded model and the shipped sentiment pairs:
+its score is the derivative of the pairs' answer margin with respect to each AU's gain (checked against a
+finite difference), its gains raise that margin, and it leaves the model as it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from austeer.baselines import METHODS, gather
+from austeer.baselines.attribution import scores
+from austeer.likelihood import continuation_nll
+from austeer.pairs import format_prompt
+from austeer.steer import Gain, apply_gains
+
+
+@pytest.fixture(scope="module")
+def evidence(smol, sentiment_pairs):
+    model, tok = smol
+    return gather(model, tok, sentiment_pairs[:4], ["head"], progress=False)
+
+
+def mean_margin(model, tok, pairs) -> float:
+    """``log p(positive) - log p(negative)`` given each prompt, averaged over ``pairs``."""
+    total = 0.0
+    for p in pairs:
+        head = format_prompt(tok, p.prompt, p.system)
+        total += (
+            continuation_nll(model, tok, [head], [p.negative])[0]
+            - continuation_nll(model, tok, [head], [p.positive])[0]
+        )
+    return total / len(pairs)
+
+
+def test_attribution_is_the_derivative_of_the_margin(smol, evidence):
+    model, tok = smol
+    a = scores(model, evidence, "head")
+    top = divmod(int(a.abs().argmax()), a.shape[1])
+    torch.manual_seed(0)
+    other = (int(torch.randint(a.shape[0], ())), int(torch.randint(a.shape[1], ())))
+    eps = 1e-2
+    for layer, index in (top, other):
+        with apply_gains(model, [Gain("head", layer, index, eps)]):
+            up = mean_margin(model, tok, evidence.pairs)
+        with apply_gains(model, [Gain("head", layer, index, -eps)]):
+            down = mean_margin(model, tok, evidence.pairs)
+        assert (up - down) / (2 * eps) == pytest.approx(float(a[layer, index]), rel=0.05, abs=1e-3)
+    assert abs(float(a[top])) > 10 * abs(float(a[other])), "the top AU moves the margin far more than a random one"
+
+
+def test_attribution_gains_raise_the_margin(smol, evidence):
+    model, tok = smol
+    steerer = METHODS["attribution"].build(model, evidence, site="head", k=8, alpha=0.1)
+    assert steerer.n_steered == 8 and max(abs(g.gamma) for g in steerer.gains) == pytest.approx(0.1)
+    base = mean_margin(model, tok, evidence.pairs)
+    with steerer.hooks(model):
+        steered = mean_margin(model, tok, evidence.pairs)
+    flipped = [Gain(g.site, g.layer, g.index, -g.gamma) for g in steerer.gains]
+    with apply_gains(model, flipped):
+        against = mean_margin(model, tok, evidence.pairs)
+    assert against < base < steered
+
+
+def test_attribution_leaves_the_model_as_it_was(smol, sentiment_pairs):
+    model, tok = smol
+    ids = tok("Hello there", return_tensors="pt").input_ids
+    flags = [p.requires_grad for p in model.parameters()]
+    before = model(ids).logits.detach()
+    ev = gather(model, tok, sentiment_pairs[4:6], ["head"], progress=False)
+    scores(model, ev, "head")
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model(ids).logits.detach(), before)
+    assert ev.memo("attribution:head", lambda: pytest.fail("computed twice")) is not None
