@@ -32,8 +32,9 @@ def settings_line(c: Comparison) -> str:
     """The protocol of a comparison in one sentence (pairs, budget, val and test items, ppl bound)."""
     s = c.settings
     return (
-        f"{s['pairs']} pairs, budget {s['budget']} configurations per method, {s['val_limit']} val items, "
-        f"{s['test_limit']} test items, eligible configs keep ppl within x{s['max_ppl_ratio']} "
+        f"{s['pairs']} pairs, budget {s['budget']} configurations per method, "
+        f"{int(c.baseline_val.get('n_items', s['val_limit'] or 0))} val items, "
+        f"{_n_test(c)} test items, eligible configs keep ppl within x{s['max_ppl_ratio']} "
         f"(unsteered val ppl {c.baseline_val['ppl']:.2f}, test ppl {c.baseline_test['ppl']:.2f})"
     )
 
