@@ -196,6 +196,9 @@ def test_compare_resumes_after_the_methods_it_has(smol):
     assert seen == [["prompt"], ["prompt", "austeer"]]
     kept = first.results[0]
     kept.test_metric = -1.0  # a marker: a resumed method is not evaluated again
-    again = compare(model, tok, get_task("copa"), ["prompt", "austeer"], **kw, done=[kept])
-    assert again.results[0].test_metric == -1.0
-    assert again.results[1].test == first.results[1].test and again.baseline_correct == first.baseline_correct
+    seen.clear()
+    record = lambda c: seen.append([r.method for r in c.results])  # noqa: E731
+    again = compare(model, tok, get_task("copa"), ["austeer", "prompt"], **kw, done=[kept], on_result=record)
+    assert again.results[1].test_metric == -1.0
+    assert again.results[0].test == first.results[1].test and again.baseline_correct == first.baseline_correct
+    assert seen[-1] == ["austeer", "prompt"], "a kept method after the new ones is in what is saved last"

@@ -304,6 +304,8 @@ def compare(
     for name in methods:
         if name in prior:
             results.append(prior[name])
+            if on_result is not None:  # what is saved holds every result, kept ones included
+                on_result(so_far())
             continue
         method = METHODS[name]
         if method.prompted and prompted is None:
