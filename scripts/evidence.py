@@ -280,12 +280,13 @@ def prompt_points(model: Any, tok: Any, task: Any, args: argparse.Namespace) -> 
     """The prompting baseline on the frontier's items: the task's instruction alone and with worked examples
     (``strength`` = the number of examples); it steers nothing."""
     from austeer.baselines import METHODS
-    from austeer.compare import FrontierRow, evaluate_steered, prompted_evidence
+    from austeer.compare import FrontierRow, evaluate_steered, outcomes, prompted_evidence
 
     method = METHODS["prompt"]
     evidence = prompted_evidence(model, tok, task, ["prompt"], args.pairs_limit, args.batch_size)
     rows = []
     for config in method.grid:
+        samples: list[dict[str, Any]] = []
         m = evaluate_steered(
             model,
             tok,
@@ -294,9 +295,10 @@ def prompt_points(model: Any, tok: Any, task: Any, args: argparse.Namespace) -> 
             split="test",
             limit=args.test_limit,
             batch_size=args.batch_size,
+            samples=samples,
             **eval_kw(task, args),
         )
-        rows.append(FrontierRow("prompt", float(config["shots"]), 0, m[task.metric], m))
+        rows.append(FrontierRow("prompt", float(config["shots"]), 0, m[task.metric], m, outcomes(samples)))
     return rows
 
 

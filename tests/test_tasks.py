@@ -177,6 +177,17 @@ def test_math_scoring_reads_the_models_own_outputs(smol) -> None:
     assert m["accuracy"] == sum(s["correct"] for s in samples) / 4
 
 
+def test_behaviour_samples_carry_the_outcome_a_paired_test_reads(smol) -> None:
+    from austeer.compare import outcomes
+    from austeer.tasks.sentiment import THRESHOLD
+
+    model, tok = smol
+    samples: list[dict] = []
+    m = evaluate(model, tok, get_task("sentiment"), "val", limit=4, max_new_tokens=12, samples=samples)
+    assert [s["correct"] for s in samples] == [s["score"] >= THRESHOLD for s in samples]
+    assert m["positive_rate"] == sum(outcomes(samples)) / 4
+
+
 def test_behaviour_pairs_are_sampled_once_and_cached(smol, tmp_path, monkeypatch) -> None:
     model, tok = smol
     monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path))

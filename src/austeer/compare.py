@@ -93,6 +93,7 @@ class FrontierRow:
     n_steered: int
     metric: float
     metrics: dict[str, float]
+    correct: list[int] = field(default_factory=list)  # per-item outcomes, for the paired test against "none"
 
 
 @dataclass
@@ -423,12 +424,14 @@ def frontier(
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok)
     cache = unsteered.cache
-    base = unsteered.get(task, **kw)
-    rows = [FrontierRow("none", 0.0, 0, base[task.metric], base)]
+    base_samples: list[dict[str, Any]] = []
+    base = unsteered.get(task, samples=base_samples, **kw)
+    rows = [FrontierRow("none", 0.0, 0, base[task.metric], base, outcomes(base_samples))]
     for name, config in configs.items():
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):
             steerers = METHODS[name].build(model, evidence, **{**config, str(METHODS[name].strength): s})
-            m = evaluate_steered(model, tok, task, steerers, cache=cache, **kw)
+            samples: list[dict[str, Any]] = []
+            m = evaluate_steered(model, tok, task, steerers, cache=cache, samples=samples, **kw)
             first = steerers[0] if isinstance(steerers, list) else steerers
-            rows.append(FrontierRow(name, s, first.n_steered, m[task.metric], m))
+            rows.append(FrontierRow(name, s, first.n_steered, m[task.metric], m, outcomes(samples)))
     return rows

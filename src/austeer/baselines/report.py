@@ -136,20 +136,36 @@ def dose_table(rows: Sequence[DoseRow]) -> str:
 
 def frontier_table(rows: Sequence[FrontierRow], metric: str) -> str:
     """Markdown table of frontier points: method, strength, ``metric`` with its standard error, neutral and
-    continuation perplexity.
+    continuation perplexity; and, where the points keep per-item outcomes, the paired test against the
+    unsteered row (``none``): items fixed / broken and McNemar's p.
 
     Example:
         >>> print(frontier_table([FrontierRow("caa", 1.0, 0, 0.5, {"n_items": 100, "ppl": 15.0})], "positive_rate"))
         | method | strength | positive_rate ± se | ppl | cont_ppl |
         |---|---:|---:|---:|---:|
         | caa | 1 | 0.500 ± 0.050 | 15.00 | nan |
+        >>> none = FrontierRow("none", 0, 0, 0.5, {"ppl": 15.0}, [0, 1])
+        >>> caa = FrontierRow("caa", 1, 0, 1.0, {"ppl": 16.0}, [1, 1])
+        >>> print(frontier_table([none, caa], "positive_rate").splitlines()[-1])
+        | caa | 1 | 1.000 ± nan | 16.00 | nan | 1 / 0 (p = 1) |
     """
-    lines = [f"| method | strength | {metric} ± se | ppl | cont_ppl |", "|---|---:|---:|---:|---:|"]
+    base = next((r.correct for r in rows if r.method == "none" and r.correct), None)
+    paired = base is not None and any(r.correct for r in rows if r.method != "none")
+    head = f"| method | strength | {metric} ± se | ppl | cont_ppl |"
+    lines = [head + " fixed / broken (McNemar p) |" if paired else head]
+    lines.append("|---|---:|---:|---:|---:|" + ("---:|" if paired else ""))
     for r in rows:
         v, m = r.metric, r.metrics
         se = (v * (1 - v) / m["n_items"]) ** 0.5 if m.get("n_items") else float("nan")
         cont = m.get("cont_ppl", float("nan"))
-        lines.append(f"| {r.method} | {r.strength:g} | {v:.3f} ± {se:.3f} | {m['ppl']:.2f} | {cont:.2f} |")
+        line = f"| {r.method} | {r.strength:g} | {v:.3f} ± {se:.3f} | {m['ppl']:.2f} | {cont:.2f} |"
+        if paired:
+            if r.method != "none" and r.correct and base is not None and len(r.correct) == len(base):
+                fixed, broken = discordant(base, r.correct)
+                line += f" {fixed} / {broken} (p = {mcnemar(fixed, broken):.2g}) |"
+            else:
+                line += " - |"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -69,7 +69,9 @@ def score_behaviour(
     metrics["empty_rate"] = sum(not o for o in outs) / max(1, len(outs))
     if samples is not None:
         scores = task.judge(outs)
-        samples.extend({"id": it.id, "output": o, "score": s} for it, o, s in zip(items, outs, scores))
+        samples.extend(
+            {"id": it.id, "output": o, "score": s, "correct": task.wanted(s)} for it, o, s in zip(items, outs, scores)
+        )
     return metrics
 
 
