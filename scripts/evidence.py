@@ -63,6 +63,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
         with cache.reuse():
             metrics = evaluate(model, tok, task, samples=samples, **kw)
         data["unsteered"] = {"metrics": metrics, "correct": outcomes(samples), "ids": [s["id"] for s in samples]}
+        data["unsteered"]["outputs"] = [s["output"] for s in samples if "output" in s]  # generation tasks
         data["unsteered"]["seconds"] = round(time.perf_counter() - start, 1)
         save(path, data)
     if "steered" not in data:
@@ -84,6 +85,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
             "metrics": metrics,
             "correct": outcomes(samples),
             "ids": [s["id"] for s in samples],
+            "outputs": [s["output"] for s in samples if "output" in s],
             "fit_seconds": fit_seconds,
             "seconds": round(time.perf_counter() - start, 1),
         }
