@@ -34,12 +34,17 @@ def confirm_table(data: dict[str, Any], fresh_from: int) -> list[str]:
     base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
     c = data["config"]
     fresh_from = data.get("fresh_from", fresh_from)
-    seen = (
-        f"Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep that chose the "
-        f"configuration on val; items {fresh_from}+ were never evaluated before. "
-        if fresh_from
-        else "No test item of this task was evaluated with steering before this run. "
-    )
+    note = (data.get("note") or "").strip()
+    note = note if not note or note.endswith(".") else note + "."
+    if fresh_from and note:  # the note says where the configuration came from and why items were seen
+        seen = f"Items 0-{fresh_from - 1} were evaluated with steering before this run, items {fresh_from}+ never: "
+    elif fresh_from:
+        seen = (
+            f"Items 0-{fresh_from - 1} were the test items of the earlier exploratory sweep that chose the "
+            f"configuration on val; items {fresh_from}+ were never evaluated before. "
+        )
+    else:
+        seen = "No test item of this task was evaluated with steering before this run. "
     rows = (
         [
             _acc_line(f"seen (0-{fresh_from - 1})", base[:fresh_from], steered[:fresh_from]),
@@ -51,7 +56,7 @@ def confirm_table(data: dict[str, Any], fresh_from: int) -> list[str]:
     return [
         f"**Confirmatory test** ({data['task']}, {data['dtype']}): one configuration fixed before this run "
         f"(site {c['site']}, k={c['k']}, alpha={c['alpha']:g}, {c['pairs']} pairs), the unsteered and the steered "
-        f"model on every test item. {seen}{data.get('note') or ''}"
+        f"model on every test item. {seen}{note + ' ' if note else ''}"
         f"Neutral-text ppl {data['unsteered']['metrics']['ppl']:.2f} -> {data['steered']['metrics']['ppl']:.2f}.\n",
         "| items | n | unsteered | steered ± se | change | fixed / broken | McNemar p |",
         "|---|---:|---:|---:|---:|---:|---:|",
