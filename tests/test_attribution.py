@@ -4,14 +4,20 @@ finite difference), its gains raise that margin, and it leaves the model as it f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+import austeer
 from austeer.baselines import METHODS, gather
 from austeer.baselines.attribution import scores
+from austeer.cli import main
 from austeer.likelihood import continuation_nll
 from austeer.pairs import format_prompt
+from austeer.spec import SpecError
 from austeer.steer import Gain, apply_gains
+from tests.conftest import DATA
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +79,38 @@ def test_attribution_leaves_the_model_as_it_was(smol, sentiment_pairs):
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(model(ids).logits.detach(), before)
     assert ev.memo("attribution:head", lambda: pytest.fail("computed twice")) is not None
+
+
+def test_fit_selection_attribution_is_the_methods_selection(smol, evidence, tmp_path):
+    model, tok = smol
+    spec = austeer.fit(model, tok, evidence.pairs, site="head", k=8, alpha=1.0, selection="attribution", progress=False)
+    method = METHODS["attribution"].build(model, evidence, site="head", k=8, alpha=1.0)
+    assert spec.selection == "attribution" and spec.k == 8
+    assert [(u.layer, u.index) for u in spec.units] == [(g.layer, g.index) for g in method.gains]
+    assert [g for _, g in spec.gains()] == pytest.approx([g.gamma for g in method.gains])
+    paper = austeer.fit(model, tok, evidence.pairs, site="head", k=8, alpha=1.0, progress=False)
+    assert paper.selection == "sign" and {(u.layer, u.index) for u in paper.units} != {
+        (u.layer, u.index) for u in spec.units
+    }, "another rule, other AUs"
+    spec.save(tmp_path / "s")
+    assert austeer.load(tmp_path / "s").selection == "attribution"
+    with pytest.raises(ValueError, match="attribution specs keep none"):
+        spec.with_k(4)
+    meta = json.loads((tmp_path / "s" / "steer.json").read_text())
+    meta["selection"] = "gradient"
+    (tmp_path / "s" / "steer.json").write_text(json.dumps(meta))
+    with pytest.raises(SpecError, match=r"steer\.json: selection: expected one of sign, attribution, found 'gradient'"):
+        austeer.load(tmp_path / "s")
+    del meta["selection"]  # specs written before the field existed were chosen by sign consistency
+    (tmp_path / "s" / "steer.json").write_text(json.dumps(meta))
+    assert austeer.load(tmp_path / "s").selection == "sign"
+
+
+def test_cli_fit_selection_attribution(tmp_path):
+    out = tmp_path / "spec"
+    pairs = DATA / "pairs" / "sentiment.jsonl"
+    args = ["fit", "--pairs", str(pairs), "--k", "4", "--alpha", "1", "--out", str(out), "--limit", "4"]
+    assert main([*args, "--selection", "attribution"]) == 0
+    meta = json.loads((out / "steer.json").read_text())
+    assert meta["selection"] == "attribution" and len(meta["units"]) == 4
+    assert max(abs(u["beta"]) for u in meta["units"]) == 1.0

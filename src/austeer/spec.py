@@ -72,6 +72,12 @@ position when a task scores the token after a prompt, and each new token when ge
 (the prompt is read unsteered up to its last token)."""
 
 
+SELECTIONS = ("sign", "attribution")
+"""How the AUs were chosen. ``"sign"`` (the paper's rule, the default): sign consistency over the pairs, with
+the sign counts stored so ``k`` can change without refitting. ``"attribution"``: the derivative of the pairs'
+answer margin with respect to each AU's gain (:mod:`austeer.attribution`; no counts stored)."""
+
+
 class SpecError(ValueError):
     """A spec is malformed: the message is ``<file or "spec">: <field>: <what is wrong, what was expected>``."""
 
@@ -239,6 +245,7 @@ class SteerSpec:
     scores: dict[str, SignCounts] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     positions: str = "all"
+    selection: str = "sign"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -255,6 +262,8 @@ class SteerSpec:
             raise SpecError(f"{where}: n_pairs: expected an integer >= 0, found {self.n_pairs!r}")
         if self.positions not in POSITIONS:
             raise SpecError(f"{where}: positions: expected one of {', '.join(POSITIONS)}, found {self.positions!r}")
+        if self.selection not in SELECTIONS:
+            raise SpecError(f"{where}: selection: expected one of {', '.join(SELECTIONS)}, found {self.selection!r}")
 
     @property
     def k(self) -> int:
@@ -277,7 +286,8 @@ class SteerSpec:
     def with_k(self, k: int) -> SteerSpec:
         """The same fit with the top ``k`` AUs (needs the stored scores)."""
         if not self.scores:
-            raise ValueError("this spec has no stored scores; refit to change k")
+            why = " (attribution specs keep none)" if self.selection == "attribution" else ""
+            raise ValueError(f"this spec has no stored scores{why}; refit to change k")
         return replace(self, units=select(self.scores, k))
 
     def with_alpha(self, alpha: float) -> SteerSpec:
@@ -293,6 +303,7 @@ class SteerSpec:
             "k": self.k,
             "n_pairs": self.n_pairs,
             "positions": self.positions,
+            "selection": self.selection,
             "info": self.info,
             "units": [{"site": u.site, "layer": u.layer, "index": u.index, "beta": u.beta} for u in self.units],
         }
@@ -441,6 +452,7 @@ def load(directory: str | Path) -> SteerSpec:
     model_id = _field(obj, "model_id", where, lambda v: isinstance(v, str), "a string", "")
     info = _field(obj, "info", where, lambda v: isinstance(v, dict), "an object", {})
     positions = _field(obj, "positions", where, lambda v: v in POSITIONS, f"one of {', '.join(POSITIONS)}", "all")
+    selection = _field(obj, "selection", where, lambda v: v in SELECTIONS, f"one of {', '.join(SELECTIONS)}", "sign")
     _check_sites(sites, units, where)
     tensor_path = directory / "scores.safetensors"
     scores = _scores(tensor_path, fp, n_pairs) if tensor_path.exists() else {}
@@ -457,4 +469,5 @@ def load(directory: str | Path) -> SteerSpec:
         scores=scores,
         info=info,
         positions=positions,
+        selection=selection,
     )

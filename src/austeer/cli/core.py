@@ -9,7 +9,7 @@ from typing import Any
 
 from austeer.cli.argtypes import finite_float, positive_int
 from austeer.sites import SITES
-from austeer.spec import POSITIONS
+from austeer.spec import POSITIONS, SELECTIONS
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +66,7 @@ def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> An
         progress=rank == 0,
         share_prefix=bool(getattr(args, "share_prefix", True)),
         positions=getattr(args, "positions", "all"),
+        selection=getattr(args, "selection", "sign"),
     )
     spec.info.update(pairs_file=str(args.pairs), seconds=round(time.perf_counter() - start, 2))
     if world > 1:
@@ -163,6 +164,13 @@ def register(sub: Any) -> None:
         choices=list(POSITIONS),
         help="where the gains act: all (the paper's rule, every token; foldable and exportable) or last "
         "(the answer position / each generated token only; hooks only)",
+    )
+    p.add_argument(
+        "--selection",
+        default="sign",
+        choices=list(SELECTIONS),
+        help="how AUs are chosen: sign (the paper's sign consistency) or attribution (the derivative of the "
+        "answer margin with respect to each AU's gain; use a small --alpha, 0.25-2)",
     )
     p.add_argument("--out", required=True, help="spec directory to write")
     add_force_arg(p)
