@@ -176,7 +176,8 @@ def fit(
     ``"attribution"`` (the derivative of the pairs' answer margin with respect to each AU's gain, one backward
     pass per 4 pairs, :mod:`austeer.attribution`; a first-order score, so use a small ``alpha``, 0.25-2). On
     Qwen2.5-Coder-1.5B, COPA, 8 attributed head AUs at alpha 1 gave 0.840 against AUSteer's 0.823 (32 AUs,
-    alpha 10) on the same 400 test items (docs/COMPARISON.md).
+    alpha 10) on the same 400 test items (docs/COMPARISON.md). It runs both texts of 4 pairs per pass on one
+    process: ``batch_size``, ``share_prefix`` and ``scorer`` apply to the sign counts only.
     """
     if not pairs:
         raise ValueError("fit needs at least one pair")
