@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import backbone, encode, model_device, plan_batches, token_limit
-from austeer.momentum import Unit
+from austeer.collect import backbone, encode, model_device, plan_batches, shared_prefix_length, token_limit
+from austeer.momentum import Unit, top_k_mask
 from austeer.pairs import Pair, pair_texts
 from austeer.sites import SITES, decoder_layers, site_width
 from austeer.steer import add_hooks
@@ -59,9 +59,7 @@ def _answer_tokens(mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     target = torch.zeros_like(mask, dtype=torch.bool)
     for j in range(0, ids.shape[0], 2):
         a, b = (ids[r][mask[r].bool()].tolist() for r in (j, j + 1))
-        n, most = 0, min(len(a), len(b)) - 1
-        while n < most and a[n] == b[n]:
-            n += 1
+        n = shared_prefix_length(a, b)
         for r, row in ((j, a), (j + 1, b)):
             target[r, mask.shape[1] - (len(row) - n) :] = True
     return target
@@ -131,13 +129,13 @@ def top_attributed(scores: Mapping[str, torch.Tensor], k: int) -> list[Unit]:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     sites = sorted(scores, key=SITES.index)
-    flat = [(s, int(i), float(v)) for s in sites for i, v in enumerate(scores[s].double().flatten().tolist())]
-    mag = np.array([abs(v) for _, _, v in flat])
-    order = np.lexsort((np.arange(len(flat)), -mag))[:k]
-    scale = float(mag[order].max()) if len(order) and mag[order].max() > 0 else 1.0
+    flat = torch.cat([scores[s].double().flatten() for s in sites])  # site, then layer, then index order
+    starts = np.cumsum([0] + [scores[s].numel() for s in sites])
+    top = [i for _, i in top_k_mask(flat[None], k)]
+    scale = max((abs(float(flat[i])) for i in top), default=0.0) or 1.0
     out = []
-    for o in order:
-        site, i, v = flat[o]
-        width = scores[site].shape[1]
-        out.append(Unit(site, i // width, i % width, v / scale))
+    for i in top:
+        j = int(np.searchsorted(starts, i, side="right")) - 1
+        layer, index = divmod(i - int(starts[j]), scores[sites[j]].shape[1])
+        out.append(Unit(sites[j], layer, index, float(flat[i]) / scale))
     return out

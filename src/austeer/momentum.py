@@ -169,6 +169,20 @@ def tied_at_cut(counts: dict[str, SignCounts], k: int) -> int:
     return int(((primary == primary[last]) & (z == z[last])).sum())
 
 
+def top_k_mask(values: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """``(layer, index)`` of the ``k`` largest ``|values|`` (``[L, W]``), largest first; ties go to the lower
+    layer, then the lower index (SADI's mask by mean difference, the attribution selection).
+
+    Example:
+        >>> top_k_mask(torch.tensor([[0.1, -3.0], [2.0, 0.5]]), 2)
+        [(0, 1), (1, 0)]
+    """
+    L, W = values.shape
+    mag = values.abs().double().flatten().numpy()
+    order = np.lexsort((np.arange(L * W), -mag))[:k]
+    return [(int(o // W), int(o % W)) for o in order]
+
+
 def select(counts: dict[str, SignCounts], k: int) -> list[Unit]:
     """The global top-``k`` AUs across all layers of the given sites."""
     if k < 0:

@@ -11,20 +11,11 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
+from austeer.momentum import top_k_mask
 from austeer.steer import Gain
-
-
-def top_k_mask(mean_diff: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """``(layer, index)`` of the ``k`` largest ``|mean_diff|`` (``[L, W]``), largest first."""
-    L, W = mean_diff.shape
-    mag = mean_diff.abs().double().flatten().numpy()
-    order = np.lexsort((np.arange(L * W), -mag))[:k]
-    return [(int(o // W), int(o % W)) for o in order]
 
 
 def build(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, delta: float = 1.0) -> GainSteerer:
