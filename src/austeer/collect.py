@@ -287,6 +287,20 @@ def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> 
     return ids
 
 
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share, keeping at least one token of each (the answers differ
+    after it).
+
+    Example:
+        >>> shared_prefix_length([1, 2, 3, 4], [1, 2, 5]), shared_prefix_length([1, 2], [1, 2])
+        (2, 1)
+    """
+    n, most = 0, min(len(a), len(b)) - 1
+    while n < most and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def shared_prefix_activations(
     model: nn.Module,
     tokenizer: Any,
@@ -309,12 +323,7 @@ def shared_prefix_activations(
     max_length = token_limit(model, max_length)
     ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)
     pos, neg = ids[0::2], ids[1::2]
-    cut = []
-    for p_ids, n_ids in zip(pos, neg):
-        n, most = 0, min(len(p_ids), len(n_ids)) - 1  # keep at least one answer token on each side
-        while n < most and p_ids[n] == n_ids[n]:
-            n += 1
-        cut.append(n)
+    cut = [shared_prefix_length(p_ids, n_ids) for p_ids, n_ids in zip(pos, neg)]
     if not pairs or min(cut) < 1:  # a pair without a shared first token: run the full texts
         full = last_token_activations(model, tokenizer, [t for pair in pairs for t in pair], sites, max_length)
         return {s: a[0::2] for s, a in full.items()}, {s: a[1::2] for s, a in full.items()}
