@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from austeer.collect import pair_batches
 from austeer.models import fingerprint
-from austeer.momentum import SignCounts, select, tied_at_cut
+from austeer.momentum import SignCounts, Unit, select, tied_at_cut
 from austeer.pairs import Pair
 from austeer.sites import check_site, decoder_layers, site_width
 from austeer.spec import SELECTIONS, SteerSpec
@@ -135,15 +135,29 @@ def spec_from_counts(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     check_evidence(counts, k, n_pairs)
+    return _spec(model, select(counts, k), alpha, n_pairs, list(counts), model_id, positions, scores=counts)
+
+
+def _spec(
+    model: nn.Module,
+    units: list[Unit],
+    alpha: float,
+    n_pairs: int,
+    sites: list[str],
+    model_id: str,
+    positions: str,
+    **more: Any,
+) -> SteerSpec:
+    """The spec of ``units`` for ``model`` (its id defaults to the model's own name); ``more``: other fields."""
     return SteerSpec(
-        units=select(counts, k),
+        units=units,
         alpha=float(alpha),
         model_id=model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "")),
         fingerprint=fingerprint(model),
         n_pairs=n_pairs,
-        sites=list(counts),
-        scores=counts,
+        sites=sites,
         positions=positions,
+        **more,
     )
 
 
@@ -188,35 +202,12 @@ def fit(
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "attribution":
-        return _fit_attribution(model, tokenizer, pairs, sites, k, alpha, model_id, progress, positions)
+        from austeer.attribution import margin_attribution, top_attributed
+
+        for s in sites:
+            check_site(s)
+        scores = {s: margin_attribution(model, tokenizer, pairs, s, progress=progress) for s in sites}
+        units = top_attributed(scores, k)
+        return _spec(model, units, alpha, len(pairs), sites, model_id, positions, selection="attribution")
     counts = scorer(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)
     return spec_from_counts(model, counts, k, alpha, len(pairs), model_id, positions)
-
-
-def _fit_attribution(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[Pair],
-    sites: Sequence[str],
-    k: int,
-    alpha: float,
-    model_id: str,
-    progress: bool,
-    positions: str,
-) -> SteerSpec:
-    """``fit(selection="attribution")``: the global top ``k`` AUs of ``sites`` by answer-margin attribution."""
-    from austeer.attribution import margin_attribution, top_attributed
-
-    for s in sites:
-        check_site(s)
-    scores = {s: margin_attribution(model, tokenizer, pairs, s, progress=progress) for s in sites}
-    return SteerSpec(
-        units=top_attributed(scores, k),
-        alpha=float(alpha),
-        model_id=model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "")),
-        fingerprint=fingerprint(model),
-        n_pairs=len(pairs),
-        sites=list(sites),
-        positions=positions,
-        selection="attribution",
-    )
