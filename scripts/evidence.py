@@ -42,7 +42,6 @@ def save(path: Path, data: dict[str, Any]) -> None:
 
 
 def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    from austeer.compare import outcomes
     from austeer.evaluate import evaluate
     from austeer.fit import fit
     from austeer.reuse import LayerCache
@@ -62,9 +61,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
         start, samples = time.perf_counter(), []  # type: ignore[var-annotated]
         with cache.reuse():
             metrics = evaluate(model, tok, task, samples=samples, **kw)
-        data["unsteered"] = {"metrics": metrics, "correct": outcomes(samples), "ids": [s["id"] for s in samples]}
-        data["unsteered"]["outputs"] = [s["output"] for s in samples if "output" in s]  # generation tasks
-        data["unsteered"]["seconds"] = round(time.perf_counter() - start, 1)
+        data["unsteered"] = {**record(metrics, samples), "seconds": round(time.perf_counter() - start, 1)}
         save(path, data)
     if "steered" not in data:
         start = time.perf_counter()
@@ -82,15 +79,21 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
         with folded(model, spec), cache.reuse():
             metrics = evaluate(model, tok, task, samples=samples, **kw)
         data["steered"] = {
-            "metrics": metrics,
-            "correct": outcomes(samples),
-            "ids": [s["id"] for s in samples],
-            "outputs": [s["output"] for s in samples if "output" in s],
+            **record(metrics, samples),
             "fit_seconds": fit_seconds,
             "seconds": round(time.perf_counter() - start, 1),
         }
         save(path, data)
     print("\n".join(confirm_table(data, args.fresh_from)[1:]), flush=True)
+
+
+def record(metrics: dict[str, float], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the confirmatory file keeps of one evaluation: metrics, each item's outcome and id, and the generated
+    outputs of generation tasks."""
+    from austeer.compare import outcomes
+
+    outputs = [s["output"] for s in samples if "output" in s]
+    return {"metrics": metrics, "correct": outcomes(samples), "ids": [s["id"] for s in samples], "outputs": outputs}
 
 
 def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
