@@ -68,8 +68,7 @@ class Steerer(Protocol):
 
 @dataclass
 class Evidence:
-    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``, with the
-    pairs they were read from (and the tokenizer that read them, for selection rules that run them again).
+    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``.
 
     ``system`` is the system turn the pairs were read with (when they share one); the prompted methods
     (:mod:`austeer.baselines.prompt`) evaluate their steerers with it.
@@ -77,31 +76,18 @@ class Evidence:
 
     pos: dict[str, torch.Tensor]
     neg: dict[str, torch.Tensor]
-    pairs: list[Pair] = field(default_factory=list, repr=False)
-    answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # first token ids of both answers
-    tokenizer: Any = field(default=None, repr=False, compare=False)
+    answers: list[tuple[str, str]] = field(default_factory=list)  # (positive, negative) answer texts
+    answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # their first token ids
+    prompts: list[str] = field(default_factory=list)  # the pairs' prompts (user turns)
+    system: str | None = None
+    pairs: list[Pair] = field(default_factory=list, repr=False)  # the pairs read (selection rules that rerun them)
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # the tokenizer they were read with
     _counts: dict[str, SignCounts] = field(default_factory=dict, init=False, repr=False, compare=False)
     _memo: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
-    def answers(self) -> list[tuple[str, str]]:
-        """``(positive, negative)`` answer texts of the pairs."""
-        return [(p.positive, p.negative) for p in self.pairs]
-
-    @property
-    def prompts(self) -> list[str]:
-        """The pairs' prompts (user turns)."""
-        return [p.prompt for p in self.pairs]
-
-    @property
-    def system(self) -> str | None:
-        """The system turn every pair was read with, or None (none, or not one shared by all)."""
-        systems = {p.system for p in self.pairs}
-        return systems.pop() if len(systems) == 1 else None
-
-    @property
     def n_pairs(self) -> int:
-        return len(self.pairs) if self.pairs else int(next(iter(self.pos.values())).shape[0])
+        return len(self.answers) if self.answers else int(next(iter(self.pos.values())).shape[0])
 
     def counts(self, site: str) -> SignCounts:
         """Sign counts of the momenta ``pos - neg`` (the AUSteer statistic) at ``site``, computed once per site
@@ -169,11 +155,15 @@ def gather(
             pos[s][rows] = pos_b[s]
             neg[s][rows] = neg_b[s]
     bar.close()
+    systems = {p.system for p in pairs}
     return Evidence(
         pos,
         neg,
-        list(pairs),
+        [(p.positive, p.negative) for p in pairs],
         [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
+        [p.prompt for p in pairs],
+        systems.pop() if len(systems) == 1 else None,
+        list(pairs),
         tokenizer,
     )
 
