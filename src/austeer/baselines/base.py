@@ -76,18 +76,26 @@ class Evidence:
 
     pos: dict[str, torch.Tensor]
     neg: dict[str, torch.Tensor]
-    answers: list[tuple[str, str]] = field(default_factory=list)  # (positive, negative) answer texts
-    answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # their first token ids
-    prompts: list[str] = field(default_factory=list)  # the pairs' prompts (user turns)
+    pairs: list[Pair] = field(default_factory=list, repr=False)  # the pairs read (selection rules rerun them)
+    answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # first token ids of both answers
     system: str | None = None
-    pairs: list[Pair] = field(default_factory=list, repr=False)  # the pairs read (selection rules that rerun them)
     tokenizer: Any = field(default=None, repr=False, compare=False)  # the tokenizer they were read with
     _counts: dict[str, SignCounts] = field(default_factory=dict, init=False, repr=False, compare=False)
     _memo: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
+    def answers(self) -> list[tuple[str, str]]:
+        """``(positive, negative)`` answer texts of the pairs."""
+        return [(p.positive, p.negative) for p in self.pairs]
+
+    @property
+    def prompts(self) -> list[str]:
+        """The pairs' prompts (user turns)."""
+        return [p.prompt for p in self.pairs]
+
+    @property
     def n_pairs(self) -> int:
-        return len(self.answers) if self.answers else int(next(iter(self.pos.values())).shape[0])
+        return len(self.pairs) if self.pairs else int(next(iter(self.pos.values())).shape[0])
 
     def counts(self, site: str) -> SignCounts:
         """Sign counts of the momenta ``pos - neg`` (the AUSteer statistic) at ``site``, computed once per site
@@ -159,11 +167,9 @@ def gather(
     return Evidence(
         pos,
         neg,
-        [(p.positive, p.negative) for p in pairs],
-        [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
-        [p.prompt for p in pairs],
-        systems.pop() if len(systems) == 1 else None,
         list(pairs),
+        [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
+        systems.pop() if len(systems) == 1 else None,
         tokenizer,
     )
 
