@@ -68,7 +68,8 @@ class Steerer(Protocol):
 
 @dataclass
 class Evidence:
-    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``.
+    """Last-token activations of the pairs at each site: ``pos[site]``/``neg[site]`` are ``[N, L, W]``, with the
+    pairs they were read from (and the tokenizer that read them, for selection rules that run them again).
 
     ``system`` is the system turn the pairs were read with (when they share one); the prompted methods
     (:mod:`austeer.baselines.prompt`) evaluate their steerers with it.
