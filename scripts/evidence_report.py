@@ -113,12 +113,25 @@ def where_of(out: Path, model: str) -> Path:
 
 
 def render(model: str, fresh_from: int) -> None:
-    from austeer.baselines.report import plot_comparison, settings_line, table
+    from austeer.baselines.report import merged, plot_comparison, plot_overview, settings_line, summary_table, table
     from austeer.compare import Comparison
     from austeer.io import write_between
 
     where = where_of(OUT, model)
     parts = [f"## {model}\n"]
+    comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(where.glob("compare_*.json"))]
+    if comps:
+        tasks = merged(comps)
+        img = plot_overview(tasks, where / "overview.png")
+        parts += [
+            "**Overview**: every method compared on each task, on the same test items; each method's result from "
+            "the run that gave it the most configurations to choose from on val (the runs are below). Bold: the "
+            "best steering method; `sig`: its z against the unsteered model; `fixed/broken`, `p`: McNemar's "
+            "paired test. Math tasks: only the prompt was compared (steering: the dose-response and confirmatory "
+            "tests below). Plot: each method's change over the unsteered model with its paired 95% interval.\n",
+            summary_table(tasks) + "\n",
+            f"![overview]({img.relative_to(DOC.parent)})\n",
+        ]
     for path in sorted(where.glob("confirm_*.json")):
         data = json.loads(path.read_text())
         if "steered" in data:

@@ -20,6 +20,7 @@ from austeer.evaluate import evaluate
 from austeer.pairs import format_prompt
 from austeer.stats import discordant, mcnemar
 from austeer.tasks import get_task
+from tests.conftest import DATA
 
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"
 
@@ -145,7 +146,7 @@ def test_mcnemar_is_the_two_sided_binomial_tail(fixed, broken):
     exact = sum((p for p in pmf if p <= pmf[fixed]), Fraction(0))
     assert mcnemar(fixed, broken) == pytest.approx(float(min(exact, Fraction(1))))
     steered, base = [1] * fixed + [0] * broken + [1], [0] * fixed + [1] * broken + [1]  # and one item both got
-    expected = f"{fixed}/{broken} | {mcnemar(fixed, broken):.2f}"
+    expected = f"{fixed}/{broken} | {mcnemar(fixed, broken):.2g}"
     assert paired(Result("m", {}, 1, 0, {}, 0, 0, "-", [], steered), base) == expected
 
 
@@ -202,3 +203,26 @@ def test_compare_resumes_after_the_methods_it_has(smol):
     assert again.results[1].test_metric == -1.0
     assert again.results[0].test == first.results[1].test and again.baseline_correct == first.baseline_correct
     assert seen[-1] == ["austeer", "prompt"], "a kept method after the new ones is in what is saved last"
+
+
+def test_overview_of_the_committed_1_5b_results(tmp_path):
+    """The overview merges the 1.5B's COPA runs by budget (not by test score) and draws a readable PNG."""
+    import matplotlib.image as mpimg
+
+    from austeer.baselines.report import _change, merged, plot_overview
+
+    folder = DATA.parents[2] / "docs" / "results" / "qwen2.5-coder-1.5b-instruct"
+    comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_copa*.json"))]
+    assert len(comps) >= 3
+    (copa,) = merged(comps)
+    by = {r.method: r for r in copa.results}
+    # austeer chose 8 AUs under the budget of 4 (0.752) and 32 under 16 (0.823): the larger budget is shown
+    # (the doctest of merged() shows the rule where the smaller budget scored higher)
+    assert (by["austeer"].n_steered, round(by["austeer"].test_metric, 3)) == (32, 0.823)
+    assert len(copa.baseline_correct) == 400 and {"prompt", "attribution", "iti", "sadi"} <= set(by)
+    change, half = _change(copa, by["austeer"])
+    fixed, broken = discordant(copa.baseline_correct, by["austeer"].test_correct)
+    assert change == pytest.approx((fixed - broken) / 400)
+    assert 0.02 < half < change  # the paired interval excludes zero (McNemar p = 1.3e-4)
+    img = mpimg.imread(plot_overview(merged(comps), tmp_path / "overview.png"))
+    assert img.shape[0] > 100 and img.std() > 0

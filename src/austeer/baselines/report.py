@@ -6,12 +6,13 @@ Example:
     >>> margin(0.60, 0.50, 100)  # unpaired: 60% against 50% on 100 items, z 1.4 (austeer.stats)
     1.4
     >>> paired(Result("m", {}, 0, 0.0, {}, 0.0, 0.0, "-", test_correct=[1, 1, 0, 1]), [0, 1, 0, 0])
-    '2/0 | 0.50'
+    '2/0 | 0.5'
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def paired(r: Result, baseline_correct: Sequence[int]) -> str:
     if not r.test_correct or len(r.test_correct) != len(baseline_correct):
         return "- | -"
     fixed, broken = discordant(baseline_correct, r.test_correct)
-    return f"{fixed}/{broken} | {mcnemar(fixed, broken):.2f}"
+    return f"{fixed}/{broken} | {mcnemar(fixed, broken):.2g}"
 
 
 def _n_test(c: Comparison) -> int:
@@ -109,6 +110,32 @@ def summary_table(comps: Sequence[Comparison]) -> str:
             f"| {c.task} | {c.metric} | {n} | {base:.3f} | " + " | ".join(cells) + f" | {name} | {sig} | {test} |"
         )
     return "\n".join(lines)
+
+
+def merged(comps: Sequence[Comparison]) -> list[Comparison]:
+    """One comparison per task from every run of it on its largest test set (the same items, the same
+    unsteered outcomes): each method's result from the run that gave it the largest budget of configurations
+    (the first such run in ``comps``), so no method is shown from the run where it happened to do best.
+
+    Example:
+        >>> few = Comparison("copa", "accuracy", {"budget": 4}, {}, {}, [Result("austeer", {}, 8, 0, {}, 0.85, 0, "")])
+        >>> many = replace(few, settings={"budget": 16}, results=[Result("austeer", {}, 32, 0, {}, 0.82, 0, "")])
+        >>> [(r.method, r.test_metric) for c in merged([few, many]) for r in c.results]
+        [('austeer', 0.82)]
+    """
+    out = []
+    for task in dict.fromkeys(c.task for c in comps):
+        runs = [c for c in comps if c.task == task]
+        n = max(len(c.baseline_correct) for c in runs)
+        runs = [c for c in runs if len(c.baseline_correct) == n]
+        best: dict[str, tuple[int, Result]] = {}
+        for c in runs:
+            for r in c.results:
+                budget = int(c.settings.get("budget", 0))
+                if r.method not in best or budget > best[r.method][0]:
+                    best[r.method] = (budget, r)
+        out.append(replace(runs[0], results=[r for _, r in best.values()]))
+    return out
 
 
 def dose_table(rows: Sequence[DoseRow]) -> str:
@@ -181,6 +208,40 @@ def plot_comparison(c: Comparison, out: str | Path) -> Path:
     ax.set_ylabel(f"test {c.metric}")
     ax.set_title(f"{c.task}: test {c.metric} (numbers: steered activations)")
     return _save(fig, out)
+
+
+def plot_overview(comps: Sequence[Comparison], out: str | Path) -> Path:
+    """One panel per comparison (task): every method's change of the test metric over the unsteered model
+    with its 95% interval (paired, from the per-item outcomes where the results keep them), zero dashed;
+    AUSteer and its variants in blue, the other methods in orange."""
+    rows = max((len(c.results) for c in comps), default=0)
+    cols = max(len(comps), 1)
+    fig, axes = _subplots(1, cols, figsize=(2.8 * cols, 0.3 * rows + 1.3), squeeze=False)
+    for ax, c in zip(axes.flat, comps, strict=False):
+        for y, r in enumerate(c.results):
+            change, half = _change(c, r)
+            colour = "C0" if r.method.startswith("austeer") else "C1"
+            ax.errorbar([change], [y], xerr=[half], fmt="o", color=colour, markersize=4, capsize=2)
+        ax.axvline(0.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(c.results)), [r.method for r in c.results], fontsize=8)
+        ax.set_ylim(rows - 0.5, -0.5)
+        ax.set_title(f"{c.task}\n{_n_test(c)} items, unsteered {c.baseline_test[c.metric]:.2f}", fontsize=9)
+        ax.set_xlabel(f"change of test {c.metric}", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    return _save(fig, out)
+
+
+def _change(c: Comparison, r: Result) -> tuple[float, float]:
+    """``r``'s test metric minus the unsteered one, and the half-width of its 95% interval: from the paired
+    outcomes where both are kept, else as two independent proportions."""
+    n, base = _n_test(c), c.baseline_test[c.metric]
+    change = r.test_metric - base
+    if r.test_correct and len(r.test_correct) == len(c.baseline_correct) == n:
+        fixed, broken = discordant(c.baseline_correct, r.test_correct)
+        se = ((fixed + broken) - (fixed - broken) ** 2 / n) ** 0.5 / n
+    else:
+        se = ((r.test_metric * (1 - r.test_metric) + base * (1 - base)) / n) ** 0.5 if n else 0.0
+    return change, 1.96 * se
 
 
 def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path) -> Path:
