@@ -91,8 +91,8 @@ def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_r
     """The swapped file scores the same units with flipped betas. Its gains ``1 - alpha * beta`` are not the
     mirror of ``1 + alpha * beta``: at budget 6 the only effect beyond noise on the swapped orientation comes
     with perplexity x1e5 (measured, docs/TUNE.md), so the bound is lifted here to test the sign alone."""
+    from austeer.measure import effect_of, margins
     from austeer.steer import folded
-    from austeer.tune import effect_of, margins
 
     model, tok = smol
     _, result, _ = sentiment_run

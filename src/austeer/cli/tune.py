@@ -25,10 +25,11 @@ def _row_line(r: Any, chosen: Any) -> str:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from austeer.io import atomic_write_bytes, check_replaceable
+    from austeer.measure import read_neutral
     from austeer.pairs import read_pairs
     from austeer.report.tune import tune_plot
     from austeer.sites import check_site
-    from austeer.tune import read_neutral, split_pairs, tune
+    from austeer.tune import split_pairs, tune
 
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     for s in sites:
