@@ -119,16 +119,23 @@ def render(model: str, fresh_from: int) -> None:
 
     where = where_of(OUT, model)
     parts = [f"## {model}\n"]
-    comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(where.glob("compare_*.json"))]
-    if comps:
-        tasks = merged(comps)
+    runs = [(path, json.loads(path.read_text())) for path in sorted(where.glob("compare_*.json"))]
+    if runs:
+        tasks = merged([Comparison.from_json(data) for _, data in runs])
         img = plot_overview(tasks, where / "overview.png")
+        unsteered = [c.task for c in tasks if all(r.n_steered == 0 for r in c.results)]
+        only = (
+            f" On {', '.join(unsteered)} only methods that steer nothing were compared (steering: the dose-response "
+            "and confirmatory tests below)."
+            if unsteered
+            else ""
+        )
         parts += [
             "**Overview**: every method compared on each task, on the same test items; each method's result from "
             "the run that gave it the most configurations to choose from on val (the runs are below). Bold: the "
             "best steering method; `sig`: its z against the unsteered model; `fixed/broken`, `p`: McNemar's "
-            "paired test. Math tasks: only the prompt was compared (steering: the dose-response and confirmatory "
-            "tests below). Plot: each method's change over the unsteered model with its paired 95% interval.\n",
+            f"paired test.{only} Plot: each method's change over the unsteered model with its paired 95% "
+            "interval.\n",
             summary_table(tasks) + "\n",
             f"![overview]({img.relative_to(DOC.parent)})\n",
         ]
@@ -136,8 +143,7 @@ def render(model: str, fresh_from: int) -> None:
         data = json.loads(path.read_text())
         if "steered" in data:
             parts += render_confirm(data, where, fresh_from)
-    for path in sorted(where.glob("compare_*.json")):
-        data = json.loads(path.read_text())
+    for path, data in runs:
         comp = Comparison.from_json(data)
         minutes = data.get("seconds", 0) / 60
         parts.append(

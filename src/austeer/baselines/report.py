@@ -130,8 +130,8 @@ def merged(comps: Sequence[Comparison]) -> list[Comparison]:
         runs = [c for c in runs if len(c.baseline_correct) == n]
         best: dict[str, tuple[int, Result]] = {}
         for c in runs:
+            budget = int(c.settings.get("budget", 0))
             for r in c.results:
-                budget = int(c.settings.get("budget", 0))
                 if r.method not in best or budget > best[r.method][0]:
                     best[r.method] = (budget, r)
         out.append(replace(runs[0], results=[r for _, r in best.values()]))
