@@ -35,3 +35,26 @@ def test_bad_pairs_file_is_a_clear_error(tmp_path, capsys):
     assert main(["fit", "--pairs", str(bad), "--out", str(tmp_path / "s")]) == 2
     assert "bad.jsonl:1: missing field 'negative'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_eval_paired_equals_two_separate_evaluations(tmp_path, capsys):
+    """``eval --paired``: its unsteered and steered halves equal plain ``eval`` runs on the same items (the layer
+    replay changes nothing), and its fixed/broken counts are those of the two runs' per-item outcomes."""
+    spec_dir = tmp_path / "spec"
+    pairs = DATA / "pairs" / "sentiment.jsonl"
+    assert main(["fit", "--pairs", str(pairs), "--site", "head", "--k", "16", "--alpha", "20", "--out", str(spec_dir),
+                 "--limit", "12"]) == 0  # fmt: skip
+    common = ["eval", "--task", "copa", "--split", "test", "--limit", "12", "--dtype", "float32"]
+    files = {name: tmp_path / f"{name}.json" for name in ("paired", "plain", "steered")}
+    assert main([*common, "--steer", str(spec_dir), "--paired", "--out", str(files["paired"])]) == 0
+    assert "McNemar exact p" in capsys.readouterr().out
+    assert main([*common, "--out", str(files["plain"])]) == 0
+    assert main([*common, "--steer", str(spec_dir), "--out", str(files["steered"])]) == 0
+    paired, plain, steered = (json.loads(f.read_text()) for f in files.values())
+    assert paired["unsteered"]["metrics"] == plain["metrics"]
+    assert paired["metrics"] == steered["metrics"]
+    fixed = sum(not a["correct"] and b["correct"] for a, b in zip(plain["samples"], steered["samples"]))
+    broken = sum(a["correct"] and not b["correct"] for a, b in zip(plain["samples"], steered["samples"]))
+    assert (paired["paired"]["fixed"], paired["paired"]["broken"]) == (fixed, broken)
+    assert fixed + broken > 0  # alpha 20 on 16 head AUs changes answers: the counts are not trivially zero
+    assert main(["eval", "--task", "copa", "--paired"]) == 2  # --paired needs --steer

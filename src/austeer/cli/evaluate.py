@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from austeer.spec import load
 
     task = _task(args)
+    if args.paired and not args.steer:
+        raise ValueError("--paired compares the unsteered and the steered model: it needs --steer DIR")
     if args.out:
         check_file_target(args.out)
     spec = load(args.steer) if args.steer else None
@@ -51,19 +55,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ref = None
     if task.kind == "behaviour" and spec is not None:
         ref, _ = load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    run = {"split": args.split, "limit": args.limit, "batch_size": args.batch_size, "ref_model": ref}
+    run["max_new_tokens"] = args.max_new_tokens
+    base: dict[str, Any] | None = None
+    cache = None
+    if args.paired:
+        from austeer.reuse import LayerCache
+
+        cache = LayerCache(model)  # the steered pass replays the layers below its first steered layer
+        base_samples: list[dict[str, Any]] = []
+        print(f"evaluating the unsteered model on {task.name} / {args.split} ...", file=sys.stderr, flush=True)
+        with cache.reuse():
+            base_metrics = evaluate(model, tok, task, samples=base_samples, **run)
+        base = {"metrics": base_metrics, "samples": base_samples}
+        print(f"evaluating the steered model ({args.mode}) ...", file=sys.stderr, flush=True)
     samples: list[dict[str, Any]] = []
-    with steered(model, spec, args.mode, args.alpha):
-        metrics = evaluate(
-            model,
-            tok,
-            task,
-            args.split,
-            args.limit,
-            args.batch_size,
-            ref_model=ref,
-            max_new_tokens=args.max_new_tokens,
-            samples=samples,
-        )
+    with steered(model, spec, args.mode, args.alpha), cache.reuse() if cache else nullcontext():
+        metrics = evaluate(model, tok, task, samples=samples, **run)
     alpha = None if spec is None else (spec.alpha if args.alpha is None else args.alpha)
     result = {
         "task": task.name,
@@ -76,6 +84,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "samples": samples,
     }
+    if base is not None:
+        result["unsteered"] = base
+        result["paired"] = paired_summary(task.metric, base, result)
     out = (
         Path(args.out)
         if args.out
@@ -88,8 +99,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if key != "n_items":
             print(f"  {key:16s} {value:.4f}")
     print(f"  {'n_steered':16s} {result['n_steered']}")
+    if base is not None:
+        print_paired(result["paired"], base["samples"], samples, args.show)
     print(f"saved {out}")
     return 0
+
+
+def paired_summary(metric: str, base: dict[str, Any], steered: dict[str, Any]) -> dict[str, Any]:
+    """The paired test of an ``eval --paired`` run: both metrics and, where the task records per-item outcomes,
+    the items fixed and broken and McNemar's exact p."""
+    from austeer.compare import outcomes
+    from austeer.stats import discordant, mcnemar
+
+    out: dict[str, Any] = {
+        "metric": metric,
+        "unsteered": base["metrics"][metric],
+        "steered": steered["metrics"][metric],
+        "ppl": [base["metrics"]["ppl"], steered["metrics"]["ppl"]],
+        "n_items": int(steered["metrics"]["n_items"]),
+    }
+    a, b = outcomes(base["samples"]), outcomes(steered["samples"])
+    if a and b:
+        fixed, broken = discordant(a, b)
+        out.update(fixed=fixed, broken=broken, p=mcnemar(fixed, broken))
+    return out
+
+
+def print_paired(p: dict[str, Any], base: list[dict[str, Any]], steered: list[dict[str, Any]], show: int) -> None:
+    """The paired table, then up to ``show`` items whose outcome changed (fixed first)."""
+    print(
+        f"\npaired, {p['n_items']} items: {p['metric']} {p['unsteered']:.3f} unsteered -> {p['steered']:.3f} steered "
+        f"({p['steered'] - p['unsteered']:+.3f}); neutral-text ppl {p['ppl'][0]:.2f} -> {p['ppl'][1]:.2f}"
+    )
+    if "p" not in p:
+        print("  (this task records no per-item right/wrong outcome: no paired test)")
+        return
+    verdict = "beyond noise" if p["p"] < 0.05 else "within noise"
+    print(f"  fixed {p['fixed']} / broken {p['broken']} items, McNemar exact p = {p['p']:.2g} ({verdict} at 5%)")
+    changed = [(b, s) for b, s in zip(base, steered) if bool(b.get("correct")) != bool(s.get("correct"))]
+    changed.sort(key=lambda bs: not bs[1].get("correct"))
+    for b, s in changed[:show]:
+        said = {k: v for k, v in s.items() if k not in ("id", "correct")}
+        was = {k: v for k, v in b.items() if k not in ("id", "correct")}
+        tag = "fixed " if s.get("correct") else "broken"
+        print(f"  {tag} item {s['id']}: unsteered {was} -> steered {said}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -165,6 +218,12 @@ def register(sub: Any) -> None:
     p.add_argument("--alpha", type=finite_float, default=None, help="override the spec's alpha")
     p.add_argument("--k", type=positive_int, default=None, help="override the spec's k")
     p.add_argument("--out", default=None, help="JSON file to write (default runs/eval/TASK-SPLIT[-steered].json)")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="also evaluate the unsteered model on the same items; print fixed/broken items and McNemar's p",
+    )
+    p.add_argument("--show", type=positive_int, default=4, help="--paired: how many changed items to print")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sweep", help="grid-search site, k and alpha on val; evaluate the best on test")
