@@ -2,7 +2,7 @@
 
 The flow: pairs -> :func:`fit` (score every atomic unit by sign-consistent activation momentum,
 keep the global top-k) -> :class:`SteerSpec` -> :func:`apply` (hooks) | :func:`fold` (weights) |
-:func:`export` (checkpoint) | :func:`export_gguf` (llama.cpp).
+:func:`export` (checkpoint) | :func:`export_gguf` (llama.cpp) | :func:`export_lora` (a LoRA adapter for vLLM, PEFT).
 
 Example (the other docstring examples use ``model, tok`` as loaded here):
     >>> import austeer
@@ -16,6 +16,7 @@ Example (the other docstring examples use ``model, tok`` as loaded here):
 from austeer.fit import fit, score
 from austeer.gguf_export import export_gguf
 from austeer.gguf_write import export_hf_gguf
+from austeer.lora import export_lora
 from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
 from austeer.momentum import SignCounts, Unit, select
 from austeer.pairs import Pair, read_pairs
@@ -35,6 +36,7 @@ __all__ = [
     "export",
     "export_gguf",
     "export_hf_gguf",
+    "export_lora",
     "fit",
     "fold",
     "folded",

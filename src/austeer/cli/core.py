@@ -135,6 +135,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         from austeer.cli.llamacpp import cmd_export_gguf
 
         return cmd_export_gguf(args)
+    if getattr(args, "format", "hf") == "lora":
+        from austeer.cli.lora import cmd_export_lora
+
+        return cmd_export_lora(args)
     from austeer.io import check_replaceable
     from austeer.models import fingerprint
     from austeer.spec import load
@@ -210,9 +214,16 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("export", help="write the folded model as a Hugging Face checkpoint or a GGUF file")
+    p = sub.add_parser(
+        "export",
+        help="write the folded model as a Hugging Face checkpoint or a GGUF file, or the spec as a LoRA adapter",
+    )
     p.add_argument("--steer", required=True)
-    p.add_argument("--out", required=True, help="model directory to write (a .gguf file with --format gguf)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="model directory to write (a .gguf file with --format gguf; an adapter directory with --format lora)",
+    )
     add_force_arg(p)
     p.add_argument("--alpha", type=finite_float, default=None)
     from austeer.cli.llamacpp import add_export_args

@@ -14,10 +14,11 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default="hf",
-        choices=["hf", "gguf"],
+        choices=["hf", "gguf", "lora"],
         help="hf: a Hugging Face checkpoint directory; gguf: one .gguf file for llama.cpp / Ollama (a model loaded "
         "from a GGUF keeps its untouched tensors byte for byte; one from a Hugging Face checkpoint, llama or qwen2 "
-        "family, is written whole)",
+        "family, is written whole); lora: a PEFT LoRA adapter directory that vLLM and PEFT apply per request "
+        "(head, neuron and bias-free ffn sites)",
     )
     p.add_argument("--source-gguf", default=None, help="the .gguf the model was loaded from (default: found)")
     p.add_argument(
@@ -26,6 +27,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         choices=["f32", "f16", "bf16"],
         help="how the folded tensors are stored (every matrix, for a model from a Hugging Face checkpoint)",
     )
+    p.add_argument("--lora-dtype", default="f32", choices=["f32", "f16", "bf16"], help="how LoRA factors are stored")
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
