@@ -100,7 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {key:16s} {value:.4f}")
     print(f"  {'n_steered':16s} {result['n_steered']}")
     if base is not None:
-        print_paired(result["paired"], base["samples"], samples, args.show)
+        prompts = {it.id: it.prompt for it in task.items(args.split, args.limit)}
+        print_paired(result["paired"], base["samples"], samples, args.show, prompts)
     print(f"saved {out}")
     return 0
 
@@ -125,8 +126,10 @@ def paired_summary(metric: str, base: dict[str, Any], steered: dict[str, Any]) -
     return out
 
 
-def print_paired(p: dict[str, Any], base: list[dict[str, Any]], steered: list[dict[str, Any]], show: int) -> None:
-    """The paired table, then up to ``show`` items whose outcome changed (fixed first)."""
+def print_paired(
+    p: dict[str, Any], base: list[dict[str, Any]], steered: list[dict[str, Any]], show: int, prompts: dict[str, str]
+) -> None:
+    """The paired table, then up to ``show`` items whose outcome changed (fixed first), with their prompts."""
     print(
         f"\npaired, {p['n_items']} items: {p['metric']} {p['unsteered']:.3f} unsteered -> {p['steered']:.3f} steered "
         f"({p['steered'] - p['unsteered']:+.3f}); neutral-text ppl {p['ppl'][0]:.2f} -> {p['ppl'][1]:.2f}"
@@ -141,8 +144,10 @@ def print_paired(p: dict[str, Any], base: list[dict[str, Any]], steered: list[di
     for b, s in changed[:show]:
         said = {k: v for k, v in s.items() if k not in ("id", "correct")}
         was = {k: v for k, v in b.items() if k not in ("id", "correct")}
-        tag = "fixed " if s.get("correct") else "broken"
-        print(f"  {tag} item {s['id']}: unsteered {was} -> steered {said}")
+        tag = "fixed" if s.get("correct") else "broken"
+        question = " ".join(prompts.get(s["id"], "").split())
+        print(f"  {tag} {s['id']}: {question[:300]}")
+        print(f"      unsteered {was}\n      steered   {said}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
