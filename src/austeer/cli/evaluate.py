@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,18 @@ def _csv(text: str, cast: Any) -> list[Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from austeer.evaluate import evaluate
     from austeer.generate import steered
-    from austeer.io import atomic_write_text, check_file_target
+    from austeer.io import check_file_output, signed_json, write_output
     from austeer.models import fingerprint, load_model
     from austeer.spec import load
 
     task = _task(args)
-    if args.out:
-        check_file_target(args.out)
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / "eval" / f"{task.name}-{args.split}{'-steered' if args.steer else ''}.json"
+    )
+    inputs = [args.pairs, args.eval, args.steer]
+    check_file_output(out, "eval", args.force, inputs)  # before loading the model
     spec = load(args.steer) if args.steer else None
     if spec is not None and args.k is not None:
         spec = spec.with_k(args.k)
@@ -76,12 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "samples": samples,
     }
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / "eval" / f"{task.name}-{args.split}{'-steered' if spec else ''}.json"
-    )
-    atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
+    write_output(out, signed_json(result, "eval"), "eval", args.force, inputs)
     steer_note = f"{spec.k} AUs, alpha {alpha:g}, {args.mode}" if spec else "unsteered"
     print(f"{task.name} / {args.split} ({int(metrics['n_items'])} items, {steer_note}):")
     for key, value in metrics.items():
@@ -93,17 +92,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from austeer.io import check_replaceable
+    from austeer.io import check_file_output, check_replaceable
     from austeer.models import load_model
-    from austeer.sweep import sweep
+    from austeer.sweep import SWEEP_FILES, sweep
 
     task = _task(args)
     sites = _csv(args.site, str)
     for s in sites:
         if s not in SITES:
             raise ValueError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
+    inputs = [args.pairs, args.eval]
     for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", args.force)  # before loading the model
+        check_replaceable(where, "spec", args.force, inputs)  # before loading the model
+    for name, owned in SWEEP_FILES.items():
+        check_file_output(Path(args.out) / name, "sweep", args.force, inputs, owned)
     model, tok, name = load_from_args(args)
     ref = None
     if task.kind == "behaviour":
@@ -165,6 +167,7 @@ def register(sub: Any) -> None:
     p.add_argument("--alpha", type=finite_float, default=None, help="override the spec's alpha")
     p.add_argument("--k", type=positive_int, default=None, help="override the spec's k")
     p.add_argument("--out", default=None, help="JSON file to write (default runs/eval/TASK-SPLIT[-steered].json)")
+    add_force_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sweep", help="grid-search site, k and alpha on val; evaluate the best on test")
