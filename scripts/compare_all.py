@@ -144,13 +144,13 @@ def render() -> None:
             comp = Comparison.from_json(data["compare"])
             parts.append(f"{settings_line(comp)}.\n")
             parts.append(table(comp) + "\n")
-            img = plot_comparison(comp, IMG / f"compare_{name}.png")
+            img = plot_comparison(comp, IMG / f"compare_{name}.png", force=True)
             parts.append(f"![{name} comparison](img/{img.name})\n")
         if "dose" in data:
             d = data["dose"]
             metric = _metric(data)
             dose_rows = [DoseRow(**r) for r in d["rows"]]
-            img = plot_dose(dose_rows, name, metric, IMG / f"compare_{name}_dose.png")
+            img = plot_dose(dose_rows, name, metric, IMG / f"compare_{name}_dose.png", force=True)
             where = f"test, first {d['limit']} items, alpha {d['alpha']:g}"
             parts.append(f"Dose-response ({where}; each cell: {metric} (neutral-text perplexity)):\n")
             parts.append(dose_table(dose_rows) + "\n")
@@ -160,7 +160,7 @@ def render() -> None:
             metric = _metric(data)
             for x in ("ppl", "cont_ppl"):
                 out = IMG / f"compare_{name}_frontier_{x}.png"
-                img = plot_frontier([FrontierRow(**r) for r in f["rows"]], name, metric, x, out)
+                img = plot_frontier([FrontierRow(**r) for r in f["rows"]], name, metric, x, out, force=True)
                 parts.append(f"![{name} frontier ({x})](img/{img.name})\n")
             parts.append(f"Frontier points (test, first {f['limit']} items):\n")
             parts.append(frontier_table([FrontierRow(**r) for r in f["rows"]], metric) + "\n")

@@ -122,7 +122,7 @@ def render(model: str, fresh_from: int) -> None:
     runs = [(path, json.loads(path.read_text())) for path in sorted(where.glob("compare_*.json"))]
     if runs:
         tasks = merged([Comparison.from_json(data) for _, data in runs])
-        img = plot_overview(tasks, where / "overview.png")
+        img = plot_overview(tasks, where / "overview.png", force=True)
         unsteered = [c.task for c in tasks if all(r.n_steered == 0 for r in c.results)]
         only = (
             f" On {', '.join(unsteered)} only methods that steer nothing were compared (steering: the dose-response "
@@ -151,7 +151,7 @@ def render(model: str, fresh_from: int) -> None:
             f"{'; pairs read with their shared prompt once' if data.get('share_prefix') else ''}.\n"
         )
         parts.append(table(comp) + "\n")
-        img = plot_comparison(comp, where / f"{path.stem}.png")
+        img = plot_comparison(comp, where / f"{path.stem}.png", force=True)
         parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
     for path in sorted(where.glob("dose_*.json")):
         parts += render_dose(json.loads(path.read_text()), where, path.stem)
@@ -168,7 +168,7 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
 
     rows = [DoseRow(**r) for r in data["rows"]]
     task, st = data["task"], data["settings"]
-    img = plot_dose(rows, task, get_task(task).metric, where / f"{stem}.png")
+    img = plot_dose(rows, task, get_task(task).metric, where / f"{stem}.png", force=True)
     n = int(rows[0].metrics.get("n_items", 0)) if rows else 0
     lines = [
         f"**Dose-response** ({task}, {data['dtype']}, {data.get('seconds', 0) / 60:.0f} min): the top-k AUs of each "
@@ -202,6 +202,6 @@ def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
         "examples after the task's instruction: 0 or 3).\n"
     ]
     for x in ("ppl", "cont_ppl"):
-        img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png")
+        img = plot_frontier(rows, task, metric, x, where / f"{stem}_{x}.png", force=True)
         lines.append(f"![{task} frontier ({x})]({img.relative_to(DOC.parent)})\n")
     return [*lines, frontier_table(rows, metric), ""]

@@ -259,7 +259,7 @@ def comparison_lines() -> list[str]:
         "",
     ]
     if curves:
-        out = plot_dose_grid(curves, img / "dose_all.png")
+        out = plot_dose_grid(curves, img / "dose_all.png", force=True)
         lines += [
             "Dose-response: test metric against the number of steered AUs (top-k by |beta|, from 0 to all of",
             "the site), at the alpha AUSteer chose on validation, one curve per site:",

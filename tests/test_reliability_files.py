@@ -80,7 +80,7 @@ def test_fit_refuses_a_file_even_with_force(tmp_path, capsys):
 def test_export_refuses_the_spec_it_reads_and_foreign_dirs(spec_dir, tmp_path, capsys):
     assert main(["export", "--steer", str(spec_dir), "--out", str(spec_dir)]) == 2
     line = one_error_line(capsys)
-    assert f"{spec_dir}: it is an austeer spec directory, not 'export' output" in line
+    assert f"{spec_dir}: is an input of this command" in line
     assert (spec_dir / "scores.safetensors").is_file()
     foreign = tmp_path / "model"
     foreign.mkdir()

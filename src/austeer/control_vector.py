@@ -53,7 +53,8 @@ def model_hint(model: nn.Module) -> str:
     return _ARCH_ALIASES.get(name, name)
 
 
-def _owned(path: Path) -> bool:
+def is_austeer_control_vector(path: Path) -> bool:
+    """Whether ``path`` is a control vector austeer wrote (its ``general.architecture`` is austeer's)."""
     try:
         field = gguf.GGUFReader(path).get_field(KIND_KEY)
     except Exception:  # not a GGUF: not ours
@@ -96,7 +97,7 @@ def write_control_vector(
         writer.write_tensors_to_file()
         writer.close()
 
-    return atomic_write_file(out, write, owned=_owned, force=force)
+    return atomic_write_file(out, write, owned=is_austeer_control_vector, force=force)
 
 
 def to_control_vector(steerer: Any, model: nn.Module, out: str | Path, force: bool = False) -> Path:

@@ -17,11 +17,15 @@ temp directory ``.NAME.tmp-PID-HOST-XXXXXXXX`` by ``write(tmp)``, get a marker f
   renames it back first, so the old output is never lost.
 
 **Ownership.** An existing directory is replaced only when it is empty, or its marker names the same
-kind of output and it holds nothing but what the marker lists, or it is a spec, export or figure
-folder of an older austeer (recognised by its exact files). Anything else raises
-:class:`OutputExistsError` naming the path, unless ``force=True`` (the CLI's ``--force``). A *file* where
-a directory goes is refused even with ``force``: no austeer output is a file there, and a typo
-should not cost a file.
+kind of output and it holds nothing but what the marker lists, or it is a spec or export of an older
+austeer (recognised by its exact files). An existing *file* is replaced only when it carries austeer's
+signature ``austeer:<kind>`` (:func:`signature`) in its first 4 KiB: a ``"written_by"`` key first in
+JSON, a ``generator`` meta tag in HTML, a ``Software`` text chunk in PNG, ``__metadata__`` in
+safetensors (formats that cannot carry it pass their own ``owned`` test, e.g. GGUF's ``austeer.*``
+keys). Anything else raises :class:`OutputExistsError` naming the path, unless ``force=True`` (the
+CLI's ``--force``). Refused even with ``force``: a *file* where a directory goes and a directory where a
+file goes (a typo should not cost a file), and an output that is one of the command's inputs (or, for a
+directory, holds one).
 
 **Leftovers.** Temp and backup siblings whose process (on this host) no longer runs are removed, or
 restored as above, by the next write to the same target.
@@ -56,7 +60,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +72,8 @@ MARKER = ".austeer"
 
 # files written by an older austeer, recognised without a marker
 _SPEC_FILES = {"steer.json", "scores.safetensors"}
+_SIGNATURE_BYTES = 4096  # a file's signature is looked for in its first 4 KiB
+
 _EXPORT_FILES = {
     "austeer_steer.json",
     "model.safetensors",
@@ -208,8 +214,6 @@ def _legacy(path: Path, names: set[str], kind: str) -> bool:
             return False
     if kind == "export":
         return "austeer_steer.json" in names and names <= _EXPORT_FILES
-    if kind == "figures":
-        return all(n.endswith(".png") and (path / n).is_file() for n in names)
     return False
 
 
@@ -233,11 +237,34 @@ def _foreign(path: Path, kind: str) -> str | None:
     return f"it is not {kind!r} output austeer wrote (it holds {shown!r}{' and more' if len(names) > 1 else ''})"
 
 
-def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
+def _same_or_inside(path: Path, other: str | Path, inside: bool) -> bool:
+    """``other`` is ``path`` (the same file, also through links) or, with ``inside``, lies under it."""
+    try:
+        if os.path.samefile(path, other):
+            return True
+    except OSError:
+        pass
+    mine, theirs = os.path.realpath(path), os.path.realpath(other)
+    return mine == theirs or (inside and theirs.startswith(mine.rstrip(os.sep) + os.sep))
+
+
+def _check_not_input(path: Path, inputs: Iterable[str | Path | None], directory: bool) -> None:
+    for given in inputs:
+        if given is not None and str(given) and _same_or_inside(path, given, inside=directory):
+            what = "is" if _same_or_inside(path, given, inside=False) else "holds"
+            raise OutputExistsError(
+                f"{path}: {what} an input of this command ({given}); refusing to write over it (even with --force)"
+            )
+
+
+def check_replaceable(
+    path: str | Path, kind: str, force: bool = False, inputs: Iterable[str | Path | None] = ()
+) -> None:
     """Raise :class:`OutputExistsError` unless a ``kind`` directory may be written at ``path``.
 
     Free when ``path`` does not exist; an existing directory must be austeer's own output of the same
-    kind (or ``force``); a file is always refused. Call it before long work to fail early.
+    kind (or ``force``); a file is always refused, and so is a directory that is or holds one of
+    ``inputs`` (the command's input files). Call it before long work to fail early.
 
     Example:
         >>> import tempfile
@@ -251,6 +278,7 @@ def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
         it is not 'spec' output austeer wrote (it holds 'thesis.txt'); refusing to replace it (--force replaces it)
     """
     path = Path(path)
+    _check_not_input(path, inputs, directory=True)
     if not (path.exists() or path.is_symlink()):
         return
     if path.is_symlink() or not path.is_dir():
@@ -263,6 +291,44 @@ def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
         raise OutputExistsError(f"{path}: {reason}; refusing to replace it (--force replaces it)")
 
 
+def signature(kind: str) -> str:
+    """The text that marks a single file as austeer's ``kind`` output (see :func:`signed`).
+
+    Example:
+        >>> signature("eval")
+        'austeer:eval'
+    """
+    return f"austeer:{kind}"
+
+
+def signed(path: str | Path, kind: str) -> bool:
+    """Whether the file ``path`` carries :func:`signature` ``(kind)`` in its first 4 KiB.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "e.json"
+        >>> _ = p.write_text(signed_json({"a": 1}, "eval"))
+        >>> signed(p, "eval"), signed(p, "compare")
+        (True, False)
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SIGNATURE_BYTES)
+    except OSError:
+        return False
+    return signature(kind).encode() in head
+
+
+def signed_json(obj: dict[str, Any], kind: str, indent: int | None = 2, allow_nan: bool = True) -> str:
+    """``obj`` as JSON text with austeer's signature as its first key ``"written_by"`` (and a final newline).
+
+    Example:
+        >>> signed_json({"a": 1}, "eval", indent=None)
+        '{"written_by": "austeer:eval", "a": 1}\\n'
+    """
+    return json.dumps({"written_by": signature(kind), **obj}, indent=indent, allow_nan=allow_nan, default=str) + "\n"
+
+
 def check_file_target(path: str | Path) -> None:
     """Raise :class:`OutputExistsError` when a directory stands where the file ``path`` goes.
 
@@ -273,6 +339,38 @@ def check_file_target(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a directory; expected a file name to write")
+
+
+def check_file_output(
+    path: str | Path,
+    kind: str,
+    force: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    owned: Callable[[Path], bool] | None = None,
+) -> None:
+    """Raise :class:`OutputExistsError` unless the single file ``path`` may be written as ``kind`` output.
+
+    Refused always: a directory at ``path``, or ``path`` being one of ``inputs``. Refused unless
+    ``force``: an existing file that austeer did not write (``owned(path)``, by default :func:`signed`).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "notes.json"
+        >>> _ = p.write_text("{}")
+        >>> try:
+        ...     check_file_output(p, "eval")
+        ... except OutputExistsError as exc:
+        ...     print(str(exc).split(": ", 1)[1])
+        this file was not written by austeer; refusing to replace it (--force replaces it)
+    """
+    path = Path(path)
+    check_file_target(path)
+    _check_not_input(path, inputs, directory=False)
+    is_owned = owned if owned is not None else (lambda p: signed(p, kind))
+    if (path.exists() or path.is_symlink()) and not force and not is_owned(path):
+        raise OutputExistsError(
+            f"{path}: this file was not written by austeer; refusing to replace it (--force replaces it)"
+        )
 
 
 # -- writing
@@ -438,13 +536,55 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> N
     _atomic_file(Path(path), fill)
 
 
+def write_output(
+    path: str | Path,
+    data: str | bytes,
+    kind: str,
+    force: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    owned: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Write the single-file ``kind`` output ``path`` (text as UTF-8) atomically, after :func:`check_file_output`.
+
+    ``data`` should carry :func:`signature` ``(kind)`` (see :func:`signed_json`) so that the next run may
+    replace it; formats that cannot carry it pass their own ``owned`` test.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "e.json"
+        >>> _ = write_output(p, signed_json({"a": 1}, "eval"), "eval")
+        >>> _ = write_output(p, signed_json({"a": 2}, "eval"), "eval")   # its own output: replaced
+        >>> _ = p.write_text("{}")                                       # edited by someone else
+        >>> try:
+        ...     write_output(p, signed_json({"a": 3}, "eval"), "eval")
+        ... except OutputExistsError:
+        ...     print("refused")
+        refused
+    """
+    path = Path(path)
+    check_file_output(path, kind, force, inputs, owned)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+
+    def fill(fd: int, tmp: str) -> None:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+
+    _atomic_file(path, fill)
+    return path
+
+
 def atomic_write_file(
-    path: str | Path, write: Callable[[Path], Any], owned: Callable[[Path], bool], force: bool = False
+    path: str | Path,
+    write: Callable[[Path], Any],
+    owned: Callable[[Path], bool],
+    force: bool = False,
+    inputs: Iterable[str | Path | None] = (),
 ) -> Path:
     """Write a file with ``write(tmp)`` (a sibling temp path), then ``os.replace`` it into place.
 
     An existing file at ``path`` is replaced only when ``owned(path)`` says austeer wrote it (the GGUF
-    exports carry an ``austeer.*`` key), unless ``force``; a directory there is always refused.
+    exports carry an ``austeer.*`` key), unless ``force``; a directory there, or one of ``inputs``, is
+    always refused (:func:`check_file_output`).
 
     Example:
         >>> import tempfile
@@ -460,11 +600,7 @@ def atomic_write_file(
         b'ours'
     """
     path = Path(path)
-    check_file_target(path)
-    if (path.exists() or path.is_symlink()) and not force and not owned(path):
-        raise OutputExistsError(
-            f"{path}: this file was not written by austeer; refusing to replace it (--force replaces it)"
-        )
+    check_file_output(path, "file", force, inputs, owned)
 
     def fill(fd: int, tmp: str) -> None:
         os.close(fd)

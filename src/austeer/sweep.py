@@ -32,7 +32,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from austeer.evaluate import Unsteered, evaluate
 from austeer.fit import fit
-from austeer.io import atomic_write_text, check_replaceable
+from austeer.io import check_file_output, check_replaceable, signed_json, write_output
 from austeer.models import fingerprint
 from austeer.sites import site_def
 from austeer.spec import SteerSpec, load
@@ -51,6 +51,19 @@ from austeer.steer import apply, folded
 from austeer.tasks.base import Task
 
 CSV_COLUMNS = ("site", "k", "alpha", "n_steered", "metric", "ppl_delta")
+
+
+def _csv_owned(path: Path) -> bool:
+    """A CSV cannot carry a signature: ``sweep.csv`` is austeer's when its header is austeer's."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\n") == ",".join(CSV_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+#: the files ``sweep --out`` writes, with the test of a file austeer wrote (None: its signature)
+SWEEP_FILES: dict[str, Callable[[Path], bool] | None] = {"sweep.json": None, "sweep.csv": _csv_owned}
 
 
 @dataclass
@@ -88,14 +101,14 @@ def steering(model: nn.Module, spec: SteerSpec) -> AbstractContextManager[Any]:
     return apply(model, spec) if hook_only else folded(model, spec)
 
 
-def _write_state(out: Path, state: dict[str, Any]) -> None:
-    atomic_write_text(out / "sweep.json", json.dumps(state, indent=2) + "\n")
+def _write_state(out: Path, state: dict[str, Any], force: bool) -> None:
+    write_output(out / "sweep.json", signed_json(state, "sweep"), "sweep", force)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in state["rows"]:
         w.writerow([r["site"], r["k"], r["alpha"], r["n_steered"], f"{r['metric']:.6g}", f"{r['ppl_delta']:.6g}"])
-    atomic_write_text(out / "sweep.csv", buf.getvalue())
+    write_output(out / "sweep.csv", buf.getvalue(), "sweep", force, owned=_csv_owned)
 
 
 def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +179,8 @@ def sweep(
     out = Path(out)
     for where in [out / "best", *(out / "scores" / s for s in sites)]:
         check_replaceable(where, "spec", force)  # before any work
+    for name, owned in SWEEP_FILES.items():
+        check_file_output(out / name, "sweep", force, owned=owned)
     out.mkdir(parents=True, exist_ok=True)
     model_id = model_id or str(getattr(model.config, "_name_or_path", ""))
     settings = {
@@ -192,7 +207,7 @@ def sweep(
 
     if "baseline" not in state:
         state["baseline"] = run_unsteered("val", val_limit)
-        _write_state(out, state)
+        _write_state(out, state, force)
     base = state["baseline"]
     unsteered.ppl = base["ppl"]
 
@@ -219,7 +234,7 @@ def sweep(
                 metrics = run_eval("val", val_limit)
             row = SweepRow(site, k, alpha, spec.k, metrics[task.metric], metrics["ppl"] - base["ppl"], metrics)
             state["rows"].append(asdict(row))
-            _write_state(out, state)
+            _write_state(out, state, force)
             bar.update(1)
     finally:
         bar.close()
@@ -236,11 +251,11 @@ def sweep(
         best_spec.save(out / "best", force=force)
         state["best"] = choice
         state.pop("test", None)
-        _write_state(out, state)
+        _write_state(out, state, force)
     if run_test and "test" not in state:
         base_test = run_unsteered("test", test_limit)
         with steering(model, best_spec), cache.reuse():
             steered = run_eval("test", test_limit)
         state["test"] = {"unsteered": base_test, "steered": steered, **choice, "n_steered": best_spec.k}
-        _write_state(out, state)
+        _write_state(out, state, force)
     return state

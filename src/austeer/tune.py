@@ -66,11 +66,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.fit import score, spec_from_counts
-from austeer.io import atomic_save_tensors, atomic_write_text, check_replaceable
+from austeer.io import (
+    atomic_write_file,
+    check_file_output,
+    check_replaceable,
+    signature,
+    signed,
+    signed_json,
+    write_output,
+)
 from austeer.measure import damage, effect_of, margins, neutral_reference
 from austeer.models import fingerprint
 from austeer.pairs import Pair
@@ -256,9 +265,13 @@ def _row(obj: dict[str, Any]) -> TuneRow:
     return TuneRow(**obj)
 
 
-def _write(out: Path | None, state: dict[str, Any]) -> None:
+#: the files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as
+TUNE_FILES = {"tune.json": "tune", "tune.png": "figure", "caa.safetensors": "caa"}
+
+
+def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
     if out is not None:
-        atomic_write_text(out / "tune.json", json.dumps(state, indent=2, allow_nan=False) + "\n")
+        write_output(out / "tune.json", signed_json(state, "tune", allow_nan=False), "tune", force)
 
 
 def _site_counts(
@@ -330,6 +343,8 @@ def tune(
     if path is not None:
         for where in [path / "spec", *(path / "scores" / s for s in sites)]:
             check_replaceable(where, "spec", force)  # before any work
+        for name, kind in TUNE_FILES.items():
+            check_file_output(path / name, kind, force)
         path.mkdir(parents=True, exist_ok=True)
     fresh: dict[str, Any] = {
         "model": model_id,
@@ -407,7 +422,7 @@ def tune(
             )  # fmt: skip
             rows[key(c)] = row
             state["rows"] = [asdict(r) for r in rows.values()]
-            _write(path, state)
+            _write(path, state, force)
             bar.update(1)
     finally:
         bar.close()
@@ -432,13 +447,20 @@ def tune(
     if chosen_caa is not None and path is not None:
         vec = caa_evidence().mean_diff("residual")[chosen_caa.layer] * chosen_caa.alpha
         at = torch.tensor([chosen_caa.layer])
-        atomic_save_tensors(path / "caa.safetensors", {"vector": vec.contiguous(), "layer": at})
+        tensors = {"vector": vec.contiguous(), "layer": at}
+        meta = {"written_by": signature("caa")}
+        atomic_write_file(
+            path / "caa.safetensors",
+            lambda tmp: save_file(tensors, str(tmp), metadata=meta),
+            owned=lambda p: signed(p, "caa"),
+            force=force,
+        )
     state.update(
         chosen=None if chosen is None else asdict(chosen),
         chosen_caa=None if chosen_caa is None else asdict(chosen_caa),
         message=message,
     )
-    _write(path, state)
+    _write(path, state, force)
     return TuneResult(
         wanted,
         chosen,

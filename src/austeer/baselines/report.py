@@ -18,6 +18,7 @@ from typing import Any
 
 from austeer.baselines import METHODS
 from austeer.compare import Comparison, DoseRow, FrontierRow, Result
+from austeer.io import signature, write_output
 from austeer.stats import discordant, margin, mcnemar
 
 #: the configuration keys a table shows: what every method shows (:attr:`~austeer.baselines.base.Method.shown`)
@@ -196,7 +197,7 @@ def frontier_table(rows: Sequence[FrontierRow], metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(c: Comparison, out: str | Path) -> Path:
+def plot_comparison(c: Comparison, out: str | Path, force: bool = False) -> Path:
     """Bar chart of the test metric per method, annotated with the number of steered activations."""
     names = ["none"] + [r.method for r in c.results]
     vals = [c.baseline_test[c.metric]] + [r.test_metric for r in c.results]
@@ -207,10 +208,10 @@ def plot_comparison(c: Comparison, out: str | Path) -> Path:
         ax.annotate(f"{n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(f"test {c.metric}")
     ax.set_title(f"{c.task}: test {c.metric} (numbers: steered activations)")
-    return _save(fig, out)
+    return _save(fig, out, force)
 
 
-def plot_overview(comps: Sequence[Comparison], out: str | Path) -> Path:
+def plot_overview(comps: Sequence[Comparison], out: str | Path, force: bool = False) -> Path:
     """One panel per comparison (task): every method's change of the test metric over the unsteered model
     with its 95% interval (paired, from the per-item outcomes where the results keep them), zero dashed;
     AUSteer and its variants in blue, the other methods in orange."""
@@ -228,7 +229,7 @@ def plot_overview(comps: Sequence[Comparison], out: str | Path) -> Path:
         ax.set_title(f"{c.task}\n{_n_test(c)} items, unsteered {c.baseline_test[c.metric]:.2f}", fontsize=9)
         ax.set_xlabel(f"change of test {c.metric}", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    return _save(fig, out)
+    return _save(fig, out, force)
 
 
 def _change(c: Comparison, r: Result) -> tuple[float, float]:
@@ -244,7 +245,7 @@ def _change(c: Comparison, r: Result) -> tuple[float, float]:
     return change, 1.96 * se
 
 
-def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path) -> Path:
+def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path, force: bool = False) -> Path:
     """Test metric (left) and neutral-text perplexity (right) against the number of steered AUs."""
     fig, (ax, ax_ppl) = _subplots(1, 2, figsize=(9, 3.5))
     _site_curves(ax, rows, "metric", "o")
@@ -258,7 +259,7 @@ def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path) 
     ax.set_title(f"{task}: dose-response (alpha {rows[0].alpha:g})" if rows else task)
     ax_ppl.set_title("damage")
     ax.legend()
-    return _save(fig, out)
+    return _save(fig, out, force)
 
 
 def _site_curves(ax: Any, rows: Sequence[DoseRow], y: str, marker: str) -> None:
@@ -269,7 +270,7 @@ def _site_curves(ax: Any, rows: Sequence[DoseRow], y: str, marker: str) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=curve)
 
 
-def plot_dose_grid(curves: Mapping[str, tuple[Sequence[DoseRow], str]], out: str | Path) -> Path:
+def plot_dose_grid(curves: Mapping[str, tuple[Sequence[DoseRow], str]], out: str | Path, force: bool = False) -> Path:
     """One small dose-response panel per task (``curves``: task -> (rows, metric)), side by side."""
     cols = min(4, max(len(curves), 1))
     nrows = (len(curves) + cols - 1) // cols
@@ -284,10 +285,12 @@ def plot_dose_grid(curves: Mapping[str, tuple[Sequence[DoseRow], str]], out: str
     if curves:
         axes.flat[0].legend(fontsize=7)
     fig.supxlabel("steered AUs (top-k by |beta|; last point: all)", fontsize=9)
-    return _save(fig, out)
+    return _save(fig, out, force)
 
 
-def plot_frontier(rows: Sequence[FrontierRow], task: str, metric: str, x: str, out: str | Path) -> Path:
+def plot_frontier(
+    rows: Sequence[FrontierRow], task: str, metric: str, x: str, out: str | Path, force: bool = False
+) -> Path:
     """Effect (``metric``) against the increase of ``x`` (``ppl`` or ``cont_ppl``), one curve per method (a
     method with one row is one point)."""
     base = next(r for r in rows if r.method == "none")
@@ -301,7 +304,7 @@ def plot_frontier(rows: Sequence[FrontierRow], task: str, metric: str, x: str, o
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: effect against damage")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return _save(fig, out, force)
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
@@ -314,11 +317,12 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], *
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def _save(fig: Any, out: str | Path) -> Path:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+def _save(fig: Any, out: str | Path, force: bool) -> Path:
+    """Write ``fig`` as a signed PNG to ``out``: an existing file is replaced only when austeer wrote it, unless
+    ``force`` (:func:`austeer.io.write_output`)."""
+    import io
+
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": signature("figure")})
+    return write_output(out, buf.getvalue(), "figure", force)

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from austeer.baselines import DEFAULT_METHODS as _DEFAULTS
 from austeer.baselines import METHODS
-from austeer.cli.core import add_model_args, load_from_args
+from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 
 #: the methods run when none are named (those that declare ``Method.default``)
 DEFAULT_METHODS = ",".join(_DEFAULTS)
+
+#: the files ``compare --out DIR`` writes, and the kind each is signed as (see :func:`austeer.io.signed`)
+COMPARE_FILES = {
+    "compare.json": "compare",
+    "compare.md": "compare",
+    "compare.png": "figure",
+    "dose.json": "dose",
+    "dose.png": "figure",
+}
 
 #: the methods a dose-response can run: those built from ``(site, k, alpha)`` alone on the pairs' evidence
 DOSE_METHODS = [name for name, m in METHODS.items() if m.params == {"site", "k", "alpha"} and not m.prompted]
@@ -24,12 +32,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from austeer.baselines.report import plot_comparison, plot_dose, table
     from austeer.compare import compare, dose_response, parse_doses, sites_for
     from austeer.evaluate import Unsteered
-    from austeer.io import atomic_write_text, check_file_target
+    from austeer.io import check_file_output, signature, signed_json, write_output
     from austeer.sites import check_site
     from austeer.tasks import get_task
 
-    for name in ("compare.json", "compare.md", "compare.png", "dose.json", "dose.png"):
-        check_file_target(Path(args.out) / name)  # before the long run
+    inputs = [args.pairs, args.eval]
+    for name, kind in COMPARE_FILES.items():
+        check_file_output(Path(args.out) / name, kind, args.force, inputs)  # before the long run
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"{args.out}: a file is in the way; --out is the directory for the compare files")
     task = get_task(args.task, pairs=args.pairs, eval=args.eval)
@@ -65,10 +74,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     data = {"model": name, **result.to_json()}
-    atomic_write_text(out / "compare.json", json.dumps(data, indent=2) + "\n")
+    write_output(out / "compare.json", signed_json(data, "compare"), "compare", args.force, inputs)
     text = table(result)
-    atomic_write_text(out / "compare.md", text + "\n")
-    plot_comparison(result, out / "compare.png")
+    write_output(out / "compare.md", f"<!-- {signature('compare')} -->\n{text}\n", "compare", args.force, inputs)
+    plot_comparison(result, out / "compare.png", force=args.force)
     print(text)
     print(f"-> {out}/compare.json, compare.md, compare.png")
     if doses:
@@ -78,8 +87,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         kw["method"] = args.dose_method
         rows = dose_response(model, tok, task, evidence, dose_sites, doses, alpha, **kw)
         dose = {"model": name, "task": task.name, "alpha": alpha, "limit": limit, "rows": [asdict(r) for r in rows]}
-        atomic_write_text(out / "dose.json", json.dumps(dose, indent=2) + "\n")
-        plot_dose(rows, task.name, task.metric, out / "dose.png")
+        write_output(out / "dose.json", signed_json(dose, "dose"), "dose", args.force, inputs)
+        plot_dose(rows, task.name, task.metric, out / "dose.png", force=args.force)
         for curve in dict.fromkeys(r.curve for r in rows):
             pts = ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows if r.curve == curve)
             print(f"dose-response {curve} (alpha {alpha:g}): {pts}")
@@ -122,5 +131,6 @@ def register(sub: Any) -> None:
     p.add_argument("--dose-alpha", type=float, default=None, help="default: the alpha AUSteer chose on val, else 4")
     p.add_argument("--dose-limit", type=int, default=None, help="test items of the dose-response (default: test-limit)")
     p.add_argument("--out", required=True, help="directory for compare.json, compare.md, compare.png")
+    add_force_arg(p)
     add_model_args(p)
     p.set_defaults(func=cmd_compare)

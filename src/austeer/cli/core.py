@@ -86,7 +86,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from austeer.cli.distributed import cmd_fit_multi, launched_by_torchrun
     from austeer.io import check_replaceable
 
-    check_replaceable(args.out, "spec", args.force)  # before reading the pairs and loading the model
+    check_replaceable(args.out, "spec", args.force, [args.pairs])  # before reading the pairs and loading the model
     if getattr(args, "nproc", 1) != 1 or launched_by_torchrun():
         return cmd_fit_multi(args)  # shards the pairs over processes and all-reduces the sign counts
     spec = fit_from_args(args)
@@ -144,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from austeer.spec import load
     from austeer.steer import export
 
-    check_replaceable(args.out, "export", args.force)
+    check_replaceable(args.out, "export", args.force, [args.steer])
     spec = load(args.steer)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     spec.check_fits(fingerprint(model))

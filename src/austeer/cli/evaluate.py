@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,15 +36,20 @@ def _csv(text: str, cast: Any) -> list[Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from austeer.evaluate import evaluate
     from austeer.generate import steered
-    from austeer.io import atomic_write_text, check_file_target
+    from austeer.io import check_file_output, signed_json, write_output
     from austeer.models import fingerprint, load_model
     from austeer.spec import load
 
     task = _task(args)
     if args.paired and not args.steer:
         raise ValueError("--paired compares the unsteered and the steered model: it needs --steer DIR")
-    if args.out:
-        check_file_target(args.out)
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / "eval" / f"{task.name}-{args.split}{'-steered' if args.steer else ''}.json"
+    )
+    inputs = [args.pairs, args.eval, args.steer]
+    check_file_output(out, "eval", args.force, inputs)  # before loading the model
     spec = load(args.steer) if args.steer else None
     if spec is not None and args.k is not None:
         spec = spec.with_k(args.k)
@@ -87,12 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if base is not None:
         result["unsteered"] = base
         result["paired"] = paired_summary(task.metric, base, result)
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / "eval" / f"{task.name}-{args.split}{'-steered' if spec else ''}.json"
-    )
-    atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
+    write_output(out, signed_json(result, "eval"), "eval", args.force, inputs)
     steer_note = f"{spec.k} AUs, alpha {alpha:g}, {args.mode}" if spec else "unsteered"
     print(f"{task.name} / {args.split} ({int(metrics['n_items'])} items, {steer_note}):")
     for key, value in metrics.items():
@@ -151,17 +150,20 @@ def print_paired(
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from austeer.io import check_replaceable
+    from austeer.io import check_file_output, check_replaceable
     from austeer.models import load_model
-    from austeer.sweep import sweep
+    from austeer.sweep import SWEEP_FILES, sweep
 
     task = _task(args)
     sites = _csv(args.site, str)
     for s in sites:
         if s not in SITES:
             raise ValueError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
+    inputs = [args.pairs, args.eval]
     for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", args.force)  # before loading the model
+        check_replaceable(where, "spec", args.force, inputs)  # before loading the model
+    for name, owned in SWEEP_FILES.items():
+        check_file_output(Path(args.out) / name, "sweep", args.force, inputs, owned)
     model, tok, name = load_from_args(args)
     ref = None
     if task.kind == "behaviour":
@@ -229,6 +231,7 @@ def register(sub: Any) -> None:
         help="also evaluate the unsteered model on the same items; print fixed/broken items and McNemar's p",
     )
     p.add_argument("--show", type=positive_int, default=4, help="--paired: how many changed items to print")
+    add_force_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sweep", help="grid-search site, k and alpha on val; evaluate the best on test")

@@ -10,15 +10,16 @@ from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from austeer.io import check_file_target, check_replaceable
+    from austeer.io import check_file_output, check_replaceable
     from austeer.models import fingerprint
     from austeer.report import build_report, figures_dir
     from austeer.report.shift import read_prompts
     from austeer.report.sweep import read_sweep
     from austeer.spec import load
 
-    check_file_target(args.out)
-    check_replaceable(figures_dir(args.out), "figures", args.force)
+    inputs = [args.steer, args.sweep, args.prompts]
+    check_file_output(args.out, "report", args.force, inputs)
+    check_replaceable(figures_dir(args.out), "figures", args.force, inputs)
     spec = load(args.steer)
     if args.k is not None:
         spec = spec.with_k(args.k)

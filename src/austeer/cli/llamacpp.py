@@ -32,11 +32,12 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
     from austeer.gguf_export import export_gguf
-    from austeer.io import check_file_target
+    from austeer.gguf_write import is_austeer_gguf
+    from austeer.io import check_file_output
     from austeer.models import fingerprint
     from austeer.spec import load
 
-    check_file_target(args.out)
+    check_file_output(args.out, "gguf", args.force, [args.steer, args.source_gguf], owned=is_austeer_gguf)
     spec = load(args.steer)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     spec.check_fits(fingerprint(model))
@@ -58,10 +59,11 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 def cmd_control_vector(args: argparse.Namespace) -> int:
     from austeer.baselines import caa
     from austeer.baselines.base import gather
-    from austeer.io import check_file_target
+    from austeer.control_vector import is_austeer_control_vector
+    from austeer.io import check_file_output
     from austeer.pairs import read_pairs
 
-    check_file_target(args.out)
+    check_file_output(args.out, "control-vector", args.force, [args.pairs], owned=is_austeer_control_vector)
     pairs = read_pairs(args.pairs)[: args.limit]
     model, tok, _ = load_from_args(args)
     evidence = gather(model, tok, pairs, ["residual"], batch_size=args.batch_size, progress=False)

@@ -24,20 +24,23 @@ def _row_line(r: Any, chosen: Any) -> str:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from austeer.io import atomic_write_bytes, check_replaceable
+    from austeer.io import check_file_output, check_replaceable, write_output
     from austeer.measure import read_neutral
     from austeer.pairs import read_pairs
     from austeer.report.tune import tune_plot
     from austeer.sites import check_site
-    from austeer.tune import split_pairs, tune
+    from austeer.tune import TUNE_FILES, split_pairs, tune
 
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     for s in sites:
         check_site(s)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     out = Path(args.out)
+    inputs = [args.pairs, args.neutral]
     for where in [out / "spec", *(out / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", args.force)  # before loading the model
+        check_replaceable(where, "spec", args.force, inputs)  # before loading the model
+    for name, kind in TUNE_FILES.items():
+        check_file_output(out / name, kind, args.force, inputs)
     pairs = read_pairs(args.pairs)
     split_pairs(pairs)  # too few pairs: say so before loading the model
     neutral = read_neutral(args.neutral) if args.neutral else []
@@ -57,7 +60,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         force=args.force,
     )
     title = f"{Path(args.pairs).name}: {result.n_fit} fit / {result.n_heldout} held-out pairs"
-    atomic_write_bytes(out / "tune.png", tune_plot(result.rows, result.chosen, result.max_damage, title))
+    plot = tune_plot(result.rows, result.chosen, result.max_damage, title)
+    write_output(out / "tune.png", plot, "figure", args.force, inputs)
     print(
         f"{title}; unsteered held-out margin {result.baseline_margin:+.3f} nats/token; "
         f"noise rule z >= {result.min_z:.2f}, damage bound ppl x{result.max_damage:g}"

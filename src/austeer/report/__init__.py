@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.generate import Mode
-from austeer.io import atomic_write_dir, atomic_write_text, check_file_target, check_replaceable
+from austeer.io import atomic_write_dir, check_file_output, check_replaceable, write_output
 from austeer.report import plots
 from austeer.report.html import Image, Report, Section, figure, lens_table, prompts_html, render, table
 from austeer.report.lens import UnitLens, block_heterogeneity, unit_lens
@@ -248,12 +248,14 @@ def build_report(
 ) -> Path:
     """Write the HTML report to ``out`` and its figures to ``<stem>_files/*.png``; returns ``out``.
 
-    An existing figure folder is replaced only when austeer wrote it, unless ``force``
-    (:func:`austeer.io.check_replaceable`, checked before any work).
+    An existing report and figure folder are replaced only when austeer wrote them, unless ``force``
+    (:func:`austeer.io.check_file_output`, :func:`austeer.io.check_replaceable`, checked before any work);
+    the spec and sweep read are never written over.
     """
     out = Path(out)
-    check_file_target(out)
-    check_replaceable(figures_dir(out), "figures", force)
+    inputs = [spec_path, sweep if isinstance(sweep, str | Path) else None]
+    check_file_output(out, "report", force, inputs)
+    check_replaceable(figures_dir(out), "figures", force, inputs)
     sw = read_sweep(sweep) if isinstance(sweep, str | Path) else sweep
     report, images = assemble(model, tokenizer, spec, spec_path, sw, prompts, n_units, n_tokens, mode,
                               max_new_tokens, progress)
@@ -263,7 +265,7 @@ def build_report(
             (tmp / img.name).write_bytes(img.png)
 
     atomic_write_dir(figures_dir(out), write, kind="figures", force=force)
-    atomic_write_text(out, render(report))
+    write_output(out, render(report), "report", force, inputs)
     out.chmod(0o644)  # a report is meant to be shared (the atomic writers create private files)
     figures_dir(out).chmod(0o755)
     return out

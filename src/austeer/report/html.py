@@ -13,6 +13,7 @@ import base64
 from dataclasses import dataclass, field
 from html import escape
 
+from austeer.io import signature
 from austeer.report.lens import Token, UnitLens
 from austeer.report.shift import PromptShift, TokenShift
 
@@ -196,6 +197,7 @@ def render(report: Report) -> str:
         notes = '<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{n}</li>" for n in report.notes) + "</ul>"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="generator" content="{signature("report")}">'
         f"<title>{escape(report.title)}</title><style>{CSS}</style></head><body><main>"
         f"<h1>{escape(report.title)}</h1>{meta}{''.join(sections)}{notes}</main></body></html>\n"
     )

@@ -22,6 +22,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from austeer.io import signature
 from austeer.momentum import Unit
 
 DPI = 110
@@ -34,10 +35,11 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def to_png(fig: Figure) -> bytes:
-    """Render ``fig`` to PNG bytes."""
+def to_png(fig: Figure, dpi: int = DPI, tight: bool = True) -> bytes:
+    """Render ``fig`` to PNG bytes, signed as austeer's (:func:`austeer.io.signed`) figure."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    kw: dict[str, Any] = {"bbox_inches": "tight"} if tight else {}
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": signature("figure")}, **kw)
     return buf.getvalue()
 
 

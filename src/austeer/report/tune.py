@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from austeer.io import signature
 from austeer.tune import TuneRow
 
 DPI = 110
@@ -55,5 +56,5 @@ def tune_plot(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float
     ax.set_title(title or "tune: effect against damage")
     ax.legend(fontsize=8, loc="best")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": signature("figure")})
     return buf.getvalue()
