@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, gguf_name, is_austeer_gguf, steer_meta, stored
+from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, TORCH_TYPES, gguf_name, is_austeer_gguf, steer_meta, stored
 from austeer.gguf_write import export_hf_gguf
 from austeer.io import atomic_write_file
 from austeer.sites import _weight, decoder_layers, family, fold_module
 from austeer.spec import SteerSpec
-from austeer.steer import gain_tensors, spec_gains
+from austeer.steer import alpha_where, check_folded, gain_tensors, spec_gains
 
 
 def _arch(reader: gguf.GGUFReader, path: Path) -> tuple[str, gguf.MODEL_ARCH]:
@@ -75,15 +75,24 @@ def _check_same(weight: torch.Tensor, fold_transposed: bool, found: torch.Tensor
 
 @torch.no_grad()
 def folded_tensors(
-    model: nn.Module, spec: SteerSpec, reader: gguf.GGUFReader, alpha: float | None = None, path: Path = Path("?")
+    model: nn.Module,
+    spec: SteerSpec,
+    reader: gguf.GGUFReader,
+    alpha: float | None = None,
+    path: Path = Path("?"),
+    dtype: str = "f32",
 ) -> dict[str, torch.Tensor]:
     """``{GGUF name: folded float32 tensor}``: each tensor the fold touches, dequantised and scaled exactly as
-    :func:`austeer.steer.fold` scales the model's weight (same gains, same float32 products, same order)."""
+    :func:`austeer.steer.fold` scales the model's weight (same gains, same float32 products, same order).
+
+    Every folded value must be finite in float32 and in the type it is stored as (``dtype``), else a
+    :class:`~austeer.spec.SpecError` naming the value, the type and its limit."""
     _, arch = _arch(reader, path)
     layers = family(model).layers
     name_map = gguf.get_tensor_name_map(arch, len(decoder_layers(model)))
     by_name = {t.name: t for t in reader.tensors}
     out: dict[str, torch.Tensor] = {}
+    where, kinds = alpha_where(spec, alpha), dict.fromkeys([torch.float32, TORCH_TYPES[dtype]])
     for (site, layer), (index, gain) in gain_tensors(model, spec_gains(model, spec, alpha)).items():
         module, how = fold_module(model, site, layer)
         for suffix in ("weight", "bias") if how.axis == "out" else ("weight",):
@@ -98,12 +107,13 @@ def folded_tensors(
                 if isinstance(theirs, torch.Tensor):
                     _check_same(theirs, how.transposed and suffix == "weight", out[name], f"{path}: {name}")
             w = out[name]
-            if suffix == "bias":
-                w[index] = w[index] * gain
-            elif how.axis == "in":  # columns of [out, in]
-                w[:, index] = w[:, index] * gain.view(1, -1)
-            else:  # rows
-                w[index, :] = w[index, :] * gain.view(-1, 1)
+            columns = suffix == "weight" and how.axis == "in"  # columns of [out, in]; else rows (or the bias)
+            at: tuple[Any, ...] = (slice(None), index) if columns else (index,)
+            shape = (-1,) if suffix == "bias" else (1, -1) if columns else (-1, 1)
+            product = w[at] * gain.view(shape)
+            for kind in kinds:  # every folded tensor (the bias too) is stored as ``dtype``
+                check_folded(product, kind, shape, index, gain, (site, layer), where, name)
+            w[at] = product
     return out
 
 
@@ -158,7 +168,7 @@ def export_gguf(
         raise ValueError(f"{out}: is the source GGUF; write the export to another file")
     reader = gguf.GGUFReader(src)
     arch_name, _ = _arch(reader, src)
-    new = {name: stored(t, dtype) for name, t in folded_tensors(model, spec, reader, alpha, src).items()}
+    new = {name: stored(t, dtype) for name, t in folded_tensors(model, spec, reader, alpha, src, dtype).items()}
     meta = steer_meta(spec, alpha, src.name)
 
     def write(tmp: Path) -> None:

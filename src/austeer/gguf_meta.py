@@ -27,6 +27,8 @@ FOLDED_TYPES = {
     "f16": gguf.GGMLQuantizationType.F16,
     "bf16": gguf.GGMLQuantizationType.BF16,
 }
+#: the torch dtype whose range each stored type has (a folded value must be finite in it)
+TORCH_TYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 #: the metadata key every GGUF austeer writes carries (its steering, as JSON): the file's ownership mark
 STEER_KEY = "austeer.steer"
 

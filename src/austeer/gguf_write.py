@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, gguf_name, is_austeer_gguf, steer_meta, stored
+from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, TORCH_TYPES, gguf_name, is_austeer_gguf, steer_meta, stored
 from austeer.io import atomic_write_file
 from austeer.spec import SteerSpec
-from austeer.steer import folded
+from austeer.steer import alpha_where, fold_gains, folded, spec_gains, unfold
 
 #: the HF families this writer handles, and their llama.cpp architecture
 ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
@@ -286,6 +286,8 @@ def export_hf_gguf(
     source = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "model")
     meta = steer_meta(spec, alpha, Path(source).name)
     plan = _plan(model)  # checked before anything is written
+    # every folded value finite in the model's dtype and the storage type: checked before anything is written
+    unfold(model, fold_gains(model, spec_gains(model, spec, alpha), alpha_where(spec, alpha), TORCH_TYPES[dtype]))
     vocab = gguf_vocab(tokenizer, model.config, hp["vocab"])
 
     def write(tmp: Path) -> None:

@@ -16,7 +16,8 @@ which :mod:`austeer.steer` calls for hooks, fold, export and the per-row gains o
 ``serve``):
 
 - structure (built or read): ``alpha`` finite; every unit has a known site, integer ``layer`` and
-  ``index`` >= 0 and a finite ``beta`` with ``alpha * beta`` finite; no unit twice; a fingerprint,
+  ``index`` >= 0 and a finite ``beta`` with every gain ``1 + alpha * beta`` finite in float32 (the dtype
+  every path makes its gains in; :func:`check_gains_fit`); no unit twice; a fingerprint,
   when present, has ``family``, ``n_layers``, ``widths`` and a ``digest`` that matches them, and the
   units lie inside it;
 - read from disk, in addition: the fingerprint is required, ``beta`` is a sign-consistency score in
@@ -109,6 +110,52 @@ def _is_finite(x: object) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def first_overflow(values: Sequence[float], dtype: torch.dtype) -> int | None:
+    """The position of the first of ``values`` that is not finite once rounded to ``dtype``, else ``None``.
+
+    Example:
+        >>> first_overflow([1.0, 7e4, 1e39], torch.float16), first_overflow([1.0, 1e39], torch.float32)
+        (1, 1)
+        >>> first_overflow([1.0, 3e38], torch.float32) is None
+        True
+    """
+    if not values:
+        return None
+    bad = (~torch.isfinite(torch.tensor(values, dtype=torch.float64).to(dtype))).nonzero()
+    return int(bad[0]) if len(bad) else None
+
+
+def overflow_text(value: float, dtype: torch.dtype) -> str:
+    """``<value>, not finite in <dtype> (largest finite value <max>)``: the end of every overflow message.
+
+    Example:
+        >>> overflow_text(8e38, torch.float32)
+        '8e+38, not finite in float32 (largest finite value 3.403e+38)'
+    """
+    name = str(dtype).removeprefix("torch.")
+    return f"{value:.4g}, not finite in {name} (largest finite value {torch.finfo(dtype).max:.4g})"
+
+
+def check_gains_fit(units: Sequence[Unit], alpha: float, dtype: torch.dtype, where: str = "spec") -> None:
+    """Raise :class:`SpecError` unless every gain ``1 + alpha * beta`` is finite in ``dtype``.
+
+    Example:
+        >>> check_gains_fit([Unit("head", 0, 1, 0.5)], 2e5, torch.float16)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        austeer.spec.SpecError: spec: alpha: ... = 1e+05, not finite in float16 (largest finite value 6.55e+04...
+    """
+    gains = [1.0 + alpha * u.beta for u in units]
+    i = first_overflow(gains, dtype)
+    if i is not None:
+        u = units[i]
+        name = "alpha" if abs(u.beta) <= 1 else f"units[{i}].beta"
+        raise SpecError(
+            f"{where}: {name}: the gain 1 + alpha * beta of units[{i}] ({u.site} layer {u.layer} index {u.index}) "
+            f"is 1 + {alpha:g} * {u.beta:g} = {overflow_text(gains[i], dtype)}; steer with a smaller alpha"
+        )
+
+
 def check_fingerprint(fp: object, where: str = "spec") -> None:
     """Raise :class:`SpecError` unless ``fp`` is a complete fingerprint whose digest matches its fields.
 
@@ -178,8 +225,6 @@ def check_units(
             raise SpecError(f"{where}: units[{i}].beta: expected a finite number, found {u.beta!r}")
         if beta_range and not -1.0 <= u.beta <= 1.0:
             raise SpecError(f"{where}: units[{i}].beta: {u.beta!r} is out of range [-1, 1]")
-        if not math.isfinite(alpha * u.beta):
-            raise SpecError(f"{where}: units[{i}].beta: alpha * beta = {alpha!r} * {u.beta!r} is not finite")
         key = (u.site, int(u.layer), int(u.index))
         if key in seen:
             raise SpecError(
@@ -187,6 +232,7 @@ def check_units(
                 f"(also units[{seen[key]}]); each unit may appear once"
             )
         seen[key] = i
+    check_gains_fit(units, alpha, torch.float32, where)  # every path makes its gains in float32 first
 
 
 class Located(Protocol):
@@ -246,6 +292,7 @@ class SteerSpec:
     info: dict[str, Any] = field(default_factory=dict)
     positions: str = "all"
     selection: str = "sign"
+    path: str = field(default="", compare=False, repr=False)  # the steer.json it was read from (for messages)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -280,7 +327,7 @@ class SteerSpec:
         """
         a = self.alpha if alpha is None else alpha
         if alpha is not None:
-            check_units(self.units, a)
+            check_units(self.units, a)  # an override: "spec: alpha: ..." (the file's own alpha is not at fault)
         return [(u, a * u.beta) for u in self.units]
 
     def with_k(self, k: int) -> SteerSpec:
@@ -470,4 +517,5 @@ def load(directory: str | Path) -> SteerSpec:
         info=info,
         positions=positions,
         selection=selection,
+        path=where,
     )

@@ -35,9 +35,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ import torch
 from torch import nn
 
 from austeer.sites import _weight, decoder_layers, fold_module, site_def, site_module, site_width
-from austeer.spec import POSITIONS, SpecError, SteerSpec, check_in_range
+from austeer.spec import POSITIONS, SpecError, SteerSpec, check_gains_fit, check_in_range, first_overflow, overflow_text
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class Gain:
 
 def spec_gains(model: nn.Module, spec: SteerSpec, alpha: float | None = None, hooks: bool = False) -> list[Gain]:
     """The gains of ``spec`` (``gamma = alpha * beta``; ``alpha`` overrides the spec's), after checking that
-    ``spec`` fits ``model`` and ``alpha`` is finite.
+    ``spec`` fits ``model``, ``alpha`` is finite and every gain ``1 + gamma`` is finite in float32 and in
+    the dtype of the module it acts on (a :class:`SpecError` naming the value, the dtype and its limit).
 
     The one spec check of every path: hooks, fold, export and the per-row gains of ``batched``/``serve``.
     A spec whose gains act on the last position only (``positions="last"``) can be steered with hooks
@@ -84,7 +86,17 @@ def spec_gains(model: nn.Module, spec: SteerSpec, alpha: float | None = None, ho
             f"spec: positions: {spec.positions!r} steers the last position of each pass only, which folded "
             "weights, exports and per-row serving cannot do (they steer every position); steer it with hooks"
         )
-    return [Gain(u.site, u.layer, u.index, gamma) for u, gamma in spec.gains(alpha)]
+    out = [Gain(u.site, u.layer, u.index, gamma) for u, gamma in spec.gains(alpha)]
+    where = (spec.path or "spec") if alpha is None else "spec"  # an override is not the file's fault
+    dtypes = {_module_dtype(model, site, layer) for site, layer in {(u.site, u.layer) for u in spec.units}}
+    for dtype in sorted(dtypes, key=str):
+        check_gains_fit(spec.units, spec.alpha if alpha is None else alpha, dtype, where)
+    return out
+
+
+def _module_dtype(model: nn.Module, site: str, layer: int) -> torch.dtype:
+    """The dtype the gains of ``(site, layer)`` are applied in (that of the hooked module's parameters)."""
+    return _param_of(site_module(model, site, layer) if site != "residual" else decoder_layers(model)[layer]).dtype
 
 
 def _grouped(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int], list[tuple[int, float]]]:
@@ -101,6 +113,13 @@ def _grouped(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int], l
             raise SpecError(f"gains: units[{i}]: {g.site} layer {g.layer} index {g.index} is listed twice")
         seen.add((g.site, g.layer, g.index))
         groups[(g.site, g.layer)].append((g.index, float(g.gamma)))
+    bad = first_overflow([1.0 + g.gamma for g in gains], torch.float32)  # the dtype every gain is made in
+    if bad is not None:
+        g = gains[bad]
+        raise SpecError(
+            f"gains: units[{bad}].gamma: the gain 1 + gamma of {g.site} layer {g.layer} index {g.index} is "
+            f"{overflow_text(1.0 + g.gamma, torch.float32)}; steer with a smaller gain"
+        )
     return groups
 
 
@@ -132,7 +151,15 @@ def gains_vectors(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, in
         for index, gamma in items:
             g[index] += gamma
         p = _param_of(site_module(model, site, layer) if site != "residual" else decoder_layers(model)[layer])
-        out[(site, layer)] = g.to(device=p.device, dtype=p.dtype)
+        cast = g.to(device=p.device, dtype=p.dtype)
+        bad = (~torch.isfinite(cast)).nonzero()
+        if len(bad):
+            j = int(bad[0])
+            raise SpecError(
+                f"gains: the gain 1 + gamma of {site} layer {layer} index {j} is "
+                f"{overflow_text(float(g[j]), p.dtype)}; steer with a smaller gain"
+            )
+        out[(site, layer)] = cast
     return out
 
 
@@ -252,23 +279,71 @@ def gain_tensors(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int
     return out
 
 
+def alpha_where(spec: SteerSpec, alpha: float | None) -> str:
+    """How messages name ``spec``'s alpha: its file (its own alpha) or ``spec`` (an override)."""
+    return f"{spec.path or 'spec'}: alpha" if alpha is None else "spec: alpha"
+
+
 @torch.no_grad()
 def fold(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> FoldRecord:
     """Multiply the weight slices of the selected AUs by their gains in place; returns what :func:`unfold` needs."""
-    return fold_gains(model, spec_gains(model, spec, alpha))
+    return fold_gains(model, spec_gains(model, spec, alpha), alpha_where(spec, alpha))
+
+
+def check_folded(
+    product: torch.Tensor,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    index: torch.Tensor,
+    gain: torch.Tensor,
+    at: tuple[str, int],
+    where: str,
+    name: str | Callable[[], str],
+) -> None:
+    """Raise :class:`SpecError` unless the folded slice ``product`` (float32) is finite in ``dtype``.
+
+    ``shape``: how the gains were broadcast (``(-1, 1)`` rows, ``(1, -1)`` columns, ``(-1,)`` a bias);
+    ``name``: the weight's name, or a function that finds it (called for the message only)."""
+    bad = ~torch.isfinite(product.to(dtype))
+    if not bool(bad.any()):
+        return
+    per_au = bad.any(1) if shape == (-1, 1) else bad.any(0) if shape == (1, -1) else bad
+    j = int(per_au.nonzero()[0])
+    column = product[:, j] if shape == (1, -1) else product[j]
+    value = float(column.flatten()[~torch.isfinite(column.to(dtype)).flatten()][0])
+    weight = name if isinstance(name, str) else name()
+    raise SpecError(
+        f"{where}: folding the gain {float(gain[j]):.4g} of {at[0]} layer {at[1]} index {int(index[j])} into "
+        f"{weight} makes a weight {overflow_text(value, dtype)}; steer with a smaller alpha"
+    )
+
+
+def _name(model: nn.Module, tensor: torch.Tensor) -> str:
+    return next((n for n, p in model.named_parameters() if p is tensor), "a weight")
 
 
 @torch.no_grad()
-def fold_gains(model: nn.Module, gains: Sequence[Gain]) -> FoldRecord:
-    """Fold ``gains`` into the weights in place (see :func:`fold`); returns what :func:`unfold` needs."""
+def fold_gains(
+    model: nn.Module, gains: Sequence[Gain], where: str = "gains", dtype: torch.dtype | None = None
+) -> FoldRecord:
+    """Fold ``gains`` into the weights in place (see :func:`fold`); returns what :func:`unfold` needs.
+
+    Each folded slice ``W * (1 + gamma)`` (the product in float32, rounded to the tensor's dtype) must be
+    finite in the tensor's dtype, and in ``dtype`` for matrices stored in another (a GGUF's f16 or bf16):
+    else every weight is restored and :class:`SpecError` names the AU, the weight, the value and the limit.
+    """
     record = FoldRecord()
     try:
         for (site, layer), (index, gain) in gain_tensors(model, gains).items():
-            for tensor, where, shape in _slices(model, site, layer, index):
-                idx = tuple(w.to(tensor.device) if isinstance(w, torch.Tensor) else w for w in where)
+            for tensor, at, shape in _slices(model, site, layer, index):
+                idx = tuple(w.to(tensor.device) if isinstance(w, torch.Tensor) else w for w in at)
                 original = tensor[idx].clone()
+                product = original.float() * gain.to(tensor.device).view(shape)
+                for check in (tensor.dtype, *([dtype] if dtype is not None and tensor.dim() >= 2 else [])):
+                    name = partial(_name, model, tensor)
+                    check_folded(product, check, shape, index, gain, (site, layer), where, name)
                 record.saved.append((tensor, idx, original))
-                tensor[idx] = (original.float() * gain.to(tensor.device).view(shape)).to(tensor.dtype)
+                tensor[idx] = product.to(tensor.dtype)
     except BaseException:
         unfold(model, record)
         raise
@@ -286,14 +361,14 @@ def unfold(model: nn.Module, record: FoldRecord) -> None:
 @contextmanager
 def folded(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> Iterator[FoldRecord]:
     """Fold inside the ``with`` block; the weights are restored when it ends, also on error."""
-    with folded_gains(model, spec_gains(model, spec, alpha)) as record:
+    with folded_gains(model, spec_gains(model, spec, alpha), alpha_where(spec, alpha)) as record:
         yield record
 
 
 @contextmanager
-def folded_gains(model: nn.Module, gains: Sequence[Gain]) -> Iterator[FoldRecord]:
+def folded_gains(model: nn.Module, gains: Sequence[Gain], where: str = "gains") -> Iterator[FoldRecord]:
     """Fold ``gains`` inside the ``with`` block (see :func:`folded`)."""
-    record = fold_gains(model, gains)
+    record = fold_gains(model, gains, where)
     try:
         yield record
     finally:

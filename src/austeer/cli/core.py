@@ -40,6 +40,19 @@ def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[
     return m, tok, name
 
 
+def check_alpha(spec: Any, args: argparse.Namespace) -> None:
+    """Before the model loads: every gain ``1 + alpha * beta`` of ``spec`` (``--alpha`` overriding its alpha)
+    must be finite in float32 and in an explicit ``--dtype`` (the model's own dtype is checked once loaded)."""
+    import torch
+
+    from austeer.spec import check_gains_fit
+
+    spec.gains(args.alpha)  # float32: the dtype every path makes its gains in
+    if args.dtype != "auto":
+        alpha, where = (spec.alpha, spec.path or "spec") if args.alpha is None else (args.alpha, "spec")
+        check_gains_fit(spec.units, alpha, getattr(torch, args.dtype), where)
+
+
 def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Any:
     """Read the pairs, load the model and fit (over the process group when ``world > 1``)."""
     from austeer.distributed import fit_distributed
@@ -109,6 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     spec = load(args.steer)
     if args.k is not None:
         spec = spec.with_k(args.k)
+    check_alpha(spec, args)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     from austeer.models import fingerprint
 
@@ -146,6 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_replaceable(args.out, "export", args.force, [args.steer])
     spec = load(args.steer)
+    check_alpha(spec, args)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     spec.check_fits(fingerprint(model))
     path = export(model, tok, spec, args.out, alpha=args.alpha, force=args.force)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from austeer.cli.argtypes import finite_float, positive_int
-from austeer.cli.core import add_force_arg, add_model_args, load_from_args
+from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
 from austeer.sites import SITES
 
 
@@ -53,6 +53,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = load(args.steer) if args.steer else None
     if spec is not None and args.k is not None:
         spec = spec.with_k(args.k)
+    if spec is not None:
+        check_alpha(spec, args)
     model, tok, name = load_from_args(args, args.model or (spec.model_id if spec else None) or None)
     if spec is not None:
         spec.check_fits(fingerprint(model))

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from austeer.cli.argtypes import finite_float, positive_int
-from austeer.cli.core import add_force_arg, add_model_args, load_from_args
+from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -23,6 +23,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     spec = load(args.steer)
     if args.k is not None:
         spec = spec.with_k(args.k)
+    check_alpha(spec, args)
     if args.alpha is not None:
         spec = spec.with_alpha(args.alpha)
     sweep = read_sweep(args.sweep) if args.sweep else None  # fail on bad input before loading the model

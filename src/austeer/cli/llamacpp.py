@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from austeer.cli.argtypes import finite_float, positive_int
-from austeer.cli.core import add_force_arg, add_model_args, load_from_args
+from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +39,7 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 
     check_file_output(args.out, "gguf", args.force, [args.steer, args.source_gguf], owned=is_austeer_gguf)
     spec = load(args.steer)
+    check_alpha(spec, args)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
     spec.check_fits(fingerprint(model))
     path = export_gguf(
