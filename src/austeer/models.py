@@ -275,6 +275,9 @@ def _convert_gguf(folder: Path, gguf: str, target: Path, sha256: str | None = No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from austeer.gguf_check import check_gguf
+
+    check_gguf(folder / gguf)  # a truncated file is one line naming it, not a struct.error from the reader
     tok = _fix_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
@@ -399,17 +402,34 @@ def resolve(name: str | None) -> Path | str:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+#: weight files of a Hugging Face checkpoint directory (one of them, or a sharded index, must be present)
+_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
 def _local_or_hub(name: str) -> Path | str:
-    """A local checkpoint directory (checked: it must hold ``config.json``) or an ``owner/name`` hub id.
+    """A local checkpoint directory (checked: a ``config.json`` holding a JSON object, and weights) or an
+    ``owner/name`` hub id.
 
     Anything else fails here, with the path, instead of as a hub lookup over the network.
     """
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        config = path / "config.json"
+        if not config.is_file():
             raise ValueError(
                 f"{name}: no config.json in this directory; expected a Hugging Face checkpoint directory "
                 "(config.json, model weights, tokenizer files)"
+            )
+        try:
+            fields = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{config}: not valid JSON ({exc}); expected a Hugging Face model config") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{config}: a JSON {type(fields).__name__}; expected a Hugging Face model config object")
+        if not any(any(path.glob(pattern)) for pattern in _WEIGHTS):
+            raise ValueError(
+                f"{name}: no model weights in this directory; expected model.safetensors, pytorch_model.bin "
+                "or a sharded index next to config.json"
             )
         return path
     if path.exists():
@@ -420,6 +440,94 @@ def _local_or_hub(name: str) -> Path | str:
         f"{name}: no such file or directory; expected a local checkpoint directory, a hub id owner/name "
         f"(e.g. HuggingFaceTB/SmolLM2-135M-Instruct) a .gguf file, or one of {', '.join([*_EMBEDDED, *_SPLIT])}"
     )
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set)."""
+    return any(
+        os.environ.get(var, "").upper() in {"1", "ON", "YES", "TRUE"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_cached(repo: str) -> bool:
+    """Whether the local hub cache holds ``repo``'s ``config.json`` (then it loads without the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _check_hub(repo: str) -> None:
+    """``repo`` is not in the local cache: fail at once, one line, when the hub cannot be asked (offline or
+    unreachable) or does not know it; return when it does (the download follows)."""
+    expected = "expected a hub id that exists, a local checkpoint directory or a .gguf file"
+    if hub_offline():
+        raise FileNotFoundError(f"{repo}: not found locally and no network (HF_HUB_OFFLINE is set); {expected}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo, timeout=10)
+    except GatedRepoError:
+        return  # exists; the download says what access it needs
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"{repo}: not found locally nor on the hub (or private: log in with hf auth login); {expected}"
+        ) from None
+    except HfHubHTTPError:
+        return  # the hub answered; let the download report its own error
+    except Exception as exc:  # no answer at all (DNS, refused, timeout): one try, no retries
+        raise FileNotFoundError(
+            f"{repo}: not found locally and no network ({type(exc).__name__}: {exc}); {expected}"
+        ) from None
+
+
+def _from_pretrained(source: Path | str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Model and tokenizer of ``source``; a hub id loads from the local cache when it is there (no network)
+    and is checked on the hub (:func:`_check_hub`) before a download. What transformers cannot load is a
+    one-line ``ValueError`` naming ``source``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(source, str):
+        if _hub_cached(source):
+            kwargs = {**kwargs, "local_files_only": True}
+        else:
+            _check_hub(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=kwargs.get("local_files_only", False))
+    except OSError as exc:  # transformers' "can't load": missing weights or tokenizer files, a bad config
+        raise ValueError(f"{source}: cannot load the model: {' '.join(str(exc).split())}") from None
+    return model, tok
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, checked on this machine before any model loads: a one-line ``ValueError``
+    naming it when it is not a device name or its hardware is not there.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("bogus")
+        Traceback (most recent call last):
+        ...
+        ValueError: device 'bogus': not a device name; expected cpu, cuda, cuda:N or mps
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {str(device)!r}: not a device name; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu" or dev.type == "meta":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        build = " (this torch is built without CUDA)" if dev.type == "cuda" and torch.version.cuda is None else ""
+        raise ValueError(f"device {str(device)!r}: no {dev.type} device on this machine{build}; expected cpu")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ValueError(f"device {str(device)!r}: this machine has {count()} {dev.type} device(s), numbered from 0")
+    return dev
 
 
 def load_model(
@@ -434,20 +542,20 @@ def load_model(
     ``auto`` (:func:`resolve_dtype`: bfloat16 where the hardware runs it natively, about 2x faster; the CLI's
     default). ``name``: a hub id, a local checkpoint directory, or ``embedded:smollm2-135m-instruct`` (the
     default) / ``embedded:gemma3-270m``. ``device_map="auto"`` spreads a large model over GPUs; the
-    steering code puts every tensor it creates on the device of the module it serves.
+    steering code puts every tensor it creates on the device of the module it serves. A bad ``device``
+    (:func:`check_device`) or model is a one-line ``ValueError`` / ``FileNotFoundError`` before any weights load.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    if device is not None:
+        check_device(device)
     source = resolve(name)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device, device_map)[0]}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model, tok = _from_pretrained(source, kwargs)
     if device is not None and device_map is None:
         model.to(device)
     model.eval()
-    tok = _fix_tokenizer(AutoTokenizer.from_pretrained(source))
-    return model, tok
+    return model, _fix_tokenizer(tok)
 
 
 def fingerprint(model: nn.Module) -> dict[str, Any]:

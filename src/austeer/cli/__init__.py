@@ -68,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:  # before any file is read or model loaded
+            from austeer.models import check_device
+
+            check_device(args.device)
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(error_line(exc), file=sys.stderr)
