@@ -308,3 +308,37 @@ def test_writers_refuse_bad_paths_with_one_line(tmp_path):
         write_output(tmp_path / ("x" * 300), signed_json({}, "eval"), "eval")
     with read_only_dir(tmp_path / "ro") as ro, pytest.raises(OutputPathError, match="cannot write there"):
         write_output(ro / "e.json", signed_json({}, "eval"), "eval")
+
+
+# -- item 10: outputs follow the umask, like any file the user writes
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_outputs_follow_the_umask(spec_dir, custom, tmp_path, capsys):
+    pairs, items = custom
+    before = os.umask(0o027)
+    try:
+        spec = austeer.load(spec_dir).save(tmp_path / "spec")
+        assert main(eval_args(pairs, items, tmp_path / "result.json")) == 0
+    finally:
+        os.umask(before)
+    assert mode(spec) == 0o750
+    names = (".austeer", "steer.json", "scores.safetensors")
+    assert {p.name: mode(p) for p in spec.iterdir()} == {n: 0o640 for n in names}
+    assert mode(tmp_path / "result.json") == 0o640
+    spec = austeer.load(spec_dir).save(tmp_path / "spec")  # the session's own umask (usually 022: 755 and 644)
+    assert mode(spec) == 0o777 & ~before and mode(spec / "steer.json") == 0o666 & ~before
+
+
+def test_the_umask_is_read_without_changing_it():
+    from austeer.io import umask
+
+    before = os.umask(0o027)
+    try:
+        assert umask() == 0o027 and umask() == 0o027
+    finally:
+        os.umask(before)
+

@@ -34,6 +34,10 @@ CLI's ``--force``). Refused even with ``force``: a *file* where a directory goes
 file goes (a typo should not cost a file), and an output that is one of the command's inputs (or, for a
 directory, holds one).
 
+**Permissions.** Outputs get the modes any new file (``0o666``) or directory (``0o777``) gets under the
+process's :func:`umask`, not the private ``0600``/``0700`` of the temp files they are built in, so
+another user (a serving engine) reads them as it reads anything else one writes.
+
 **Leftovers.** Temp and backup siblings whose process (on this host) no longer runs are removed, or
 restored as above, by the next write to the same target.
 
@@ -117,6 +121,38 @@ class OutputWriteError(OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+def umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` (Linux) without changing it; elsewhere it is set
+    and restored at once (``os.umask`` has no read-only form).
+
+    Example:
+        >>> 0 <= umask() <= 0o777
+        True
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public(tree: Path) -> None:
+    """Give ``tree`` and everything in it the modes new files and directories get under the umask (``mkdtemp``
+    makes the directory 0700, and some writers, safetensors' among them, make their files 0600)."""
+    mask = umask()
+    for root, dirs, files in os.walk(tree):  # links are not followed (nor changed)
+        for name, bits in [*((n, 0o666) for n in files), *((n, 0o777) for n in dirs)]:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, bits & ~mask)
+    os.chmod(tree, 0o777 & ~mask)
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -572,6 +608,7 @@ def atomic_write_dir(
         write(tmp)
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / MARKER).write_text(json.dumps({"kind": kind, "files": files}) + "\n", encoding="utf-8")
+        _public(tmp)
         if directory.exists() or directory.is_symlink():
             check_replaceable(directory, kind, force)  # again: the write may have taken a while
             _swap(tmp, directory)
@@ -600,6 +637,7 @@ def _atomic_file(path: Path, fill: Callable[[int, str], None]) -> None:
         recover(path)
         fd, tmp = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
         fill(fd, tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it 0600: the mode any new file would get
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
