@@ -11,11 +11,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 import austeer
 from austeer.cli import main
@@ -342,3 +345,66 @@ def test_the_umask_is_read_without_changing_it():
     finally:
         os.umask(before)
 
+
+# -- item 3: a spec read while another process re-saves it is one save, never a mix
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+import austeer, austeer.io
+a, b, target, stop, exchange = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+if exchange == "no":
+    austeer.io._exchange = lambda new, old: False  # the two-rename swap of systems without RENAME_EXCHANGE
+specs = [austeer.load(a), austeer.load(b)]
+print("ready", flush=True)
+n = 0
+while not stop.exists():
+    specs[n % 2].save(target)
+    n += 1
+print(n)
+"""
+
+
+def same(x: austeer.SteerSpec, y: austeer.SteerSpec) -> bool:
+    return x.to_json() == y.to_json() and x.scores.keys() == y.scores.keys() and all(
+        all(torch.equal(getattr(x.scores[s], f), getattr(y.scores[s], f)) for f in ("pos", "neg", "total", "squares"))
+        for s in x.scores
+    )
+
+
+@pytest.mark.parametrize("exchange", ["yes", "no"])
+def test_a_spec_saved_while_it_is_loaded_is_one_save_or_one_line(spec_dir, tmp_path, exchange):
+    from austeer.momentum import SignCounts
+    from austeer.spec import SpecError
+
+    a = austeer.load(spec_dir)
+    flipped = {s: SignCounts(c.neg, c.pos, -c.total, c.squares, c.n) for s, c in a.scores.items()}
+    b = dataclasses.replace(a, scores=flipped).with_k(3)  # other units, other scores
+    a.save(tmp_path / "a"), b.save(tmp_path / "b")
+    target, stop = tmp_path / "target", tmp_path / "stop"
+    a.save(target)
+    env = {**os.environ, "PYTHONPATH": str(Path(austeer.__file__).parents[1])}
+    args = [sys.executable, "-c", WRITER, str(tmp_path / "a"), str(tmp_path / "b"), str(target), str(stop), exchange]
+    writer = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    seen = {"a": 0, "b": 0, "refused": 0}
+    last, switches = "a", 0  # a load that sees another save than the one before: a save happened in between
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and switches < 40:
+            try:
+                got = austeer.load(target)
+            except SpecError as exc:
+                assert "was replaced 8 times while it was read" in str(exc) and "\n" not in str(exc)
+                seen["refused"] += 1
+                continue
+            assert same(got, a) or same(got, b), "a load mixed two saves"
+            now = "a" if same(got, a) else "b"
+            seen[now] += 1
+            switches, last = switches + (now != last), now
+    finally:
+        stop.touch()
+        saves = int(writer.communicate(timeout=60)[0].split()[-1])
+    assert writer.returncode == 0 and switches >= 10, (saves, switches, seen)
+    assert same(austeer.load(target), a) or same(austeer.load(target), b)
