@@ -1,20 +1,27 @@
 """Writing outputs safely, and reading JSONL: austeer never deletes what it did not write.
 
-**Files** (``atomic_write_text``, ``atomic_save_tensors``) are written to a sibling temp file and moved
-into place with ``os.replace``: the target is the old or the new file at every instant, never half
-written. A directory standing where a file goes is refused.
+**Files** (``atomic_write_text``, ``atomic_save_tensors``, :func:`write_output`) are written to a sibling
+temp file and moved into place with ``os.replace``: the target is the old or the new file at every
+instant, never half written. A directory standing where a file goes is refused.
 
 **Directories** (a spec, an exported checkpoint, a report's figure folder) are built in a sibling
-temp directory ``.NAME.tmp-PID-HOST-XXXXXXXX`` by ``write(tmp)``, get a marker file ``.austeer``
-(JSON: the kind of output and the names written), and are then swapped into place:
+temp directory ``.austeer.tmp.<name hash>.PID.<host hash>.XXXXXXXX`` (short, whatever the name) by
+``write(tmp)``, get a marker file ``.austeer`` (JSON: the kind of output and the names written), and
+are then swapped into place:
 
 - on Linux, ``renameat2(RENAME_EXCHANGE)`` trades the names of the old and the new directory in one
   atomic step, so ``NAME`` is the old or the new output at every instant; the old one, now under the
   temp name, is deleted afterwards;
 - where that is not available (other systems, some filesystems), the old directory is renamed to
-  ``.NAME.old-PID-HOST-XXXXXXXX`` and the new one into place. A run killed between those two renames
-  leaves the old output under the backup name; the next write to ``NAME`` (or :func:`recover`)
-  renames it back first, so the old output is never lost.
+  ``.austeer.old.<name hash>.PID.<host hash>.XXXXXXXX`` and the new one into place. A run killed
+  between those two renames leaves the old output under the backup name; the next write to ``NAME``
+  (or :func:`recover`) renames it back first, so the old output is never lost.
+
+**Paths and failures.** :func:`check_output_path` refuses, before any work, the current directory or
+one above it, a name longer than the file system takes and a folder this process cannot write into
+(:class:`OutputPathError`). An :class:`OSError` while writing (a full disk) becomes an
+:class:`OutputWriteError` naming the output; the temp sibling is removed and the old output is left
+as it was.
 
 **Ownership.** An existing directory is replaced only when it is empty, or its marker names the same
 kind of output and it holds nothing but what the marker lists, or it is a spec or export of an older
@@ -26,6 +33,10 @@ keys). Anything else raises :class:`OutputExistsError` naming the path, unless `
 CLI's ``--force``). Refused even with ``force``: a *file* where a directory goes and a directory where a
 file goes (a typo should not cost a file), and an output that is one of the command's inputs (or, for a
 directory, holds one).
+
+**Permissions.** Outputs get the modes any new file (``0o666``) or directory (``0o777``) gets under the
+process's :func:`umask`, not the private ``0600``/``0700`` of the temp files they are built in, so
+another user (a serving engine) reads them as it reads anything else one writes.
 
 **Leftovers.** Temp and backup siblings whose process (on this host) no longer runs are removed, or
 restored as above, by the next write to the same target.
@@ -52,6 +63,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import hashlib
 import json
 import os
 import re
@@ -95,6 +107,69 @@ class OutputExistsError(FileExistsError):
 
     def __str__(self) -> str:  # one line, without FileExistsError's "[Errno ...]" decoration
         return str(self.args[0]) if self.args else ""
+
+
+class OutputPathError(OSError):
+    """austeer cannot write an output at this path (read-only, a name too long, the current directory)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed (a full disk, an I/O error); the old output, if any, is left as it was."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` (Linux) without changing it; elsewhere it is set
+    and restored at once (``os.umask`` has no read-only form).
+
+    Example:
+        >>> 0 <= umask() <= 0o777
+        True
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public(tree: Path) -> None:
+    """Give ``tree`` and everything in it the modes new files and directories get under the umask (``mkdtemp``
+    makes the directory 0700, and some writers, safetensors' among them, make their files 0600)."""
+    mask = umask()
+    for root, dirs, files in os.walk(tree):  # links are not followed (nor changed)
+        for name, bits in [*((n, 0o666) for n in files), *((n, 0o777) for n in dirs)]:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, bits & ~mask)
+    os.chmod(tree, 0o777 & ~mask)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The :class:`OSError` behind ``exc``: itself, or the one a safetensors writer reports as ``(os error N)``
+    (safetensors raises its own error type for a full disk); None for austeer's own refusals and other errors."""
+    if isinstance(exc, OutputExistsError | OutputPathError):
+        return None
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
+
+
+def _write_error(path: Path, existed: bool, exc: OSError) -> OutputWriteError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    kept = "the existing output is unchanged" if existed else "nothing was written"
+    return OutputWriteError(f"{path}: could not write it ({reason}); {kept}")
 
 
 # -- reading
@@ -142,11 +217,22 @@ def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = ValueError
 
 
 def _host() -> str:
+    """The host name as older austeer versions put it in their temp names (see :func:`recover`)."""
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
+def _short(text: str, size: int) -> str:
+    return hashlib.blake2b(os.fsencode(text), digest_size=size).hexdigest()
+
+
+def _prefix(path: Path, role: str) -> str:
+    """``.austeer.<role>.<hash of the name>.<pid>.<hash of the host>.``: at most 38 bytes whatever the name,
+    so a temp sibling fits wherever the output's own name does."""
+    return f".austeer.{role}.{_short(path.name, 4)}.{os.getpid()}.{_short(_host(), 3)}."
+
+
 def _sibling(path: Path, role: str, token: str) -> Path:
-    return path.with_name(f".{path.name}.{role}-{os.getpid()}-{_host()}-{token}")
+    return path.with_name(_prefix(path, role) + token)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -181,9 +267,13 @@ def recover(path: str | Path) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)-{re.escape(_host())}-[A-Za-z0-9_]{{8}}")
+    tail = r"[A-Za-z0-9_]{8}"
+    patterns = [
+        rf"\.austeer\.(tmp|old)\.{_short(path.name, 4)}\.(\d+)\.{_short(_host(), 3)}\.{tail}",
+        rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)-{re.escape(_host())}-{tail}",  # older versions' names
+    ]
     for sibling in sorted(path.parent.iterdir()):
-        match = pattern.fullmatch(sibling.name)
+        match = next((m for p in patterns if (m := re.fullmatch(p, sibling.name))), None)
         if match is None or _pid_alive(int(match.group(2))):
             continue
         if match.group(1) == "old" and not (path.exists() or path.is_symlink()):
@@ -237,6 +327,73 @@ def _foreign(path: Path, kind: str) -> str | None:
     return f"it is not {kind!r} output austeer wrote (it holds {shown!r}{' and more' if len(names) > 1 else ''})"
 
 
+def _name_max(directory: Path) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer
+        return 255
+
+
+def _lexists(path: Path) -> bool:
+    """Whether anything (a link too) is at ``path``; a name too long for the file system is not there."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return False
+        raise
+    return True
+
+
+def check_output_path(path: str | Path) -> None:
+    """Raise :class:`OutputPathError` (one line) unless austeer can create an output at ``path``.
+
+    Checked before any work: ``path`` is not the current directory or one above it; every name still
+    to be created fits the file system (``NAME_MAX``, 255 bytes on most); the nearest existing folder
+    above ``path`` is a directory that this process may write into (not read-only, not denied).
+
+    Example:
+        >>> try:
+        ...     check_output_path(".")
+        ... except OutputPathError as exc:
+        ...     print(str(exc).split(": ", 1)[1])
+        is the current directory or one above it; austeer never replaces it (choose a new directory)
+    """
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))
+    try:
+        here = Path.cwd()
+    except OSError:  # the current directory was deleted
+        here = None
+    if here is not None:
+        for candidate in {absolute, Path(os.path.realpath(path))}:
+            if candidate == here or candidate in here.parents:
+                raise OutputPathError(
+                    f"{path}: is the current directory or one above it; austeer never replaces it "
+                    "(choose a new directory)"
+                )
+    existing = absolute.parent
+    while not _lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{path}: {existing} is not a directory")
+    limit = _name_max(existing)
+    for name in absolute.relative_to(existing).parts:
+        size = len(os.fsencode(name))
+        if size > limit:
+            shown = name if len(name) <= 40 else f"{name[:20]}...{name[-12:]}"
+            raise OutputPathError(
+                f"{path}: the name {shown!r} is {size} bytes long; the file system allows {limit}"
+            )
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        try:
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):
+            read_only = False
+        why = "on a read-only file system" if read_only else "not writable (permission denied)"
+        raise OutputPathError(f"{path}: cannot write there: {existing} is {why}")
+
+
 def _same_or_inside(path: Path, other: str | Path, inside: bool) -> bool:
     """``other`` is ``path`` (the same file, also through links) or, with ``inside``, lies under it."""
     try:
@@ -264,7 +421,8 @@ def check_replaceable(
 
     Free when ``path`` does not exist; an existing directory must be austeer's own output of the same
     kind (or ``force``); a file is always refused, and so is a directory that is or holds one of
-    ``inputs`` (the command's input files). Call it before long work to fail early.
+    ``inputs`` (the command's input files), and a path :func:`check_output_path` refuses. Call it
+    before long work to fail early.
 
     Example:
         >>> import tempfile
@@ -278,6 +436,7 @@ def check_replaceable(
         it is not 'spec' output austeer wrote (it holds 'thesis.txt'); refusing to replace it (--force replaces it)
     """
     path = Path(path)
+    check_output_path(path)
     _check_not_input(path, inputs, directory=True)
     if not (path.exists() or path.is_symlink()):
         return
@@ -350,8 +509,9 @@ def check_file_output(
 ) -> None:
     """Raise :class:`OutputExistsError` unless the single file ``path`` may be written as ``kind`` output.
 
-    Refused always: a directory at ``path``, or ``path`` being one of ``inputs``. Refused unless
-    ``force``: an existing file that austeer did not write (``owned(path)``, by default :func:`signed`).
+    Refused always: a directory at ``path``, ``path`` being one of ``inputs``, a path
+    :func:`check_output_path` refuses. Refused unless ``force``: an existing file that austeer did not
+    write (``owned(path)``, by default :func:`signed`).
 
     Example:
         >>> import tempfile
@@ -364,6 +524,7 @@ def check_file_output(
         this file was not written by austeer; refusing to replace it (--force replaces it)
     """
     path = Path(path)
+    check_output_path(path)  # first: a name too long cannot even be looked at
     check_file_target(path)
     _check_not_input(path, inputs, directory=False)
     is_owned = owned if owned is not None else (lambda p: signed(p, kind))
@@ -408,7 +569,11 @@ def _swap(new: Path, target: Path) -> None:
         return
     old = _sibling(target, "old", secrets.token_hex(4))
     target.rename(old)
-    new.rename(target)  # a kill before this line: :func:`recover` renames ``old`` back
+    try:
+        new.rename(target)  # a kill before this line: :func:`recover` renames ``old`` back
+    except BaseException:
+        old.rename(target)
+        raise
     _remove(old)
 
 
@@ -428,19 +593,31 @@ def atomic_write_dir(
         ['.austeer', 'a.png']
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    recover(directory)
-    check_replaceable(directory, kind, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-{_host()}-", dir=directory.parent))
+    check_replaceable(directory, kind, force)  # the path first: nothing is created for a bad one
+    existed = directory.exists()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        recover(directory)
+        check_replaceable(directory, kind, force)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(directory, "tmp"), dir=directory.parent))
+    except OSError as exc:
+        if (cause := _os_error(exc)) is None:
+            raise
+        raise _write_error(directory, existed, cause) from exc
     try:
         write(tmp)
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / MARKER).write_text(json.dumps({"kind": kind, "files": files}) + "\n", encoding="utf-8")
+        _public(tmp)
         if directory.exists() or directory.is_symlink():
             check_replaceable(directory, kind, force)  # again: the write may have taken a while
             _swap(tmp, directory)
         else:
             tmp.rename(directory)
+    except Exception as exc:
+        if (cause := _os_error(exc)) is None:
+            raise
+        raise _write_error(directory, existed, cause) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -448,17 +625,26 @@ def atomic_write_dir(
 
 
 def _atomic_file(path: Path, fill: Callable[[int, str], None]) -> None:
+    """Write ``path`` through ``fill(fd, tmp)`` on a sibling temp file and ``os.replace``; an :class:`OSError`
+    on the way (a full disk) is an :class:`OutputWriteError` naming ``path``, with ``path`` left as it was."""
     path = Path(path)
+    check_output_path(path)
     check_file_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-{_host()}-", suffix="", dir=path.parent)
+    existed = path.exists()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover(path)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
         fill(fd, tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it 0600: the mode any new file would get
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if (cause := _os_error(exc)) is None:
+            raise
+        raise _write_error(path, existed, cause) from exc
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

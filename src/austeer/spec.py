@@ -50,6 +50,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
@@ -57,7 +59,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 from austeer.io import atomic_save_tensors, atomic_write_dir, atomic_write_text  # noqa: F401 (re-exported)
 from austeer.momentum import SignCounts, Unit, select
@@ -415,9 +418,9 @@ def _field(obj: Mapping[str, Any], key: str, where: str, check: Any, expected: s
     return value
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, data: bytes) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
@@ -438,10 +441,10 @@ def _unit(u: Any, i: int, where: str) -> Unit:
     return Unit(site, layer, index, float(beta))
 
 
-def _scores(path: Path, fp: Mapping[str, Any], n_pairs: int) -> dict[str, SignCounts]:
-    """The sign counts of ``scores.safetensors``, checked against the fingerprint's shapes and ``n_pairs``."""
+def _scores(path: Path, data: bytes, fp: Mapping[str, Any], n_pairs: int) -> dict[str, SignCounts]:
+    """The sign counts in ``data`` (``path``), checked against the fingerprint's shapes and ``n_pairs``."""
     try:
-        tensors = load_file(str(path))
+        tensors = load_tensors(data)
     except Exception as exc:  # safetensors raises its own error types for every kind of corrupt file
         raise SpecError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {str(exc)[:100]})") from None
     by_site: dict[str, dict[str, torch.Tensor]] = {}
@@ -473,16 +476,79 @@ def _scores(path: Path, fp: Mapping[str, Any], n_pairs: int) -> dict[str, SignCo
     return scores
 
 
+#: how often :func:`load` reads a spec directory that another process replaces meanwhile before it gives up
+LOAD_TRIES = 8
+
+
+def _read_file(directory: Path, name: str, dir_fd: int | None) -> bytes | None:
+    """The bytes of ``directory/name`` (through ``dir_fd`` when given), None when there is no such file."""
+    path = directory / name
+    try:
+        fd = os.open(name if dir_fd is not None else path, os.O_RDONLY, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            return fh.read()
+        except IsADirectoryError:
+            raise SpecError(f"{path}: is a directory; expected a file") from None
+
+
+def _same_directory(directory: Path, dir_fd: int) -> bool:
+    try:
+        now, then = os.stat(directory), os.fstat(dir_fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino)
+
+
+def _read_spec(directory: Path) -> tuple[bytes | None, bytes | None]:
+    """``steer.json`` and ``scores.safetensors`` (None: absent) of one and the same save of ``directory``.
+
+    A save replaces the whole directory (:func:`austeer.io.atomic_write_dir`), never a file in it, so
+    both files are read through one handle on the directory: they belong to the save that handle opened,
+    even when another process replaces the directory meanwhile. A file missing because that save was
+    being removed (the name now holds another directory) is read again from the new one; after
+    :data:`LOAD_TRIES` replaced directories the load fails with one line.
+    """
+    if not (hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd):  # no handles on directories
+        return _read_file(directory, "steer.json", None), _read_file(directory, "scores.safetensors", None)
+    for attempt in range(LOAD_TRIES):
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # missing, or between the two renames of a save without RENAME_EXCHANGE
+            time.sleep(0.002 * (attempt + 1))
+            continue
+        except NotADirectoryError:
+            return None, None
+        try:
+            steer = _read_file(directory, "steer.json", dir_fd)
+            scores = _read_file(directory, "scores.safetensors", dir_fd)
+            if (steer is not None and scores is not None) or _same_directory(directory, dir_fd):
+                return steer, scores
+        finally:
+            os.close(dir_fd)
+    if not (directory.exists() or directory.is_symlink()):
+        return None, None
+    raise SpecError(
+        f"{directory}: the spec was replaced {LOAD_TRIES} times while it was read (another process is saving "
+        "into it); load it again once that process is done"
+    )
+
+
 def load(directory: str | Path) -> SteerSpec:
     """Read a spec directory written by :meth:`SteerSpec.save`; anything malformed is a :class:`SpecError`.
 
     The message names the file and the field, e.g. ``steer.json: units[3].layer: -1 is out of range 0..29``.
+    ``steer.json`` and ``scores.safetensors`` always come from the same save, also while another process
+    saves into ``directory`` (see :func:`_read_spec`).
     """
     directory = Path(directory)
     path = directory / "steer.json"
-    if not path.is_file():
+    raw, raw_scores = _read_spec(directory)
+    if raw is None:
         raise FileNotFoundError(f"{path} does not exist: not a steering spec directory")
-    obj = _read_json(path)
+    obj = _read_json(path, raw)
     where = str(path)
     if not isinstance(obj, dict):
         raise SpecError(f"{where}: expected a JSON object, found {type(obj).__name__}")
@@ -502,7 +568,7 @@ def load(directory: str | Path) -> SteerSpec:
     selection = _field(obj, "selection", where, lambda v: v in SELECTIONS, f"one of {', '.join(SELECTIONS)}", "sign")
     _check_sites(sites, units, where)
     tensor_path = directory / "scores.safetensors"
-    scores = _scores(tensor_path, fp, n_pairs) if tensor_path.exists() else {}
+    scores = _scores(tensor_path, raw_scores, fp, n_pairs) if raw_scores is not None else {}
     for site in scores:
         if sites and site not in sites:
             raise SpecError(f"{tensor_path}: {site}: scores of a site not in {where}'s sites {sites}")

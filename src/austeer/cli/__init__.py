@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from austeer.io import OutputPathError, OutputWriteError
+
 #: command modules of this package, in help order (a module not present in this build is skipped)
 COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve", "llamacpp"]
 
@@ -47,6 +49,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
+    OutputPathError,  # an output path austeer cannot write (read-only, a name too long, the current directory)
+    OutputWriteError,  # the final write failed (a full disk): the old output is left as it was
 )
 
 

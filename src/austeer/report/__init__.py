@@ -266,8 +266,6 @@ def build_report(
 
     atomic_write_dir(figures_dir(out), write, kind="figures", force=force)
     write_output(out, render(report), "report", force, inputs)
-    out.chmod(0o644)  # a report is meant to be shared (the atomic writers create private files)
-    figures_dir(out).chmod(0o755)
     return out
 
 
