@@ -438,6 +438,17 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> N
     _atomic_file(Path(path), fill)
 
 
+def check_file_owned(path: str | Path, owned: Callable[[Path], bool], force: bool = False) -> None:
+    """Raise :class:`OutputExistsError` unless the file ``path`` may be written: free, or ``owned(path)`` (austeer
+    wrote it), or ``force``; a directory there is always refused. Call it before long work to fail early."""
+    path = Path(path)
+    check_file_target(path)
+    if (path.exists() or path.is_symlink()) and not force and not owned(path):
+        raise OutputExistsError(
+            f"{path}: this file was not written by austeer; refusing to replace it (--force replaces it)"
+        )
+
+
 def atomic_write_file(
     path: str | Path, write: Callable[[Path], Any], owned: Callable[[Path], bool], force: bool = False
 ) -> Path:
@@ -460,11 +471,7 @@ def atomic_write_file(
         b'ours'
     """
     path = Path(path)
-    check_file_target(path)
-    if (path.exists() or path.is_symlink()) and not force and not owned(path):
-        raise OutputExistsError(
-            f"{path}: this file was not written by austeer; refusing to replace it (--force replaces it)"
-        )
+    check_file_owned(path, owned, force)
 
     def fill(fd: int, tmp: str) -> None:
         os.close(fd)
