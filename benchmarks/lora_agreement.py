@@ -4,10 +4,11 @@ For each site (head, neuron, ffn) a spec is fitted on the sentiment pairs (float
 (float32 and bfloat16 factors) and loaded with ``peft.PeftModel`` onto the same model; on chat prompts:
 
 - **max / mean logit gap**: |adapter logits - hooked logits| over every position of the prompt and of the
-  hooks' greedy continuation (teacher-forced: both read the same tokens), and, for scale, the same gap
-  between bfloat16 and float32 hooks (the bfloat16 noise floor) and the steering itself (|hooks - unsteered|);
+  float32 hooks' greedy continuation (teacher-forced: both read the same tokens);
 - **identical greedy tokens**: the share of the adapter's greedy tokens equal to the hooks' at the same
-  position, and the prompts whose whole continuation is identical.
+  position, and the prompts whose whole continuation is identical;
+- for scale, the same figures for bfloat16 hooks against float32 hooks (what bfloat16 alone changes), and
+  the steering itself (mean |hooks - unsteered|).
 
 Rows: float32 model + float32 adapter; bfloat16 model + bfloat16 adapter as PEFT loads it by default (the
 factors upcast to float32 for the LoRA product: ``autocast_adapter_dtype=True``); the same with the product in
@@ -116,7 +117,8 @@ def main() -> None:
         with apply(m16, spec):
             hooks16 = run(m16, prompts, n, seqs)
         base16 = [logits(m16, s) for s in seqs]
-        floor = gaps(hooks16["logits"], hooks32["logits"])[0]
+        floor, floor_mean = gaps(hooks16["logits"], hooks32["logits"])
+        floor_share, floor_whole = agreement(hooks16["tokens"], hooks32["tokens"])
         effect = gaps(hooks16["logits"], base16)[1]
         f32, bf16 = export_lora(m32, spec, tmp / f"{site}32"), export_lora(m32, spec, tmp / f"{site}16", dtype="bf16")
         cases = [
@@ -130,14 +132,20 @@ def main() -> None:
             share, whole = agreement(got["tokens"], ref["tokens"])
             rows.append([site, name, f"{top:.3g}", f"{mean:.2g}", f"{share:.1%}", f"{whole}/{len(prompts)}"])
             raw.append({"site": site, "case": name, "max_gap": top, "mean_gap": mean, "same_tokens": share})
-        scale.append([site, f"{floor:.3g}", f"{effect:.3g}"])
-        raw.append({"site": site, "bf16_floor_max": floor, "steering_mean": effect})
+        scale.append(
+            [site, f"{floor:.3g}", f"{floor_mean:.2g}", f"{floor_share:.1%}", f"{floor_whole}/{len(prompts)}"]
+            + [f"{effect:.3g}"]
+        )
+        raw.append({"site": site, "bf16_floor_max": floor, "bf16_floor_mean": floor_mean, "steering_mean": effect})
+        raw[-1] |= {"bf16_floor_same_tokens": floor_share}
         print(f"{site}: done", flush=True)
     headers = ["site", "adapter vs hooks", "max logit gap", "mean gap", "same greedy tokens", "same continuations"]
     print(f"\nSmolLM2-135M-Instruct, k={args.k}, alpha={args.alpha:g}, {len(prompts)} prompts x {n} greedy tokens\n")
     print(table(headers, rows))
     print()
-    print(table(["site", "bf16 hooks vs f32 hooks, max gap", "steering, mean abs(hooks - unsteered), bf16"], scale))
+    floor_headers = ["max logit gap", "mean gap", "same greedy tokens", "same continuations"]
+    print("bfloat16 hooks vs float32 hooks (bfloat16 itself), and the steering (mean abs(hooks - unsteered)):\n")
+    print(table(["site", *floor_headers, "steering"], scale))
     dump(args.json, {"machine": info, "args": vars(args), "rows": raw})
 
 
