@@ -15,6 +15,7 @@ Example (the other docstring examples use ``model, tok`` as loaded here):
 
 from austeer.fit import fit, score
 from austeer.gguf_export import export_gguf
+from austeer.gguf_lora import export_gguf_lora
 from austeer.gguf_write import export_hf_gguf
 from austeer.lora import export_lora
 from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
@@ -35,6 +36,7 @@ __all__ = [
     "apply",
     "export",
     "export_gguf",
+    "export_gguf_lora",
     "export_hf_gguf",
     "export_lora",
     "fit",

@@ -149,7 +149,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from austeer.cli.llamacpp import cmd_export_gguf
 
         return cmd_export_gguf(args)
-    if getattr(args, "format", "hf") == "lora":
+    if getattr(args, "format", "hf") in ("lora", "gguf-lora"):
         from austeer.cli.lora import cmd_export_lora
 
         return cmd_export_lora(args)
@@ -237,7 +237,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="model directory to write (a .gguf file with --format gguf; an adapter directory with --format lora)",
+        help="model directory to write (a .gguf file with --format gguf or gguf-lora; an adapter directory with lora)",
     )
     add_force_arg(p)
     p.add_argument("--alpha", type=finite_float, default=None)
