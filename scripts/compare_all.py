@@ -52,7 +52,7 @@ def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any
     methods = args.methods.split(",") + (["calibration"] if task.kind == "mc" else [])
     sites = sites_for(methods, args.sites.split(","))  # one pass for the methods and the dose-response
     evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size)
-    unsteered = Unsteered(model, tok)  # the unsteered evaluations (and perplexity) of this task, once each
+    unsteered = Unsteered(model, tok, progress=True)  # the unsteered evaluations (and ppl) of this task, once each
     if "compare" in args.stages:
         c = compare(
             model,

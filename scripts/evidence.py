@@ -149,7 +149,7 @@ def unsteered_memo(model: Any, tok: Any) -> Any:
     from austeer.evaluate import Unsteered
 
     if "unsteered" not in _MEMO:
-        _MEMO["unsteered"] = Unsteered(model, tok)
+        _MEMO["unsteered"] = Unsteered(model, tok, progress=True)
     return _MEMO["unsteered"]
 
 

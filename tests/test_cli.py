@@ -58,3 +58,29 @@ def test_eval_paired_equals_two_separate_evaluations(tmp_path, capsys):
     assert (paired["paired"]["fixed"], paired["paired"]["broken"]) == (fixed, broken)
     assert fixed + broken > 0  # alpha 20 on 16 head AUs changes answers: the counts are not trivially zero
     assert main(["eval", "--task", "copa", "--paired"]) == 2  # --paired needs --steer
+
+
+def test_every_command_that_writes_an_output_takes_force():
+    from austeer.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    writers = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+    writers = {name: opts for name, opts in writers.items() if "--out" in opts}
+    assert len(writers) >= 8 and all("--force" in opts for opts in writers.values()), writers
+
+
+def test_unsteered_evaluations_say_what_they_do(smol, capsys):
+    """The unsteered evaluations at the start of compare/sweep/tune are announced (minutes on a large model)."""
+    from austeer.evaluate import Unsteered
+    from austeer.tasks import get_task
+
+    model, tok = smol
+    base = Unsteered(model, tok, progress=True)
+    base.get(get_task("copa"), "val", 3)
+    base.get(get_task("copa"), "test", 2)
+    base.get(get_task("copa"), "val", 3)  # memo: nothing to say
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "copa: the unsteered model on val (3 items) and the neutral-text perplexity ...",
+        "copa: the unsteered model on test (2 items) ...",
+    ]

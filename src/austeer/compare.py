@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -284,7 +285,7 @@ def compare(
         evidence = gather(
             model, tok, pairs, sites, batch_size=batch_size, progress=progress, share_prefix=share_prefix
         )
-    unsteered = unsteered or Unsteered(model, tok)
+    unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
     base_val = unsteered.get(task, "val", val_limit, **kw)
     base_samples: list[dict[str, Any]] = []
@@ -323,6 +324,9 @@ def compare(
             seconds = round(time.perf_counter() - start, 1)
             trials.append(Trial(tried, first.n_steered, m[task.metric], m["ppl"] / base_val["ppl"], m, seconds))
         best = trials[pick(trials, max_ppl_ratio)]
+        if progress:
+            n = "every" if test_limit is None else f"{test_limit}"
+            tqdm.write(f"{task.name}: {name} chose {best.config} on val; on test ({n} items) ...", file=sys.stderr)
         steerers = method.build(model, ev, **{k: v for k, v in best.config.items() if k in method.params})
         test_samples: list[dict[str, Any]] = []
         test = evaluate_steered(
@@ -383,7 +387,7 @@ def dose_response(
     variant built the same way from ``(site, k, alpha)`` (``austeer-last``: the gains at the answer position
     and each generated token only; ``austeer-signed``: sign-aware gains)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    unsteered = unsteered or Unsteered(model, tok)
+    unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
     base = unsteered.get(task, **kw)
     rows: list[DoseRow] = []
@@ -422,7 +426,7 @@ def frontier(
     if weak:
         raise ValueError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    unsteered = unsteered or Unsteered(model, tok)
+    unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
     base_samples: list[dict[str, Any]] = []
     base = unsteered.get(task, samples=base_samples, **kw)

@@ -17,10 +17,12 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from austeer.likelihood import continuation_nll, next_token_logits
 from austeer.reuse import LayerCache
@@ -85,8 +87,8 @@ class Unsteered:
         (True, 1)
     """
 
-    def __init__(self, model: nn.Module, tok: Any, cache: LayerCache | None = None) -> None:
-        self.model, self.tok = model, tok
+    def __init__(self, model: nn.Module, tok: Any, cache: LayerCache | None = None, progress: bool = False) -> None:
+        self.model, self.tok, self.progress = model, tok, progress
         self.cache = cache or LayerCache(model)
         self.ppl: float | None = None
         self.evaluations = 0
@@ -108,6 +110,10 @@ class Unsteered:
             tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())),
         )
         if key not in self._memo:
+            if self.progress:  # a long silent step otherwise (minutes on a large model)
+                extra = "" if self.ppl is not None else " and the neutral-text perplexity"
+                n = "every" if limit is None else f"{limit}"
+                tqdm.write(f"{task.name}: the unsteered model on {split} ({n} items){extra} ...", file=sys.stderr)
             records: list[dict[str, Any]] = []
             with self.cache.reuse():
                 metrics = evaluate(self.model, self.tok, task, split, limit, samples=records, ppl=self.ppl, **kw)

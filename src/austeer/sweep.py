@@ -197,7 +197,7 @@ def sweep(
     def run_eval(split: str, limit: int | None) -> dict[str, float]:
         return evaluate(model, tok, task, split, limit, batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens)
 
-    unsteered = Unsteered(model, tok)  # the unsteered val and test evaluations share one perplexity
+    unsteered = Unsteered(model, tok, progress=progress)  # the unsteered val and test evaluations share one perplexity
     cache = unsteered.cache  # the layers below the first steered one: computed once per item (austeer.reuse)
 
     def run_unsteered(split: str, limit: int | None) -> dict[str, float]:

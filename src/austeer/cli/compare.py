@@ -56,7 +56,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_kw["ref_model"] = load_from_args(args)[0]
     pairs = task.pairs(model, tok, limit=args.pairs_limit)  # one pass for the methods and the dose-response
     evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size, share_prefix=args.share_prefix)
-    unsteered = Unsteered(model, tok)  # unsteered evaluations and perplexity: once per run
+    unsteered = Unsteered(model, tok, progress=True)  # unsteered evaluations and perplexity: once per run
     result = compare(
         model,
         tok,
