@@ -233,6 +233,31 @@ def _foreign(path: Path, kind: str) -> str | None:
     return f"it is not {kind!r} output austeer wrote (it holds {shown!r}{' and more' if len(names) > 1 else ''})"
 
 
+def check_parents(path: str | Path) -> None:
+    """Raise :class:`NotADirectoryError` when the nearest existing ancestor of ``path`` is not a directory
+    (a file where a folder of the output path goes: the later ``mkdir`` would only say "File exists").
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> _ = f.write_text("x")
+        >>> try:
+        ...     check_parents(f / "out" / "spec")
+        ... except NotADirectoryError as exc:
+        ...     print(str(exc).split("notes.txt")[-1])
+         is a file, not a directory, so nothing can be written inside it; choose another path
+    """
+    path = Path(path)
+    for parent in path.parents:  # nearest first
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"{path}: {parent} is a file, not a directory, so nothing can be written inside it; "
+                    "choose another path"
+                )
+            return
+
+
 def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
     """Raise :class:`OutputExistsError` unless a ``kind`` directory may be written at ``path``.
 
@@ -251,6 +276,7 @@ def check_replaceable(path: str | Path, kind: str, force: bool = False) -> None:
         it is not 'spec' output austeer wrote (it holds 'thesis.txt'); refusing to replace it (--force replaces it)
     """
     path = Path(path)
+    check_parents(path)
     if not (path.exists() or path.is_symlink()):
         return
     if path.is_symlink() or not path.is_dir():
@@ -271,6 +297,7 @@ def check_file_target(path: str | Path) -> None:
         >>> check_file_target(Path(tempfile.mkdtemp()) / "report.html")   # free
     """
     path = Path(path)
+    check_parents(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a directory; expected a file name to write")
 
@@ -330,6 +357,7 @@ def atomic_write_dir(
         ['.austeer', 'a.png']
     """
     directory = Path(directory)
+    check_parents(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     recover(directory)
     check_replaceable(directory, kind, force)

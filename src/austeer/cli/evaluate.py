@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from austeer.cli.argtypes import finite_float, positive_int
+from austeer.cli.argtypes import finite_float, finite_floats, positive_int, positive_ints
 from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
 from austeer.sites import SITES
 
@@ -95,8 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import torch
+
     from austeer.io import check_replaceable
     from austeer.models import load_model
+    from austeer.spec import first_overflow, overflow_text
     from austeer.sweep import sweep
 
     task = _task(args)
@@ -106,6 +109,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
     for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
         check_replaceable(where, "spec", args.force)  # before loading the model
+    widest = max(args.alpha, key=abs)  # |beta| <= 1: the largest gain of the grid is 1 + |alpha|
+    if first_overflow([1.0 + abs(widest)], torch.float32) is not None:
+        raise ValueError(
+            f"--alpha {widest:g}: the gain 1 + alpha * beta reaches {overflow_text(1.0 + abs(widest), torch.float32)}"
+        )
     model, tok, name = load_from_args(args)
     ref = None
     if task.kind == "behaviour":
@@ -116,8 +124,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         task,
         args.out,
         sites=sites,
-        ks=_csv(args.k, int),
-        alphas=_csv(args.alpha, float),
+        ks=args.k,
+        alphas=args.alpha,
         model_id=name,
         pair_limit=args.pair_limit,
         val_limit=args.val_limit,
@@ -152,8 +160,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=[*TASKS, "custom"])
     p.add_argument("--pairs", default=None, help="custom task: pairs JSONL")
     p.add_argument("--eval", default=None, help="custom task: eval JSONL (see docs/EVALUATION.md)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (math, behaviour)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="generation budget (math, behaviour)")
     add_model_args(p)
 
 
@@ -172,12 +180,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("sweep", help="grid-search site, k and alpha on val; evaluate the best on test")
     _common(p)
     p.add_argument("--site", default="head,ffn", help=f"comma-separated, of {', '.join(SITES)}")
-    p.add_argument("--k", default="2,8,32,100", help="comma-separated k values")
-    p.add_argument("--alpha", default="1,5,15,50", help="comma-separated alpha values")
+    p.add_argument("--k", type=positive_ints, default=[2, 8, 32, 100], help="comma-separated k values")
+    p.add_argument("--alpha", type=finite_floats, default=[1.0, 5.0, 15.0, 50.0], help="comma-separated alpha values")
     p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     add_force_arg(p)
     p.add_argument("--pair-limit", type=positive_int, default=None, help="use only the first N pairs")
-    p.add_argument("--val-limit", type=int, default=None, help="use only the first N val items")
-    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test items")
+    p.add_argument("--val-limit", type=positive_int, default=None, help="use only the first N val items")
+    p.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test items")
     p.add_argument("--no-test", action="store_true", help="stop after the validation grid")
     p.set_defaults(func=cmd_sweep)
