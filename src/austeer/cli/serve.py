@@ -11,15 +11,25 @@ from austeer.cli.core import add_model_args, load_from_args
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from austeer.serve import Server, ServerConfig, load_steers, parse_steer_args
+    from austeer.serve import Server, ServerConfig, check_listen, load_steers, parse_steer_args
     from austeer.serve_openai import Limits
 
     dirs = parse_steer_args(args.steer or [])
-    model, tok, name = load_from_args(args)
-    steers = load_steers(model, dirs)
-    limits = Limits(
+    if args.max_tokens_default > args.max_tokens_limit:
+        raise ValueError(
+            f"--max-tokens-default {args.max_tokens_default} is above --max-tokens-limit {args.max_tokens_limit}"
+        )
+    limits = Limits(  # checked before the model loads, like the address
         max_tokens_default=args.max_tokens_default, max_tokens_limit=args.max_tokens_limit, max_alpha=args.max_alpha
     )
+    if args.max_model_len is not None and args.max_tokens_default >= args.max_model_len:
+        raise ValueError(
+            f"--max-tokens-default {args.max_tokens_default} leaves no room for a prompt in --max-model-len "
+            f"{args.max_model_len}"
+        )
+    check_listen(args.host, args.port)
+    model, tok, name = load_from_args(args)
+    steers = load_steers(model, dirs)
     config = ServerConfig(
         host=args.host,
         port=args.port,
