@@ -6,16 +6,28 @@ model loads" is checked by replacing the loader with one that fails the test if 
 
 from __future__ import annotations
 
+import argparse
+import functools
+import io
 import json
+import math
+import re
 import shutil
+import time
+from contextlib import redirect_stderr
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import austeer
 import austeer.models
-from austeer.cli import main
+from austeer.cli import build_parser, main
+from austeer.cli.argtypes import INT_MAX, Either, Number, NumberList
 from austeer.momentum import Unit
 from austeer.spec import SpecError, SteerSpec, load
 
@@ -120,4 +132,188 @@ def test_gguf_export_refuses_a_fold_that_overflows_its_storage_type(fitted, tmp_
     err = _one_line_error(capsys, loaded=True)
     assert "spec: alpha: folding the gain" in err and "attn_output.weight makes a weight" in err, err
     assert "not finite in float16 (largest finite value 6.55e+04)" in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- item 9: every numeric flag is typed
+
+
+@functools.cache
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _numeric_flags() -> list[tuple[str, str, Any]]:
+    """``(subcommand, flag, argtype)`` for every flag whose type is one of :mod:`austeer.cli.argtypes`."""
+    return [
+        (name, action.option_strings[-1], action.type)
+        for name, p in _subparsers().items()
+        for action in p._actions
+        if action.option_strings and isinstance(action.type, Number | Either | NumberList)
+    ]
+
+
+FLAGS = _numeric_flags()
+
+
+@functools.cache
+def _required(command: str) -> tuple[str, ...]:
+    """The smallest argv that satisfies ``command``'s required arguments (values are never read)."""
+    argv = []
+    for action in _subparsers()[command]._actions:
+        value = str(action.choices[0]) if action.choices else "x"
+        if not action.option_strings:
+            argv.append(value)
+        elif action.required:
+            argv += [action.option_strings[-1], value]
+    return tuple(argv)
+
+
+def test_every_numeric_flag_uses_a_typed_argtype():
+    """A flag with a bare int/float type, or a number default but no argtype, would escape the tests below."""
+    untyped = [
+        (name, action.option_strings)
+        for name, p in _subparsers().items()
+        for action in p._actions
+        if action.type in (int, float)
+        or (
+            isinstance(action.default, int | float)
+            and not isinstance(action.default, bool)
+            and not isinstance(action.type, Number | Either | NumberList)
+        )
+    ]
+    assert not untyped
+    assert len(FLAGS) >= 40 and {"fit", "sweep", "serve", "control-vector", "inspect", "compare"} <= {
+        f[0] for f in FLAGS
+    }
+
+
+def _exact(text: str) -> int | float:
+    """The value ``text`` denotes: an int for an integer literal, else the nearest float (inf beyond range)."""
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+
+
+def _number_ok(t: Number, text: str) -> bool:
+    try:
+        value = _exact(text) if t.integer else float(text)  # 10**400 as a float is inf
+    except ValueError:  # not a number at all
+        return False
+    if t.integer and not isinstance(value, int):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    high = t.high if t.high is not None else (INT_MAX if t.integer else None)
+    if t.low is not None and (value < t.low or (t.low_open and value == t.low)):
+        return False
+    return high is None or not (value > high or (t.high_open and value == high))
+
+
+def _parsed(argtype: Any, text: str) -> tuple[bool, Any]:
+    """Whether the argtype declares ``text`` legitimate (its kind and bounds, not a list of flags), and its value."""
+    if isinstance(argtype, Either):
+        ok = [c for c in argtype.choices if _number_ok(c, text)]
+        return (True, _parsed(ok[0], text)[1]) if ok else (False, None)
+    if isinstance(argtype, NumberList):
+        ok, value = _parsed(argtype.item, text)
+        return ok, [value]
+    ok = _number_ok(argtype, text)
+    return ok, (_exact(text) if argtype.integer else float(text)) if ok else None
+
+
+def _check(command: str, flag: str, argtype: Any, text: str) -> None:
+    argv = [command, f"{flag}={text}", *_required(command)]  # "=": "-1e5" is a value, not an option
+    ok, want = _parsed(argtype, text)
+    if ok:
+        got = getattr(_subparsers()[command].parse_args(argv[1:]), flag.lstrip("-").replace("-", "_"))
+        assert got == want and type(got) is type(want), (argv, got)
+        return
+    err = io.StringIO()
+    start = time.perf_counter()
+    with patch.object(austeer.models, "load_model", _refuse), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2, argv
+    line = err.getvalue()
+    assert line.count("\n") == 1 and line.startswith(f"austeer: error: argument {flag}: "), (argv, line)
+    assert time.perf_counter() - start < 1.0, argv
+
+
+def _refuse(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("the model was loaded")
+
+
+BAD = ["nan", "inf", "-inf", "0", "-1", "-0.5", "1e400", str(10**400), "2.5", "1e3", "", "ten"]
+
+
+@pytest.mark.parametrize("command,flag,argtype", FLAGS, ids=[f"{c}{f}" for c, f, _ in FLAGS])
+def test_numeric_flag_refuses_bad_values_in_one_line_before_the_model_loads(command, flag, argtype):
+    for text in BAD:
+        _check(command, flag, argtype, text)
+
+
+TEXTS = st.one_of(
+    st.sampled_from(BAD),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-400, max_value=400).map(lambda e: f"1e{e}"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FLAGS), TEXTS)
+def test_numeric_flags_accept_exactly_what_their_argtype_declares(flag, text):
+    _check(*flag, text)
+
+
+def test_the_issue_examples_are_refused_before_the_model_loads(fitted, tmp_path, capsys, no_model_load):
+    out = tmp_path / "sweep"
+    sweep, cv = ["sweep", "--task", "copa", "--out", str(out)], ["control-vector", "--pairs", str(PAIRS), "--out", "c"]
+    cases = [
+        ([*sweep, "--val-limit", "-1"], "argument --val-limit: expected an integer >= 1"),
+        (["inspect", "--steer", str(fitted), "--out", "r.html", "--max-prompts", "-1"], "argument --max-prompts"),
+        ([*cv, "--layer", "29.7"], "argument --layer: expected a fraction of the depth >= 0 and < 1 or a whole"),
+        ([*cv, "--layer", "-1"], "argument --layer: expected a fraction"),
+        ([*sweep, "--alpha", "1,nan"], "argument --alpha: item 2 of '1,nan': expected a finite number"),
+        ([*sweep, "--alpha", "1e39"], "--alpha 1e+39: the gain 1 + alpha * beta reaches 1e+39, not finite in float32"),
+        (["compare", "--task", "copa", "--out", str(out), "--batch-size", "0"], "argument --batch-size: expected"),
+    ]
+    for argv, needle in cases:
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 2, argv
+        err = _one_line_error(capsys)
+        assert needle in err, (argv, err)
+    assert not out.exists()
+
+
+def test_output_under_a_file_names_the_file_before_the_model_loads(fitted, tmp_path, capsys, no_model_load):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    for argv in (
+        ["fit", "--pairs", str(PAIRS), "--out", str(blocker / "spec")],
+        ["export", "--steer", str(fitted), "--out", str(blocker / "m")],
+        ["eval", "--task", "copa", "--out", str(blocker / "e.json")],
+    ):
+        assert main(argv) == 2
+        err = _one_line_error(capsys)
+        assert f"{blocker} is a file, not a directory" in err and "File exists" not in err, err
+    assert blocker.read_text() == "keep me"
+
+
+def test_spec_without_scores_names_its_directory(fitted, tmp_path, capsys, no_model_load):
+    d = Path(shutil.copytree(fitted, tmp_path / "spec"))
+    (d / "scores.safetensors").unlink()
+    assert main(["generate", "hi", "--steer", str(d), "--k", "4"]) == 2
+    assert f"{d}: this spec has no stored scores" in _one_line_error(capsys)
+
+
+def test_control_vector_layer_beyond_the_model_says_how_many_layers(tmp_path, capsys):
+    out = tmp_path / "c.gguf"
+    argv = ["control-vector", "--pairs", str(PAIRS), "--out", str(out), "--limit", "2", "--layer", "100"]
+    assert main(argv) == 2
+    err = _one_line_error(capsys, loaded=True)
+    assert "layer 100 is out of range: the model has 30 layers (valid 0..29" in err, err
     assert not out.exists()

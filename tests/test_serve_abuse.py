@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -19,8 +20,12 @@ import httpx
 import pytest
 import torch
 
+import austeer.models
+from austeer.cli import main
+from austeer.models import fingerprint
 from austeer.momentum import Unit
 from austeer.serve import Server, ServerConfig
+from austeer.serve_openai import Limits
 from austeer.spec import SteerSpec
 
 COUNTING = "1, 2, 3, 4, 5, 6,"  # greedy SmolLM2 counts on for hundreds of tokens: no early end of turn
@@ -359,3 +364,100 @@ def test_abuse_mixed_clients_answers_stay_exact_and_memory_flat(server):
     growth = rss[-1] - rss[0]
     print(f"RSS MiB after each round: {[round(x, 1) for x in rss]}; growth {growth:.1f} MiB")
     assert growth < 48, f"RSS grew {growth:.1f} MiB over 3 rounds of abuse: {rss}"  # tolerance: 48 MiB
+
+
+# ------------------------------------------------------------------ numbers and start-up (reliability issue, item 8)
+
+
+def test_huge_integer_alpha_is_a_400_not_a_500(server):
+    for body, param in (
+        ({"prompt": "hi", "max_tokens": 1, "steer": {"name": "x", "alpha": 10**400}}, "steer.alpha"),
+        ({"prompt": "hi", "max_tokens": 1, "temperature": -(10**400)}, "temperature"),
+        ({"prompt": "hi", "max_tokens": 1, "top_p": 10**400}, "top_p"),
+    ):
+        r = _post(server.url, "/v1/completions", body)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and "...(401 digits)" in error["message"], error
+
+
+def test_tiny_top_p_samples_the_most_likely_token(server):
+    """top_p 1e-300 is 0 in float32: the nucleus must still hold the most likely token (it was a 500)."""
+    greedy = _post(server.url, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 8})
+    for top_p in (1e-300, 5e-324, 1e-30):
+        body = {"messages": QUESTION, "max_tokens": 8, "temperature": 0.8, "top_p": top_p, "seed": 3}
+        r = _post(server.url, "/v1/chat/completions", body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == greedy.json()["choices"][0]["message"]["content"]
+
+
+def test_alpha_whose_gains_overflow_the_model_is_a_400(smol):
+    model, tok = smol
+    spec = SteerSpec(units=[Unit("head", 3, 7, 1.0)], alpha=2.0, fingerprint=fingerprint(model))
+    config = ServerConfig(port=0, max_model_len=400, limits=Limits(max_alpha=1e300))  # the operator lifted it
+    with Server(model, tok, {"pos": spec}, config) as srv:
+        r = _post(
+            srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "steer": {"name": "pos", "alpha": 1e39}}
+        )
+        assert r.status_code == 400, r.text
+        assert "not finite in float32" in r.json()["error"]["message"] and r.json()["error"]["param"] == "steer.alpha"
+        ok = _post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "steer": {"name": "pos", "alpha": 3}})
+        assert ok.status_code == 200, ok.text
+
+
+def test_last_position_spec_is_refused_at_startup(smol, tmp_path, capsys):
+    model, tok = smol
+    spec = SteerSpec(units=[Unit("head", 3, 7, 1.0)], alpha=2.0, fingerprint=fingerprint(model), positions="last")
+    with pytest.raises(ValueError, match=r"steer 'last': positions 'last' steers the last position .* refit with"):
+        Server(model, tok, {"last": spec}, ServerConfig(port=0)).close()
+    spec.save(tmp_path / "last")
+    assert main(["serve", "--port", "0", "--steer", f"last={tmp_path / 'last'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("austeer: error: steer 'last': positions 'last'"), err
+
+
+def test_limits_that_remove_a_limit_or_fail_every_request_are_refused(smol):
+    model, tok = smol
+    for kwargs, needle in (
+        ({"max_alpha": float("nan")}, "max_alpha must be a finite number >= 0"),
+        ({"max_tokens_default": 0}, "max_tokens_default must be an integer in [1, max_tokens_limit = 1024]"),
+        ({"max_tokens_default": 2000}, "max_tokens_default must be an integer in [1, max_tokens_limit = 1024]"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            Limits(**kwargs)
+    with pytest.raises(ValueError, match="max_tokens_default 128 leaves no room for a prompt in the context of 100"):
+        Server(model, tok, {}, ServerConfig(port=0, max_model_len=100)).close()
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(austeer.models, "load_model", refuse)
+
+
+def test_bad_serve_options_are_one_line_before_the_model_loads(capsys, no_model_load):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    cases = [
+        (["--port", str(port)], f"austeer: error: cannot listen on 127.0.0.1:{port}: Address already in use"),
+        (["--host", "256.1.1.1"], "austeer: error: cannot listen on 256.1.1.1:8000: "),
+        (["--port", "99999"], "austeer: error: argument --port: expected an integer >= 0 and <= 65535, got '99999'"),
+        (["--max-alpha", "nan"], "austeer: error: argument --max-alpha: expected a finite number >= 0, got 'nan'"),
+        (["--max-tokens-default", "0"], "austeer: error: argument --max-tokens-default: expected an integer >= 1"),
+        (["--max-tokens-default", "300", "--max-tokens-limit", "200"], "austeer: error: --max-tokens-default 300 is"),
+        (["--max-tokens-default", "300", "--max-model-len", "300"], "austeer: error: --max-tokens-default 300 leaves"),
+    ]
+    try:
+        for extra, needle in cases:
+            try:
+                code = main(["serve", *extra])
+            except SystemExit as exc:
+                code = exc.code
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1 and err.startswith(needle), (extra, err)
+    finally:
+        busy.close()

@@ -204,6 +204,7 @@ class _RowSampling(LogitsProcessor):
                 if req.top_p < 1.0:
                     sorted_p, order = probs.sort(descending=True)
                     keep = sorted_p.cumsum(-1) - sorted_p < req.top_p
+                    keep[0] = True  # the most likely token always: a top_p below float32's range (1e-300) is 0 here
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                 try:
                     chosen[r] = torch.multinomial(probs.cpu(), 1, generator=row.generator).to(chosen.device)[0]

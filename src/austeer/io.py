@@ -376,15 +376,15 @@ def check_output_path(path: str | Path) -> None:
     while not _lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputPathError(f"{path}: {existing} is not a directory")
+        raise OutputPathError(
+            f"{path}: {existing} is a file, not a directory, so nothing can be written inside it; choose another path"
+        )
     limit = _name_max(existing)
     for name in absolute.relative_to(existing).parts:
         size = len(os.fsencode(name))
         if size > limit:
             shown = name if len(name) <= 40 else f"{name[:20]}...{name[-12:]}"
-            raise OutputPathError(
-                f"{path}: the name {shown!r} is {size} bytes long; the file system allows {limit}"
-            )
+            raise OutputPathError(f"{path}: the name {shown!r} is {size} bytes long; the file system allows {limit}")
     if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         try:
             read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
@@ -496,6 +496,7 @@ def check_file_target(path: str | Path) -> None:
         >>> check_file_target(Path(tempfile.mkdtemp()) / "report.html")   # free
     """
     path = Path(path)
+    check_output_path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a directory; expected a file name to write")
 

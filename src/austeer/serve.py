@@ -59,11 +59,49 @@ from austeer.serve_openai import (
     parse_request,
     sse,
 )
-from austeer.spec import SteerSpec
+from austeer.spec import SpecError, SteerSpec
+from austeer.steer import spec_gains
 
 MAX_BODY = 4 * 1024 * 1024
 POLL_S = 0.1  # how often a request thread checks that its client is still there
 _LENGTH = re.compile(r"[0-9]{1,12}")
+
+
+class ListenError(ValueError):
+    """The server cannot listen on its host and port (in use, not an address of this machine): one line."""
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise :class:`ListenError` unless a server could listen on ``host:port`` now (a trial bind, closed
+    at once; the CLI calls it before loading the model).
+
+    Example:
+        >>> check_listen("256.1.1.1", 8000)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        austeer.serve.ListenError: cannot listen on 256.1.1.1:8000: ...
+    """
+    httpd = _bind(host, port, 1)
+    httpd.server_close()
+
+
+def _bind(host: str, port: int, backlog: int) -> _HTTPServer:
+    """An HTTP server bound and listening on ``host:port``; any failure is one :class:`ListenError` line."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ListenError(f"cannot listen on {host}:{port}: a port is an integer in 0..65535")
+    try:
+        httpd = _HTTPServer((host, port), _Handler, bind_and_activate=False)
+    except OSError as exc:  # the address family lookup of an unknown host
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    httpd.request_queue_size = backlog  # read by listen() in server_activate
+    try:
+        httpd.server_bind()
+        httpd.server_activate()
+    except (OSError, OverflowError) as exc:  # in use, not this machine's address, unknown host
+        httpd.server_close()
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {why}") from None
+    return httpd
 
 
 @dataclass(frozen=True)
@@ -94,13 +132,16 @@ def load_steers(model: nn.Module, dirs: Mapping[str, str | Path]) -> dict[str, S
             raise ValueError(f"steer name {name!r} must be non-empty and contain no ':'")
         spec = load(directory)
         spec.check_fits(fp)
+        check_units(model, name, spec)  # servable: every position, gains finite in the model's dtype
         out[name] = spec
     return out
 
 
 def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
-    """Raise a one-line ``ValueError`` naming steer ``name`` unless ``spec`` fits ``model`` (the shared
-    validator, :meth:`~austeer.spec.SteerSpec.check_fits`: family, layers, widths, every unit in range).
+    """Raise a one-line ``ValueError`` naming steer ``name`` unless ``spec`` can be served on ``model``: it
+    fits (the shared validator, :meth:`~austeer.spec.SteerSpec.check_fits`: family, layers, widths, every
+    unit in range), steers every position (per-row serving cannot steer the last one only) and its gains
+    are finite in the model's dtype (:func:`~austeer.steer.spec_gains`, the path every request takes).
 
     Example:
         >>> from austeer.momentum import Unit
@@ -109,8 +150,15 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
         ...
         ValueError: steer 'wide': spec: units[0].index: 9999 is out of range 0..575 for site 'head'
     """
+    if spec.positions != "all":
+        raise ValueError(
+            f"steer {name!r}: positions {spec.positions!r} steers the last position of each pass only, which the "
+            "server cannot do (it steers every position of each row); refit with --positions all, or steer it "
+            "with austeer generate"
+        )
     try:
         spec.check_fits(fingerprint(model))
+        spec_gains(model, spec)
     except ValueError as exc:
         raise ValueError(f"steer {name!r}: {exc}") from None
 
@@ -157,6 +205,11 @@ class Engine:
         self.with_k: dict[tuple[str, int], SteerSpec] = {}
         limit = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 0)
         self.max_model_len = config.max_model_len or limit or 2048
+        if config.limits.max_tokens_default >= self.max_model_len:  # every request without max_tokens would fail
+            raise ValueError(
+                f"max_tokens_default {config.limits.max_tokens_default} leaves no room for a prompt in the "
+                f"context of {self.max_model_len} tokens (max_model_len)"
+            )
         self.batches = 0
         self.batch_sizes: list[int] = []  # rows of the most recent batches (newest last, at most 1000)
         self.model_lock = threading.Lock()  # held by the worker while it generates; hold it to pause the worker
@@ -178,6 +231,11 @@ class Engine:
         if spec is None:
             loaded = ", ".join(sorted(self.steers)) or "none"
             raise RequestError(f"unknown steer {choice.name!r}; loaded: {loaded}", 404, "steer.name", "steer_not_found")
+        if choice.alpha is not None:  # within --max-alpha, but its gains may still overflow the model's dtype
+            try:
+                spec_gains(self.model, spec, choice.alpha)
+            except SpecError as exc:
+                raise RequestError(f"steer {choice.name!r}: {exc}", 400, "steer.alpha") from None
         if choice.k is not None:
             key = (choice.name, choice.k)
             with self.front_lock:
@@ -515,14 +573,7 @@ class Server:
 
     def __init__(self, model: nn.Module, tokenizer: Any, steers: dict[str, SteerSpec], config: ServerConfig) -> None:
         self.engine = Engine(model, tokenizer, steers, config)
-        self.httpd = _HTTPServer((config.host, config.port), _Handler, bind_and_activate=False)
-        self.httpd.request_queue_size = config.backlog  # read by listen() in server_activate
-        try:
-            self.httpd.server_bind()
-            self.httpd.server_activate()
-        except OSError:
-            self.httpd.server_close()
-            raise
+        self.httpd = _bind(config.host, config.port, config.backlog)
         self.httpd.engine = self.engine
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="austeer-http", daemon=True)
 

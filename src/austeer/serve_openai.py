@@ -41,13 +41,38 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What the server accepts: token budgets, alpha range, batch of prompts per request."""
+    """What the server accepts: token budgets, alpha range, batch of prompts per request.
+
+    Checked when built (a ``ValueError``): a limit that would fail every request, or remove a limit
+    (``max_alpha=nan``), is refused at start-up.
+
+    Example:
+        >>> Limits(max_tokens_default=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_tokens_default must be an integer in [1, max_tokens_limit = 1024], got 0
+    """
 
     max_tokens_default: int = 128
     max_tokens_limit: int = 1024
     max_alpha: float = 100.0
     max_k: int = 1000
     max_prompts: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens_limit", "max_k", "max_prompts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        default = self.max_tokens_default
+        if isinstance(default, bool) or not isinstance(default, int) or not 1 <= default <= self.max_tokens_limit:
+            raise ValueError(
+                f"max_tokens_default must be an integer in [1, max_tokens_limit = {self.max_tokens_limit}], "
+                f"got {default!r}"
+            )
+        alpha = self.max_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not (_finite(alpha) and alpha >= 0):
+            raise ValueError(f"max_alpha must be a finite number >= 0, got {alpha!r}")
 
 
 @dataclass(frozen=True)
@@ -76,22 +101,34 @@ class Request:
     steer: SteerChoice | None = None
 
 
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite number that a float can hold (a 401-digit JSON integer cannot)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message, its middle left out when it is long (a 401-digit integer)."""
+    text = repr(value)
+    if len(text) <= 40:
+        return text
+    return f"{text[:20]}...({len(text.lstrip('-'))} digits)" if isinstance(value, int) else f"{text[:40]}..."
+
+
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
     value = body.get(key)
     if value is None:
         return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (lo <= value <= hi and math.isfinite(value))
-    ):
-        raise RequestError(f"{key!r} must be a number in [{lo:g}, {hi:g}], got {value!r}", param=key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (_finite(value) and lo <= value <= hi):
+        raise RequestError(f"{key!r} must be a number in [{lo:g}, {hi:g}], got {_shown(value)}", param=key)
     return float(value)
 
 
 def _int(value: Any, key: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise RequestError(f"{key!r} must be an integer in [{lo}, {hi}], got {value!r}", param=key)
+        raise RequestError(f"{key!r} must be an integer in [{lo}, {hi}], got {_shown(value)}", param=key)
     return int(value)
 
 
@@ -113,11 +150,12 @@ def parse_steer(value: Any, limits: Limits) -> SteerChoice | None:
         raise RequestError("'steer.name' must be the name of a loaded steer (see /v1/steers)", param="steer.name")
     alpha = value.get("alpha")
     if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-            raise RequestError(f"'steer.alpha' must be a number, got {alpha!r}", param="steer.alpha")
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not _finite(alpha):
+            raise RequestError(f"'steer.alpha' must be a finite number, got {_shown(alpha)}", param="steer.alpha")
         if abs(alpha) > limits.max_alpha:
             raise RequestError(
-                f"'steer.alpha' {alpha:g} is out of range: |alpha| must be <= {limits.max_alpha:g}", param="steer.alpha"
+                f"'steer.alpha' {_shown(alpha)} is out of range: |alpha| must be <= {limits.max_alpha:g}",
+                param="steer.alpha",
             )
         alpha = float(alpha)
     k = value.get("k")

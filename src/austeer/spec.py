@@ -337,7 +337,8 @@ class SteerSpec:
         """The same fit with the top ``k`` AUs (needs the stored scores)."""
         if not self.scores:
             why = " (attribution specs keep none)" if self.selection == "attribution" else ""
-            raise ValueError(f"this spec has no stored scores{why}; refit to change k")
+            where = Path(self.path).parent if self.path else "spec"
+            raise ValueError(f"{where}: this spec has no stored scores (scores.safetensors){why}; refit to change k")
         return replace(self, units=select(self.scores, k))
 
     def with_alpha(self, alpha: float) -> SteerSpec:

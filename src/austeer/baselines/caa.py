@@ -27,10 +27,27 @@ def layer_of(fraction: float, n_layers: int) -> int:
     return min(n_layers - 1, max(0, round(fraction * (n_layers - 1))))
 
 
+def layer_index(layer: float, n_layers: int) -> int:
+    """The decoder layer ``layer`` names: a fraction of the depth in ``[0, 1)`` or a whole index >= 1.
+
+    Example:
+        >>> layer_index(0.5, 30), layer_index(29, 30)
+        (14, 29)
+        >>> layer_index(30, 30)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: layer 30 is out of range: the model has 30 layers (valid 0..29, or a fraction of the depth ...
+    """
+    valid = f"the model has {n_layers} layers (valid 0..{n_layers - 1}, or a fraction of the depth in [0, 1))"
+    if not 0 <= layer < n_layers or (layer >= 1 and layer != int(layer)):
+        raise ValueError(f"layer {layer:g} is out of range: {valid}")
+    return int(layer) if layer >= 1 else layer_of(layer, n_layers)
+
+
 def build(model: nn.Module, evidence: Evidence, layer: float = 0.5, multiplier: float = 1.0) -> AddSteerer:
-    """CAA at ``layer`` (a fraction of the depth, or an int layer index when >= 1)."""
+    """CAA at ``layer`` (a fraction of the depth, or an int layer index when >= 1: :func:`layer_index`)."""
     n_layers = int(evidence.pos["residual"].shape[1])
-    index = int(layer) if layer >= 1 else layer_of(layer, n_layers)
+    index = layer_index(layer, n_layers)
     v = evidence.mean_diff("residual")[index]
     config = {"layer": layer, "layer_index": index, "multiplier": multiplier}
     return AddSteerer("caa", "residual", {index: float(multiplier) * v}, config, n_steered=int(v.numel()))

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from austeer.io import OutputPathError, OutputWriteError
 
@@ -29,10 +30,17 @@ def _modules() -> list:
     return found
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, ``austeer: error: <what> (see <prog> --help)``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"austeer: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from austeer import __version__
 
-    parser = argparse.ArgumentParser(prog="austeer", description="Fine-grained activation steering (AUSteer).")
+    parser = Parser(prog="austeer", description="Fine-grained activation steering (AUSteer).")
     parser.add_argument("--version", action="version", version=f"austeer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _modules():

@@ -9,6 +9,7 @@ from typing import Any
 
 from austeer.baselines import DEFAULT_METHODS as _DEFAULTS
 from austeer.baselines import METHODS
+from austeer.cli.argtypes import finite_float, positive_int, ratio
 from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 
 #: the methods run when none are named (those that declare ``Method.default``)
@@ -102,13 +103,13 @@ def register(sub: Any) -> None:
     p.add_argument("--pairs", default=None, help="pairs JSONL (custom task)")
     p.add_argument("--eval", default=None, help="eval JSONL (custom task)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated; also: calibration (mc), prompt+austeer")
-    p.add_argument("--budget", type=int, default=8, help="configurations tried on val, per method")
-    p.add_argument("--pairs-limit", type=int, default=200)
-    p.add_argument("--val-limit", type=int, default=100)
-    p.add_argument("--test-limit", type=int, default=300)
-    p.add_argument("--max-ppl-ratio", type=float, default=2.0, help="eligible configs keep ppl within this factor")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--budget", type=positive_int, default=8, help="configurations tried on val, per method")
+    p.add_argument("--pairs-limit", type=positive_int, default=200)
+    p.add_argument("--val-limit", type=positive_int, default=100)
+    p.add_argument("--test-limit", type=positive_int, default=300)
+    p.add_argument("--max-ppl-ratio", type=ratio, default=2.0, help="eligible configs keep ppl within this factor")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="override the task's generation length")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument(
         "--doses",
         default="",
@@ -128,8 +129,12 @@ def register(sub: Any) -> None:
         help="read each pair's shared prompt once (about 2x faster on long prompts; activations equal up to "
         "float rounding); off by default so that the comparisons in docs/ reproduce bit for bit",
     )
-    p.add_argument("--dose-alpha", type=float, default=None, help="default: the alpha AUSteer chose on val, else 4")
-    p.add_argument("--dose-limit", type=int, default=None, help="test items of the dose-response (default: test-limit)")
+    p.add_argument(
+        "--dose-alpha", type=finite_float, default=None, help="default: the alpha AUSteer chose on val, else 4"
+    )
+    p.add_argument(
+        "--dose-limit", type=positive_int, default=None, help="test items of the dose-response (default: test-limit)"
+    )
     p.add_argument("--out", required=True, help="directory for compare.json, compare.md, compare.png")
     add_force_arg(p)
     add_model_args(p)

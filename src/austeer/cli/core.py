@@ -201,7 +201,9 @@ def register(sub: Any) -> None:
         help="truncate texts on the left to this many tokens (default: the model's context)",
     )
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N pairs")
-    p.add_argument("--nproc", type=int, default=1, help="processes to shard the pairs over (all-reduced counts)")
+    p.add_argument(
+        "--nproc", type=positive_int, default=1, help="processes to shard the pairs over (all-reduced counts)"
+    )
     p.add_argument(
         "--share-prefix",
         action=argparse.BooleanOptionalAction,

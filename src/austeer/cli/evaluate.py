@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from austeer.cli.argtypes import finite_float, positive_int
+from austeer.cli.argtypes import finite_float, finite_floats, positive_int, positive_ints
 from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
 from austeer.sites import SITES
 
@@ -152,8 +152,11 @@ def print_paired(
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import torch
+
     from austeer.io import check_file_output, check_replaceable
     from austeer.models import load_model
+    from austeer.spec import first_overflow, overflow_text
     from austeer.sweep import SWEEP_FILES, sweep
 
     task = _task(args)
@@ -166,6 +169,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_replaceable(where, "spec", args.force, inputs)  # before loading the model
     for name, owned in SWEEP_FILES.items():
         check_file_output(Path(args.out) / name, "sweep", args.force, inputs, owned)
+    widest = max(args.alpha, key=abs)  # |beta| <= 1: the largest gain of the grid is 1 + |alpha|
+    if first_overflow([1.0 + abs(widest)], torch.float32) is not None:
+        raise ValueError(
+            f"--alpha {widest:g}: the gain 1 + alpha * beta reaches {overflow_text(1.0 + abs(widest), torch.float32)}"
+        )
     model, tok, name = load_from_args(args)
     ref = None
     if task.kind == "behaviour":
@@ -176,8 +184,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         task,
         args.out,
         sites=sites,
-        ks=_csv(args.k, int),
-        alphas=_csv(args.alpha, float),
+        ks=args.k,
+        alphas=args.alpha,
         model_id=name,
         pair_limit=args.pair_limit,
         val_limit=args.val_limit,
@@ -212,8 +220,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=[*TASKS, "custom"])
     p.add_argument("--pairs", default=None, help="custom task: pairs JSONL")
     p.add_argument("--eval", default=None, help="custom task: eval JSONL (see docs/EVALUATION.md)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (math, behaviour)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="generation budget (math, behaviour)")
     add_model_args(p)
 
 
@@ -239,12 +247,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("sweep", help="grid-search site, k and alpha on val; evaluate the best on test")
     _common(p)
     p.add_argument("--site", default="head,ffn", help=f"comma-separated, of {', '.join(SITES)}")
-    p.add_argument("--k", default="2,8,32,100", help="comma-separated k values")
-    p.add_argument("--alpha", default="1,5,15,50", help="comma-separated alpha values")
+    p.add_argument("--k", type=positive_ints, default=[2, 8, 32, 100], help="comma-separated k values")
+    p.add_argument("--alpha", type=finite_floats, default=[1.0, 5.0, 15.0, 50.0], help="comma-separated alpha values")
     p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     add_force_arg(p)
     p.add_argument("--pair-limit", type=positive_int, default=None, help="use only the first N pairs")
-    p.add_argument("--val-limit", type=int, default=None, help="use only the first N val items")
-    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test items")
+    p.add_argument("--val-limit", type=positive_int, default=None, help="use only the first N val items")
+    p.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test items")
     p.add_argument("--no-test", action="store_true", help="stop after the validation grid")
     p.set_defaults(func=cmd_sweep)

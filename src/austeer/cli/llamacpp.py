@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from austeer.cli.argtypes import finite_float, positive_int
+from austeer.cli.argtypes import finite_float, layer_or_fraction, positive_int
 from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
 
 
@@ -74,6 +74,11 @@ def cmd_control_vector(args: argparse.Namespace) -> int:
     check_file_output(args.out, "control-vector", args.force, [args.pairs], owned=is_austeer_control_vector)
     pairs = read_pairs(args.pairs)[: args.limit]
     model, tok, _ = load_from_args(args)
+    from austeer.sites import decoder_layers
+
+    index = caa.layer_index(args.layer, len(decoder_layers(model)))  # before the pairs are read through the model
+    if index < 1:
+        raise ValueError(f"--layer {args.layer:g} is layer 0, whose output llama.cpp cannot steer; use a layer >= 1")
     evidence = gather(model, tok, pairs, ["residual"], batch_size=args.batch_size, progress=False)
     steerer = caa.build(model, evidence, layer=args.layer, multiplier=args.multiplier)
     path = caa.to_control_vector(steerer, model, args.out, force=args.force)
@@ -87,7 +92,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("control-vector", help="fit CAA on pairs and write it as a llama.cpp control vector (.gguf)")
     p.add_argument("--pairs", required=True, help="JSONL with prompt, positive, negative (optional system)")
     p.add_argument(
-        "--layer", type=finite_float, default=0.5, help="a fraction of the depth (< 1) or a layer index (>= 1)"
+        "--layer", type=layer_or_fraction, default=0.5, help="a fraction of the depth (< 1) or a layer index (>= 1)"
     )
     p.add_argument("--multiplier", type=finite_float, default=1.0, help="strength: the vector is multiplier * v")
     p.add_argument("--out", required=True, help="control vector file to write (.gguf)")

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from austeer.cli.argtypes import finite_float, positive_int
+from austeer.cli.argtypes import positive_int, ratio
 from austeer.cli.core import add_force_arg, add_model_args, load_from_args
 
 
@@ -91,9 +91,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="directory for tune.json, tune.png, spec/ (resumed if it exists)")
     p.add_argument("--sites", default="head,ffn,neuron", help="comma-separated sites to try")
     p.add_argument("--budget", type=positive_int, default=None, help="at most N configurations per method")
-    p.add_argument(
-        "--max-damage", type=finite_float, default=1.25, help="largest perplexity ratio on neutral text (1.25)"
-    )
+    p.add_argument("--max-damage", type=ratio, default=1.25, help="largest perplexity ratio on neutral text (1.25)")
     p.add_argument("--method", default="austeer", help="austeer, caa or austeer,caa")
     p.add_argument("--neutral", default=None, help="extra neutral texts: JSONL (strings or {text}) or text lines")
     p.add_argument("--batch-size", type=positive_int, default=16)
