@@ -354,3 +354,36 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     assert "bad dose 'many'" in capsys.readouterr().err
     assert main(["compare", "--task", "copa", "--methods", "nope", "--doses", "0,2", "--out", str(out)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,scale", [("au-add", "std"), ("au-add-diff", "diff")])
+def test_au_add_shifts_austeers_units_by_alpha_beta_scale(smol, evidence, name, scale):
+    """au-add: exactly AUSteer's top-k AUs, each shifted by alpha * beta * s (s: std or |mean diff| over the pairs,
+    recomputed here from the raw activations); hooks move the logits, the bias fold equals the hooks and
+    restores the model bit for bit."""
+    from austeer.baselines.au import top_units
+
+    model, tok = smol
+    steerer = METHODS[name].build(model, evidence, site="head", k=8, alpha=3.0)
+    units = top_units(evidence, "head", 8)
+    assert steerer.n_steered == 8 and steerer.site == "head"
+    pos, neg = evidence.pos["head"].double(), evidence.neg["head"].double()
+    for u in units:
+        if scale == "std":
+            s = torch.cat([pos[:, u.layer, u.index], neg[:, u.layer, u.index]]).std()
+        else:
+            s = (pos[:, u.layer, u.index] - neg[:, u.layer, u.index]).mean().abs()
+        assert steerer.vectors[u.layer][u.index].item() == pytest.approx(3.0 * u.beta * float(s), rel=1e-5)
+    nonzero = {(layer, int(i)) for layer, v in steerer.vectors.items() for i in torch.nonzero(v).flatten()}
+    assert nonzero == {(u.layer, u.index) for u in units}
+    enc = _ids(tok)
+    base = _logits(model, enc)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with steerer.hooks(model):
+        hooked = _logits(model, enc)
+    with steerer.fold(model):
+        folded = _logits(model, enc)
+    assert (hooked - base).abs().max() > 100 * (hooked - folded).abs().max()
+    assert (hooked - folded).abs().max() < 1e-4
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -8,8 +8,8 @@ turn it is evaluated with; the prompting baseline's, :mod:`austeer.baselines.pro
 Example:
     >>> from austeer.baselines import METHODS
     >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
-    ['attribution', 'austeer', 'austeer-ffn', 'austeer-last', 'austeer-neuron', 'austeer-signed', 'block', 'caa',
-     'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
+    ['attribution', 'au-add', 'au-add-diff', 'austeer', 'austeer-ffn', 'austeer-last', 'austeer-neuron',
+     'austeer-signed', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
     >>> len(METHODS["caa"].grid)
     8
     >>> DEFAULT_METHODS
@@ -21,7 +21,19 @@ line in :data:`METHODS`.
 
 from __future__ import annotations
 
-from austeer.baselines import attribution, au, block, caa, calibration, fixed, iti, prompt, random_units, sadi
+from austeer.baselines import (
+    attribution,
+    au,
+    au_add,
+    block,
+    caa,
+    calibration,
+    fixed,
+    iti,
+    prompt,
+    random_units,
+    sadi,
+)
 from austeer.baselines.base import AddSteerer, CannotFold, Evidence, Frontier, GainSteerer, Method, Steerer, gather
 
 METHODS: dict[str, Method] = {
@@ -42,6 +54,8 @@ METHODS: dict[str, Method] = {
         au.LAST,
         au.SIGNED,
         attribution.METHOD,
+        au_add.METHOD,
+        au_add.DIFF,
     )
 }
 
