@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up, then lint (ruff), type-check (mypy) and run the test suite (pytest) on the real embedded model.
+# Set up, then lint (ruff), type-check (mypy) and run the test suite (pytest) on the real embedded model and,
+# for the engine tests, the real vLLM (its CPU build, in its own cached environment: scripts/setup_vllm.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+AUSTEER_VLLM_PYTHON=$(bash scripts/setup_vllm.sh)
+export AUSTEER_VLLM_PYTHON
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
