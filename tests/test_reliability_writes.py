@@ -127,7 +127,7 @@ def test_compare_refuses_files_it_did_not_write(custom, tmp_path, capsys, name):
     out.mkdir()
     (out / name).write_text("keep")
     args = ["compare", "--task", "custom", "--pairs", str(pairs), "--eval", str(items), "--out", str(out)]
-    assert main([*args, "--methods", "austeer", "--budget", "1", "--pairs-limit", "4"]) == 2
+    assert main([*args, "--methods", "austeer", "--budget", "1", "--pairs-limit", "4", "--doses", "0,2"]) == 2
     assert f"{out / name}: this file is not austeer's" in one_error_line(capsys)
     assert (out / name).read_text() == "keep"
 
