@@ -79,7 +79,7 @@ def test_eval_replaces_its_own_output_only(custom, tmp_path, capsys):
     out.write_text('{"mine": true}\n')
     assert main(eval_args(pairs, items, out)) == 2
     line = one_error_line(capsys)
-    assert f"{out}: this file was not written by austeer" in line and "--force" in line
+    assert f"{out}: this file is not austeer's eval output" in line and "--force" in line
     assert out.read_text() == '{"mine": true}\n'
     assert main(eval_args(pairs, items, out, "--force")) == 0
     first = json.loads(out.read_text())
@@ -96,7 +96,7 @@ def test_inspect_keeps_a_browsers_saved_page(spec_dir, tmp_path, capsys):
     (files / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\nnot ours")
     page.write_text("<html>my page</html>")
     assert main(["inspect", "--steer", str(spec_dir), "--out", str(page)]) == 2
-    assert f"{page}: this file was not written by austeer" in one_error_line(capsys)
+    assert f"{page}: this file is not austeer's report output" in one_error_line(capsys)
     page.unlink()
     assert main(["inspect", "--steer", str(spec_dir), "--out", str(page)]) == 2
     assert f"{files}: it is not 'figures' output austeer wrote" in one_error_line(capsys)
@@ -115,7 +115,7 @@ def test_report_replaces_its_own_report_and_refuses_others(smol, spec_dir, tmp_p
     build_report(model, tok, austeer.load(spec_dir), out, **kw)  # austeer's own report and figures: replaced
     assert 'content="austeer:report"' in out.read_text()
     out.write_text("<html>edited by hand</html>")
-    with pytest.raises(OutputExistsError, match="not written by austeer"):
+    with pytest.raises(OutputExistsError, match="not austeer.s report output"):
         build_report(model, tok, austeer.load(spec_dir), out, **kw)
     assert out.read_text() == "<html>edited by hand</html>"
 
@@ -127,8 +127,8 @@ def test_compare_refuses_files_it_did_not_write(custom, tmp_path, capsys, name):
     out.mkdir()
     (out / name).write_text("keep")
     args = ["compare", "--task", "custom", "--pairs", str(pairs), "--eval", str(items), "--out", str(out)]
-    assert main([*args, "--methods", "austeer", "--budget", "1", "--pairs-limit", "4"]) == 2
-    assert f"{out / name}: this file was not written by austeer" in one_error_line(capsys)
+    assert main([*args, "--methods", "austeer", "--budget", "1", "--pairs-limit", "4", "--doses", "0,2"]) == 2
+    assert f"{out / name}: this file is not austeer's" in one_error_line(capsys)
     assert (out / name).read_text() == "keep"
 
 
@@ -138,8 +138,30 @@ def test_tune_refuses_files_it_did_not_write(tmp_path, capsys, name):
     out.mkdir()
     (out / name).write_text("keep")
     assert main(["tune", "--pairs", str(PAIRS), "--out", str(out), "--sites", "head", "--budget", "1"]) == 2
-    assert f"{out / name}: this file was not written by austeer" in one_error_line(capsys)
+    assert f"{out / name}: this file is not austeer's" in one_error_line(capsys)
     assert (out / name).read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", ["sweep.json", "sweep.csv"])
+def test_sweep_refuses_files_it_did_not_write(tmp_path, capsys, name):
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / name).write_text("keep")
+    assert main(["sweep", "--task", "copa", "--out", str(out), "--site", "head", "--k", "2", "--alpha", "1"]) == 2
+    assert f"{out / name}: this file is not austeer's" in one_error_line(capsys)
+    assert (out / name).read_text() == "keep"
+
+
+def test_kinds_of_files_do_not_mix(custom, tmp_path, capsys):
+    """An austeer ``compare.json`` is not an ``eval --out`` austeer may replace."""
+    from austeer.io import signed_json
+
+    pairs, items = custom
+    theirs = tmp_path / "compare.json"
+    theirs.write_text(signed_json({"task": "custom"}, "compare"))
+    assert main(eval_args(pairs, items, theirs)) == 2
+    assert f"{theirs}: this file is not austeer's eval output" in one_error_line(capsys)
+    assert json.loads(theirs.read_text()) == {"written_by": "austeer:compare", "task": "custom"}
 
 
 def test_fit_with_force_never_deletes_its_input(tmp_path, capsys):

@@ -82,10 +82,10 @@ if TYPE_CHECKING:
 #: the marker file in every directory austeer writes
 MARKER = ".austeer"
 
+_SIGNATURE_BYTES = 4096  # a single file's signature (see :func:`signed`) is looked for in its first 4 KiB
+
 # files written by an older austeer, recognised without a marker
 _SPEC_FILES = {"steer.json", "scores.safetensors"}
-_SIGNATURE_BYTES = 4096  # a file's signature is looked for in its first 4 KiB
-
 _EXPORT_FILES = {
     "austeer_steer.json",
     "model.safetensors",
@@ -522,7 +522,7 @@ def check_file_output(
         ...     check_file_output(p, "eval")
         ... except OutputExistsError as exc:
         ...     print(str(exc).split(": ", 1)[1])
-        this file was not written by austeer; refusing to replace it (--force replaces it)
+        this file is not austeer's eval output; refusing to replace it (--force replaces it)
     """
     path = Path(path)
     check_output_path(path)  # first: a name too long cannot even be looked at
@@ -531,7 +531,7 @@ def check_file_output(
     is_owned = owned if owned is not None else (lambda p: signed(p, kind))
     if (path.exists() or path.is_symlink()) and not force and not is_owned(path):
         raise OutputExistsError(
-            f"{path}: this file was not written by austeer; refusing to replace it (--force replaces it)"
+            f"{path}: this file is not austeer's {kind} output; refusing to replace it (--force replaces it)"
         )
 
 
@@ -787,7 +787,7 @@ def atomic_write_file(
         b'ours'
     """
     path = Path(path)
-    check_file_output(path, "file", force, inputs, owned)
+    check_file_output(path, "GGUF", force, inputs, owned)
 
     def fill(fd: int, tmp: str) -> None:
         os.close(fd)

@@ -266,7 +266,7 @@ def _row(obj: dict[str, Any]) -> TuneRow:
 
 
 #: the files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as
-TUNE_FILES = {"tune.json": "tune", "tune.png": "figure", "caa.safetensors": "caa"}
+TUNE_FILES = {"tune.json": "tune", "caa.safetensors": "caa"}
 
 
 def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:

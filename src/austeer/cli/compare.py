@@ -39,7 +39,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     inputs = [args.pairs, args.eval]
     for name, kind in COMPARE_FILES.items():
-        check_file_output(Path(args.out) / name, kind, args.force, inputs)  # before the long run
+        if args.doses or not name.startswith("dose"):
+            check_file_output(Path(args.out) / name, kind, args.force, inputs)  # before the long run
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"{args.out}: a file is in the way; --out is the directory for the compare files")
     task = get_task(args.task, pairs=args.pairs, eval=args.eval)

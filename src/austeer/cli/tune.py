@@ -39,7 +39,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     inputs = [args.pairs, args.neutral]
     for where in [out / "spec", *(out / "scores" / s for s in sites)]:
         check_replaceable(where, "spec", args.force, inputs)  # before loading the model
-    for name, kind in TUNE_FILES.items():
+    for name, kind in {**TUNE_FILES, "tune.png": "figure"}.items():
         check_file_output(out / name, kind, args.force, inputs)
     pairs = read_pairs(args.pairs)
     split_pairs(pairs)  # too few pairs: say so before loading the model
