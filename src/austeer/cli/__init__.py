@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from austeer.extras import MissingPackage
+
 #: command modules of this package, in help order (a module not present in this build is skipped)
 COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve", "llamacpp"]
 
@@ -47,6 +49,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
+    MissingPackage,  # an optional package a command needs: the message names the pip install
 )
 
 

@@ -29,6 +29,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from austeer.extras import GGUF, require
+
+    require(*GGUF, "austeer export --format gguf")
     from austeer.gguf_export import export_gguf
     from austeer.io import check_file_target
     from austeer.models import fingerprint
@@ -54,6 +57,9 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 
 
 def cmd_control_vector(args: argparse.Namespace) -> int:
+    from austeer.extras import GGUF, require
+
+    require(*GGUF, "austeer control-vector")
     from austeer.baselines import caa
     from austeer.baselines.base import gather
     from austeer.io import check_file_target

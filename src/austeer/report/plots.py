@@ -16,13 +16,19 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from austeer.extras import REPORT, require
 from austeer.momentum import Unit
+
+try:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError:
+    require(*REPORT, "the report's figures")  # not installed: the pip install line
+    raise
 
 DPI = 110
 
