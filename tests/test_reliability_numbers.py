@@ -13,7 +13,6 @@ import json
 import math
 import re
 import shutil
-import time
 from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
@@ -230,13 +229,11 @@ def _check(command: str, flag: str, argtype: Any, text: str) -> None:
         assert got == want and type(got) is type(want), (argv, got)
         return
     err = io.StringIO()
-    start = time.perf_counter()
     with patch.object(austeer.models, "load_model", _refuse), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2, argv
     line = err.getvalue()
     assert line.count("\n") == 1 and line.startswith(f"austeer: error: argument {flag}: "), (argv, line)
-    assert time.perf_counter() - start < 1.0, argv
 
 
 def _refuse(*args: Any, **kwargs: Any) -> None:

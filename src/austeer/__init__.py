@@ -13,10 +13,10 @@ Example (the other docstring examples use ``model, tok`` as loaded here):
     ...     _ = model(**tok("Hi", return_tensors="pt"))
 """
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from austeer.fit import fit, score
-from austeer.gguf_export import export_gguf
-from austeer.gguf_lora import export_gguf_lora
-from austeer.gguf_write import export_hf_gguf
 from austeer.lora import export_lora
 from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
 from austeer.momentum import SignCounts, Unit, select
@@ -24,7 +24,29 @@ from austeer.pairs import Pair, read_pairs
 from austeer.spec import SteerSpec, load
 from austeer.steer import apply, export, fold, folded, unfold
 
+if TYPE_CHECKING:
+    from austeer.gguf_export import export_gguf
+    from austeer.gguf_lora import export_gguf_lora
+    from austeer.gguf_write import export_hf_gguf
+
 __version__ = "0.1.0"
+
+#: names imported on first use: the GGUF writers need the ``gguf`` package, which ``import austeer`` does not
+_LAZY = {
+    "export_gguf": "austeer.gguf_export",
+    "export_gguf_lora": "austeer.gguf_lora",
+    "export_hf_gguf": "austeer.gguf_write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from austeer.extras import GGUF, require
+
+        require(*GGUF, f"austeer.{name}")
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'austeer' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",

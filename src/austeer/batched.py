@@ -46,6 +46,25 @@ GREEDY_BELOW = 1e-5
 before a temperature this small differs from the argmax (vLLM uses the same threshold)."""
 
 
+def batch_note(dtype: torch.dtype) -> str | None:
+    """Why a row's answer may depend on its batch in ``dtype`` (None in float32, where batched rows equal
+    one-by-one generation: ``tests/test_batched.py``). In bfloat16 / float16 the padding of a mixed batch
+    changes the attention's shapes and with them the rounding, enough to flip a greedy token
+    (``benchmarks/batch_invariance.py``, docs/SERVING.md).
+
+    Example:
+        >>> batch_note(torch.float32) is None, batch_note(torch.bfloat16)[:39]
+        (True, 'in bfloat16 a request may be answered d')
+    """
+    if dtype == torch.float32:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return (
+        f"in {name} a request may be answered differently when batched with prompts of other lengths than alone "
+        "(padding changes the rounding); --dtype float32 for answers that do not depend on the batch"
+    )
+
+
 @dataclass(frozen=True)
 class RowSteer:
     """The steering of one row: a spec and an optional alpha that overrides the spec's."""

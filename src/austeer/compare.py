@@ -282,9 +282,7 @@ def compare(
         _needs_instruction(task)  # fail before the long run
     if evidence is None:
         pairs = task.pairs(model, tok, limit=pairs_limit)
-        evidence = gather(
-            model, tok, pairs, sites, batch_size=batch_size, progress=progress, share_prefix=share_prefix
-        )
+        evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress, share_prefix=share_prefix)
     unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
     base_val = unsteered.get(task, "val", val_limit, **kw)

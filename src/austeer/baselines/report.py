@@ -309,6 +309,9 @@ def plot_frontier(
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
     """A figure on its own Agg canvas and its axes, as ``pyplot.subplots`` gives (no pyplot, no backend switch)."""
+    from austeer.extras import REPORT, require
+
+    require(*REPORT, "the comparison figures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from austeer.extras import MissingPackage
 from austeer.io import OutputPathError, OutputWriteError
 
 #: command modules of this package, in help order (a module not present in this build is skipped)
@@ -59,6 +60,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PermissionError,
     OutputPathError,  # an output path austeer cannot write (read-only, a name too long, the current directory)
     OutputWriteError,  # the final write failed (a full disk): the old output is left as it was
+    MissingPackage,  # an optional package a command needs: the message names the pip install
 )
 
 

@@ -29,6 +29,9 @@ DOSE_METHODS = [name for name, m in METHODS.items() if m.params == {"site", "k",
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from austeer.extras import REPORT, require
+
+    require(*REPORT, "austeer compare")  # compare.png and dose.png are drawn after the evaluation
     from austeer.baselines.base import gather
     from austeer.baselines.report import plot_comparison, plot_dose, table
     from austeer.compare import compare, dose_response, parse_doses, sites_for
@@ -44,6 +47,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"{args.out}: a file is in the way; --out is the directory for the compare files")
     task = get_task(args.task, pairs=args.pairs, eval=args.eval)
+    task.check_needs()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     doses = parse_doses(args.doses) if args.doses else []
     dose_sites = [s.strip() for s in args.dose_sites.split(",") if s.strip()]

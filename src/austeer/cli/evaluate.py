@@ -20,7 +20,9 @@ def _task(args: argparse.Namespace) -> Any:
         return get_task("custom", pairs=args.pairs, eval=args.eval)
     if args.pairs or args.eval:
         raise ValueError("--pairs/--eval are for --task custom only")
-    return get_task(args.task)
+    task = get_task(args.task)
+    task.check_needs()  # the judge's package, before the model loads and generates
+    return task
 
 
 def _csv(text: str, cast: Any) -> list[Any]:

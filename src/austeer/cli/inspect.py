@@ -10,6 +10,9 @@ from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_fr
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from austeer.extras import REPORT, require
+
+    require(*REPORT, "austeer inspect")  # before the report's modules import it
     from austeer.io import check_file_output, check_replaceable
     from austeer.models import fingerprint
     from austeer.report import build_report, figures_dir

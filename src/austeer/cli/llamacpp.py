@@ -38,6 +38,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from austeer.extras import GGUF, require
+
+    require(*GGUF, "austeer export --format gguf")
     from austeer.gguf_export import export_gguf
     from austeer.gguf_write import is_austeer_gguf
     from austeer.io import check_file_output
@@ -65,6 +68,9 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 
 
 def cmd_control_vector(args: argparse.Namespace) -> int:
+    from austeer.extras import GGUF, require
+
+    require(*GGUF, "austeer control-vector")
     from austeer.baselines import caa
     from austeer.baselines.base import gather
     from austeer.control_vector import is_austeer_control_vector

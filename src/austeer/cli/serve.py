@@ -11,6 +11,7 @@ from austeer.cli.core import add_model_args, load_from_args
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from austeer.batched import batch_note
     from austeer.serve import Server, ServerConfig, check_listen, load_steers, parse_steer_args
     from austeer.serve_openai import Limits
 
@@ -44,6 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = Server(model, tok, steers, config)
     listed = ", ".join(f"{n} ({s.k} AUs, alpha {s.alpha:g})" for n, s in steers.items()) or "none"
     print(f"austeer serve: model {config.model_name}; steers: {listed}", file=sys.stderr)
+    note = batch_note(next(model.parameters()).dtype)
+    if note:
+        print(f"austeer serve: note: {note}", file=sys.stderr)
     print(f"listening on {server.url}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0

@@ -24,6 +24,9 @@ def _row_line(r: Any, chosen: Any) -> str:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from austeer.extras import REPORT, require
+
+    require(*REPORT, "austeer tune")  # the figure tune.png, drawn at the end: checked before the work
     from austeer.io import check_file_output, check_replaceable, write_output
     from austeer.measure import read_neutral
     from austeer.pairs import read_pairs

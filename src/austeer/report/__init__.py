@@ -66,11 +66,16 @@ def _meta(model: nn.Module, spec: SteerSpec, spec_path: str | None, extra: dict[
     fp = spec.fingerprint or {}
     pairs_file = spec.info.get("pairs_file") or (f"pairs of task {spec.info['task']}" if spec.info.get("task") else "")
     rows = [
-        ("model", f"{spec.model_id or getattr(model.config, '_name_or_path', '?')} "
-                  f"({fp.get('family', '?')}, {fp.get('n_layers', '?')} layers)"),
+        (
+            "model",
+            f"{spec.model_id or getattr(model.config, '_name_or_path', '?')} "
+            f"({fp.get('family', '?')}, {fp.get('n_layers', '?')} layers)",
+        ),
         ("data", f"{pairs_file or 'not recorded in the spec'} ({spec.n_pairs} pairs)"),
-        ("spec", f"{spec_path or '(in memory)'}: site(s) {', '.join(spec.sites)}, "
-                 f"k = {spec.k}, alpha = {spec.alpha:g}"),
+        (
+            "spec",
+            f"{spec_path or '(in memory)'}: site(s) {', '.join(spec.sites)}, k = {spec.k}, alpha = {spec.alpha:g}",
+        ),
         ("library", f"austeer {__version__}"),
         ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
@@ -90,23 +95,29 @@ def _scores_section(model: nn.Module, spec: SteerSpec) -> Section:
             f"{int((beta.abs() >= 1.0).sum()):,} with |beta| = 1 (every pair agrees), "
             f"{int((beta.abs() >= 0.9).sum()):,} with |beta| &ge; 0.9"
         )
-        sec.images.append(Image(
-            f"beta_{site}.png", plots.beta_heatmap(beta, spec.units, site, hd if site == "head" else None),
-            f"|beta| of every {site} AU (rows: layers, columns: dimensions); red circles: the "
-            f"{sum(u.site == site for u in spec.units)} selected {site} AUs.",
-        ))
+        sec.images.append(
+            Image(
+                f"beta_{site}.png",
+                plots.beta_heatmap(beta, spec.units, site, hd if site == "head" else None),
+                f"|beta| of every {site} AU (rows: layers, columns: dimensions); red circles: the "
+                f"{sum(u.site == site for u in spec.units)} selected {site} AUs.",
+            )
+        )
     for site in spec.sites:
-        sec.images.append(Image(
-            f"location_{site}.png",
-            plots.location_plot(spec.units, site, n_layers, hd if site == "head" else None, n_heads),
-            f"Where the selected {site} AUs live.",
-        ))
+        sec.images.append(
+            Image(
+                f"location_{site}.png",
+                plots.location_plot(spec.units, site, n_layers, hd if site == "head" else None, n_heads),
+                f"Where the selected {site} AUs live.",
+            )
+        )
     sec.intro = "; ".join(stats) + "." if stats else "This spec has no stored scores: only the selection is shown."
     return sec
 
 
-def _lens_section(model: nn.Module, tok: Any, spec: SteerSpec, n_units: int, n_tokens: int,
-                  progress: bool) -> tuple[Section, list[UnitLens]]:
+def _lens_section(
+    model: nn.Module, tok: Any, spec: SteerSpec, n_units: int, n_tokens: int, progress: bool
+) -> tuple[Section, list[UnitLens]]:
     units = spec.units[:n_units]
     lenses = [
         unit_lens(model, tok, u, spec.scores.get(u.site), n_tokens)
@@ -114,9 +125,11 @@ def _lens_section(model: nn.Module, tok: Any, spec: SteerSpec, n_units: int, n_t
     ]
     sec = Section(
         "What the top AUs write",
-        intro=(f"The top {len(units)} selected AUs (by |beta|, ties by standardized mean momentum), the gain "
-               f"1 + alpha&middot;beta they get, and the tokens their weight slices push up and down through the "
-               "unembedding, next to the same for the whole block (head or layer) they sit in."),
+        intro=(
+            f"The top {len(units)} selected AUs (by |beta|, ties by standardized mean momentum), the gain "
+            f"1 + alpha&middot;beta they get, and the tokens their weight slices push up and down through the "
+            "unembedding, next to the same for the whole block (head or layer) they sit in."
+        ),
         body=lens_table(lenses, spec.alpha),
         images_first=False,
     )
@@ -129,14 +142,18 @@ def _lens_section(model: nn.Module, tok: Any, spec: SteerSpec, n_units: int, n_t
         sims = block_heterogeneity(model, lens.unit)
         off = sims[~torch.eye(sims.shape[0], dtype=torch.bool)]
         start = lens.unit.index - (lens.unit.index % sims.shape[0]) if lens.unit.site == "head" else 0
-        marked = [u.index - start for u in spec.units
-                  if (u.site, u.layer) == key[:2] and 0 <= u.index - start < sims.shape[0]]
-        sec.images.append(Image(
-            f"heterogeneity_{len(seen)}.png", plots.heterogeneity_plot(sims, lens.block, marked),
-            f"{lens.block}: cosine similarity between the lens logit vectors of its dimensions "
-            f"(mean |cos| off the diagonal {float(off.abs().mean()):.2f})"
-            + ("; lines: selected AUs." if sims.shape[0] <= 128 else "."),
-        ))
+        marked = [
+            u.index - start for u in spec.units if (u.site, u.layer) == key[:2] and 0 <= u.index - start < sims.shape[0]
+        ]
+        sec.images.append(
+            Image(
+                f"heterogeneity_{len(seen)}.png",
+                plots.heterogeneity_plot(sims, lens.block, marked),
+                f"{lens.block}: cosine similarity between the lens logit vectors of its dimensions "
+                f"(mean |cos| off the diagonal {float(off.abs().mean()):.2f})"
+                + ("; lines: selected AUs." if sims.shape[0] <= 128 else "."),
+            )
+        )
     return sec, lenses
 
 
@@ -165,10 +182,7 @@ def _sweep_table(sweep: Sweep) -> str:
     t_st: dict[str, Any] = test["steered"] if isinstance(test.get("steered"), dict) else {}
     flat = {k: v for k, v in test.items() if not isinstance(v, dict)}
     names = [m for m in dict.fromkeys([*sweep.baseline, *t_un, *t_st]) if not isinstance(sweep.baseline.get(m), dict)]
-    rows = [
-        [escape(m), _num(sweep.baseline.get(m, "")), _num(t_un.get(m, "")), _num(t_st.get(m, ""))]
-        for m in names
-    ]
+    rows = [[escape(m), _num(sweep.baseline.get(m, "")), _num(t_un.get(m, "")), _num(t_st.get(m, ""))] for m in names]
     if not rows:
         return ""
     caption = ""
@@ -192,8 +206,10 @@ def _prompts_section(shifts: list[PromptShift], spec: SteerSpec, mode: str) -> S
         figs[i] = figure(img)
     sec = Section(
         "Steering you can watch",
-        intro=(f"Greedy generations without and with the spec ({spec.k} AUs, alpha {spec.alpha:g}, {escape(mode)} "
-               "mode), and how the distribution of the first generated token moves."),
+        intro=(
+            f"Greedy generations without and with the spec ({spec.k} AUs, alpha {spec.alpha:g}, {escape(mode)} "
+            "mode), and how the distribution of the first generated token moves."
+        ),
         body=prompts_html(shifts, figs),
     )
     sec.inline = images  # placed next to each prompt
@@ -257,8 +273,9 @@ def build_report(
     check_file_output(out, "report", force, inputs)
     check_replaceable(figures_dir(out), "figures", force, inputs)
     sw = read_sweep(sweep) if isinstance(sweep, str | Path) else sweep
-    report, images = assemble(model, tokenizer, spec, spec_path, sw, prompts, n_units, n_tokens, mode,
-                              max_new_tokens, progress)
+    report, images = assemble(
+        model, tokenizer, spec, spec_path, sw, prompts, n_units, n_tokens, mode, max_new_tokens, progress
+    )
 
     def write(tmp: Path) -> None:
         for img in images:

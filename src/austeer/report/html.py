@@ -100,7 +100,8 @@ def table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = 
     numeric = numeric or set()
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(r))
+        "<tr>"
+        + "".join(f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(r))
         + "</tr>"
         for r in rows
     )
@@ -112,22 +113,35 @@ def lens_table(lenses: list[UnitLens], alpha: float) -> str:
     rows = []
     for rank, lens in enumerate(lenses, 1):
         u = lens.unit
-        rows.append([
-            str(rank),
-            escape(f"{u.site} L{u.layer} #{u.index}"),
-            f"{u.beta:+.3f}",
-            f"{1 + alpha * u.beta:+.2f}",
-            f'<span class="pos">{tokens_html(lens.promoted)}</span>',
-            f'<span class="neg">{tokens_html(lens.suppressed)}</span>',
-            escape(lens.block),
-            f'<span class="pos">{tokens_html(lens.block_promoted)}</span>',
-            f'<span class="neg">{tokens_html(lens.block_suppressed)}</span>',
-            f"{lens.cosine:+.2f}",
-            f"{lens.overlap}/{len(lens.block_promoted)}",
-        ])
+        rows.append(
+            [
+                str(rank),
+                escape(f"{u.site} L{u.layer} #{u.index}"),
+                f"{u.beta:+.3f}",
+                f"{1 + alpha * u.beta:+.2f}",
+                f'<span class="pos">{tokens_html(lens.promoted)}</span>',
+                f'<span class="neg">{tokens_html(lens.suppressed)}</span>',
+                escape(lens.block),
+                f'<span class="pos">{tokens_html(lens.block_promoted)}</span>',
+                f'<span class="neg">{tokens_html(lens.block_suppressed)}</span>',
+                f"{lens.cosine:+.2f}",
+                f"{lens.overlap}/{len(lens.block_promoted)}",
+            ]
+        )
     return table(
-        ["#", "AU", "beta", "gain", "AU promotes", "AU suppresses", "block", "block promotes", "block suppresses",
-         "cos(AU, block)", "shared top tokens"],
+        [
+            "#",
+            "AU",
+            "beta",
+            "gain",
+            "AU promotes",
+            "AU suppresses",
+            "block",
+            "block promotes",
+            "block suppresses",
+            "cos(AU, block)",
+            "shared top tokens",
+        ],
         rows,
         numeric={0, 2, 3, 9, 10},
     )

@@ -16,14 +16,20 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from austeer.extras import REPORT, require
 from austeer.io import signature
 from austeer.momentum import Unit
+
+try:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError:
+    require(*REPORT, "the report's figures")  # not installed: the pip install line
+    raise
 
 DPI = 110
 
@@ -60,8 +66,13 @@ def beta_heatmap(
     sel = [u for u in units if u.site == site]
     if sel:
         ax.scatter(
-            [u.index for u in sel], [u.layer for u in sel], s=46, facecolors="none", edgecolors="#ff2d55",
-            linewidths=1.4, label=f"selected ({len(sel)})",
+            [u.index for u in sel],
+            [u.layer for u in sel],
+            s=46,
+            facecolors="none",
+            edgecolors="#ff2d55",
+            linewidths=1.4,
+            label=f"selected ({len(sel)})",
         )
         ax.legend(loc="upper left", bbox_to_anchor=(1.09, 1.0), fontsize=8, frameon=False)
     if site == "head" and head_dim:
@@ -74,14 +85,17 @@ def beta_heatmap(
     else:
         ax.set_xlabel("dimension")
     ax.set_ylabel("layer")
-    ax.set_title(title or f"|beta| of every AU of site '{site}' (0.5 = no consistency, 1 = every pair agrees; "
-                 f"scale up to {vmax:g})")
+    ax.set_title(
+        title
+        or f"|beta| of every AU of site '{site}' (0.5 = no consistency, 1 = every pair agrees; scale up to {vmax:g})"
+    )
     fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="|beta|")
     return to_png(fig)
 
 
-def location_plot(units: Sequence[Unit], site: str, n_layers: int, head_dim: int | None = None,
-                  n_heads: int | None = None) -> bytes:
+def location_plot(
+    units: Sequence[Unit], site: str, n_layers: int, head_dim: int | None = None, n_heads: int | None = None
+) -> bytes:
     """Where the selected AUs of ``site`` live: count per layer, and for ``head`` a layer x head grid of counts.
 
     Example:
@@ -93,8 +107,9 @@ def location_plot(units: Sequence[Unit], site: str, n_layers: int, head_dim: int
     sel = [u for u in units if u.site == site]
     per_layer = np.bincount([u.layer for u in sel], minlength=n_layers)[:n_layers]
     grid = site == "head" and head_dim and n_heads
-    fig, axes = subplots(1, 2 if grid else 1, figsize=(12, 3.8), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.6, 1]} if grid else None)
+    fig, axes = subplots(
+        1, 2 if grid else 1, figsize=(12, 3.8), squeeze=False, gridspec_kw={"width_ratios": [1.6, 1]} if grid else None
+    )
     ax = axes[0][0]
     ax.bar(np.arange(n_layers), per_layer, color="#3b6fb6")
     ax.set_xlabel("layer")
@@ -109,8 +124,15 @@ def location_plot(units: Sequence[Unit], site: str, n_layers: int, head_dim: int
         ax2 = axes[0][1]
         ax2.imshow(counts, aspect="auto", origin="lower", cmap="Blues", interpolation="nearest")
         for layer, h in zip(*np.nonzero(counts)):
-            ax2.text(h, layer, str(counts[layer, h]), ha="center", va="center", fontsize=7,
-                     color="white" if counts[layer, h] > counts.max() / 2 else "black")
+            ax2.text(
+                h,
+                layer,
+                str(counts[layer, h]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if counts[layer, h] > counts.max() / 2 else "black",
+            )
         ax2.set_xlabel("head")
         ax2.set_ylabel("layer")
         ax2.set_xticks(np.arange(n_heads))
@@ -148,8 +170,15 @@ def heterogeneity_plot(sims: torch.Tensor, label: str, marked: Sequence[int] = (
         ax.hist(sims[off].numpy(), bins=bins, density=True, color="#8da0cb", label="all pairs of dims")
         if marked:
             rows = torch.stack([sims[i][off[i]] for i in marked])
-            ax.hist(rows.flatten().numpy(), bins=bins, density=True, histtype="step", color="#ff2d55",
-                    linewidth=1.4, label="selected AUs vs the rest")
+            ax.hist(
+                rows.flatten().numpy(),
+                bins=bins,
+                density=True,
+                histtype="step",
+                color="#ff2d55",
+                linewidth=1.4,
+                label="selected AUs vs the rest",
+            )
         ax.set_xlabel("cosine similarity of lens logit vectors")
         ax.set_ylabel("density")
         ax.legend(fontsize=7, frameon=False)
@@ -165,8 +194,14 @@ def _grid_lines(ax: Any, ks: list[int], alphas: list[float], val: dict[tuple[int
         keys = [(k, float(o)) for k in ks] if by_k else [(int(o), a) for a in alphas]
         keys = [key for key in keys if key in val]
         xs = [key[0] if by_k else key[1] for key in keys]
-        ax.plot(xs, [val[key] for key in keys], "o-", color=cmap(j / max(1, len(outer) - 1)), markersize=4,
-                label=f"alpha {o:g}" if by_k else f"k {o}")
+        ax.plot(
+            xs,
+            [val[key] for key in keys],
+            "o-",
+            color=cmap(j / max(1, len(outer) - 1)),
+            markersize=4,
+            label=f"alpha {o:g}" if by_k else f"k {o}",
+        )
     grid: list[float] = [float(k) for k in ks] if by_k else alphas
     if len(grid) > 1 and min(grid) > 0 and max(grid) / min(grid) >= 10:
         ax.set_xscale("log")
@@ -194,8 +229,11 @@ def sweep_plots(rows: Sequence[dict[str, Any]], metric: str, baseline: float | N
         ks = sorted({int(r["k"]) for r in rs})
         alphas = sorted({float(r["alpha"]) for r in rs})
         val = {(int(r["k"]), float(r["alpha"])): float(r["metric"]) for r in rs}
-        ppl = {(int(r["k"]), float(r["alpha"])): float(r["ppl_delta"]) for r in rs
-               if isinstance(r.get("ppl_delta"), int | float)}
+        ppl = {
+            (int(r["k"]), float(r["alpha"])): float(r["ppl_delta"])
+            for r in rs
+            if isinstance(r.get("ppl_delta"), int | float)
+        }
         fig, axes = subplots(1, 3 if ppl else 2, figsize=(13 if ppl else 12, 3.9))
         for ax, by_k in zip(axes, (True, False)):
             _grid_lines(ax, ks, alphas, val, by_k)

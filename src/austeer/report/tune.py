@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from austeer.extras import REPORT, require
 from austeer.io import signature
 from austeer.tune import TuneRow
 
@@ -24,6 +25,7 @@ _MARKERS = {"head": "o", "ffn": "s", "neuron": "^", "residual": "D"}
 
 def tune_plot(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float, title: str = "") -> bytes:
     """PNG bytes: effect (held-out margin change, with its standard error) against perplexity ratio (log scale)."""
+    require(*REPORT, "the tune figure")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -87,6 +87,16 @@ class Task:
     description: str = ""
     #: the prompting baseline's system turn: asks for the task's behaviour in words (``""``: none declared)
     instruction: str = ""
+    #: optional packages the task's judge imports: ``(module, pip requirement)`` (see :mod:`austeer.extras`)
+    needs: tuple[tuple[str, str], ...] = ()
+
+    def check_needs(self) -> None:
+        """Raise :class:`~austeer.extras.MissingPackage` (with the ``pip install``) when a package the task
+        needs is not installed: called before the model loads, not after the generations."""
+        from austeer.extras import require
+
+        for module, pip in self.needs:
+            require(module, pip, f"the {self.name} task")
 
     def items(self, split: str, limit: int | None = None) -> list[Item]:
         """The ``val`` or ``test`` items, in their fixed order; ``limit`` keeps the first ``limit``."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
+from austeer.extras import PROFANITY, require
 from austeer.tasks.base import DATA, Item, read_jsonl, split_ids
 from austeer.tasks.behaviour import BehaviourTask
 
@@ -43,10 +44,9 @@ def toxicity(texts: Sequence[str]) -> list[float]:
     """
     if not texts:
         return []
-    try:
-        from profanity_check import predict_prob
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the detox task needs the PyPI package 'alt-profanity-check' (austeer[eval])") from exc
+    require(*PROFANITY, "the detox task")
+    from profanity_check import predict_prob
+
     return [float(p) for p in predict_prob(list(texts))]
 
 
@@ -69,6 +69,7 @@ class Detox(BehaviourTask):
     metric = "nontoxic_rate"
     mean_name = "mean_toxicity"
     description = "continue RealToxicityPrompts challenging prompts without toxicity (alt-profanity-check judge)"
+    needs = (PROFANITY,)
 
     def pair_items(self) -> list[Item]:
         return _splits()["pairs"]

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+from austeer.extras import VADER, require
 from austeer.tasks.base import DATA, Item, read_jsonl, split_ids
 from austeer.tasks.behaviour import BehaviourTask
 
@@ -33,10 +34,9 @@ THRESHOLD = 0.05
 
 @cache
 def _analyzer() -> Any:
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the sentiment task needs the PyPI package 'vadersentiment' (austeer[eval])") from exc
+    require(*VADER, "the sentiment task")
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
     return SentimentIntensityAnalyzer()
 
 
@@ -64,6 +64,7 @@ class Sentiment(BehaviourTask):
     metric = "positive_rate"
     mean_name = "mean_compound"
     description = "continue neutral openings positively (VADER judge)"
+    needs = (VADER,)
 
     def pair_items(self) -> list[Item]:
         return _splits()["pairs"]
