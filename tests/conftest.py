@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -57,32 +56,9 @@ def sentiment_pairs() -> list[Pair]:
     return read_pairs(DATA / "pairs" / "sentiment.jsonl")
 
 
-# -- llama.cpp helpers (tests/test_gguf.py, tests/test_gguf_write.py); llama_cpp is imported by the caller
+# -- llama.cpp (tests/test_gguf.py, tests/test_gguf_write.py, tests/test_gguf_lora.py; the binding: tests/llamacpp.py)
 
 GGUF_PROMPTS = ["The movie was", "<|im_start|>user\nHow was your weekend?<|im_end|>\n<|im_start|>assistant\n"]
-
-
-def llama(path: Path | str, llama_cpp: Any) -> Any:
-    """A llama.cpp model of ``path`` with every position's logits. One thread: ggml's spinning threads are ~20x
-    slower on a busy 2-core machine (measured 45 s vs 2.5 s for 16 greedy tokens), and the tests are small."""
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=1)
-
-
-def llama_logits(llm: Any, ids: list[int]) -> torch.Tensor:
-    llm.reset()
-    llm.eval(ids)
-    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
-
-
-def llama_greedy(llm: Any, ids: list[int], n: int) -> list[int]:
-    llm.reset()
-    out: list[int] = []
-    llm.eval(ids)
-    for _ in range(n):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(nxt)
-        llm.eval([nxt])
-    return out
 
 
 def hf_greedy(model: Any, ids: list[int], n: int) -> list[int]:

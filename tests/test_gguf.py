@@ -7,7 +7,6 @@ the folded HF model's bit for bit (max |diff| 0.0; the test allows 1e-5); F16 fo
 
 from __future__ import annotations
 
-import ctypes
 import json
 
 import gguf
@@ -24,7 +23,8 @@ from austeer.gguf_meta import STEER_KEY, is_austeer_gguf
 from austeer.io import OutputExistsError
 from austeer.models import gguf_source, load_model
 from austeer.steer import folded
-from tests.conftest import GGUF_PROMPTS, hf_greedy, llama, llama_greedy, llama_logits
+from tests.conftest import GGUF_PROMPTS, hf_greedy
+from tests.llamacpp import Llama, llama_greedy, llama_logits, split_calls
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +149,12 @@ def test_cli_control_vector(tmp_path):
     assert main([*args[:-1], str(tmp_path / "other.gguf")]) == 2  # not austeer's: refused
 
 
-# -- llama.cpp itself (llama-cpp-python), skipped where it is not installed
+# -- llama.cpp itself (tests/llamacpp.py), skipped where it is not installed (fails under scripts/test.sh)
 
 
 def test_llamacpp_runs_the_export_as_the_folded_model(smol, spec, exported):
-    llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = smol
-    source = llama(gguf_source(model), llama_cpp)
-    steered = llama(exported, llama_cpp)
+    source, steered = Llama(gguf_source(model)), Llama(exported)
     for prompt in GGUF_PROMPTS:
         ids = tok(prompt).input_ids
         with torch.no_grad():
@@ -189,38 +187,40 @@ def _cvec_buffer(path, n_layer: int) -> tuple[np.ndarray, int]:
 
 
 def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = smol
     evidence = gather(model, tok, sentiment_pairs[:8], ["residual"], progress=False)
     steerer = caa.build(model, evidence, layer=0.5, multiplier=4.0)
     path = caa.to_control_vector(steerer, model, tmp_path / "cv.gguf")
     n_layer = len(model.model.layers)
-    llm = llama(gguf_source(model), llama_cpp)
+    llm = Llama(gguf_source(model))
     data, n_embd = _cvec_buffer(path, n_layer)
+    assert n_embd == llm.n_embd
     ids = tok(GGUF_PROMPTS[1]).input_ids
     with torch.no_grad():
         base = model(torch.tensor([ids])).logits[0]
         with steerer.hooks(model):
             want = model(torch.tensor([ids])).logits[0]
-    ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
     def run(shift: int) -> torch.Tensor:
-        shifted = np.roll(data, shift * n_embd)
-        p = shifted.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        assert llama_cpp.llama_set_adapter_cvec(llm.ctx, p, len(shifted), n_embd, 1, n_layer - 1) == 0
+        llm.set_cvec(np.roll(data, shift * n_embd), 1, n_layer - 1)
         return llama_logits(llm, ids)
 
-    assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
-    got = llama_logits(llm, ids)
+    got = run(0)
     effect = (want - base).abs().mean()
     assert (got - want).abs().mean() < 0.1 * effect  # measured: 0.25 against an effect of 6.0
     # the numbering: one layer earlier or later is farther from the CAA hook than the written layer
     err = (got - want).abs().mean()
     assert err < (run(-1) - want).abs().mean() and err < (run(1) - want).abs().mean()
+    # greedy: teacher-forced along the hooked HF model's 32 tokens, llama.cpp picks HF's token wherever HF's
+    # top-2 margin is above 1 (measured: 31 of 32, the other a 0.19 near-tie; free-running, the texts part
+    # there, after 7 tokens)
     with steerer.hooks(model):
-        hf_text = hf_greedy(model, ids, 12)
-    assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, len(data), n_embd, 1, n_layer - 1) == 0
-    assert llama_greedy(llm, ids, 12) == hf_text  # measured: the first 16 tokens agree
+        text = hf_greedy(model, ids, 32)
+        with torch.no_grad():
+            want = model(torch.tensor([ids + text])).logits[0, len(ids) - 1 : -1]
+    llm.set_cvec(data, 1, n_layer - 1)
+    ties = split_calls(llama_logits(llm, ids + text)[len(ids) - 1 : -1], want)
+    assert len(ties) <= 3 and max(ties, default=0.0) < 1.0, ties
 
 
 def test_hf_export_names_its_architecture(smol, spec, tmp_path):

@@ -1,5 +1,5 @@
 """The GGUF written from a Hugging Face checkpoint (austeer.gguf_write): tiny random llama and qwen2 models
-with SmolLM2's real tokenizer (always run), and the real SmolLM2 in llama.cpp (skipped without llama_cpp).
+with SmolLM2's real tokenizer (always run), and the real SmolLM2 in llama.cpp (tests/llamacpp.py; skipped without it).
 
 Measured here (float32 HF model, CPU, llama-cpp-python 0.3.36), SmolLM2 folded with the 8-AU sentiment spec
 below, four prompts: the F32 GGUF in llama.cpp gives the folded HF model's logits within max |diff|
@@ -29,7 +29,8 @@ from austeer.models import fingerprint, gguf_source, save_checkpoint
 from austeer.momentum import Unit
 from austeer.spec import SteerSpec
 from austeer.steer import folded
-from tests.conftest import GGUF_PROMPTS, GQA, ByteTok, hf_greedy, llama, llama_greedy, llama_logits
+from tests.conftest import GGUF_PROMPTS, GQA, ByteTok, hf_greedy
+from tests.llamacpp import Llama, llama_greedy, llama_logits
 
 VOCAB = 49152  # SmolLM2's tokenizer, so the tiny models get a real one
 
@@ -190,7 +191,7 @@ def test_cli_writes_a_checkpoint_model_as_gguf(smol, tmp_path):
     assert not (tmp_path / "g").exists()
 
 
-# -- llama.cpp itself (llama-cpp-python), skipped where it is not installed
+# -- llama.cpp itself (tests/llamacpp.py), skipped where it is not installed (fails under scripts/test.sh)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -198,10 +199,9 @@ def test_llamacpp_runs_the_tiny_models(kind, files, smol):
     """The tiny llama (RoPE rows permuted, GQA, q/k/v/o biases, tied) and qwen2 (NeoX RoPE, q/k/v biases,
     untied) files in llama.cpp compute the folded HF model: measured max |diff| 1.8e-4, mean 2.9e-5 against
     a steering effect of 2-3e-2; without the permutation the llama file is off by max 8e-3, mean 1e-3."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = _tiny(kind), smol[1]
     spec = _spec(model)
-    llm = llama(files[kind], llama_cpp)
+    llm = Llama(files[kind])
     for prompt in GGUF_PROMPTS:
         ids = tok(prompt).input_ids
         with torch.no_grad(), folded(model, spec):
@@ -219,13 +219,12 @@ def smol_spec(smol, sentiment_pairs):
 def test_llamacpp_runs_the_written_gguf_as_the_folded_model(smol, smol_spec, tmp_path):
     """SmolLM2's weights written whole (the HF route; its source GGUF is not used) run in llama.cpp as the
     folded HF model: same prompt tokens, logits within 0.1 (measured max 0.022), same greedy text."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     model, tok = smol
     out = export_hf_gguf(model, tok, smol_spec, tmp_path / "smol.gguf")
-    llm = llama(out, llama_cpp)
+    llm = Llama(out)
     for prompt in GGUF_PROMPTS:
         ids = tok(prompt).input_ids
-        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+        assert llm.tokenize(prompt) == ids
         with torch.no_grad():
             base = model(torch.tensor([ids])).logits[0]
             with folded(model, smol_spec):
