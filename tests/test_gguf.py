@@ -163,7 +163,7 @@ def test_llamacpp_runs_the_export_as_the_folded_model(smol, spec, exported):
                 want = model(torch.tensor([ids])).logits[0]
         got, got_base = llama_logits(steered, ids), llama_logits(source, ids)
         # llama.cpp computes in its own kernels (activations quantised to 8 bits against Q4_1 weights), so
-        # it differs from the dequantised HF model by ~0.2 mean |logit|, steered or not (measured: 0.16-0.30,
+        # it differs from the dequantised HF model by ~0.2 mean |logit|, steered or not (measured: 0.13-0.37,
         # against a steering effect of 0.5-0.8): the export in llama.cpp must be nearer the folded HF model
         # than the unsteered one is, and nearer it than to the unsteered HF model
         err = float((got - want).abs().mean())
@@ -207,7 +207,7 @@ def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
 
     got = run(0)
     effect = (want - base).abs().mean()
-    assert (got - want).abs().mean() < 0.1 * effect  # measured: 0.25 against an effect of 6.0
+    assert (got - want).abs().mean() < 0.1 * effect  # measured: 0.21 against an effect of 6.0
     # the numbering: one layer earlier or later is farther from the CAA hook than the written layer
     err = (got - want).abs().mean()
     assert err < (run(-1) - want).abs().mean() and err < (run(1) - want).abs().mean()
