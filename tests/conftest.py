@@ -61,8 +61,10 @@ def sentiment_pairs() -> list[Pair]:
 GGUF_PROMPTS = ["The movie was", "<|im_start|>user\nHow was your weekend?<|im_end|>\n<|im_start|>assistant\n"]
 
 
-def hf_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    x = torch.tensor([ids])
+def hf_next(model: Any, ids: list[int], text: list[int]) -> list[int]:
+    """The HF model's greedy pick after ``ids`` and each prefix of ``text``, in one teacher-forced forward: equal
+    to ``text`` exactly when ``text`` is the model's greedy continuation of ``ids`` (ties aside), at the cost of
+    one forward instead of ``generate``'s one per token."""
     with torch.no_grad():
-        y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, min_new_tokens=n)
-    return list(y[0, len(ids) :].tolist())
+        logits = model(torch.tensor([ids + text])).logits[0, len(ids) - 1 : -1]
+    return [int(t) for t in logits.argmax(-1)]
