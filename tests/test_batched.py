@@ -122,3 +122,74 @@ def test_cancel_and_bad_input(smol):
         run_rows(model, tok, [RowRequest(text, temperature=-1.0)])
     with pytest.raises(ValueError, match="max_new_tokens"):
         run_rows(model, tok, [RowRequest(text, max_new_tokens=0)])
+
+
+# -- batch invariance in the serving dtype (docs/SERVING.md, "Exactness")
+
+PROBE = "Describe Mondays."
+#: companions of other token lengths than the probe (so the probe's row is padded or pads the others)
+COMPANIONS = ["Hi!", "Write a long and detailed story about a dragon who learns to paint.", "How was the movie?"]
+
+
+def test_mixed_batches_equal_one_by_one_in_the_serving_dtype(smol, specs):
+    """What ``austeer serve`` runs in by default here (``--dtype auto``): float32 on a CPU without
+    avx512_bf16/amx_bf16, where every row of a mixed batch, greedy or seeded, steered or not, answers as it
+    does alone. Elsewhere (bfloat16) the guarantee is stated not to hold and the server says so."""
+    from austeer.batched import batch_note
+    from austeer.models import resolve_dtype
+
+    dtype = resolve_dtype("auto")[0]
+    if dtype != torch.float32:
+        assert batch_note(dtype) is not None
+        pytest.skip(f"--dtype auto is {dtype} here: batched rows are not claimed to equal one-by-one ones")
+    model, tok = smol
+    head, ffn = specs
+    probe = format_prompt(tok, PROBE)
+    others = [format_prompt(tok, p) for p in COMPANIONS]
+    rows = [
+        RowRequest(probe, max_new_tokens=20),
+        RowRequest(probe, RowSteer(head), max_new_tokens=20),
+        RowRequest(probe, max_new_tokens=20, temperature=0.8, seed=3),
+    ]
+    alone = [run_rows(model, tok, [r])[0].text for r in rows]
+    mixes = [
+        [rows[0], RowRequest(others[0], max_new_tokens=20)],
+        [RowRequest(others[1], RowSteer(ffn), max_new_tokens=6), rows[0], rows[1], RowRequest(others[2])],
+        [RowRequest(o, max_new_tokens=20) for o in others] + rows,
+        [rows[2], RowRequest(others[1], max_new_tokens=20, temperature=1.0, seed=4)],
+    ]
+    for mix in mixes:
+        out = run_rows(model, tok, mix)
+        for req, res in zip(mix, out):
+            for i, row in enumerate(rows):
+                if req is row:
+                    assert res.text == alone[i], (i, [r.text[-30:] for r in mix])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_serve_says_when_batched_answers_may_differ(dtype):
+    """bfloat16 (``--dtype auto`` on a GPU or a bf16 CPU): the server says at start-up that answers may depend
+    on the batch and how to get ones that do not; float32: nothing to say."""
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "austeer", "serve", "--port", "0", "--dtype", dtype]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("listening on "):
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    notes = [line for line in seen if line.startswith("austeer serve: note: ")]
+    if dtype == "float32":
+        assert not notes, seen
+    else:
+        assert len(notes) == 1, seen
+        assert "in bfloat16 a request may be answered differently when batched" in notes[0]
+        assert "--dtype float32" in notes[0]
