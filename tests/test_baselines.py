@@ -338,7 +338,7 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     from austeer.compare import Comparison
 
     comp = Comparison.from_json(data)
-    assert comp.to_json() == {k: v for k, v in data.items() if k != "model"}
+    assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by")}
     row = summary_table([comp]).splitlines()[2].split(" | ")
     best = max(data["results"][:2], key=lambda r: (r["test_metric"], -r["n_steered"]))
     assert row[-4] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"

@@ -75,8 +75,10 @@ def test_shards_add_up_to_score(smol, sentiment_pairs, share_prefix):
 
 
 def test_bad_input(tmp_path, capsys):
-    assert main(["fit", "--pairs", str(PAIRS), "--nproc", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "--nproc must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a typed flag: argparse refuses it, before anything loads
+        main(["fit", "--pairs", str(PAIRS), "--nproc", "0", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "--nproc: expected an integer >= 1, got '0'" in capsys.readouterr().err
     assert main(["fit", "--pairs", str(tmp_path / "missing.jsonl"), "--nproc", "2", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="rank"):

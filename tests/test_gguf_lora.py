@@ -132,7 +132,7 @@ def test_refusals_and_ownership(smol, tmp_path, capsys):
     assert "'residual'" in capsys.readouterr().err
     argv = ["export", "--steer", str(spec_dir), "--format", "gguf-lora", "--out", str(theirs)]
     assert main([*argv, "--model", str(tmp_path / "no-such-model")]) == 2
-    assert "not written by austeer" in capsys.readouterr().err
+    assert "not austeer's gguf-lora output; refusing to replace it" in capsys.readouterr().err
 
 
 def test_cli_export(tmp_path, capsys):
