@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.collect import backbone, encode, model_device, plan_batches, shared_prefix_length, token_limit
+from austeer.errors import UserError
 from austeer.momentum import Unit, top_k_mask
 from austeer.pairs import Pair, pair_texts
 from austeer.sites import SITES, decoder_layers, site_width
@@ -83,11 +84,11 @@ def margin_attribution(
         (30, 576)
     """
     if not pairs:
-        raise ValueError("margin_attribution needs at least one pair")
+        raise UserError("margin_attribution needs at least one pair")
     n_layers, width = len(decoder_layers(model)), site_width(model, site)
     head = model.get_output_embeddings()  # type: ignore[operator]
     if not isinstance(head, nn.Module):
-        raise ValueError(f"{type(model).__name__} has no output embeddings to score answers with")
+        raise UserError(f"{type(model).__name__} has no output embeddings to score answers with")
     device, dtype = model_device(model), next(model.parameters()).dtype
     texts = [pair_texts(tokenizer, p) for p in pairs]
     total = torch.zeros(n_layers, width, dtype=torch.float64)
@@ -127,7 +128,7 @@ def top_attributed(scores: Mapping[str, torch.Tensor], k: int) -> list[Unit]:
         [Unit(site='head', layer=0, index=1, beta=-1.0), Unit(site='head', layer=1, index=0, beta=0.5)]
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise UserError(f"k must be >= 1, got {k}")
     sites = sorted(scores, key=SITES.index)
     flat = torch.cat([scores[s].double().flatten() for s in sites])  # site, then layer, then index order
     starts = np.cumsum([0] + [scores[s].numel() for s in sites])

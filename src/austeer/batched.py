@@ -37,6 +37,7 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from austeer.collect import encode, model_device
+from austeer.errors import UserError
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
 from austeer.steer import Steering, add_hooks, gain_vectors
@@ -258,11 +259,11 @@ def run_rows(
         return []
     for req in requests:
         if req.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+            raise UserError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
         if not (req.temperature >= 0 and math.isfinite(req.temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {req.temperature}")
+            raise UserError(f"temperature must be a finite number >= 0, got {req.temperature}")
         if not 0 < req.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {req.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {req.top_p}")
     enc = encode(tokenizer, [r.text for r in requests], None, padding_side="left")
     counts = enc["attention_mask"].sum(1).tolist()
     rows = [_Row(req, int(n)) for req, n in zip(requests, counts)]
@@ -322,7 +323,7 @@ def generate_rows(
         ['The capital of France is Paris.']
     """
     if len(prompts) != len(steers):
-        raise ValueError(f"got {len(prompts)} prompts but {len(steers)} steers (one per row, None for none)")
+        raise UserError(f"got {len(prompts)} prompts but {len(steers)} steers (one per row, None for none)")
     rows = [s if s is None or isinstance(s, RowSteer) else RowSteer(s) for s in steers]
     texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
     reqs = [RowRequest(t, s, max_new_tokens) for t, s in zip(texts, rows)]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.pairs import Pair, has_chat_template, pair_texts
 from austeer.sites import decoder_layers, site_def, site_module, site_width
 
@@ -102,11 +103,11 @@ def _cut_left(tokenizer: Any, text: str, full: list[int], max_length: int, add: 
 def _pad(tokenizer: Any, rows: Sequence[Sequence[int]], padding_side: str) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` of ``rows`` padded to the longest with the tokenizer's pad token."""
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise UserError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max((len(r) for r in rows), default=0)
     pad = tokenizer.pad_token_id
     if pad is None and any(len(r) < width for r in rows):
-        raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token)")
+        raise UserError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token)")
     ids = torch.full((len(rows), width), 0 if pad is None else int(pad), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -224,7 +225,7 @@ def batch_plan(tokenizer: Any, pairs: Sequence[Pair], batch_size: int) -> list[l
 def plan_batches(texts: Sequence[tuple[str, str]], batch_size: int) -> list[list[int]]:
     """:func:`batch_plan` of pairs already formatted (``(positive, negative)`` texts)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(texts)), key=lambda i: -max(len(texts[i][0]), len(texts[i][1])))
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
@@ -263,7 +264,7 @@ def pair_batches(
         [([0], (1, 30, 576))]
     """
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+        raise UserError(f"need 0 <= rank < world, got rank {rank}, world {world}")
     if not sites:
         return
     texts = [pair_texts(tokenizer, p) for p in pairs]

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from austeer.baselines import DEFAULT_METHODS, METHODS
 from austeer.baselines.base import Evidence, Steerer, gather
+from austeer.errors import UserError
 from austeer.evaluate import Unsteered, evaluate
 from austeer.reuse import LayerCache, reusing
 from austeer.tasks.base import Task
@@ -152,7 +153,7 @@ def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, 
     if budget >= n:
         return tuple(grid)
     if budget < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}")
+        raise UserError(f"budget must be >= 1, got {budget}")
     if budget == 1:
         return (grid[0],)
     return tuple(grid[round(i * (n - 1) / (budget - 1))] for i in range(budget))
@@ -197,13 +198,13 @@ def sites_for(methods: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
     return sorted({s for m in methods if not METHODS[m].prompted for s in METHODS[m].sites} | set(extra))
 
 
 def _needs_instruction(task: Task) -> None:
     if not task.instruction:
-        raise ValueError(f"task {task.name!r} declares no instruction (Task.instruction) for the prompted methods")
+        raise UserError(f"task {task.name!r} declares no instruction (Task.instruction) for the prompted methods")
 
 
 def prompted_evidence(
@@ -237,7 +238,7 @@ def parse_doses(text: str) -> list[int | None]:
         elif part.isdigit():
             doses.append(int(part))
         else:
-            raise ValueError(f"bad dose {part!r}: expected a number of AUs (0, 2, 100, ...) or 'all'")
+            raise UserError(f"bad dose {part!r}: expected a number of AUs (0, 2, 100, ...) or 'all'")
     return doses
 
 
@@ -274,7 +275,7 @@ def compare(
     for name in methods:
         kind = METHODS[name].kind
         if kind is not None and task.kind != kind:
-            raise ValueError(f"{name} applies to {kind!r} tasks only; {task.name} is {task.kind!r}")
+            raise UserError(f"{name} applies to {kind!r} tasks only; {task.name} is {task.kind!r}")
     kw = {"batch_size": batch_size, **(eval_kw or {})}
     prior = {r.method: r for r in done}
     prompted = None  # read when the first method that needs it comes
@@ -422,7 +423,7 @@ def frontier(
     ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`)."""
     weak = [m for m in configs if METHODS[m].strength is None]
     if weak:
-        raise ValueError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
+        raise UserError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache

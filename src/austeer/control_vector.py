@@ -28,15 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.io import atomic_write_file
-from austeer.sites import family_of
+from austeer.sites import family
 
 ARCH = "controlvector"
 #: marks a control vector written by austeer (for :func:`austeer.io.atomic_write_file`)
 KIND_KEY = "austeer.kind"
-
-#: HF ``model_type`` -> llama.cpp architecture where the two names differ
-_ARCH_ALIASES = {"gemma3_text": "gemma3", "gpt_neox": "gptneox", "mistral": "llama", "qwen2_moe": "qwen2moe"}
 
 
 def model_hint(model: nn.Module) -> str:
@@ -49,8 +47,7 @@ def model_hint(model: nn.Module) -> str:
         field = gguf.GGUFReader(source).get_field(gguf.Keys.General.ARCHITECTURE)
         if field is not None:
             return str(field.contents())
-    name = family_of(model)
-    return _ARCH_ALIASES.get(name, name)
+    return family(model).gguf_arch
 
 
 def is_austeer_control_vector(path: Path) -> bool:
@@ -70,18 +67,18 @@ def write_control_vector(
     An existing ``out`` is replaced only when austeer wrote it, unless ``force``.
     """
     if not vectors:
-        raise ValueError("no vectors to write")
+        raise UserError("no vectors to write")
     widths = {int(v.numel()) for v in vectors.values()}
     if len(widths) != 1:
-        raise ValueError(f"the vectors have different widths {sorted(widths)}; a control vector has one n_embd")
+        raise UserError(f"the vectors have different widths {sorted(widths)}; a control vector has one n_embd")
     for layer, v in vectors.items():
         if layer < 1:
-            raise ValueError(
+            raise UserError(
                 f"layer {layer}: llama.cpp control vectors cannot steer the output of layer 0 (direction.0 is "
                 "rejected by its loader); choose a layer >= 1"
             )
         if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"layer {layer}: the vector is not finite")
+            raise UserError(f"layer {layer}: the vector is not finite")
 
     def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(tmp, ARCH)
@@ -107,7 +104,7 @@ def to_control_vector(steerer: Any, model: nn.Module, out: str | Path, force: bo
 
     site = getattr(steerer, "site", None)
     if site != "residual":
-        raise ValueError(
+        raise UserError(
             f"{getattr(steerer, 'name', type(steerer).__name__)} steers site {site!r}; a llama.cpp control vector "
             "adds to the residual stream (the output of a layer), so only residual additions (CAA) fit"
         )

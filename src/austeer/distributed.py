@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from austeer.collect import batch_plan
+from austeer.errors import UserError
 from austeer.fit import fit, score
 from austeer.momentum import SignCounts
 from austeer.pairs import Pair
@@ -50,7 +51,7 @@ def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
         ['a', 'c', 'e']
     """
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+        raise UserError(f"need 0 <= rank < world, got rank {rank}, world {world}")
     return list(items[rank::world])
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.errors import UserError
 from austeer.likelihood import continuation_nll, next_token_logits
 from austeer.reuse import LayerCache
 from austeer.tasks.base import NEUTRAL_TEXTS, ScoreOptions, Task
@@ -63,7 +64,7 @@ def evaluate(
     """
     items = task.items(split, limit)
     if not items:
-        raise ValueError(f"task {task.name!r} has no {split} items")
+        raise UserError(f"task {task.name!r} has no {split} items")
     metrics = task.score(model, tok, items, ScoreOptions(batch_size, max_new_tokens, ref_model, samples, system))
     metrics["ppl"] = perplexity(model, tok) if ppl is None else ppl
     metrics["n_items"] = float(len(items))

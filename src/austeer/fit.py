@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.collect import pair_batches
+from austeer.errors import UserError
 from austeer.models import fingerprint
 from austeer.momentum import SignCounts, Unit, select, tied_at_cut
 from austeer.pairs import Pair
@@ -133,7 +134,7 @@ def spec_from_counts(
     """The spec of the global top ``k`` AUs of ``counts`` for ``model`` (warns when the evidence is too thin),
     steering at ``positions`` (see :data:`austeer.spec.POSITIONS`)."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise UserError(f"k must be >= 1, got {k}")
     check_evidence(counts, k, n_pairs)
     return _spec(model, select(counts, k), alpha, n_pairs, list(counts), model_id, positions, scores=counts)
 
@@ -194,13 +195,13 @@ def fit(
     process: ``batch_size``, ``share_prefix`` and ``scorer`` apply to the sign counts only.
     """
     if not pairs:
-        raise ValueError("fit needs at least one pair")
+        raise UserError("fit needs at least one pair")
     for name, value in (("k", k), ("batch_size", batch_size), ("max_length", max_length)):
         if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise UserError(f"{name} must be >= 1, got {value}")
     sites = [site] if isinstance(site, str) else list(site)
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        raise UserError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "attribution":
         from austeer.attribution import margin_attribution, top_attributed
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from austeer.collect import encode, model_device, token_limit
+from austeer.errors import UserError
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
 from austeer.steer import apply, folded
@@ -33,7 +34,7 @@ def steered(
             yield
         return
     if mode not in ("hook", "fold"):
-        raise ValueError(f"mode must be 'hook' or 'fold', got {mode!r}")
+        raise UserError(f"mode must be 'hook' or 'fold', got {mode!r}")
     ctx = apply(model, spec, alpha) if mode == "hook" else folded(model, spec, alpha)
     with ctx:
         yield

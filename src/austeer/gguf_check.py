@@ -22,6 +22,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
+from austeer.errors import UserError
+
 #: GGUF metadata value types -> struct format of a scalar (8: string, 9: array are read apart)
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -66,7 +68,7 @@ class _Reader:
                 for _ in range(count):
                     self.value(item)
             return None
-        raise ValueError(f"unknown metadata value type {kind}")
+        raise UserError(f"unknown metadata value type {kind}")
 
 
 def _tensor_bytes(dims: list[int], qtype: int) -> int | None:
@@ -94,12 +96,12 @@ def check_gguf(path: Path) -> None:
             magic = fh.read(4)
             r.pos = len(magic)
             if magic != b"GGUF" and len(magic) == 4:
-                raise ValueError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); {expected}")
+                raise UserError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); {expected}")
             if len(magic) < 4:
                 raise _Ended
             version = int(r.unpack("I"))
             if version not in (2, 3):
-                raise ValueError(f"{path}: GGUF version {version}; expected version 2 or 3")
+                raise UserError(f"{path}: GGUF version {version}; expected version 2 or 3")
             n_tensors, n_keys = int(r.unpack("Q")), int(r.unpack("Q"))
             alignment = 32
             for i in range(n_keys):
@@ -119,14 +121,14 @@ def check_gguf(path: Path) -> None:
                 qtype, offset = int(r.unpack("I")), int(r.unpack("Q"))
                 tensors.append((name, dims, qtype, offset))
         except _Ended:
-            raise ValueError(
+            raise UserError(
                 f"{path}: truncated GGUF file: it ends at byte {size}, inside {where}; {expected}"
             ) from None
     start = -(-r.pos // alignment) * alignment
     ends = [(start + offset + (_tensor_bytes(dims, qtype) or 0), name) for name, dims, qtype, offset in tensors]
     end, name = max(ends, default=(start, ""))
     if end > size:
-        raise ValueError(
+        raise UserError(
             f"{path}: truncated GGUF file: {size} bytes, but its tensor data ends at byte {end} (tensor {name!r}); "
             f"{expected}"
         )

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, TORCH_TYPES, gguf_name, is_austeer_gguf, steer_meta, stored
 from austeer.gguf_write import export_hf_gguf
 from austeer.io import atomic_write_file
@@ -51,7 +52,7 @@ def _arch(reader: gguf.GGUFReader, path: Path) -> tuple[str, gguf.MODEL_ARCH]:
     name = str(field.contents()) if field is not None else ""
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(name)
     if arch is None:
-        raise ValueError(f"{path}: general.architecture is {name!r}, which this gguf package does not know")
+        raise UserError(f"{path}: general.architecture is {name!r}, which this gguf package does not know")
     return name, arch
 
 
@@ -67,10 +68,10 @@ def _check_same(weight: torch.Tensor, fold_transposed: bool, found: torch.Tensor
     mine = weight.detach().float().cpu()
     mine = mine.T if fold_transposed else mine
     if tuple(mine.shape) != tuple(found.shape):
-        raise ValueError(f"{where}: shape {tuple(found.shape)} in the GGUF, {tuple(mine.shape)} in the model")
+        raise UserError(f"{where}: shape {tuple(found.shape)} in the GGUF, {tuple(mine.shape)} in the model")
     scale = float(found.abs().max()) or 1.0
     if float((mine - found).abs().max()) > 1e-2 * scale:
-        raise ValueError(f"{where}: the GGUF's values are not the model's; is it the file the model was loaded from?")
+        raise UserError(f"{where}: the GGUF's values are not the model's; is it the file the model was loaded from?")
 
 
 @torch.no_grad()
@@ -100,7 +101,7 @@ def folded_tensors(
             if name not in by_name:
                 if suffix == "bias":
                     continue  # no bias in this model
-                raise ValueError(f"{path}: no tensor {name!r} (site {site}, layer {layer})")
+                raise UserError(f"{path}: no tensor {name!r} (site {site}, layer {layer})")
             if name not in out:
                 out[name] = _dequantised(by_name[name])
                 theirs = _weight(module) if suffix == "weight" else getattr(module, "bias", None)
@@ -153,19 +154,19 @@ def export_gguf(
     from austeer.models import gguf_source
 
     if dtype not in FOLDED_TYPES:
-        raise ValueError(f"unknown dtype {dtype!r} for the folded tensors; expected one of {', '.join(FOLDED_TYPES)}")
+        raise UserError(f"unknown dtype {dtype!r} for the folded tensors; expected one of {', '.join(FOLDED_TYPES)}")
     src = Path(source) if source is not None else gguf_source(model)
     if src is None and tokenizer is not None:
         return export_hf_gguf(model, tokenizer, spec, out, alpha=alpha, dtype=dtype, force=force)
     if src is None:
-        raise ValueError(
+        raise UserError(
             "this model was not loaded from a GGUF file, so there is no GGUF to copy the untouched tensors from; "
             "pass tokenizer= to write the GGUF from the weights (llama and qwen2 families), or source= the .gguf "
             "it came from"
         )
     out = Path(out)
     if out.exists() and out.resolve() == src.resolve():
-        raise ValueError(f"{out}: is the source GGUF; write the export to another file")
+        raise UserError(f"{out}: is the source GGUF; write the export to another file")
     reader = gguf.GGUFReader(src)
     arch_name, _ = _arch(reader, src)
     new = {name: stored(t, dtype) for name, t in folded_tensors(model, spec, reader, alpha, src, dtype).items()}

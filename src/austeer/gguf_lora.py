@@ -38,6 +38,7 @@ import gguf
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.gguf_export import _arch
 from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, gguf_name, is_austeer_gguf, steer_meta, stored
 from austeer.gguf_write import arch_of
@@ -68,7 +69,7 @@ def base_arch(model: nn.Module, source: str | Path | None = None) -> tuple[str, 
         return gguf.MODEL_ARCH_NAMES[arch_of(model)], None
     except ValueError:
         kind = getattr(getattr(model, "config", None), "model_type", "?")
-        raise ValueError(
+        raise UserError(
             f"an adapter GGUF names its base model's llama.cpp architecture and tensors; austeer knows them for a "
             f"model loaded from a GGUF (pass source=, --source-gguf) and for the llama and qwen2 families, not "
             f"{kind!r}"
@@ -89,9 +90,9 @@ def gguf_lora_tensors(
         if base is not None:
             ne = base.get(name)
             if ne is None:
-                raise ValueError(f"the base GGUF has no tensor {name!r} for {path}; is it this model's file?")
+                raise UserError(f"the base GGUF has no tensor {name!r} for {path}; is it this model's file?")
             if ne[:2] != [a.shape[1], b.shape[0]]:
-                raise ValueError(f"{name}: shape {ne} in the base GGUF, [{a.shape[1]}, {b.shape[0]}] in the model")
+                raise UserError(f"{name}: shape {ne} in the base GGUF, [{a.shape[1]}, {b.shape[0]}] in the model")
         out[f"{name}.lora_a"], out[f"{name}.lora_b"] = a, b
     return arch_name, out
 
@@ -109,7 +110,7 @@ def export_gguf_lora(
     docstring). ``dtype``: ``f32``, ``f16`` or ``bf16``. An existing ``out`` is replaced only when austeer
     wrote it, unless ``force``."""
     if dtype not in FOLDED_TYPES:
-        raise ValueError(f"unknown LoRA dtype {dtype!r}; expected one of {', '.join(FOLDED_TYPES)}")
+        raise UserError(f"unknown LoRA dtype {dtype!r}; expected one of {', '.join(FOLDED_TYPES)}")
     check_file_output(out, "gguf-lora", force, owned=is_austeer_gguf)
     arch_name, tensors = gguf_lora_tensors(model, spec, alpha, source)
     rank = next(iter(tensors.values())).shape[0]

@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 import torch
 
+from austeer.errors import UserError
 from austeer.spec import SteerSpec
 
 #: how the folded tensors are stored
@@ -46,7 +47,7 @@ def gguf_name(name_map: gguf.TensorNameMap, hf_name: str) -> str:
     stem, _, suffix = hf_name.rpartition(".")
     name = name_map.get_name(stem)
     if name is None:
-        raise ValueError(f"the gguf package's name table has no GGUF name for {hf_name!r}")
+        raise UserError(f"the gguf package's name table has no GGUF name for {hf_name!r}")
     return f"{name}.{suffix}"
 
 

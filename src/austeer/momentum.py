@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from austeer.errors import UserError
 from austeer.sites import SITES
 
 
@@ -59,7 +60,7 @@ class SignCounts:
     def update(self, momenta: torch.Tensor) -> None:
         """Add a batch of momenta ``[batch, n_layers, width]`` (computed in float32 or wider)."""
         if momenta.dim() != 3 or momenta.shape[1:] != self.pos.shape:
-            raise ValueError(
+            raise UserError(
                 f"momenta must be [batch, {self.pos.shape[0]}, {self.pos.shape[1]}], got {tuple(momenta.shape)}"
             )
         m = momenta.detach().to("cpu", torch.float64)
@@ -71,7 +72,7 @@ class SignCounts:
 
     def __add__(self, other: SignCounts) -> SignCounts:
         if other.pos.shape != self.pos.shape:
-            raise ValueError(f"cannot merge counts of shapes {tuple(self.pos.shape)} and {tuple(other.pos.shape)}")
+            raise UserError(f"cannot merge counts of shapes {tuple(self.pos.shape)} and {tuple(other.pos.shape)}")
         return SignCounts(
             self.pos + other.pos,
             self.neg + other.neg,
@@ -186,5 +187,5 @@ def top_k_mask(values: torch.Tensor, k: int) -> list[tuple[int, int]]:
 def select(counts: dict[str, SignCounts], k: int) -> list[Unit]:
     """The global top-``k`` AUs across all layers of the given sites."""
     if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+        raise UserError(f"k must be >= 0, got {k}")
     return rank(counts, k)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from austeer.errors import UserError
 from austeer.io import atomic_write_text, iter_jsonl
 
 
@@ -33,7 +34,7 @@ class Pair:
     system: str | None = None
 
 
-class PairsFormatError(ValueError):
+class PairsFormatError(UserError):
     """A pairs file line is malformed; the message names the file, the line and the field."""
 
 

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.sites import decoder_layers
 
 #: default bound on the stored hidden states, in bytes
@@ -105,7 +106,7 @@ class LayerCache:
 
     def __init__(self, model: nn.Module, every: int = 4, max_bytes: int = MAX_BYTES) -> None:
         if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+            raise UserError(f"every must be >= 1, got {every}")
         self.model, self.every, self.max_bytes = model, every, max_bytes
         self.layers = decoder_layers(model)
         embed = model.get_input_embeddings()  # type: ignore[operator]

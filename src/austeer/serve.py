@@ -46,6 +46,7 @@ from typing import Any
 from torch import nn
 
 from austeer.batched import RowRequest, RowResult, RowSteer, run_rows
+from austeer.errors import UserError
 from austeer.models import fingerprint
 from austeer.pairs import format_prompt, has_chat_template
 from austeer.serve_openai import (
@@ -67,7 +68,7 @@ POLL_S = 0.1  # how often a request thread checks that its client is still there
 _LENGTH = re.compile(r"[0-9]{1,12}")
 
 
-class ListenError(ValueError):
+class ListenError(UserError):
     """The server cannot listen on its host and port (in use, not an address of this machine): one line."""
 
 
@@ -129,7 +130,7 @@ def load_steers(model: nn.Module, dirs: Mapping[str, str | Path]) -> dict[str, S
     out = {}
     for name, directory in dirs.items():
         if not name or ":" in name:
-            raise ValueError(f"steer name {name!r} must be non-empty and contain no ':'")
+            raise UserError(f"steer name {name!r} must be non-empty and contain no ':'")
         spec = load(directory)
         spec.check_fits(fp)
         check_units(model, name, spec)  # servable: every position, gains finite in the model's dtype
@@ -151,7 +152,7 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
         ValueError: steer 'wide': spec: units[0].index: 9999 is out of range 0..575 for site 'head'
     """
     if spec.positions != "all":
-        raise ValueError(
+        raise UserError(
             f"steer {name!r}: positions {spec.positions!r} steers the last position of each pass only, which the "
             "server cannot do (it steers every position of each row); refit with --positions all, or steer it "
             "with austeer generate"
@@ -160,7 +161,7 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
         spec.check_fits(fingerprint(model))
         spec_gains(model, spec)
     except ValueError as exc:
-        raise ValueError(f"steer {name!r}: {exc}") from None
+        raise UserError(f"steer {name!r}: {exc}") from None
 
 
 def parse_steer_args(items: list[str]) -> dict[str, str]:
@@ -174,9 +175,9 @@ def parse_steer_args(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, directory = item.partition("=")
         if not sep or not name or not directory:
-            raise ValueError(f"--steer expects NAME=DIR, got {item!r}")
+            raise UserError(f"--steer expects NAME=DIR, got {item!r}")
         if name in out:
-            raise ValueError(f"--steer name {name!r} given twice")
+            raise UserError(f"--steer name {name!r} given twice")
         out[name] = directory
     return out
 
@@ -206,7 +207,7 @@ class Engine:
         limit = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 0)
         self.max_model_len = config.max_model_len or limit or 2048
         if config.limits.max_tokens_default >= self.max_model_len:  # every request without max_tokens would fail
-            raise ValueError(
+            raise UserError(
                 f"max_tokens_default {config.limits.max_tokens_default} leaves no room for a prompt in the "
                 f"context of {self.max_model_len} tokens (max_model_len)"
             )

@@ -26,8 +26,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from austeer.errors import UserError
 
-class RequestError(ValueError):
+
+class RequestError(UserError):
     """A bad request: HTTP ``status``, a message and the parameter at fault (OpenAI error shape)."""
 
     def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None) -> None:
@@ -63,16 +65,16 @@ class Limits:
         for name in ("max_tokens_limit", "max_k", "max_prompts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
         default = self.max_tokens_default
         if isinstance(default, bool) or not isinstance(default, int) or not 1 <= default <= self.max_tokens_limit:
-            raise ValueError(
+            raise UserError(
                 f"max_tokens_default must be an integer in [1, max_tokens_limit = {self.max_tokens_limit}], "
                 f"got {default!r}"
             )
         alpha = self.max_alpha
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not (_finite(alpha) and alpha >= 0):
-            raise ValueError(f"max_alpha must be a finite number >= 0, got {alpha!r}")
+            raise UserError(f"max_alpha must be a finite number >= 0, got {alpha!r}")
 
 
 @dataclass(frozen=True)

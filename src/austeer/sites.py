@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from austeer.errors import UserError
+
 SITES = ("head", "ffn", "neuron", "residual")
 Site = Literal["head", "ffn", "neuron", "residual"]
 
@@ -57,13 +59,31 @@ class SiteDef:
 
 @dataclass(frozen=True)
 class Family:
-    """Where the decoder layers live and how each site maps onto them."""
+    """Every fact austeer uses about one model family, as paths from the model (``layers``, ``final_norm``)
+    or from a decoder layer (the sites' modules).
+
+    ``gguf_arch`` is llama.cpp's name for the architecture (``general.architecture``); ``post_mlp_norm``
+    marks families whose MLP output is normalised before the residual add, so that an addition to a
+    layer's output is not a bias of ``down_proj``.
+    """
 
     layers: str
     sites: dict[str, SiteDef]
+    final_norm: str
+    gguf_arch: str
+    post_mlp_norm: bool = False
 
 
-def _layout(layers: str, o_proj: str, mlp: str, down: str, transposed: bool = False) -> Family:
+def _layout(
+    layers: str,
+    o_proj: str,
+    mlp: str,
+    down: str,
+    final_norm: str,
+    gguf_arch: str,
+    transposed: bool = False,
+    post_mlp_norm: bool = False,
+) -> Family:
     return Family(
         layers=layers,
         sites={
@@ -72,29 +92,38 @@ def _layout(layers: str, o_proj: str, mlp: str, down: str, transposed: bool = Fa
             "neuron": SiteDef(down, "input", Fold(down, "in", transposed)),
             "residual": SiteDef("", "output", None),
         },
+        final_norm=final_norm,
+        gguf_arch=gguf_arch,
+        post_mlp_norm=post_mlp_norm,
     )
 
 
-_LLAMA_LIKE = _layout("model.layers", "self_attn.o_proj", "mlp", "mlp.down_proj")
+def _llama_like(gguf_arch: str, post_mlp_norm: bool = False) -> Family:
+    return _layout(
+        "model.layers", "self_attn.o_proj", "mlp", "mlp.down_proj", "model.norm", gguf_arch, post_mlp_norm=post_mlp_norm
+    )
 
-#: model_type (``config.model_type``) -> layout. Llama-style families share one layout.
+
+#: model_type (``config.model_type``) -> every family fact. Llama-style families share one layout.
 FAMILIES: dict[str, Family] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
-    "olmo": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
-    "gpt2": _layout("transformer.h", "attn.c_proj", "mlp", "mlp.c_proj", transposed=True),
-    "gpt_neox": _layout("gpt_neox.layers", "attention.dense", "mlp", "mlp.dense_4h_to_h"),
+    "llama": _llama_like("llama"),
+    "mistral": _llama_like("llama"),
+    "qwen2": _llama_like("qwen2"),
+    "qwen3": _llama_like("qwen3"),
+    "gemma": _llama_like("gemma"),
+    "gemma2": _llama_like("gemma2", post_mlp_norm=True),
+    "gemma3_text": _llama_like("gemma3", post_mlp_norm=True),
+    "phi3": _llama_like("phi3"),
+    "olmo": _llama_like("olmo"),
+    "olmo2": _llama_like("olmo2", post_mlp_norm=True),
+    "gpt2": _layout("transformer.h", "attn.c_proj", "mlp", "mlp.c_proj", "transformer.ln_f", "gpt2", transposed=True),
+    "gpt_neox": _layout(
+        "gpt_neox.layers", "attention.dense", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "gptneox"
+    ),
 }
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError):
     """The model's family has no entry in :data:`FAMILIES`."""
 
 
@@ -125,6 +154,16 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(_get(model, family(model).layers))  # type: ignore[call-overload]
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied before the unembedding (``model.model.norm`` for Llama-style families).
+
+    Example:
+        >>> type(final_norm(model)).__name__
+        'LlamaRMSNorm'
+    """
+    return _get(model, family(model).final_norm)
+
+
 def _get(root: nn.Module, path: str) -> nn.Module:
     module = root
     for part in [p for p in path.split(".") if p]:
@@ -150,7 +189,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def check_site(site: str) -> None:
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
+        raise UserError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
 
 
 def site_def(model: nn.Module, site: str) -> SiteDef:
@@ -162,7 +201,7 @@ def site_module(model: nn.Module, site: str, layer: int) -> nn.Module:
     """The module whose input or output is ``site`` in decoder layer ``layer``."""
     layers = decoder_layers(model)
     if not 0 <= layer < len(layers):
-        raise IndexError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")
+        raise UserError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")
     return _get(layers[layer], site_def(model, site).module)
 
 
@@ -170,7 +209,7 @@ def fold_module(model: nn.Module, site: str, layer: int) -> tuple[nn.Module, Fol
     """The linear map that a gain on ``site`` folds into, or an error for hook-only sites."""
     sd = site_def(model, site)
     if sd.fold is None:
-        raise ValueError(
+        raise UserError(
             f"site {site!r} cannot be folded into weights (it is not the input or output of one linear map); "
             "use hook steering (austeer.apply) for it"
         )

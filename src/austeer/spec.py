@@ -62,6 +62,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
+from austeer.errors import UserError
 from austeer.io import atomic_save_tensors, atomic_write_dir, atomic_write_text  # noqa: F401 (re-exported)
 from austeer.momentum import SignCounts, Unit, select
 from austeer.sites import SITES
@@ -82,7 +83,7 @@ the sign counts stored so ``k`` can change without refitting. ``"attribution"``:
 answer margin with respect to each AU's gain (:mod:`austeer.attribution`; no counts stored)."""
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec is malformed: the message is ``<file or "spec">: <field>: <what is wrong, what was expected>``."""
 
 
@@ -338,7 +339,7 @@ class SteerSpec:
         if not self.scores:
             why = " (attribution specs keep none)" if self.selection == "attribution" else ""
             where = Path(self.path).parent if self.path else "spec"
-            raise ValueError(f"{where}: this spec has no stored scores (scores.safetensors){why}; refit to change k")
+            raise UserError(f"{where}: this spec has no stored scores (scores.safetensors){why}; refit to change k")
         return replace(self, units=select(self.scores, k))
 
     def with_alpha(self, alpha: float) -> SteerSpec:

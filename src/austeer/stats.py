@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from math import comb
 
+from austeer.errors import UserError
+
 
 def discordant(base: Sequence[int], steered: Sequence[int]) -> tuple[int, int]:
     """``(fixed, broken)``: items wrong in ``base`` and right in ``steered``, and the reverse.
@@ -30,7 +32,7 @@ def discordant(base: Sequence[int], steered: Sequence[int]) -> tuple[int, int]:
     Both are per-item 0/1 outcomes on the same items in the same order.
     """
     if len(base) != len(steered):
-        raise ValueError(f"paired outcomes need the same items: {len(base)} unsteered against {len(steered)} steered")
+        raise UserError(f"paired outcomes need the same items: {len(base)} unsteered against {len(steered)} steered")
     fixed = sum(1 for b, s in zip(base, steered) if not b and s)
     broken = sum(1 for b, s in zip(base, steered) if b and not s)
     return fixed, broken
@@ -45,7 +47,7 @@ def mcnemar(fixed: int, broken: int) -> float:
         0.0625
     """
     if fixed < 0 or broken < 0:
-        raise ValueError(f"counts must be >= 0, got fixed={fixed}, broken={broken}")
+        raise UserError(f"counts must be >= 0, got fixed={fixed}, broken={broken}")
     n = fixed + broken
     if n == 0:
         return 1.0

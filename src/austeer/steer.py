@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.sites import _weight, decoder_layers, fold_module, site_def, site_module, site_width
 from austeer.spec import POSITIONS, SpecError, SteerSpec, check_gains_fit, check_in_range, first_overflow, overflow_text
 
@@ -126,7 +127,7 @@ def _grouped(model: nn.Module, gains: Sequence[Gain]) -> dict[tuple[str, int], l
 def _param_of(module: nn.Module) -> torch.Tensor:
     for p in module.parameters():
         return p
-    raise ValueError(f"{type(module).__name__} has no parameters to take a device and dtype from")
+    raise UserError(f"{type(module).__name__} has no parameters to take a device and dtype from")
 
 
 def gain_vectors(model: nn.Module, spec: SteerSpec, alpha: float | None = None) -> dict[tuple[str, int], torch.Tensor]:
@@ -205,7 +206,7 @@ def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor], posi
 
     ``positions``: ``"all"`` or ``"last"`` (see :data:`austeer.spec.POSITIONS`)."""
     if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     last = positions == "last"
     steering = Steering()
     try:

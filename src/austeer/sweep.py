@@ -41,6 +41,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.errors import UserError
 from austeer.evaluate import Unsteered, evaluate
 from austeer.fit import fit
 from austeer.io import check_file_output, check_replaceable, signed_json, write_output
@@ -86,7 +87,7 @@ class SweepRow:
 def best_row(rows: Sequence[SweepRow]) -> SweepRow:
     """Highest metric; ties: smaller ppl increase, smaller k, smaller alpha."""
     if not rows:
-        raise ValueError("no sweep rows to choose from")
+        raise UserError("no sweep rows to choose from")
     return max(rows, key=lambda r: (r.metric, -r.ppl_delta, -r.k, -r.alpha))
 
 
@@ -118,7 +119,7 @@ def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     for name in ("task", "model", "settings"):
         if state.get(name) != fresh[name]:
-            raise ValueError(
+            raise UserError(
                 f"{path}: an earlier sweep with a different {name} ({state.get(name)!r}, now {fresh[name]!r}); "
                 "use another --out directory"
             )
@@ -173,9 +174,9 @@ def sweep(
     The spec folders ``scores/<site>`` and ``best`` replace only austeer's own specs, unless ``force``.
     """
     if not sites or not ks or not alphas:
-        raise ValueError("the sweep grid needs at least one site, one k and one alpha")
+        raise UserError("the sweep grid needs at least one site, one k and one alpha")
     if min(ks) < 1:
-        raise ValueError(f"every k must be >= 1, got {list(ks)}")
+        raise UserError(f"every k must be >= 1, got {list(ks)}")
     out = Path(out)
     for where in [out / "best", *(out / "scores" / s for s in sites)]:
         check_replaceable(where, "spec", force)  # before any work

@@ -70,6 +70,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.errors import UserError
 from austeer.fit import score, spec_from_counts
 from austeer.io import (
     atomic_write_file,
@@ -152,14 +153,14 @@ def split_pairs(pairs: Sequence[Pair], share: float = HELDOUT_SHARE) -> tuple[li
     """``(fit, heldout)`` pair indices: see the module docstring (SHA-256 order, first ``share`` held out)."""
     n = len(pairs)
     if n < MIN_PAIRS:
-        raise ValueError(f"tune needs at least {MIN_PAIRS} pairs (a fit and a held-out split), got {n}")
+        raise UserError(f"tune needs at least {MIN_PAIRS} pairs (a fit and a held-out split), got {n}")
     keys = [_prompt_key(p) for p in pairs]
     order = sorted(range(n), key=lambda i: (keys[i], i))
     cut = max(2, round(n * share))
     while cut < n and keys[order[cut]] == keys[order[cut - 1]]:
         cut += 1
     if n - cut < 2:
-        raise ValueError(f"too few distinct prompts to split {n} pairs into fit and held-out pairs")
+        raise UserError(f"too few distinct prompts to split {n} pairs into fit and held-out pairs")
     return sorted(order[cut:]), sorted(order[:cut])
 
 
@@ -250,12 +251,12 @@ def _load_state(out: Path | None, fresh: dict[str, Any]) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a tune.json austeer wrote ({exc}); use another --out directory") from None
+        raise UserError(f"{path}: not a tune.json austeer wrote ({exc}); use another --out directory") from None
     if not isinstance(state, dict) or not isinstance(state.get("rows"), list):
-        raise ValueError(f"{path}: not a tune.json austeer wrote; use another --out directory")
+        raise UserError(f"{path}: not a tune.json austeer wrote; use another --out directory")
     for key in ("model", "fingerprint", "pairs_sha256", "neutral_sha256"):
         if state.get(key) != fresh[key]:
-            raise ValueError(
+            raise UserError(
                 f"{path}: an earlier tune run with a different {key.split('_')[0]}; use another --out directory"
             )
     return state
@@ -330,11 +331,11 @@ def tune(
         check_site(site)
     for m in methods:
         if m not in ("austeer", "caa"):
-            raise ValueError(f"unknown tune method {m!r}; expected austeer or caa")
+            raise UserError(f"unknown tune method {m!r}; expected austeer or caa")
     if budget is not None and budget < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}")
+        raise UserError(f"budget must be >= 1, got {budget}")
     if not max_damage >= 1.0:
-        raise ValueError(f"max_damage is a perplexity ratio and must be >= 1, got {max_damage}")
+        raise UserError(f"max_damage is a perplexity ratio and must be >= 1, got {max_damage}")
     fit_idx, held_idx = split_pairs(pairs)
     fit_pairs, held = [pairs[i] for i in fit_idx], [pairs[i] for i in held_idx]
     texts = [*NEUTRAL_TEXTS, *neutral]

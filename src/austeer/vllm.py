@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from austeer.errors import UserError
 from austeer.lora import vllm_max_lora_rank
 
 
@@ -40,11 +41,11 @@ def adapter_rank(path: str | Path) -> int:
     try:
         rank = json.loads(config.read_text())["r"]
     except FileNotFoundError:
-        raise ValueError(f"{config}: no adapter_config.json (expected: austeer export --format lora)") from None
+        raise UserError(f"{config}: no adapter_config.json (expected: austeer export --format lora)") from None
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{config}: not a LoRA adapter config (expected a JSON object with an integer 'r')") from None
+        raise UserError(f"{config}: not a LoRA adapter config (expected a JSON object with an integer 'r')") from None
     if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"{config}: field 'r' must be a positive integer, got {rank!r}")
+        raise UserError(f"{config}: field 'r' must be a positive integer, got {rank!r}")
     return rank
 
 
@@ -66,14 +67,14 @@ def vllm_command(
     server is used because ``vllm serve`` fails on the CPU package's name.
     """
     if not adapters:
-        raise ValueError("vllm_command needs at least one adapter (name -> adapter directory)")
+        raise UserError("vllm_command needs at least one adapter (name -> adapter directory)")
     bad = [name for name in adapters if not name or "=" in name or " " in name]
     if bad:
-        raise ValueError(f"adapter names must be non-empty without '=' or spaces, got {bad}")
+        raise UserError(f"adapter names must be non-empty without '=' or spaces, got {bad}")
     rank = max((ranks or {}).get(name) or adapter_rank(path) for name, path in adapters.items())
     max_rank = vllm_max_lora_rank(rank)
     if max_rank is None:
-        raise ValueError(f"adapter rank {rank} is above the largest --max-lora-rank vLLM accepts; use a smaller k")
+        raise UserError(f"adapter rank {rank} is above the largest --max-lora-rank vLLM accepts; use a smaller k")
     modules = [f"{name}={path}" for name, path in adapters.items()]
     return [
         python, "-m", "vllm.entrypoints.openai.api_server",

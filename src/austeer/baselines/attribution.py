@@ -24,12 +24,13 @@ from torch import nn
 from austeer.attribution import margin_attribution, top_attributed
 from austeer.baselines.au import scaled
 from austeer.baselines.base import Evidence, Frontier, GainSteerer, Method
+from austeer.errors import UserError
 
 
 def scores(model: nn.Module, evidence: Evidence, site: str) -> torch.Tensor:
     """The attribution of every AU of ``site`` on the evidence's pairs, computed once per evidence and site."""
     if evidence.tokenizer is None or not evidence.pairs:
-        raise ValueError("attribution needs the evidence's pairs and tokenizer (gather them with gather())")
+        raise UserError("attribution needs the evidence's pairs and tokenizer (gather them with gather())")
     return evidence.memo(
         f"attribution:{site}", lambda: margin_attribution(model, evidence.tokenizer, evidence.pairs, site)
     )

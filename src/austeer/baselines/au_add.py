@@ -28,6 +28,7 @@ from torch import nn
 
 from austeer.baselines.au import top_units
 from austeer.baselines.base import AddSteerer, Evidence, Frontier, Method
+from austeer.errors import UserError
 
 SCALES = ("std", "diff")
 
@@ -38,7 +39,7 @@ def per_au_scale(pos: torch.Tensor, neg: torch.Tensor, scale: str) -> torch.Tens
         return torch.cat([pos, neg]).double().std(0).float()
     if scale == "diff":
         return (pos.double() - neg.double()).mean(0).abs().float()
-    raise ValueError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
+    raise UserError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
 
 
 def build(
@@ -46,7 +47,7 @@ def build(
 ) -> AddSteerer:
     """``au-add`` on the top-``k`` AUs of ``site`` (``head``): ``x_i += alpha * beta_i * s_i``."""
     if site != "head":
-        raise ValueError(f"au-add adds at the head site (the o_proj input), got site {site!r}")
+        raise UserError(f"au-add adds at the head site (the o_proj input), got site {site!r}")
     pos, neg = evidence.pos[site], evidence.neg[site]
     s = evidence.memo(f"au-add-scale-{site}-{scale}", lambda: per_au_scale(pos, neg, scale))
     width = pos.shape[-1]

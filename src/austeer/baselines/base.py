@@ -34,17 +34,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.collect import pair_batches
+from austeer.errors import UserError
 from austeer.momentum import SignCounts
 from austeer.pairs import Pair
-from austeer.sites import decoder_layers, family_of, fold_module, site_module
+from austeer.sites import decoder_layers, family, family_of, fold_module, site_module
 from austeer.steer import Gain, apply_gains, folded_gains
 
-#: families whose MLP output passes through a norm before the residual add: a residual addition is not a
-#: down_proj bias there
-POST_MLP_NORM = frozenset({"gemma2", "gemma3_text", "olmo2"})
 
-
-class CannotFold(ValueError):
+class CannotFold(UserError):
     """This steering cannot be written into the weights; the message says why."""
 
 
@@ -149,7 +146,7 @@ def gather(
         ((2, 30, 576), 2)
     """
     if not pairs:
-        raise ValueError("gather needs at least one pair")
+        raise UserError("gather needs at least one pair")
     pos: dict[str, torch.Tensor] = {}
     neg: dict[str, torch.Tensor] = {}
     batches = pair_batches(model, tokenizer, pairs, sites, batch_size, share_prefix=share_prefix, max_length=max_length)
@@ -220,7 +217,7 @@ class AddSteerer:
         if self.site == "logits":
             head = model.get_output_embeddings()  # type: ignore[operator]
             if not isinstance(head, nn.Module):
-                raise ValueError(f"{type(model).__name__} has no output embeddings to offset")
+                raise UserError(f"{type(model).__name__} has no output embeddings to offset")
             return head
         if self.site == "residual":
             return decoder_layers(model)[layer]
@@ -289,7 +286,7 @@ def bias_module(model: nn.Module, site: str, layer: int) -> nn.Module:
         return fold_module(model, "head", layer)[0]
     if site == "residual":
         fam = family_of(model)
-        if fam in POST_MLP_NORM:
+        if family(model).post_mlp_norm:
             raise CannotFold(
                 f"in {fam} the MLP output is normalised before the residual add, so an addition to the layer "
                 "output is not a bias of any linear map; use hooks"

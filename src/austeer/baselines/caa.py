@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from austeer.baselines.base import AddSteerer, Evidence, Frontier, Method
+from austeer.errors import UserError
 
 
 def layer_of(fraction: float, n_layers: int) -> int:
@@ -40,7 +41,7 @@ def layer_index(layer: float, n_layers: int) -> int:
     """
     valid = f"the model has {n_layers} layers (valid 0..{n_layers - 1}, or a fraction of the depth in [0, 1))"
     if not 0 <= layer < n_layers or (layer >= 1 and layer != int(layer)):
-        raise ValueError(f"layer {layer:g} is out of range: {valid}")
+        raise UserError(f"layer {layer:g} is out of range: {valid}")
     return int(layer) if layer >= 1 else layer_of(layer, n_layers)
 
 

@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from austeer.baselines.base import AddSteerer, Evidence, Method
+from austeer.errors import UserError
 
 
 def options_of(answer_tokens: list[tuple[int, int]], most: int = 8) -> list[int]:
     """The distinct answer first tokens, sorted; an error when the answers are not a small option set."""
     opts = sorted({t for pair in answer_tokens for t in pair if t >= 0})
     if not 2 <= len(opts) <= most:
-        raise ValueError(
+        raise UserError(
             f"calibration needs a multiple-choice task whose answers start with 2..{most} distinct tokens; "
             f"these pairs have {len(opts)}"
         )

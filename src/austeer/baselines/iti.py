@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from austeer.baselines.base import AddSteerer, Evidence, Frontier, Method
+from austeer.errors import UserError
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Probes:
 def split_pairs(n: int, seed: int = 0, train_fraction: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair indices for probe training and held-out evaluation (at least one pair on each side)."""
     if n < 2:
-        raise ValueError(f"ITI needs at least 2 pairs to hold some out, got {n}")
+        raise UserError(f"ITI needs at least 2 pairs to hold some out, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     cut = min(n - 1, max(1, round(train_fraction * n)))
     return perm[:cut], perm[cut:]

@@ -41,6 +41,7 @@ from torch import nn
 
 from austeer.baselines import au
 from austeer.baselines.base import Evidence, GainSteerer, Method
+from austeer.errors import UserError
 
 #: worked examples of the few-shot variant
 SHOTS = 3
@@ -71,7 +72,7 @@ def with_examples(instruction: str, examples: Sequence[tuple[str, str]]) -> str:
 def instruction_of(evidence: Evidence) -> str:
     """The instruction the pairs were read with (an error when there is none)."""
     if not evidence.system:
-        raise ValueError(
+        raise UserError(
             "a prompted method needs evidence gathered on pairs whose system turn holds the task's instruction "
             "(austeer.compare.compare does this for every prompted method)"
         )
@@ -82,7 +83,7 @@ def build(model: nn.Module, evidence: Evidence, shots: int = 0) -> PromptSteerer
     """The instruction, followed by the first ``shots`` pairs as worked examples (prompt and positive answer)."""
     instruction = instruction_of(evidence)
     if shots > len(evidence.prompts):
-        raise ValueError(f"{shots} examples asked for, but the evidence holds only {len(evidence.prompts)} pairs")
+        raise UserError(f"{shots} examples asked for, but the evidence holds only {len(evidence.prompts)} pairs")
     examples = [(p, pos) for p, (pos, _) in zip(evidence.prompts[:shots], evidence.answers)]
     return PromptSteerer("prompt", {"shots": shots}, with_examples(instruction, examples))
 

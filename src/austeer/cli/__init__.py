@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from austeer.errors import UserError
 from austeer.extras import MissingPackage
 from austeer.io import OutputPathError, OutputWriteError
 
@@ -51,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: errors caused by the user's input (files, paths, values): one line on stderr and exit code 2, no traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,  # malformed files and values; austeer's own format errors subclass it
-    IndexError,
+    UserError,  # austeer's own errors about its input: malformed files, values out of range, unsteerable models
     FileNotFoundError,
     FileExistsError,  # austeer.io.OutputExistsError: an output path holds something austeer did not write
     IsADirectoryError,

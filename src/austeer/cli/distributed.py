@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from austeer.cli.core import fit_from_args
+from austeer.errors import UserError
 
 
 def launched_by_torchrun() -> bool:
@@ -39,7 +40,7 @@ def _gpu_slice(rank: int, world: int) -> str | None:
             return None
         ids = [str(i) for i in range(torch.cuda.device_count())]
     if len(ids) < world:
-        raise ValueError(f"--device-map with --nproc {world} needs at least {world} GPUs, found {len(ids)}")
+        raise UserError(f"--device-map with --nproc {world} needs at least {world} GPUs, found {len(ids)}")
     per = len(ids) // world
     return ",".join(ids[rank * per : (rank + 1) * per])
 
@@ -85,7 +86,7 @@ def cmd_fit_multi(args: argparse.Namespace) -> int:
 
         world = int(args.nproc)
         if world < 1:
-            raise ValueError(f"--nproc must be >= 1, got {world}")
+            raise UserError(f"--nproc must be >= 1, got {world}")
         from austeer.pairs import read_pairs
 
         read_pairs(args.pairs)  # fail fast, in the parent, on a bad file

@@ -10,6 +10,7 @@ from typing import Any
 
 from austeer.cli.argtypes import finite_float, finite_floats, positive_int, positive_ints
 from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
+from austeer.errors import UserError
 from austeer.sites import SITES
 
 
@@ -19,7 +20,7 @@ def _task(args: argparse.Namespace) -> Any:
     if args.task == "custom":
         return get_task("custom", pairs=args.pairs, eval=args.eval)
     if args.pairs or args.eval:
-        raise ValueError("--pairs/--eval are for --task custom only")
+        raise UserError("--pairs/--eval are for --task custom only")
     task = get_task(args.task)
     task.check_needs()  # the judge's package, before the model loads and generates
     return task
@@ -29,9 +30,9 @@ def _csv(text: str, cast: Any) -> list[Any]:
     try:
         values = [cast(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"expected a comma-separated list, got {text!r}") from None
+        raise UserError(f"expected a comma-separated list, got {text!r}") from None
     if not values:
-        raise ValueError(f"expected a comma-separated list, got {text!r}")
+        raise UserError(f"expected a comma-separated list, got {text!r}")
     return values
 
 
@@ -44,7 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task = _task(args)
     if args.paired and not args.steer:
-        raise ValueError("--paired compares the unsteered and the steered model: it needs --steer DIR")
+        raise UserError("--paired compares the unsteered and the steered model: it needs --steer DIR")
     out = (
         Path(args.out)
         if args.out
@@ -165,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sites = _csv(args.site, str)
     for s in sites:
         if s not in SITES:
-            raise ValueError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
+            raise UserError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
     inputs = [args.pairs, args.eval]
     for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
         check_replaceable(where, "spec", args.force, inputs)  # before loading the model
@@ -173,7 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_file_output(Path(args.out) / name, "sweep", args.force, inputs, owned)
     widest = max(args.alpha, key=abs)  # |beta| <= 1: the largest gain of the grid is 1 + |alpha|
     if first_overflow([1.0 + abs(widest)], torch.float32) is not None:
-        raise ValueError(
+        raise UserError(
             f"--alpha {widest:g}: the gain 1 + alpha * beta reaches {overflow_text(1.0 + abs(widest), torch.float32)}"
         )
     model, tok, name = load_from_args(args)

@@ -7,6 +7,7 @@ from typing import Any
 
 from austeer.cli.argtypes import finite_float, layer_or_fraction, positive_int
 from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
+from austeer.errors import UserError
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
@@ -84,7 +85,7 @@ def cmd_control_vector(args: argparse.Namespace) -> int:
 
     index = caa.layer_index(args.layer, len(decoder_layers(model)))  # before the pairs are read through the model
     if index < 1:
-        raise ValueError(f"--layer {args.layer:g} is layer 0, whose output llama.cpp cannot steer; use a layer >= 1")
+        raise UserError(f"--layer {args.layer:g} is layer 0, whose output llama.cpp cannot steer; use a layer >= 1")
     evidence = gather(model, tok, pairs, ["residual"], batch_size=args.batch_size, progress=False)
     steerer = caa.build(model, evidence, layer=args.layer, multiplier=args.multiplier)
     path = caa.to_control_vector(steerer, model, args.out, force=args.force)

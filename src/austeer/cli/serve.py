@@ -8,6 +8,7 @@ from typing import Any
 
 from austeer.cli.argtypes import non_negative_float, port, positive_float, positive_int
 from austeer.cli.core import add_model_args, load_from_args
+from austeer.errors import UserError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -17,14 +18,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     dirs = parse_steer_args(args.steer or [])
     if args.max_tokens_default > args.max_tokens_limit:
-        raise ValueError(
+        raise UserError(
             f"--max-tokens-default {args.max_tokens_default} is above --max-tokens-limit {args.max_tokens_limit}"
         )
     limits = Limits(  # checked before the model loads, like the address
         max_tokens_default=args.max_tokens_default, max_tokens_limit=args.max_tokens_limit, max_alpha=args.max_alpha
     )
     if args.max_model_len is not None and args.max_tokens_default >= args.max_model_len:
-        raise ValueError(
+        raise UserError(
             f"--max-tokens-default {args.max_tokens_default} leaves no room for a prompt in --max-model-len "
             f"{args.max_model_len}"
         )

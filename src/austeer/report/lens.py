@@ -38,12 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from austeer.collect import backbone
+from austeer.errors import UserError
 from austeer.momentum import SignCounts, Unit
-from austeer.sites import _weight, decoder_layers, fold_module, head_dim, site_def, site_width
-
-#: attribute names of the final norm on the decoder stack, across supported families
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+from austeer.sites import _weight, decoder_layers, final_norm, fold_module, head_dim, site_def, site_width
 
 
 @dataclass(frozen=True)
@@ -69,28 +66,11 @@ class UnitLens:
     overlap: int  # tokens shared between the AU's and the block's promoted lists
 
 
-def final_norm(model: nn.Module) -> nn.Module:
-    """The norm applied before the unembedding (``model.model.norm`` for Llama-style families).
-
-    Example:
-        >>> type(final_norm(model)).__name__
-        'LlamaRMSNorm'
-    """
-    base = backbone(model)
-    for name in _FINAL_NORMS:
-        mod = getattr(base, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise ValueError(
-        f"{type(model).__name__}: no final norm found on the decoder stack (looked for {', '.join(_FINAL_NORMS)})"
-    )
-
-
 def unembedding(model: nn.Module) -> torch.Tensor:
     """The ``[vocab, d_model]`` output embedding weight."""
     head = model.get_output_embeddings()  # type: ignore[operator]
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head)")
+        raise UserError(f"{type(model).__name__} has no output embeddings (lm_head)")
     return _weight(head)
 
 
@@ -122,7 +102,7 @@ def directions(model: nn.Module, site: str, layer: int) -> torch.Tensor:
     if sd.fold is None or sd.fold.axis == "out":
         n = site_width(model, site)
         if layer < 0 or layer >= len(decoder_layers(model)):
-            raise IndexError(f"layer {layer} out of range: the model has {len(decoder_layers(model))} layers")
+            raise UserError(f"layer {layer} out of range: the model has {len(decoder_layers(model))} layers")
         return torch.eye(n, dtype=torch.float32)
     mod, fold = fold_module(model, site, layer)
     w = _weight(mod).detach().float().cpu()

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.collect import encode, model_device, token_limit
+from austeer.errors import UserError
 from austeer.generate import Mode, generate, steered
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
@@ -67,14 +68,14 @@ def read_prompts(path: str | Path) -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+                raise UserError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise ValueError(f"{path}:{n}: expected an object with a string field 'prompt'")
+                raise UserError(f"{path}:{n}: expected an object with a string field 'prompt'")
             prompts.append(obj["prompt"])
         else:
             prompts.append(line)
     if not prompts:
-        raise ValueError(f"{path}: no prompts (expected one per line, or JSONL with 'prompt')")
+        raise UserError(f"{path}: no prompts (expected one per line, or JSONL with 'prompt')")
     return prompts
 
 

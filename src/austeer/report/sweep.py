@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from austeer.errors import UserError
+
 
 @dataclass
 class Sweep:
@@ -61,26 +63,26 @@ def read_sweep(path: str | Path) -> Sweep:
     try:
         obj = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise UserError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("rows"), list):
-        raise ValueError(f"{file}: expected an object with a list field 'rows'")
+        raise UserError(f"{file}: expected an object with a list field 'rows'")
     rows = []
     for i, r in enumerate(obj["rows"]):
         if not isinstance(r, dict):
-            raise ValueError(f"{file}: rows[{i}] must be an object")
+            raise UserError(f"{file}: rows[{i}] must be an object")
         for key, kind in (("site", str), ("k", int), ("alpha", int | float)):
             if not isinstance(r.get(key), kind) or isinstance(r.get(key), bool):
-                raise ValueError(f"{file}: rows[{i}].{key} missing or not a {getattr(kind, '__name__', 'number')}")
+                raise UserError(f"{file}: rows[{i}].{key} missing or not a {getattr(kind, '__name__', 'number')}")
         if r.get("metric") is not None and not isinstance(r["metric"], int | float):
-            raise ValueError(f"{file}: rows[{i}].metric must be a number or null, got {r['metric']!r}")
+            raise UserError(f"{file}: rows[{i}].metric must be a number or null, got {r['metric']!r}")
         rows.append(r)
     if not rows:
-        raise ValueError(f"{file}: 'rows' is empty")
+        raise UserError(f"{file}: 'rows' is empty")
 
     def section(key: str) -> dict[str, Any]:
         value = obj.get(key) or {}
         if not isinstance(value, dict):
-            raise ValueError(f"{file}: field {key!r} must be an object")
+            raise UserError(f"{file}: field {key!r} must be an object")
         return value
 
     return Sweep(

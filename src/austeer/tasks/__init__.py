@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from austeer.errors import UserError
 from austeer.tasks.base import Item, Task
 from austeer.tasks.boolq import BoolQ
 from austeer.tasks.copa import COPA
@@ -41,10 +42,10 @@ def get_task(name: str, pairs: str | Path | None = None, eval: str | Path | None
     """A task by name; ``custom`` needs ``pairs=`` (pairs JSONL) and ``eval=`` (eval JSONL)."""
     if name == "custom":
         if pairs is None or eval is None:
-            raise ValueError("the custom task needs a pairs file and an eval file (--pairs FILE --eval FILE)")
+            raise UserError("the custom task needs a pairs file and an eval file (--pairs FILE --eval FILE)")
         return CustomTask(pairs, eval, **kwargs)
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}, or 'custom'")
+        raise UserError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}, or 'custom'")
     return TASKS[name]()
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from austeer.errors import UserError
 from austeer.pairs import Pair
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class Task:
     def items(self, split: str, limit: int | None = None) -> list[Item]:
         """The ``val`` or ``test`` items, in their fixed order; ``limit`` keeps the first ``limit``."""
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+            raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         items = self._items(split)
         return items[:limit] if limit is not None else items
 
@@ -131,7 +132,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                    raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
     return rows
 
 
@@ -143,7 +144,7 @@ def stable_order(task: str, keys: Sequence[str]) -> list[int]:
 def split_ids(task: str, keys: Sequence[str], sizes: Sequence[int | None]) -> list[list[str]]:
     """Cut ``keys`` (unique) in stable order into consecutive blocks of ``sizes`` (None = the rest)."""
     if len(set(keys)) != len(keys):
-        raise ValueError(f"{task}: split keys are not unique")
+        raise UserError(f"{task}: split keys are not unique")
     order = [keys[i] for i in stable_order(task, keys)]
     out, start = [], 0
     for n in sizes:

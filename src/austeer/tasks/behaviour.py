@@ -29,6 +29,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.errors import UserError
 from austeer.generate import generate, seeded
 from austeer.io import atomic_write_text
 from austeer.likelihood import continuation_nll
@@ -147,14 +148,14 @@ class BehaviourTask(Task):
         settings reads the cache.
         """
         if model is None or tokenizer is None:
-            raise ValueError(f"task {self.name!r} builds its pairs from the model's own samples: pass model, tok")
+            raise UserError(f"task {self.name!r} builds its pairs from the model's own samples: pass model, tok")
         prompts = self.pair_items()[: min(limit or MAX_PAIRS, MAX_PAIRS)]
         path = self.cache_path(model, len(prompts))
         if path.exists():
             return read_pairs(path)
         pairs, stats = self._sample_pairs(model, tokenizer, prompts)
         if not pairs:
-            raise ValueError(
+            raise UserError(
                 f"task {self.name!r}: none of {len(prompts)} prompts gave a usable pair "
                 f"({self.n_samples} samples each); try more prompts or samples"
             )

@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.io import iter_jsonl
 from austeer.pairs import Pair, read_pairs
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task, split_ids
@@ -41,30 +42,30 @@ from austeer.tasks.mc import score_mc
 def _parse(path: Path, lineno: int, obj: Any) -> Item:
     where = f"{path}:{lineno}"
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+        raise UserError(f"{where}: expected a JSON object, found {type(obj).__name__}")
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        raise UserError(f"{where}: field 'prompt' must be a non-empty string")
     item_id = str(obj.get("id", f"line-{lineno}"))
     if "choices" in obj:
         choices = obj["choices"]
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-            raise ValueError(f"{where}: field 'choices' must be a list of at least 2 non-empty strings")
+            raise UserError(f"{where}: field 'choices' must be a list of at least 2 non-empty strings")
         answer = obj.get("answer")
         if isinstance(answer, bool) or not isinstance(answer, int | str):
-            raise ValueError(f"{where}: field 'answer' must be the index of the correct choice or the choice")
+            raise UserError(f"{where}: field 'answer' must be the index of the correct choice or the choice")
         if isinstance(answer, str):
             if answer not in choices:
-                raise ValueError(f"{where}: answer {answer!r} is not one of the choices {choices}")
+                raise UserError(f"{where}: answer {answer!r} is not one of the choices {choices}")
             label = choices.index(answer)
         else:
             label = answer
         if not 0 <= label < len(choices):
-            raise ValueError(f"{where}: answer index {label} out of range for {len(choices)} choices")
+            raise UserError(f"{where}: answer index {label} out of range for {len(choices)} choices")
         return Item(item_id, prompt, tuple(choices), label)
     answer = obj.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, int | float):
-        raise ValueError(f"{where}: field 'answer' must be a number (math item) or add 'choices' (multiple choice)")
+        raise UserError(f"{where}: field 'answer' must be a number (math item) or add 'choices' (multiple choice)")
     return Item(item_id, prompt, answer=float(answer))
 
 
@@ -73,10 +74,10 @@ def read_eval(path: str | Path) -> list[Item]:
     path = Path(path)
     items = [(lineno, _parse(path, lineno, obj)) for lineno, obj in iter_jsonl(path, "eval")]
     if len(items) < 2:
-        raise ValueError(f"{path}: need at least 2 eval items (val and test), found {len(items)}")
+        raise UserError(f"{path}: need at least 2 eval items (val and test), found {len(items)}")
     kinds = {bool(it.choices) for _, it in items}
     if len(kinds) > 1:
-        raise ValueError(f"{path}: mixes multiple-choice items (with 'choices') and math items (without)")
+        raise UserError(f"{path}: mixes multiple-choice items (with 'choices') and math items (without)")
     return [it for _, it in items]
 
 

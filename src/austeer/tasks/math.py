@@ -37,6 +37,7 @@ from typing import Any
 
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.generate import generate
 from austeer.pairs import Pair
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task, fmt_number
@@ -149,7 +150,7 @@ def prefix_to_infix(expr: str) -> str:
     def parse(top: bool) -> str:
         nonlocal pos
         if pos >= len(tokens):
-            raise ValueError(f"incomplete prefix expression {expr!r}")
+            raise UserError(f"incomplete prefix expression {expr!r}")
         tok = tokens[pos]
         pos += 1
         if tok in "+-*/" and len(tok) == 1:
@@ -163,7 +164,7 @@ def prefix_to_infix(expr: str) -> str:
 
     out = parse(True)
     if pos != len(tokens):
-        raise ValueError(f"trailing tokens in prefix expression {expr!r}")
+        raise UserError(f"trailing tokens in prefix expression {expr!r}")
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from austeer.errors import UserError
 from austeer.likelihood import next_token_logits
 from austeer.pairs import Pair, format_prompt
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
@@ -43,7 +44,7 @@ def mc_pairs(items: Sequence[Item], limit: int | None = None) -> list[Pair]:
 def _first_token(tok: Any, text: str) -> int:
     ids = tok(text, add_special_tokens=False).input_ids
     if not ids:
-        raise ValueError(f"choice {text!r} has no tokens")
+        raise UserError(f"choice {text!r} has no tokens")
     return int(ids[0])
 
 
@@ -68,7 +69,7 @@ def score_mc(
     for it, row in zip(items, logits):
         option_ids = [_first_token(tok, c) for c in it.choices]
         if len(set(option_ids)) != len(option_ids):
-            raise ValueError(f"item {it.id}: choices {it.choices} do not start with distinct tokens")
+            raise UserError(f"item {it.id}: choices {it.choices} do not start with distinct tokens")
         greedy = int(row.argmax())
         said = tok.decode([greedy]).strip().lower()
         gold = tok.decode([option_ids[it.label]]).strip().lower()

@@ -20,6 +20,7 @@ import re
 from functools import cache
 from typing import Any
 
+from austeer.errors import UserError
 from austeer.tasks.base import DATA, Item, fmt_number
 from austeer.tasks.math import INSTRUCTION, MathTask
 
@@ -41,7 +42,7 @@ def _split(name: str) -> list[Item]:
     path = DATA / "SVAMP" / f"{name}.json"
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of problems")
+        raise UserError(f"{path}: expected a JSON list of problems")
     return [_item(r) for r in rows]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from austeer.errors import UserError
 from austeer.tasks.base import DATA, Item, read_jsonl, split_ids
 from austeer.tasks.mc import AB, MCTask
 
@@ -28,7 +29,7 @@ def _item(r: dict[str, Any]) -> Item:
     )
     label = int(r["answer"]) - 1
     if label not in (0, 1):
-        raise ValueError(f"winogrande item {r.get('qID')}: answer must be '1' or '2', got {r['answer']!r}")
+        raise UserError(f"winogrande item {r.get('qID')}: answer must be '1' or '2', got {r['answer']!r}")
     return Item(f"wg-{r['qID']}", prompt, AB, label)
 
 
