@@ -84,3 +84,28 @@ def test_unsteered_evaluations_say_what_they_do(smol, capsys):
         "copa: the unsteered model on val (3 items) and the neutral-text perplexity ...",
         "copa: the unsteered model on test (2 items) ...",
     ]
+
+
+def test_only_input_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """A UserError (bad input) is one line and exit 2; any other error is a bug and keeps its traceback."""
+    import pytest
+
+    import austeer.pairs
+    from austeer.errors import UserError
+
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"prompt": "a", "positive": "b", "negative": "c"}\n')
+    argv = ["fit", "--pairs", str(pairs), "--out", str(tmp_path / "s")]
+    for error, expected in ((UserError("p.jsonl: line 1: bad"), 2), (ValueError("internal"), None)):
+
+        def broken(*_a, **_k):
+            raise error
+
+        monkeypatch.setattr(austeer.pairs, "read_pairs", broken)
+        if expected is None:
+            with pytest.raises(ValueError, match="internal"):
+                main(argv)
+        else:
+            assert main(argv) == expected
+            assert capsys.readouterr().err == "austeer: error: p.jsonl: line 1: bad\n"
+    assert not (tmp_path / "s").exists()
