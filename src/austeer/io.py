@@ -76,6 +76,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from austeer.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -175,7 +177,7 @@ def _write_error(path: Path, existed: bool, exc: OSError) -> OutputWriteError:
 # -- reading
 
 
-def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = ValueError) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = UserError) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed object)`` of every non-blank line of a UTF-8 JSONL file.
 
     Bad JSON or bytes that are not UTF-8 raise ``error`` naming the file and line; a missing path raises

@@ -15,13 +15,13 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from austeer.errors import UserError
+from austeer.io import iter_jsonl
 from austeer.pairs import Pair
 
 if TYPE_CHECKING:
@@ -125,15 +125,8 @@ class Task:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-    return rows
+    """Every object of a shipped task's JSONL file (:func:`austeer.io.iter_jsonl`: errors name the line)."""
+    return [obj for _, obj in iter_jsonl(path, "task data", UserError)]
 
 
 def stable_order(task: str, keys: Sequence[str]) -> list[int]:
