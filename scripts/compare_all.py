@@ -38,7 +38,8 @@ def save(path: Path, data: dict[str, Any]) -> None:
 
 def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
     from austeer.baselines.base import gather
-    from austeer.compare import Comparison, compare, dose_response, frontier, parse_doses, sites_for
+    from austeer.cli.argtypes import parse_doses
+    from austeer.compare import Comparison, compare, dose_response, frontier, sites_for
     from austeer.evaluate import Unsteered
     from austeer.tasks import get_task
 

@@ -185,7 +185,8 @@ def parse_strengths(text: str) -> dict[str, list[float]]:
 def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
     """:func:`austeer.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
     from austeer.baselines.base import gather
-    from austeer.compare import DoseRow, dose_curve, dose_response, parse_doses
+    from austeer.cli.argtypes import parse_doses
+    from austeer.compare import DoseRow, dose_curve, dose_response
     from austeer.tasks import get_task
 
     task = get_task(task_name)

@@ -98,8 +98,8 @@ def test_only_input_errors_are_one_line(tmp_path, monkeypatch, capsys):
     argv = ["fit", "--pairs", str(pairs), "--out", str(tmp_path / "s")]
     for error, expected in ((UserError("p.jsonl: line 1: bad"), 2), (ValueError("internal"), None)):
 
-        def broken(*_a, **_k):
-            raise error
+        def broken(*_a, _error=error, **_k):
+            raise _error
 
         monkeypatch.setattr(austeer.pairs, "read_pairs", broken)
         if expected is None:

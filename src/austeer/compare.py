@@ -224,24 +224,6 @@ def prompted_evidence(
     return gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
 
 
-def parse_doses(text: str) -> list[int | None]:
-    """Doses of the dose-response from ``"0,2,all"`` (``all``, as ``None``: every AU of the site).
-
-    Example:
-        >>> parse_doses("0, 2,all")
-        [0, 2, None]
-    """
-    doses: list[int | None] = []
-    for part in (p.strip() for p in text.split(",")):
-        if part == "all":
-            doses.append(None)
-        elif part.isdigit():
-            doses.append(int(part))
-        else:
-            raise UserError(f"bad dose {part!r}: expected a number of AUs (0, 2, 100, ...) or 'all'")
-    return doses
-
-
 def compare(
     model: nn.Module,
     tok: Any,

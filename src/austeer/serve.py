@@ -164,24 +164,6 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
         raise UserError(f"steer {name!r}: {exc}") from None
 
 
-def parse_steer_args(items: list[str]) -> dict[str, str]:
-    """``["NAME=DIR", ...]`` to ``{NAME: DIR}``.
-
-    Example:
-        >>> parse_steer_args(["pos=runs/pos", "neg=runs/neg"])
-        {'pos': 'runs/pos', 'neg': 'runs/neg'}
-    """
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise UserError(f"--steer expects NAME=DIR, got {item!r}")
-        if name in out:
-            raise UserError(f"--steer name {name!r} given twice")
-        out[name] = directory
-    return out
-
-
 @dataclass
 class Job:
     """One prompt of one HTTP request, waiting for (or in) a batch; events go back on ``events``."""

@@ -24,6 +24,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from austeer.errors import UserError
+
 #: the largest integer a count may be (an int64: what every tensor index and count fits in)
 INT_MAX = 2**63 - 1
 
@@ -174,3 +176,21 @@ ARGTYPES: Sequence[Number | Either | NumberList] = (
     positive_ints,
     finite_floats,
 )
+
+
+def parse_doses(text: str) -> list[int | None]:
+    """Doses of the dose-response from ``"0,2,all"`` (``all``, as ``None``: every AU of the site).
+
+    Example:
+        >>> parse_doses("0, 2,all")
+        [0, 2, None]
+    """
+    doses: list[int | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "all":
+            doses.append(None)
+        elif part.isdigit():
+            doses.append(int(part))
+        else:
+            raise UserError(f"bad dose {part!r}: expected a number of AUs (0, 2, 100, ...) or 'all'")
+    return doses

@@ -34,7 +34,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer compare")  # compare.png and dose.png are drawn after the evaluation
     from austeer.baselines.base import gather
     from austeer.baselines.report import plot_comparison, plot_dose, table
-    from austeer.compare import compare, dose_response, parse_doses, sites_for
+    from austeer.cli.argtypes import parse_doses
+    from austeer.compare import compare, dose_response, sites_for
     from austeer.evaluate import Unsteered
     from austeer.io import check_file_output, signature, signed_json, write_output
     from austeer.sites import check_site

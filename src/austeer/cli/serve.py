@@ -13,7 +13,7 @@ from austeer.errors import UserError
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from austeer.batched import batch_note
-    from austeer.serve import Server, ServerConfig, check_listen, load_steers, parse_steer_args
+    from austeer.serve import Server, ServerConfig, check_listen, load_steers
     from austeer.serve_openai import Limits
 
     dirs = parse_steer_args(args.steer or [])
@@ -72,3 +72,21 @@ def register(sub: Any) -> None:
     p.add_argument("--max-alpha", type=non_negative_float, default=100.0, help="largest |alpha| a request may ask for")
     add_model_args(p)
     p.set_defaults(func=cmd_serve)
+
+
+def parse_steer_args(items: list[str]) -> dict[str, str]:
+    """``["NAME=DIR", ...]`` to ``{NAME: DIR}``.
+
+    Example:
+        >>> parse_steer_args(["pos=runs/pos", "neg=runs/neg"])
+        {'pos': 'runs/pos', 'neg': 'runs/neg'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise UserError(f"--steer expects NAME=DIR, got {item!r}")
+        if name in out:
+            raise UserError(f"--steer name {name!r} given twice")
+        out[name] = directory
+    return out
