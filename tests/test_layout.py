@@ -52,3 +52,20 @@ def test_no_library_source_imports_the_cli() -> None:
         for p in library
     }
     assert {path: names for path, names in cli.items() if names} == {}
+
+
+def test_no_import_circle_inside_the_cli() -> None:
+    """The command modules import the shared flags (cli/common, cli/argtypes); nothing they import imports them
+    back: the cli's own import graph (lazy imports included) has no cycle."""
+    package = Path(austeer.__file__).parent / "cli"
+    graph = {
+        p.stem: {n.split(".")[2] for n in _imports(p) if n.split(".")[:2] == ["austeer", "cli"] and n.count(".") >= 2}
+        - {p.stem}
+        for p in package.glob("*.py")
+    }
+    assert "common" in graph and graph["distributed"] >= {"common"}  # the walk sees the modules and their imports
+
+    def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    assert sorted(m for m in graph if reaches(m, m)) == []

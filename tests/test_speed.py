@@ -37,7 +37,7 @@ def test_cpu_flags_reads_cpuinfo(tmp_path):
 
 
 def test_cli_resolves_auto_once_and_says_so(capsys):
-    from austeer.cli.core import load_from_args
+    from austeer.cli.common import load_from_args
 
     args = argparse.Namespace(model=None, dtype="auto", device=None, device_map=None)
     model, _, _ = load_from_args(args)

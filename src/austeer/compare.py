@@ -27,13 +27,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.baselines import DEFAULT_METHODS, METHODS
-from austeer.baselines.base import Evidence, Steerer, gather
+from austeer.baselines.base import Evidence, Method, Steerer, gather
+from austeer.capability import Panel, Retention
 from austeer.errors import UserError
 from austeer.evaluate import Unsteered, evaluate
 from austeer.reuse import LayerCache, reusing
@@ -113,6 +115,8 @@ class Result:
     trials: list[Trial] = field(default_factory=list)
     #: per test item (in the task's test order), 1 where the item counts for the metric (mc and math tasks)
     test_correct: list[int] = field(default_factory=list)
+    #: the chosen configuration on the capability panel (:meth:`austeer.capability.Retention.to_json`), if measured
+    capability: dict[str, Any] | None = None
 
 
 @dataclass
@@ -159,12 +163,18 @@ def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, 
     return tuple(grid[round(i * (n - 1) / (budget - 1))] for i in range(budget))
 
 
-def pick(trials: Sequence[Trial], max_ppl_ratio: float | None) -> int:
-    """Index of the best trial: highest ``val`` among those within the ppl bound (else the lowest ppl)."""
+def ranked(trials: Sequence[Trial], max_ppl_ratio: float | None) -> list[int]:
+    """Indices of the trials within the ppl bound, best first: highest ``val``, then fewer steered activations,
+    then the earlier; when none is within the bound, the one with the lowest ppl alone."""
     ok = [i for i, t in enumerate(trials) if max_ppl_ratio is None or t.ppl_ratio <= max_ppl_ratio]
     if not ok:
-        return min(range(len(trials)), key=lambda i: trials[i].ppl_ratio)
-    return max(ok, key=lambda i: (trials[i].val, -trials[i].n_steered, -i))
+        return [min(range(len(trials)), key=lambda i: trials[i].ppl_ratio)]
+    return sorted(ok, key=lambda i: (-trials[i].val, trials[i].n_steered, i))
+
+
+def pick(trials: Sequence[Trial], max_ppl_ratio: float | None) -> int:
+    """Index of the best trial: highest ``val`` among those within the ppl bound (else the lowest ppl)."""
+    return ranked(trials, max_ppl_ratio)[0]
 
 
 def evaluate_steered(
@@ -242,6 +252,8 @@ def compare(
     done: Sequence[Result] = (),
     on_result: Callable[[Comparison], None] | None = None,
     share_prefix: bool = False,
+    panel: Panel | None = None,
+    max_capability_drop: float | None = None,
 ) -> Comparison:
     """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``.
 
@@ -252,8 +264,13 @@ def compare(
     ``on_result`` receives the comparison so far after every method (save it to resume later).
     ``share_prefix``: read each pair's shared prompt once when gathering the evidence (see
     :func:`~austeer.baselines.base.gather`; off by default so the comparisons in docs/ reproduce bit for bit).
+    ``panel``: measure each method's choice on this capability panel (:class:`~austeer.capability.Panel`, made
+    without ``task``); with ``max_capability_drop`` the choice is the best trial on val (within the ppl bound)
+    whose pooled panel accuracy drops by at most that much, tried in order (else the one that drops least).
     """
-    sites = sites_for(methods)  # raises on an unknown method
+    sites = sites_for(methods)
+    if max_capability_drop is not None and panel is None:
+        raise UserError("a bound on the capability drop needs the capability panel")  # raises on an unknown method
     for name in methods:
         kind = METHODS[name].kind
         if kind is not None and task.kind != kind:
@@ -304,7 +321,9 @@ def compare(
             tried = dict(config) if several else dict(first.config)
             seconds = round(time.perf_counter() - start, 1)
             trials.append(Trial(tried, first.n_steered, m[task.metric], m["ppl"] / base_val["ppl"], m, seconds))
-        best = trials[pick(trials, max_ppl_ratio)]
+        best, retention = trials[pick(trials, max_ppl_ratio)], None
+        if panel is not None:
+            best, retention = _capable(model, method, ev, trials, max_ppl_ratio, panel, max_capability_drop, progress)
         if progress:
             n = "every" if test_limit is None else f"{test_limit}"
             tqdm.write(f"{task.name}: {name} chose {best.config} on val; on test ({n} items) ...", file=sys.stderr)
@@ -325,11 +344,36 @@ def compare(
                 method.fold_note(model),
                 trials,
                 outcomes(test_samples),
+                None if retention is None else retention.to_json(),
             )
         )
         if on_result is not None:
             on_result(so_far())
     return so_far()
+
+
+def _capable(
+    model: nn.Module,
+    method: Method,
+    evidence: Evidence,
+    trials: Sequence[Trial],
+    max_ppl_ratio: float | None,
+    panel: Panel,
+    bound: float | None,
+    progress: bool,
+) -> tuple[Trial, Retention]:
+    """The best trial (see :func:`compare`'s ``max_capability_drop``) and its capability retention."""
+    seen: list[tuple[Trial, Retention]] = []
+    for i in ranked(trials, max_ppl_ratio):
+        built = method.build(model, evidence, **{k: v for k, v in trials[i].config.items() if k in method.params})
+        steerer = built[0] if isinstance(built, list) else built
+        retention = panel.measure(partial(steerer.hooks, model), system=steerer.system)
+        if progress:
+            tqdm.write(f"{method.name} {trials[i].config}: {retention.line()}", file=sys.stderr)
+        seen.append((trials[i], retention))
+        if bound is None or retention.drop <= bound:
+            return seen[-1]
+    return min(seen, key=lambda x: x[1].drop)
 
 
 def outcomes(samples: list[dict[str, Any]]) -> list[int]:

@@ -43,23 +43,35 @@ def settings_line(c: Comparison) -> str:
 
 def table(c: Comparison) -> str:
     """Markdown table: method, choice, steered activations, val and test metric, its significance against the
-    unsteered model (two-proportion z; McNemar's paired test: items fixed/broken and p), ppl change, folding."""
+    unsteered model (two-proportion z; McNemar's paired test: items fixed/broken and p), ppl change, folding;
+    and, where the comparison measured it, the capability panel's pooled accuracy change and fixed/broken."""
     m = c.metric
     n = _n_test(c)
+    cap = any(r.capability for r in c.results)
     lines = [
         f"| method | chosen on val | steered activations | val {m} | test {m} | z | fixed/broken | p | "
-        "test ppl change | fold |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| none | - | 0 | {c.baseline_val[m]:.3f} | {c.baseline_test[m]:.3f} | - | - | - | 0 | - |",
+        "test ppl change | fold |" + (" capability change (fixed/broken, p) |" if cap else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if cap else ""),
+        f"| none | - | 0 | {c.baseline_val[m]:.3f} | {c.baseline_test[m]:.3f} | - | - | - | 0 | - |"
+        + (" 0 |" if cap else ""),
     ]
     for r in c.results:
         lines.append(
             f"| {r.method} | {fmt_config(r.config)}{' (none within the ppl bound)' if _ineligible(c, r) else ''} | "
             f"{r.n_steered} | {r.val:.3f} | {r.test_metric:.3f} | "
             f"{margin(r.test_metric, c.baseline_test[m], n):+.1f} | {paired(r, c.baseline_correct)} | "
-            f"{r.ppl_delta:+.2f} | {r.fold.split(':')[0]} |"
+            f"{r.ppl_delta:+.2f} | {r.fold.split(':')[0]} |" + (f" {capability_cell(r)} |" if cap else "")
         )
     return "\n".join(lines)
+
+
+def capability_cell(r: Result) -> str:
+    """``-0.020 (3/5, p 0.73)``: the capability panel's pooled accuracy change under ``r``'s choice, items
+    fixed/broken and McNemar's p (``-`` where it was not measured)."""
+    if not r.capability:
+        return "-"
+    cap = r.capability
+    return f"{-cap['drop']:+.3f} ({cap['fixed']}/{cap['broken']}, p {cap['p']:.2g})"
 
 
 def paired(r: Result, baseline_correct: Sequence[int]) -> str:

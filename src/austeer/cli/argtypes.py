@@ -145,6 +145,9 @@ non_negative_float = Number("non_negative_float", integer=False, low=0)
 ratio = Number("ratio", integer=False, low=1)
 """A finite ratio >= 1 (a perplexity ratio bound)."""
 
+fraction = Number("fraction", integer=False, low=0, high=1)
+"""A share between 0 and 1 (a bound on an accuracy drop)."""
+
 port = Number("port", integer=True, low=0, high=65535)
 """A TCP port, 0 (any free port) to 65535."""
 

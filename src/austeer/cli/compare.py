@@ -10,7 +10,14 @@ from typing import Any
 from austeer.baselines import DEFAULT_METHODS as _DEFAULTS
 from austeer.baselines import METHODS
 from austeer.cli.argtypes import finite_float, positive_int, ratio
-from austeer.cli.core import add_force_arg, add_model_args, load_from_args
+from austeer.cli.common import (
+    add_capability_args,
+    add_force_arg,
+    add_model_args,
+    capability_panel,
+    check_capability_args,
+    load_from_args,
+)
 
 #: the methods run when none are named (those that declare ``Method.default``)
 DEFAULT_METHODS = ",".join(_DEFAULTS)
@@ -55,6 +62,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for site in dose_sites:
         check_site(site)
     sites = sites_for(methods, dose_sites if doses else ())  # raises on an unknown method before the model loads
+    check_capability_args(args)
     model, tok, name = load_from_args(args)
     eval_kw: dict[str, Any] = {}
     if args.max_new_tokens is not None:
@@ -64,6 +72,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pairs = task.pairs(model, tok, limit=args.pairs_limit)  # one pass for the methods and the dose-response
     evidence = gather(model, tok, pairs, sites, batch_size=args.batch_size, share_prefix=args.share_prefix)
     unsteered = Unsteered(model, tok, progress=True)  # unsteered evaluations and perplexity: once per run
+    panel = capability_panel(args, model, tok, task.name)
     result = compare(
         model,
         tok,
@@ -78,6 +87,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         evidence=evidence,
         eval_kw=eval_kw,
         unsteered=unsteered,
+        panel=panel,
+        max_capability_drop=args.max_capability_drop,
     )
     out = Path(args.out)
     data = {"model": name, **result.to_json()}
@@ -116,6 +127,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-ppl-ratio", type=ratio, default=2.0, help="eligible configs keep ppl within this factor")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="override the task's generation length")
     p.add_argument("--batch-size", type=positive_int, default=16)
+    add_capability_args(p, bound=True)
     p.add_argument(
         "--doses",
         default="",

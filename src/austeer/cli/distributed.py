@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from austeer.cli.core import fit_from_args
+from austeer.cli.common import fit_from_args
 from austeer.errors import UserError
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from austeer.cli.argtypes import finite_float, finite_floats, positive_int, positive_ints
-from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
+from austeer.cli.common import (
+    add_capability_args,
+    add_force_arg,
+    add_model_args,
+    capability_panel,
+    check_alpha,
+    load_from_args,
+)
 from austeer.errors import UserError
 from austeer.sites import SITES
 
@@ -46,6 +53,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = _task(args)
     if args.paired and not args.steer:
         raise UserError("--paired compares the unsteered and the steered model: it needs --steer DIR")
+    if args.capability and not args.steer:
+        raise UserError("--capability measures what a steer costs: it needs --steer DIR")
     out = (
         Path(args.out)
         if args.out
@@ -96,6 +105,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if base is not None:
         result["unsteered"] = base
         result["paired"] = paired_summary(task.metric, base, result)
+    panel = capability_panel(args, model, tok, task.name)
+    if panel is not None:
+        print(f"the capability panel ({', '.join(panel.names)}, {args.capability} items each) ...", file=sys.stderr)
+        retention = panel.measure(lambda: steered(model, spec, args.mode, args.alpha))
+        result["capability"] = retention.to_json()
     write_output(out, signed_json(result, "eval"), "eval", args.force, inputs)
     steer_note = f"{spec.k} AUs, alpha {alpha:g}, {args.mode}" if spec else "unsteered"
     print(f"{task.name} / {args.split} ({int(metrics['n_items'])} items, {steer_note}):")
@@ -106,6 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if base is not None:
         prompts = {it.id: it.prompt for it in task.items(args.split, args.limit)}
         print_paired(result["paired"], base["samples"], samples, args.show, prompts)
+    if panel is not None:
+        print(retention.line())
     print(f"saved {out}")
     return 0
 
@@ -244,6 +260,7 @@ def register(sub: Any) -> None:
         help="also evaluate the unsteered model on the same items; print fixed/broken items and McNemar's p",
     )
     p.add_argument("--show", type=positive_int, default=4, help="--paired: how many changed items to print")
+    add_capability_args(p)
     add_force_arg(p)
     p.set_defaults(func=cmd_eval)
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from austeer.cli.argtypes import finite_float, layer_or_fraction, positive_int
-from austeer.cli.core import add_force_arg, add_model_args, check_alpha, load_from_args
+from austeer.cli.common import add_force_arg, add_model_args, check_alpha, load_from_args
 from austeer.errors import UserError
 
 

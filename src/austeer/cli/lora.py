@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from austeer.cli.core import load_from_args
+from austeer.cli.common import load_from_args
 
 
 def _check_out(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from austeer.cli.argtypes import non_negative_float, port, positive_float, positive_int
-from austeer.cli.core import add_model_args, load_from_args
+from austeer.cli.common import add_model_args, load_from_args
 from austeer.errors import UserError
 
 

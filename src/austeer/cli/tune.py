@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from austeer.cli.argtypes import positive_int, ratio
-from austeer.cli.core import add_force_arg, add_model_args, load_from_args
+from austeer.cli.common import add_force_arg, add_model_args, load_from_args
 
 
 def _row_line(r: Any, chosen: Any) -> str:

@@ -1,0 +1,102 @@
+"""The capability panel (austeer.capability) on the embedded model: its counts are the evaluations' own,
+compare measures and bounds it, eval --steer reports it, and bad flags are one line before any model loads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+
+from austeer.capability import Panel
+from austeer.cli import main
+from austeer.evaluate import evaluate
+from austeer.momentum import Unit
+from austeer.spec import SteerSpec
+from austeer.steer import apply as steering
+from austeer.tasks import get_task
+
+N = 6
+
+
+def _strong_spec(model) -> SteerSpec:
+    """Every head AU of layers 10-12 at a large gain: a steer that changes many answers."""
+    from austeer.models import fingerprint
+
+    width = 576
+    units = [Unit("head", layer, i, 1.0) for layer in (10, 11, 12) for i in range(width)]
+    return SteerSpec(units, alpha=-0.9, fingerprint=fingerprint(model))
+
+
+def test_panel_counts_are_the_evaluations(smol):
+    """Per task, the panel's unsteered and steered accuracies equal austeer.evaluate on the same val items, and
+    fixed - broken over the pooled items is exactly the accuracy change."""
+    model, tok = smol
+    panel = Panel(model, tok, exclude=("copa",), n=N, batch_size=4)
+    assert panel.names == ["boolq", "winogrande"]
+    same = panel.measure(contextlib.nullcontext)
+    assert (same.fixed, same.broken, same.drop, same.p) == (0, 0, 0.0, 1.0)
+    spec = _strong_spec(model)
+    r = panel.measure(lambda: steering(model, spec))
+    assert r.n == 2 * N and r.fixed + r.broken > 0  # this steer changes answers
+    for name in panel.names:
+        task = get_task(name)
+        plain = evaluate(model, tok, task, "val", N, batch_size=4, ppl=1.0)["accuracy"]
+        with steering(model, spec):
+            steered_acc = evaluate(model, tok, task, "val", N, batch_size=4, ppl=1.0)["accuracy"]
+        t = r.tasks[name]
+        assert t["unsteered"] == pytest.approx(plain) and t["steered"] == pytest.approx(steered_acc)
+        assert t["steered"] - t["unsteered"] == pytest.approx((t["fixed"] - t["broken"]) / N)
+    assert r.drop == pytest.approx((r.broken - r.fixed) / r.n)
+    with pytest.raises(ValueError, match="empty without"):
+        Panel(model, tok, exclude=("copa", "boolq", "winogrande"))
+
+
+def test_compare_measures_and_bounds_the_capability_cost(tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "copa", "--methods", "austeer", "--budget", "2", "--pairs-limit", "8",
+            "--val-limit", "4", "--test-limit", "4", "--capability", "4", "--max-capability-drop", "0",
+            "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "compare.json").read_text())
+    [result] = data["results"]
+    cap = result["capability"]
+    assert set(cap["tasks"]) == {"boolq", "winogrande"} and cap["n"] == 8
+    trial_configs = [t["config"] for t in result["trials"]]
+    assert result["config"] in trial_configs
+    assert "capability change" in (out / "compare.md").read_text()
+
+
+def test_eval_reports_the_capability_cost(smol, tmp_path, capsys):
+    from austeer.models import fingerprint
+
+    model, _ = smol
+    spec_dir = tmp_path / "spec"
+    SteerSpec([Unit("head", 12, i, 1.0) for i in range(64)], 8.0, fingerprint=fingerprint(model)).save(spec_dir)
+    out = tmp_path / "e.json"
+    argv = ["eval", "--task", "copa", "--steer", str(spec_dir), "--limit", "2", "--capability", "3",
+            "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    cap = json.loads(out.read_text())["capability"]
+    assert cap["n"] == 6 and set(cap["tasks"]) == {"boolq", "winogrande"}
+    assert "capability panel (6 items of boolq, winogrande)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compare", "--task", "copa", "--max-capability-drop", "0.1"],  # a bound with no panel
+        ["eval", "--task", "copa", "--capability", "3"],  # a cost with no steer
+    ],
+)
+def test_capability_flags_without_what_they_need(tmp_path, capsys, monkeypatch, argv):
+    import austeer.models
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(austeer.models, "load_model", no_load)
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("austeer: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
