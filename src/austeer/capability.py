@@ -88,7 +88,7 @@ class Panel:
         self.names = [name for name in names if name not in exclude]
         if not self.names:
             raise UserError(
-                f"the capability panel ({', '.join(names)}) holds nothing once {', '.join(exclude)} is left out"
+                f"the capability panel ({', '.join(names)}) is empty without {', '.join(exclude)}"
             )
         self.tasks: list[Task] = [get_task(name) for name in self.names]
         self._base: dict[str, list[int]] | None = None
