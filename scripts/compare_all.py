@@ -123,7 +123,9 @@ def _metric(data: dict[str, Any]) -> str:
 
 
 def render() -> None:
-    from austeer.baselines.report import (
+    from austeer.compare import Comparison
+    from austeer.io import write_between
+    from austeer.report.comparison import (
         dose_table,
         frontier_table,
         plot_comparison,
@@ -133,8 +135,6 @@ def render() -> None:
         summary_table,
         table,
     )
-    from austeer.compare import Comparison
-    from austeer.io import write_between
 
     parts = []
     for path in sorted(IMG.glob("compare_*.json")):

@@ -113,9 +113,9 @@ def where_of(out: Path, model: str) -> Path:
 
 
 def render(model: str, fresh_from: int) -> None:
-    from austeer.baselines.report import merged, plot_comparison, plot_overview, settings_line, summary_table, table
     from austeer.compare import Comparison
     from austeer.io import write_between
+    from austeer.report.comparison import merged, plot_comparison, plot_overview, settings_line, summary_table, table
 
     where = where_of(OUT, model)
     parts = [f"## {model}\n"]
@@ -162,8 +162,8 @@ def render(model: str, fresh_from: int) -> None:
 
 def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     """The dose-response plot and its points per site."""
-    from austeer.baselines.report import dose_table, plot_dose
     from austeer.compare import DoseRow
+    from austeer.report.comparison import dose_table, plot_dose
     from austeer.tasks import get_task
 
     rows = [DoseRow(**r) for r in data["rows"]]
@@ -183,8 +183,8 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
 
 def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     """The frontier plots (neutral and continuation perplexity) and its points with their standard errors."""
-    from austeer.baselines.report import frontier_table, plot_frontier
     from austeer.compare import FrontierRow
+    from austeer.report.comparison import frontier_table, plot_frontier
     from austeer.tasks import get_task
 
     task, limit = data["task"], data["settings"]["limit"]

@@ -199,8 +199,8 @@ def evidence_lines() -> list[str]:
     ``compare_*.json``), one section per model; the full tables are in COMPARISON.md."""
     from evidence_report import confirm_table
 
-    from austeer.baselines.report import dose_table, frontier_table, summary_table
     from austeer.compare import Comparison, DoseRow, FrontierRow
+    from austeer.report.comparison import dose_table, frontier_table, summary_table
     from austeer.tasks import get_task
 
     lines: list[str] = []
@@ -230,8 +230,8 @@ def evidence_lines() -> list[str]:
 
 def comparison_lines() -> list[str]:
     """The cross-task summary of ``docs/img/compare_<task>.json`` (written by scripts/compare_all.py)."""
-    from austeer.baselines.report import plot_dose_grid, summary_table
     from austeer.compare import Comparison, DoseRow
+    from austeer.report.comparison import plot_dose_grid, summary_table
     from austeer.tasks import TASKS, get_task
 
     img = DOC.parent / "img"
@@ -272,7 +272,7 @@ def comparison_lines() -> list[str]:
 
 def comparison_reading(comps: list[Any]) -> list[str]:
     """Counts read off the summary table (the hand-written reading is in COMPARISON.md)."""
-    from austeer.baselines.report import margin
+    from austeer.report.comparison import margin
 
     noise: list[str] = []
     ours: list[str] = []

@@ -334,8 +334,8 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     assert data["baseline_test"]["accuracy"] == direct["accuracy"]
     assert data["baseline_test"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-4)
     assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
-    from austeer.baselines.report import summary_table
     from austeer.compare import Comparison
+    from austeer.report.comparison import summary_table
 
     comp = Comparison.from_json(data)
     assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by")}

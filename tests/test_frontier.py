@@ -4,8 +4,8 @@ shows the paired test of each point against the unsteered model."""
 from __future__ import annotations
 
 from austeer.baselines import gather
-from austeer.baselines.report import frontier_table
 from austeer.compare import frontier
+from austeer.report.comparison import frontier_table
 from austeer.stats import discordant
 from austeer.tasks import get_task
 

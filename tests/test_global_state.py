@@ -65,7 +65,7 @@ def test_seeded_sampling_repeats_and_leaves_the_global_rng_alone(smol):
 
 _PLOT = """
 import sys, matplotlib, torch
-from austeer.baselines.report import plot_dose
+from austeer.report.comparison import plot_dose
 from austeer.compare import DoseRow
 from austeer.momentum import Unit
 from austeer.report.plots import beta_heatmap

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 import austeer.tasks.mc as mc_module
 from austeer.baselines import METHODS, au
 from austeer.baselines.base import gather
-from austeer.baselines.report import paired, summary_table, table
 from austeer.compare import Comparison, Result, evaluate_steered, prompted_evidence
 from austeer.evaluate import evaluate
 from austeer.pairs import format_prompt
+from austeer.report.comparison import paired, summary_table, table
 from austeer.stats import discordant, mcnemar
 from austeer.tasks import get_task
 from tests.conftest import DATA
@@ -209,7 +209,7 @@ def test_overview_of_the_committed_1_5b_results(tmp_path):
     """The overview merges the 1.5B's COPA runs by budget (not by test score) and draws a readable PNG."""
     import matplotlib.image as mpimg
 
-    from austeer.baselines.report import _change, merged, plot_overview
+    from austeer.report.comparison import _change, merged, plot_overview
 
     folder = DATA.parents[2] / "docs" / "results" / "qwen2.5-coder-1.5b-instruct"
     comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_copa*.json"))]

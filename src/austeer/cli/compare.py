@@ -40,11 +40,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     require(*REPORT, "austeer compare")  # compare.png and dose.png are drawn after the evaluation
     from austeer.baselines.base import gather
-    from austeer.baselines.report import plot_comparison, plot_dose, table
     from austeer.cli.argtypes import parse_doses
     from austeer.compare import compare, dose_response, sites_for
     from austeer.evaluate import Unsteered
     from austeer.io import check_file_output, signature, signed_json, write_output
+    from austeer.report.comparison import plot_comparison, plot_dose, table
     from austeer.sites import check_site
     from austeer.tasks import get_task
 
