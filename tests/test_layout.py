@@ -69,3 +69,43 @@ def test_no_import_circle_inside_the_cli() -> None:
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
 
     assert sorted(m for m in graph if reaches(m, m)) == []
+
+
+#: the floors of docs/GUIDE.md ("Code layout"), lowest first: a module imports only from its own floor and below.
+#: Every module of the package is on one (a new module must be placed here).
+FLOORS: dict[str, tuple[str, ...]] = {
+    "core": (
+        "__init__", "errors", "extras", "io", "stats", "sites", "pairs", "collect", "momentum", "spec", "steer",
+        "models", "gguf_check", "attribution", "fit", "generate", "likelihood", "reuse", "measure",
+        "control_vector", "lora", "gguf_meta", "gguf_write", "gguf_export", "gguf_lora", "vllm", "data",
+    ),
+    "methods and tasks": ("tasks", "baselines"),
+    "evaluation": ("evaluate", "capability", "compare", "sweep", "tune"),
+    "serving and scale": ("batched", "serve", "serve_openai", "distributed"),
+    "report": ("report",),
+    "cli": ("cli", "__main__"),
+}  # fmt: skip
+
+
+def _floor(module: str) -> int:
+    """The floor of ``module`` (a dotted name below ``austeer``: its first part names the floor)."""
+    head = module.split(".")[0]
+    return next(i for i, names in enumerate(FLOORS.values()) if head in names)
+
+
+def test_every_floor_imports_only_from_below() -> None:
+    package = Path(austeer.__file__).parent
+    up: list[str] = []
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+        mine = _floor(name)  # StopIteration: a module on no floor
+        for imported in _imports(path):
+            if imported == "austeer" or not imported.startswith("austeer."):
+                continue
+            target = imported.split(".")[1]
+            if not (package / target).is_dir() and not (package / f"{target}.py").is_file():
+                continue  # a name imported from the package (from austeer import __version__)
+            if _floor(target) > mine:
+                up.append(f"{name} ({list(FLOORS)[mine]}) imports {imported} ({list(FLOORS)[_floor(target)]})")
+    assert sorted(set(up)) == []
