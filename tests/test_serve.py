@@ -208,7 +208,7 @@ def test_cli_serve_starts_lists_and_stops(spec_dirs):
 
 
 def test_openai_client(server, client):
-    openai = pytest.importorskip("openai")
+    import openai  # the dev extra installs it: this test runs in CI
     oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "How was your weekend?"}]
     steer = {"name": "pos", "alpha": 8.0}
