@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from austeer.errors import UserError
 from austeer.stats import discordant, mcnemar
@@ -81,10 +82,11 @@ class Panel:
         n: int = PANEL_ITEMS,
         batch_size: int = 16,
         names: Sequence[str] = PANEL_TASKS,
+        progress: bool = False,
     ) -> None:
         if n < 1:
             raise UserError(f"the capability panel needs at least 1 item per task, got {n}")
-        self.model, self.tok, self.n, self.batch_size = model, tok, n, batch_size
+        self.model, self.tok, self.n, self.batch_size, self.progress = model, tok, n, batch_size, progress
         self.names = [name for name in names if name not in exclude]
         if not self.names:
             raise UserError(
@@ -93,9 +95,9 @@ class Panel:
         self.tasks: list[Task] = [get_task(name) for name in self.names]
         self._base: dict[str, list[int]] | None = None
 
-    def _answers(self, system: str | None = None) -> dict[str, list[int]]:
+    def _answers(self, what: str, system: str | None = None) -> dict[str, list[int]]:
         out = {}
-        for task in self.tasks:
+        for task in tqdm(self.tasks, desc=f"capability panel, {what}", unit="task", disable=not self.progress):
             records: list[dict[str, Any]] = []
             task.score(
                 self.model,
@@ -109,7 +111,7 @@ class Panel:
     def unsteered(self) -> dict[str, list[int]]:
         """Per task, 1 where the unsteered model answers the item right (computed once)."""
         if self._base is None:
-            self._base = self._answers()
+            self._base = self._answers("unsteered")
         return self._base
 
     def measure(self, steer: Callable[[], AbstractContextManager[Any]], system: str | None = None) -> Retention:
@@ -117,7 +119,7 @@ class Panel:
         with ``system`` as every prompt's system turn (a prompting method), against the unsteered answers."""
         base = self.unsteered()
         with steer():
-            now = self._answers(system)
+            now = self._answers("steered", system)
         tasks, fixed, broken, n = {}, 0, 0, 0
         for name in self.names:
             f, b = discordant(base[name], now[name])

@@ -56,7 +56,7 @@ def capability_panel(args: argparse.Namespace, model: Any, tok: Any, task: str) 
         return None
     from austeer.capability import Panel
 
-    return Panel(model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size)
+    return Panel(model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True)
 
 
 def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[Any, Any, str]:
