@@ -1,11 +1,11 @@
 """lm-evaluation-harness on exported checkpoints agrees with ``austeer eval`` (docs/SERVING.md, section 4).
 
-Skipped unless ``lm_eval`` is importable (CI does not install it; see docs/SERVING.md for an install that
-keeps torch). The local task ``austeer_copa`` (src/austeer/data/lm_eval/) holds austeer's COPA test items
-with the chat-formatted prompt; lm-eval's ``multiple_choice`` scores the log-likelihood of each letter after
-it. The embedded model is exported twice: at alpha 0 (gains exactly 1: the unsteered weights) and steered.
-For the first ``N`` items, per item, lm-eval's choice equals austeer's restricted choice (``choice_accuracy``)
-and lm-eval's log-likelihood difference of ``A`` and ``B`` equals austeer's logit difference.
+``lm_eval`` comes with the dev extra (it keeps torch as it is), so this runs in CI. The local task ``austeer_copa``
+(src/austeer/data/lm_eval/) holds austeer's COPA test items with the chat-formatted prompt; lm-eval's
+``multiple_choice`` scores the log-likelihood of each letter after it. The embedded model is exported twice: at
+alpha 0 (gains exactly 1: the unsteered weights) and steered. For the first ``N`` items, per item, lm-eval's choice
+equals austeer's restricted choice (``choice_accuracy``) and lm-eval's log-likelihood difference of ``A`` and ``B``
+equals austeer's logit difference.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lm_eval  # the dev extra installs it
 import pytest
 import torch
 
@@ -23,8 +24,6 @@ from austeer.likelihood import next_token_logits
 from austeer.pairs import format_prompt
 from austeer.spec import SteerSpec
 from austeer.tasks import get_task
-
-lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (docs/SERVING.md)")
 
 TASK_DIR = Path(austeer.__file__).resolve().parent / "data" / "lm_eval"
 N = 20
