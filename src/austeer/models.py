@@ -510,8 +510,8 @@ def _from_pretrained(source: Path | str, kwargs: dict[str, Any], name: str) -> t
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device, checked on this machine before any model loads: a one-line ``ValueError``
-    naming it when it is not a device name or its hardware is not there.
+    """``device`` as a torch device, checked on this machine before any model loads: a one-line
+    ``UserError`` (a ``ValueError``) naming it when it is not a device name or its hardware is not there.
 
     Example:
         >>> check_device("cpu")
@@ -519,7 +519,7 @@ def check_device(device: str | torch.device) -> torch.device:
         >>> check_device("bogus")
         Traceback (most recent call last):
         ...
-        ValueError: device 'bogus': not a device name; expected cpu, cuda, cuda:N or mps
+        austeer.errors.UserError: device 'bogus': not a device name; expected cpu, cuda, cuda:N or mps
     """
     try:
         dev = torch.device(device)
@@ -551,7 +551,8 @@ def load_model(
     default). ``name``: a hub id, a local checkpoint directory, or ``embedded:smollm2-135m-instruct`` (the
     default) / ``embedded:gemma3-270m``. ``device_map="auto"`` spreads a large model over GPUs; the
     steering code puts every tensor it creates on the device of the module it serves. A bad ``device``
-    (:func:`check_device`) or model is a one-line ``ValueError`` / ``FileNotFoundError`` before any weights load.
+    (:func:`check_device`) or model is a one-line ``UserError`` (a ``ValueError``) / ``FileNotFoundError``
+    before any weights load.
     """
     if device is not None:
         check_device(device)

@@ -149,7 +149,7 @@ def check_units(model: nn.Module, name: str, spec: SteerSpec) -> None:
         >>> check_units(model, "wide", SteerSpec(units=[Unit("head", 0, 9999, 0.5)], alpha=1.0))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: steer 'wide': spec: units[0].index: 9999 is out of range 0..575 for site 'head'
+        austeer.errors.UserError: steer 'wide': spec: units[0].index: 9999 is out of range 0..575 for site 'head'
     """
     if spec.positions != "all":
         raise UserError(

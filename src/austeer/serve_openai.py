@@ -52,7 +52,7 @@ class Limits:
         >>> Limits(max_tokens_default=0)
         Traceback (most recent call last):
         ...
-        ValueError: max_tokens_default must be an integer in [1, max_tokens_limit = 1024], got 0
+        austeer.errors.UserError: max_tokens_default must be an integer in [1, max_tokens_limit = 1024], got 0
     """
 
     max_tokens_default: int = 128
