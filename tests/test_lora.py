@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import peft  # the dev extra installs it: these tests run in CI, never skip
 import pytest
 import torch
+from peft.helpers import rescale_adapter_scale
 from safetensors.torch import load_file
 
 from austeer.cli import main
@@ -25,9 +27,6 @@ from austeer.sites import _weight, fold_module, site_width
 from austeer.spec import SpecError, SteerSpec
 from austeer.steer import apply, folded
 from tests.conftest import tiny_model
-
-peft = pytest.importorskip("peft")
-from peft.helpers import rescale_adapter_scale  # noqa: E402
 
 TOL = 1e-4  # relative: max |gap| / max |logit|
 
