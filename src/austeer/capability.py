@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.errors import UserError
-from austeer.stats import discordant, mcnemar
+from austeer.stats import discordant, mcnemar, outcomes
 from austeer.tasks import get_task
 from austeer.tasks.base import ScoreOptions, Task
 
@@ -101,7 +101,7 @@ class Panel:
                 task.items("val", self.n),
                 ScoreOptions(self.batch_size, samples=records, system=system),
             )
-            out[task.name] = [int(bool(r["correct"])) for r in records]
+            out[task.name] = outcomes(records)
         return out
 
     def unsteered(self) -> dict[str, list[int]]:

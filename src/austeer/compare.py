@@ -39,6 +39,7 @@ from austeer.capability import Panel, Retention
 from austeer.errors import UserError
 from austeer.evaluate import Unsteered, evaluate
 from austeer.reuse import LayerCache, reusing
+from austeer.stats import outcomes
 from austeer.tasks.base import Task
 
 #: number of AUs for the dose-response curve; ``None`` means every AU of the site
@@ -374,20 +375,6 @@ def _capable(
         if bound is None or retention.drop <= bound:
             return seen[-1]
     return min(seen, key=lambda x: x[1].drop)
-
-
-def outcomes(samples: list[dict[str, Any]]) -> list[int]:
-    """Per-item 0/1 outcomes from evaluation samples (empty when the task kind records none); a method
-    averaged over several steerers (``random``) keeps the first one's.
-
-    Example:
-        >>> outcomes([{"id": "a", "correct": True}, {"id": "b", "correct": False}])
-        [1, 0]
-    """
-    if not samples or "correct" not in samples[0]:
-        return []
-    n = len({s["id"] for s in samples})
-    return [int(bool(s["correct"])) for s in samples[:n]]
 
 
 def dose_response(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from math import comb
+from typing import Any
 
 from austeer.errors import UserError
 
@@ -67,3 +68,17 @@ def margin(metric: float, base: float, n: int) -> float:
     pooled = (metric + base) / 2
     se = (pooled * (1 - pooled) * 2 / max(n, 1)) ** 0.5
     return round((metric - base) / se, 1) if se > 0 else 0.0
+
+
+def outcomes(samples: list[dict[str, Any]]) -> list[int]:
+    """Per-item 0/1 outcomes from evaluation samples (empty when the task kind records none); a method
+    averaged over several steerers (``random``) keeps the first one's.
+
+    Example:
+        >>> outcomes([{"id": "a", "correct": True}, {"id": "b", "correct": False}])
+        [1, 0]
+    """
+    if not samples or "correct" not in samples[0]:
+        return []
+    n = len({s["id"] for s in samples})
+    return [int(bool(s["correct"])) for s in samples[:n]]
