@@ -73,6 +73,7 @@ class DoseRow:
     ppl: float
     metrics: dict[str, float]
     method: str = "austeer"  # or a variant with AUSteer's AUs and grid (austeer-last, austeer-signed)
+    correct: list[int] = field(default_factory=list)  # per-item outcomes, for the paired test against k = 0
 
     @property
     def curve(self) -> str:
@@ -401,18 +402,21 @@ def dose_response(
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
-    base = unsteered.get(task, **kw)
+    base_samples: list[dict[str, Any]] = []
+    base = unsteered.get(task, samples=base_samples, **kw)
     rows: list[DoseRow] = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
         for dose in tqdm(doses, desc=f"{task.name}: dose-response {site}", disable=not progress):
             k = total if dose is None else min(dose, total)
+            samples = base_samples
             if k == 0:
                 m = base
             else:
                 steerer = METHODS[method].build(model, evidence, site=site, k=k, alpha=alpha)
-                m = evaluate_steered(model, tok, task, steerer, cache=cache, **kw)
-            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method))
+                samples = []
+                m = evaluate_steered(model, tok, task, steerer, cache=cache, samples=samples, **kw)
+            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method, outcomes(samples)))
     return rows
 
 
