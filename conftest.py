@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from _pytest.doctest import DoctestItem
 
-from austeer.models import load_model
+from austeer.models.loading import load_model
 
 _USES_MODEL = re.compile(r"\b(model|tok)\b")
 

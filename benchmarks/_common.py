@@ -78,7 +78,7 @@ def copa_pairs(n: int) -> list[Any]:
 
     Repeats the 1000 items cyclically when ``n`` is larger (used by the memory benchmark).
     """
-    from austeer.pairs import Pair
+    from austeer.core.pairs import Pair
 
     rows = [json.loads(line) for line in (DATA / "COPA" / "derived_balanced_copa_dev.jsonl").open() if line.strip()]
     out = []

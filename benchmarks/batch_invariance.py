@@ -1,6 +1,6 @@
 """Does a request's greedy answer depend on what it is batched with? And if so, which part of the batch does it?
 
-On the embedded model, for each dtype, each probe prompt is generated greedily (``austeer.batched.run_rows``,
+On the embedded model, for each dtype, each probe prompt is generated greedily (``austeer.serving.batched.run_rows``,
 the server's engine, unsteered) alone and inside batches, and the answers compared with ``alone``:
 
 - ``padded``: a batch of one, with ``--pad`` pad tokens on the left (masked; position ids from the mask, as
@@ -30,9 +30,9 @@ import torch
 from _common import print_machine, quiet, set_threads
 
 import austeer
-from austeer.batched import RowRequest, run_rows
-from austeer.collect import encode
-from austeer.pairs import format_prompt
+from austeer.core.collect import encode
+from austeer.core.pairs import format_prompt
+from austeer.serving.batched import RowRequest, run_rows
 
 PROBES = [
     "Describe Mondays.",

@@ -5,7 +5,7 @@ Contenders, all on the same texts (COPA pairs: chat-formatted prompt + correct /
 - ``austeer``: ``austeer.score(model, tok, pairs, ["head"], batch_size=16)`` (32 texts per forward, sorted
   by length, backbone only, hooks keep the last token, streamed sign counts);
 - ``austeer_shared``: the same with ``share_prefix=True``: the prompt common to the two texts of a pair
-  runs once, both answers continue from its KV cache (``austeer.collect.shared_prefix_activations``);
+  runs once, both answers continue from its KV cache (``austeer.core.collect.shared_prefix_activations``);
 - ``plain``: a plain batched forward of the whole model (``model(**enc)``, LM head included) over the
   same batches, tokenization included;
 - ``plain_backbone``: the same without the LM head (the strictest reference: everything austeer adds);
@@ -35,10 +35,10 @@ import torch
 from _common import copa_pairs, dump, interleaved, med, paired_ratio, print_machine, set_threads, spread, table, verdict
 
 import austeer
-from austeer.collect import backbone, encode
-from austeer.momentum import SignCounts
-from austeer.pairs import pair_texts
-from austeer.sites import decoder_layers, site_module
+from austeer.core.collect import backbone, encode
+from austeer.core.momentum import SignCounts
+from austeer.core.pairs import pair_texts
+from austeer.core.sites import decoder_layers, site_module
 
 
 def batches_like_score(tok: Any, pairs: list[Any], batch_size: int) -> list[list[str]]:
@@ -108,16 +108,20 @@ def main() -> None:
     all_texts = [t for b in batches for t in b]
     n_tokens = int(encode(tok, all_texts)["attention_mask"].sum())
     padded = sum(int(encode(tok, b)["attention_mask"].numel()) for b in batches)
-    print(f"{len(pairs)} COPA pairs, {len(all_texts)} texts, {n_tokens} real tokens, {padded} token slots "
-          f"in length-sorted batches of {2 * args.batch_size} (padding {padded / n_tokens - 1:.1%})")
+    print(
+        f"{len(pairs)} COPA pairs, {len(all_texts)} texts, {n_tokens} real tokens, {padded} token slots "
+        f"in length-sorted batches of {2 * args.batch_size} (padding {padded / n_tokens - 1:.1%})"
+    )
 
     # correctness (and warm-up): the streamed counts agree with the one-at-a-time reference
     few = pairs[:4]
     ref = authors(model, tok, few)
     ours = austeer.score(model, tok, few, ["head"], batch_size=4, progress=False)["head"]
     agree = float((ref.beta() == ours.beta()).float().mean())
-    print(f"beta agreement with the batch-1 reference on {len(few)} pairs: {agree:.4f} "
-          "(float differences of momenta near 0 can flip a few signs)")
+    print(
+        f"beta agreement with the batch-1 reference on {len(few)} pairs: {agree:.4f} "
+        "(float differences of momenta near 0 can flip a few signs)"
+    )
     few_batches = batches_like_score(tok, few, args.batch_size)
     warm: dict[str, Callable[[], Any]] = {
         "plain": lambda: plain(model, tok, few_batches),
@@ -144,21 +148,50 @@ def main() -> None:
         tps = [n_tokens / t for t in ts]
         ratio = med(paired_ratio(times[name], times["austeer"]))
         c_ratio = med(paired_ratio(cpu[name], cpu["austeer"]))
-        rows.append([name, spread(ts), spread(tps, "{:.0f}"), f"{ratio:.2f}", spread(cpu[name], "{:.2f}"),
-                     f"{n_tokens / med(cpu[name]):.0f}", f"{c_ratio:.2f}"])
+        rows.append(
+            [
+                name,
+                spread(ts),
+                spread(tps, "{:.0f}"),
+                f"{ratio:.2f}",
+                spread(cpu[name], "{:.2f}"),
+                f"{n_tokens / med(cpu[name]):.0f}",
+                f"{c_ratio:.2f}",
+            ]
+        )
     print()
-    print(table(["contender", "wall s median [min-max]", "tokens/s (wall)", "wall / austeer", "CPU s median [min-max]",
-                 "tokens per CPU s", "CPU / austeer"], rows))
+    print(
+        table(
+            [
+                "contender",
+                "wall s median [min-max]",
+                "tokens/s (wall)",
+                "wall / austeer",
+                "CPU s median [min-max]",
+                "tokens per CPU s",
+                "CPU / austeer",
+            ],
+            rows,
+        )
+    )
 
-    result: dict[str, Any] = {"machine": info, "pairs": len(pairs), "tokens": n_tokens, "times": times, "cpu": cpu,
-                              "ratios": {}}
+    result: dict[str, Any] = {
+        "machine": info,
+        "pairs": len(pairs),
+        "tokens": n_tokens,
+        "times": times,
+        "cpu": cpu,
+        "ratios": {},
+    }
     for label, tt in (("wall", times), ("CPU", cpu)):
         print(f"\nthroughput ratios from {label} time (medians of per-repetition ratios):")
         for mine in ("austeer", "austeer_shared"):
             vs_plain = med(paired_ratio(tt["plain"], tt[mine]))
             vs_backbone = med(paired_ratio(tt["plain_backbone"], tt[mine]))
-            line = (f"  {mine}: / plain batched forward {vs_plain:.2f}x ({verdict(vs_plain >= 0.9)}: >= 0.9x); "
-                    f"/ plain batched backbone forward {vs_backbone:.2f}x")
+            line = (
+                f"  {mine}: / plain batched forward {vs_plain:.2f}x ({verdict(vs_plain >= 0.9)}: >= 0.9x); "
+                f"/ plain batched backbone forward {vs_backbone:.2f}x"
+            )
             ratios = {"vs_plain": vs_plain, "vs_backbone": vs_backbone}
             if "authors" in tt:
                 vs_auth = med(paired_ratio(tt["authors"], tt[mine]))
@@ -181,8 +214,10 @@ def main() -> None:
         encode(tok, b)
     t_enc = time.perf_counter() - t0
     t_aus = med(times["austeer"])
-    print(f"\nchat formatting of all pairs: {t_fmt:.3f}s ({t_fmt / t_aus:.1%} of austeer); "
-          f"tokenization of all batches: {t_enc:.3f}s ({t_enc / t_aus:.1%})")
+    print(
+        f"\nchat formatting of all pairs: {t_fmt:.3f}s ({t_fmt / t_aus:.1%} of austeer); "
+        f"tokenization of all batches: {t_enc:.3f}s ({t_enc / t_aus:.1%})"
+    )
     prof = cProfile.Profile()
     prof.enable()
     austeer.score(model, tok, pairs, ["head"], batch_size=args.batch_size, progress=False)

@@ -7,7 +7,7 @@ Contenders, all interleaved in one run (each repetition runs every one, in rotat
   model over the same texts, and (unless ``--no-b1``) the authors' way (batch 1, all hidden states);
 - evaluation: ``austeer.tasks.mc.score_mc`` on N COPA val items (one forward per batch, the next-token
   logits only) in float32 and bfloat16;
-- generation: greedy ``austeer.generate.generate`` of T new tokens for a batch of prompts, float32 vs bfloat16.
+- generation: greedy ``austeer.run.generate.generate`` of T new tokens for a batch of prompts, float32 vs bfloat16.
 
 Peak memory: one child process per dtype loads the model and scores the pairs, and reports its peak RSS.
 
@@ -31,7 +31,7 @@ from _common import copa_pairs, dump, interleaved, med, paired_ratio, print_mach
 from bench_discovery import authors, batches_like_score, plain
 
 import austeer
-from austeer.generate import generate
+from austeer.run.generate import generate
 from austeer.tasks import get_task
 from austeer.tasks.mc import score_mc
 

@@ -29,8 +29,8 @@ import torch
 from _common import DATA, dump, interleaved, med, paired_ratio, print_machine, set_threads, spread, table, verdict
 
 import austeer
-from austeer.collect import encode, last_token_activations
-from austeer.pairs import format_prompt, pair_texts
+from austeer.core.collect import encode, last_token_activations
+from austeer.core.pairs import format_prompt, pair_texts
 
 if not hasattr(np, "float_"):  # repeng 0.4 still names np.float_ (removed in NumPy 2)
     np.float_ = np.float64  # type: ignore[attr-defined]
@@ -48,8 +48,14 @@ def peers_available() -> dict[str, bool]:
 
 
 def bench_batch(
-    model: Any, tok: Any, spec: Any, enc: dict[str, torch.Tensor], layers: list[int], caa: torch.Tensor,
-    new_tokens: int, repeats: int,
+    model: Any,
+    tok: Any,
+    spec: Any,
+    enc: dict[str, torch.Tensor],
+    layers: list[int],
+    caa: torch.Tensor,
+    new_tokens: int,
+    repeats: int,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, torch.Tensor]]:
     """Interleaved wall and CPU timings of every contender on one batch, and the token ids each produced."""
     outputs: dict[str, torch.Tensor] = {}
@@ -57,8 +63,14 @@ def bench_batch(
     def gen(target: Any = None) -> torch.Tensor:
         with torch.inference_mode():
             return (target or model).generate(
-                **enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                temperature=None, top_k=None, top_p=None, pad_token_id=tok.pad_token_id,
+                **enc,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+                pad_token_id=tok.pad_token_id,
             )
 
     def record(name: str, fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -148,8 +160,10 @@ def main() -> None:
         same = bool(torch.equal(outputs["austeer_fold"], outputs["austeer_hook"]))
         steered = not torch.equal(outputs["unsteered"], outputs["austeer_hook"])
         n_new = outputs["unsteered"].shape[1] - enc["input_ids"].shape[1]
-        print(f"fold and hook emit identical tokens: {same}; steering changed the output: {steered}; "
-              f"new tokens per row: {n_new}")
+        print(
+            f"fold and hook emit identical tokens: {same}; steering changed the output: {steered}; "
+            f"new tokens per row: {n_new}"
+        )
         rows = []
         ratios, cpu_ratios = {}, {}
         for name, ts in times.items():
@@ -157,12 +171,36 @@ def main() -> None:
             rc = paired_ratio(cpu["unsteered"], cpu[name])
             ratios[name], cpu_ratios[name] = med(r), med(rc)
             tok_s = [bs * args.new_tokens / t for t in ts]
-            rows.append([name, spread(ts), spread(tok_s, "{:.1f}"), f"{med(r):.3f} [{min(r):.3f}-{max(r):.3f}]",
-                         spread(cpu[name]), f"{med(rc):.3f} [{min(rc):.3f}-{max(rc):.3f}]"])
-        print(table(["contender", "wall s median [min-max]", "new tokens/s (wall)", "throughput / unsteered (wall)",
-                     "CPU s median [min-max]", "throughput / unsteered (CPU)"], rows))
-        results["batches"][str(bs)] = {"times": times, "cpu": cpu, "ratios": ratios, "cpu_ratios": cpu_ratios,
-                                       "fold_equals_hook": same}
+            rows.append(
+                [
+                    name,
+                    spread(ts),
+                    spread(tok_s, "{:.1f}"),
+                    f"{med(r):.3f} [{min(r):.3f}-{max(r):.3f}]",
+                    spread(cpu[name]),
+                    f"{med(rc):.3f} [{min(rc):.3f}-{max(rc):.3f}]",
+                ]
+            )
+        print(
+            table(
+                [
+                    "contender",
+                    "wall s median [min-max]",
+                    "new tokens/s (wall)",
+                    "throughput / unsteered (wall)",
+                    "CPU s median [min-max]",
+                    "throughput / unsteered (CPU)",
+                ],
+                rows,
+            )
+        )
+        results["batches"][str(bs)] = {
+            "times": times,
+            "cpu": cpu,
+            "ratios": ratios,
+            "cpu_ratios": cpu_ratios,
+            "fold_equals_hook": same,
+        }
         summary.append((bs, "wall", ratios))
         summary.append((bs, "CPU", cpu_ratios))
 
@@ -171,8 +209,10 @@ def main() -> None:
         fold_ok = abs(ratios["austeer_fold"] - 1) <= 0.02
         hook_ok = ratios["austeer_hook"] >= 0.97
         peers = ", ".join(f"{n} {ratios[n]:.3f}x" for n in ("steering_vectors", "repeng") if n in ratios)
-        print(f"batch {bs} ({label}): fold {ratios['austeer_fold']:.3f}x ({verdict(fold_ok)}: 1.00x within 2%), "
-              f"hook {ratios['austeer_hook']:.3f}x ({verdict(hook_ok)}: >= 0.97x); peers: {peers}")
+        print(
+            f"batch {bs} ({label}): fold {ratios['austeer_fold']:.3f}x ({verdict(fold_ok)}: 1.00x within 2%), "
+            f"hook {ratios['austeer_hook']:.3f}x ({verdict(hook_ok)}: >= 0.97x); peers: {peers}"
+        )
     dump(args.json, results)
 
 

@@ -71,16 +71,36 @@ def main() -> None:
                 print(f"  cached load: {cached[-1]['load_s']:.2f}s", flush=True)
     rows = []
     for name, runs in (("first (GGUF conversion + cache write)", first), ("cached", cached)):
-        rows.append([name, len(runs), spread([x["load_s"] for x in runs], "{:.2f}"),
-                     spread([x["load_cpu_s"] for x in runs], "{:.2f}"),
-                     spread([x["import_s"] for x in runs], "{:.2f}"), spread([x["process_s"] for x in runs], "{:.2f}")])
+        rows.append(
+            [
+                name,
+                len(runs),
+                spread([x["load_s"] for x in runs], "{:.2f}"),
+                spread([x["load_cpu_s"] for x in runs], "{:.2f}"),
+                spread([x["import_s"] for x in runs], "{:.2f}"),
+                spread([x["process_s"] for x in runs], "{:.2f}"),
+            ]
+        )
     print()
-    print(table(["load", "runs", "load_model() wall s", "load_model() CPU s", "import austeer wall s",
-                 "whole process wall s"], rows))
+    print(
+        table(
+            [
+                "load",
+                "runs",
+                "load_model() wall s",
+                "load_model() CPU s",
+                "import austeer wall s",
+                "whole process wall s",
+            ],
+            rows,
+        )
+    )
     for key, label in (("load_s", "wall"), ("load_cpu_s", "CPU")):
         c, f = med([x[key] for x in cached]), med([x[key] for x in first])
-        print(f"\n{label}: cached load {c:.2f}s ({verdict(c < 3.0)}: < 3 s); first load {f:.2f}s; "
-              f"cached / first = {c / f:.3f} (first is {f / c:.1f}x slower)")
+        print(
+            f"\n{label}: cached load {c:.2f}s ({verdict(c < 3.0)}: < 3 s); first load {f:.2f}s; "
+            f"cached / first = {c / f:.3f} (first is {f / c:.1f}x slower)"
+        )
     payload: dict[str, Any] = {"machine": info, "first": first, "cached": cached}
     dump(args.json, payload)
 

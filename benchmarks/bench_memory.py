@@ -43,7 +43,7 @@ def child(n: int, max_length: int, batch_size: int, threads: int | None) -> dict
     quiet()
     set_threads(threads)
     import austeer
-    from austeer.sites import decoder_layers, site_width
+    from austeer.core.sites import decoder_layers, site_width
 
     model, tok = austeer.load_model()
     pairs = copa_pairs(n)
@@ -112,8 +112,16 @@ def main() -> None:
     info = print_machine()
     results = []
     for n in args.sizes:
-        cmd = [sys.executable, str(Path(__file__)), "--child", str(n), "--max-length", str(args.max_length),
-               "--batch-size", str(args.batch_size)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__)),
+            "--child",
+            str(n),
+            "--max-length",
+            str(args.max_length),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=HERE)
@@ -121,21 +129,43 @@ def main() -> None:
         print(f"  {n} pairs: {res['seconds']:.1f}s, peak RSS {res['maxrss_mb']:.0f} MB", flush=True)
         results.append(res)
     rows = [
-        [r["pairs"], f"{r['seconds']:.1f}", f"{r['maxrss_mb']:.0f}", f"{r['rss_before_mb']:.0f}",
-         f"{r['rss_peak_during_mb']:.0f}", f"{r['rss_growth_mb']:+.1f}",
-         f"{r['rss_after_trim_mb'] - r['rss_before_mb']:+.1f}", f"{r['python_peak_mb']:.2f}",
-         f"{r['collect_all_mb']:.0f}"]
+        [
+            r["pairs"],
+            f"{r['seconds']:.1f}",
+            f"{r['maxrss_mb']:.0f}",
+            f"{r['rss_before_mb']:.0f}",
+            f"{r['rss_peak_during_mb']:.0f}",
+            f"{r['rss_growth_mb']:+.1f}",
+            f"{r['rss_after_trim_mb'] - r['rss_before_mb']:+.1f}",
+            f"{r['python_peak_mb']:.2f}",
+            f"{r['collect_all_mb']:.0f}",
+        ]
         for r in results
     ]
     print()
-    print(table(["pairs", "scoring s", "peak RSS MB (process)", "RSS before scoring MB", "peak RSS during scoring MB",
-                 "RSS growth MB", "still held after malloc_trim MB",
-                 "Python peak MB (tracemalloc)", "collect-all would need MB (computed)"], rows))
+    print(
+        table(
+            [
+                "pairs",
+                "scoring s",
+                "peak RSS MB (process)",
+                "RSS before scoring MB",
+                "peak RSS during scoring MB",
+                "RSS growth MB",
+                "still held after malloc_trim MB",
+                "Python peak MB (tracemalloc)",
+                "collect-all would need MB (computed)",
+            ],
+            rows,
+        )
+    )
     lo, hi = results[0], results[-1]
     ratio = hi["maxrss_mb"] / lo["maxrss_mb"]
     during = hi["rss_peak_during_mb"] / lo["rss_peak_during_mb"]
-    print(f"\npeak RSS {hi['pairs']} pairs / {lo['pairs']} pairs: {ratio:.3f} (process), {during:.3f} (during scoring)"
-          f"  (goal within 5%: {verdict(abs(ratio - 1) <= 0.05 and abs(during - 1) <= 0.05)})")
+    print(
+        f"\npeak RSS {hi['pairs']} pairs / {lo['pairs']} pairs: {ratio:.3f} (process), {during:.3f} (during scoring)"
+        f"  (goal within 5%: {verdict(abs(ratio - 1) <= 0.05 and abs(during - 1) <= 0.05)})"
+    )
     dump(args.json, {"machine": info, "results": results, "ratio": ratio, "ratio_during": during})
 
 

@@ -1,11 +1,11 @@
-"""Layer reuse (austeer.reuse): a sweep configuration's evaluation with and without replaying the layers
+"""Layer reuse (austeer.core.reuse): a sweep configuration's evaluation with and without replaying the layers
 below its first steered layer, side by side.
 
 The AUs are scored once (``austeer.fit`` on COPA pairs, head site) or read from ``--spec``. For every
-``k`` the configuration ``(k, alpha)`` is folded and ``austeer.evaluate.evaluate`` runs on the COPA
+``k`` the configuration ``(k, alpha)`` is folded and ``austeer.evaluation.evaluate.evaluate`` runs on the COPA
 validation items (restricted-choice and greedy accuracy, plus the neutral perplexity) twice, interleaved
 in alternating order: a full forward pass, and inside ``LayerCache.reuse()`` with the cache filled by
-one unsteered evaluation first (what ``austeer.sweep``, ``compare`` and ``tune`` do). The metrics must be
+one unsteered evaluation first (what ``austeer.evaluation.sweep``, ``compare`` and ``tune`` do). The metrics must be
 identical; the table gives each configuration's first steered layer, the share of decoder-layer calls
 skipped, wall and CPU seconds and the paired ratio, and the memory the cache holds.
 
@@ -22,10 +22,10 @@ from typing import Any
 from _common import dump, med, paired_ratio, print_machine, set_threads, spread, table
 
 import austeer
-from austeer.evaluate import evaluate
-from austeer.reuse import LayerCache
-from austeer.spec import load
-from austeer.steer import folded
+from austeer.core.reuse import LayerCache
+from austeer.core.spec import load
+from austeer.core.steer import folded
+from austeer.evaluation.evaluate import evaluate
 from austeer.tasks import get_task
 
 KS = (2, 8, 32, 100)

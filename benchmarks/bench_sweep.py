@@ -1,10 +1,10 @@
 """Goal 4: a grid of 16 (k, alpha) configurations costs <= 1.1x the time of 16 plain evaluations.
 
 The AUs are scored once (``austeer.fit`` on COPA pairs, head site; timed separately). Each configuration
-is then what ``austeer.sweep`` does per grid row: ``spec.with_k(k).with_alpha(alpha)`` (a re-selection
-from the stored counts), ``austeer.sweep.steering`` (fold the k columns), ``austeer.evaluate.evaluate``
-on the COPA validation items (one batched forward per item batch: restricted-choice and greedy one-token
-accuracy, plus the perplexity side check), unfold. The baseline is the same ``evaluate`` call, unsteered.
+is then what ``austeer.evaluation.sweep`` does per grid row: ``spec.with_k(k).with_alpha(alpha)`` (a re-selection from
+the stored counts), ``austeer.evaluation.sweep.steering`` (fold the k columns), ``austeer.evaluation.evaluate.evaluate``
+on the COPA validation items (one batched forward per item batch: restricted-choice and greedy one-token accuracy, plus
+the perplexity side check), unfold. The baseline is the same ``evaluate`` call, unsteered.
 Each configuration is timed right after a plain evaluation (A/B pairs, order alternating).
 
 Also measured: the switching cost alone (``with_k`` + ``with_alpha`` + fold + unfold) over the 16
@@ -22,8 +22,8 @@ from typing import Any
 from _common import dump, med, paired_ratio, print_machine, set_threads, spread, table, verdict
 
 import austeer
-from austeer.evaluate import evaluate
-from austeer.sweep import steering
+from austeer.evaluation.evaluate import evaluate
+from austeer.evaluation.sweep import steering
 from austeer.tasks import get_task
 
 KS = (2, 8, 32, 100)
@@ -75,8 +75,11 @@ def main() -> None:
             (c_plain if which == "plain" else c_conf).append(time.process_time() - c)
             if which == "config":
                 accs.append((k, alpha, m["choice_accuracy"]))
-        print(f"  config {i + 1}/{len(grid)} k={k} alpha={alpha}: plain {t_plain[-1]:.2f}s, "
-              f"config {t_conf[-1]:.2f}s, choice accuracy {accs[-1][2]:.3f}", flush=True)
+        print(
+            f"  config {i + 1}/{len(grid)} k={k} alpha={alpha}: plain {t_plain[-1]:.2f}s, "
+            f"config {t_conf[-1]:.2f}s, choice accuracy {accs[-1][2]:.3f}",
+            flush=True,
+        )
 
     # switching cost alone, over the whole grid, repeated
     switch: list[float] = []
@@ -104,16 +107,26 @@ def main() -> None:
     ]
     print()
     print(table(["what", "seconds total", "seconds per call median [min-max]"], rows))
-    print(f"\ngrid / plain: {ratio:.3f} (per-config paired median {med(per):.3f} [{min(per):.3f}-{max(per):.3f}]) "
-          f"({verdict(ratio <= 1.1)}: <= 1.1x); from the switching cost: {extrap:.4f}x")
+    print(
+        f"\ngrid / plain: {ratio:.3f} (per-config paired median {med(per):.3f} [{min(per):.3f}-{max(per):.3f}]) "
+        f"({verdict(ratio <= 1.1)}: <= 1.1x); from the switching cost: {extrap:.4f}x"
+    )
     print(f"grid / plain from CPU time: {cpu_ratio:.3f} ({verdict(cpu_ratio <= 1.1)}: <= 1.1x)")
     print(f"including the one-time scoring: {(total_conf + t_fit) / total_plain:.3f}x")
     best = max(accs, key=lambda x: x[2])
     print(f"best config: k={best[0]} alpha={best[1]} choice accuracy {best[2]:.3f}")
-    payload: dict[str, Any] = {"machine": info, "items": args.items, "grid": grid, "t_plain": t_plain,
-                               "t_config": t_conf,
-                               "cpu_plain": c_plain, "cpu_config": c_conf, "switch": switch, "t_fit": t_fit,
-                               "ratio": ratio}
+    payload: dict[str, Any] = {
+        "machine": info,
+        "items": args.items,
+        "grid": grid,
+        "t_plain": t_plain,
+        "t_config": t_conf,
+        "cpu_plain": c_plain,
+        "cpu_config": c_conf,
+        "switch": switch,
+        "t_fit": t_fit,
+        "ratio": ratio,
+    }
     dump(args.json, payload)
 
 

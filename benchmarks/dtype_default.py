@@ -52,7 +52,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    from austeer.models import resolve_dtype
+    from austeer.models.loading import resolve_dtype
 
     auto, why = resolve_dtype("auto")
     load = os.getloadavg()

@@ -4,14 +4,14 @@ pairs in float32 and bfloat16, with the prompt shared or not; top-k overlaps as 
 For each dtype the model is loaded once (one at a time: a 1.5B model in float32 takes 6 GB) and the pairs are
 scored in growing chunks (counts add up, so the counts at 64, 300, 1000 pairs come from one pass):
 
-- ``full``: :func:`austeer.collect.pair_batches` with ``share_prefix=False`` (both texts run whole), the
-  momentum taken from the captured activations upcast to float32 (what :func:`austeer.fit.score` does);
+- ``full``: :func:`austeer.core.collect.pair_batches` with ``share_prefix=False`` (both texts run whole), the
+  momentum taken from the captured activations upcast to float32 (what :func:`austeer.core.fit.score` does);
 - ``full_lowdiff``: the same activations, the difference taken in the model's dtype (the "no upcast" variant);
 - ``shared``: ``pair_batches`` with ``share_prefix=True`` (prompt once, answers from its KV cache).
 
 Reported: the number of AUs whose (pos, neg) counts differ between two variants, the share of exactly-zero
 momenta, and the overlap ``|top_k(a) & top_k(b)| / k`` of the global top-k (ranking of
-:func:`austeer.momentum.select`) for each k.
+:func:`austeer.core.momentum.select`) for each k.
 
 Run: ``python benchmarks/dtype_selection.py [--model NAME] [--pairs 64,300,1000] [--sites head,ffn] [--json out]``
 """
@@ -28,9 +28,9 @@ import torch
 from _common import copa_pairs, dump, print_machine, set_threads, table
 
 import austeer
-from austeer.collect import pair_batches
-from austeer.momentum import SignCounts, select
-from austeer.sites import decoder_layers, site_width
+from austeer.core.collect import pair_batches
+from austeer.core.momentum import SignCounts, select
+from austeer.core.sites import decoder_layers, site_width
 
 VARIANTS = ("full", "full_lowdiff", "shared")
 

@@ -2,7 +2,7 @@
 
 Reads the counts saved by ``dtype_selection.py --save-counts`` (float32 and bfloat16, default shared-prompt
 path), keeps the global top-k of each, and evaluates the unsteered model and both specs (same ``alpha``) on
-the COPA test items with ``austeer.evaluate`` in the evaluation dtype; reports the metrics and the share
+the COPA test items with ``austeer.evaluation.evaluate`` in the evaluation dtype; reports the metrics and the share
 of items on which the two steered models answer alike.
 
 Run: ``python benchmarks/dtype_task.py --counts counts.pt [--model NAME] [--k 32] [--alpha 5] [--limit 100]
@@ -18,10 +18,10 @@ import torch
 from _common import dump, print_machine, set_threads, table
 
 import austeer
-from austeer.evaluate import evaluate
-from austeer.momentum import select
-from austeer.spec import SteerSpec
-from austeer.steer import folded
+from austeer.core.momentum import select
+from austeer.core.spec import SteerSpec
+from austeer.core.steer import folded
+from austeer.evaluation.evaluate import evaluate
 from austeer.tasks import get_task
 
 

@@ -6,7 +6,8 @@ on the machine in turn:
 - ``austeer serve``: every row steered with spec 1, then rows cycling through 4 specs (per-row gains);
 - vLLM, the folded export of spec 1 (plain requests: the ceiling, a steer costs nothing);
 - vLLM, the base model with 4 adapters (``austeer export --format lora``, launched by
-  :func:`austeer.vllm.vllm_command`): plain rows, every row on adapter 1, and rows cycling through 2 and 4 adapters.
+  :func:`austeer.exports.vllm.vllm_command`): plain rows, every row on adapter 1, and rows cycling through 2 and 4
+  adapters.
 
 Each scenario runs at concurrency 1 and 8 (``--requests`` requests each). Prints generated tokens/s, p50
 latency and the server's CPU seconds (all its processes) per scenario, with the ratio of tokens/s to the
@@ -61,7 +62,7 @@ def scenario(pid: int, url: str, bodies: list[dict[str, Any]], concurrency: int)
 
 def completions(model: str, n: int, max_tokens: int, tok: Any) -> list[dict[str, Any]]:
     """vLLM requests: the chat-formatted prompt as text, greedy, exactly ``max_tokens`` generated."""
-    from austeer.pairs import format_prompt
+    from austeer.core.pairs import format_prompt
 
     return [
         {
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--vllm-python (or AUSTEER_VLLM_PYTHON) is needed: bash scripts/setup_vllm.sh prints it")
     quiet()
     import austeer
-    from austeer.models import resolve
-    from austeer.vllm import Server, free_port, vllm_command
+    from austeer.exports.vllm import Server, free_port, vllm_command
+    from austeer.models.loading import resolve
 
     load = os.getloadavg()
     model, tok = austeer.load_model(args.model, dtype=args.dtype)

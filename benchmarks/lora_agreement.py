@@ -30,9 +30,9 @@ from _common import DATA, dump, print_machine, set_threads, table
 from peft import PeftModel
 
 import austeer
-from austeer.lora import export_lora
-from austeer.pairs import format_prompt
-from austeer.steer import apply
+from austeer.core.pairs import format_prompt
+from austeer.core.steer import apply
+from austeer.exports.lora import export_lora
 
 PROMPTS = [
     "How was your weekend?",

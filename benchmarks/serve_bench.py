@@ -119,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from austeer.fit import score
-    from austeer.models import fingerprint, load_model
-    from austeer.momentum import select
-    from austeer.pairs import read_pairs
-    from austeer.serve import Server, ServerConfig
-    from austeer.spec import SteerSpec
+    from austeer.core.fit import score
+    from austeer.core.momentum import select
+    from austeer.core.pairs import read_pairs
+    from austeer.core.spec import SteerSpec, fingerprint
+    from austeer.models.loading import load_model
+    from austeer.serving.server import Server, ServerConfig
 
     model, tok = load_model()
     pairs = read_pairs(Path(__file__).resolve().parents[1] / "src" / "austeer" / "data" / "pairs" / "sentiment.jsonl")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['p50_s']:7.2f} {s['p95_s']:7.2f}   {ratios}"
         )
     if args.json:
-        from austeer.spec import atomic_write_text
+        from austeer.core.spec import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(summary, indent=2) + "\n")
     return 0

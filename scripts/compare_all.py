@@ -17,8 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from austeer.baselines import METHODS
-from austeer.compare import UNPROMPTED_DEFAULTS, DoseRow, FrontierRow
+from austeer.evaluation.compare import UNPROMPTED_DEFAULTS, DoseRow, FrontierRow
+from austeer.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
@@ -31,16 +31,16 @@ FRONTIER_STRENGTHS: dict[str, Sequence[float]] = {n: m.frontier.strengths for n,
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
-    from austeer.spec import atomic_write_text
+    from austeer.core.spec import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def run_task(name: str, args: argparse.Namespace, model: Any, tok: Any, ref: Any) -> None:
-    from austeer.baselines.base import gather
     from austeer.cli.argtypes import parse_doses
-    from austeer.compare import Comparison, compare, dose_response, frontier, sites_for
-    from austeer.evaluate import Unsteered
+    from austeer.evaluation.compare import Comparison, compare, dose_response, frontier, sites_for
+    from austeer.evaluation.evaluate import Unsteered
+    from austeer.methods.base import gather
     from austeer.tasks import get_task
 
     task = get_task(name)
@@ -123,7 +123,7 @@ def _metric(data: dict[str, Any]) -> str:
 
 
 def render() -> None:
-    from austeer.compare import Comparison
+    from austeer.evaluation.compare import Comparison
     from austeer.io import write_between
     from austeer.report.comparison import (
         dose_table,
@@ -192,7 +192,7 @@ def main() -> None:
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
     if not args.render_only:
-        from austeer.models import load_model
+        from austeer.models.loading import load_model
 
         model, tok = load_model()
         tasks = args.tasks.split(",")

@@ -7,7 +7,7 @@ finished pieces are skipped on a rerun):
   alpha=10 on 300 pairs, the best validation choice of an earlier bf16 sweep that saw only the first 200
   COPA test items). The unsteered and the steered model answer every test item; the file keeps each item's
   outcome so the paired test (McNemar) can be read on the items the earlier run never saw.
-- ``compare``: ``austeer.compare`` with every method on the same evidence (paired outcomes per item).
+- ``compare``: ``austeer.evaluation.compare`` with every method on the same evidence (paired outcomes per item).
 - ``frontier`` (behaviour tasks): effect against perplexity and continuation perplexity of each method at a
   fixed configuration over a strength grid (``--strengths``), on the first ``--test-limit`` test items,
   saved after each method; ``--prompt-point`` adds the prompting baseline (instruction alone, and with worked
@@ -36,16 +36,16 @@ from evidence_report import OUT, confirm_table, render, where_of
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
-    from austeer.spec import atomic_write_text
+    from austeer.core.spec import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    from austeer.evaluate import evaluate
-    from austeer.fit import fit
-    from austeer.reuse import LayerCache
-    from austeer.steer import folded
+    from austeer.core.fit import fit
+    from austeer.core.reuse import LayerCache
+    from austeer.core.steer import folded
+    from austeer.evaluation.evaluate import evaluate
     from austeer.tasks import get_task
 
     path = where / f"confirm_{task_name}.json"
@@ -66,7 +66,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
     if "steered" not in data:
         start = time.perf_counter()
         if args.spec:  # the shipped spec of the docs' run: the same AUs without refitting
-            from austeer.spec import load
+            from austeer.core.spec import load
 
             spec = load(args.spec).with_k(args.k).with_alpha(args.alpha)
         else:  # full texts, as in the recorded run (in bf16 the shared-prompt path rounds differently)
@@ -90,16 +90,16 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
 def record(metrics: dict[str, float], samples: list[dict[str, Any]]) -> dict[str, Any]:
     """What the confirmatory file keeps of one evaluation: metrics, each item's outcome and id, and the generated
     outputs of generation tasks."""
-    from austeer.compare import outcomes
+    from austeer.evaluation.compare import outcomes
 
     outputs = [s["output"] for s in samples if "output" in s]
     return {"metrics": metrics, "correct": outcomes(samples), "ids": [s["id"] for s in samples], "outputs": outputs}
 
 
 def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    """``austeer.compare`` of every method, saved after each one (a rerun keeps the methods already measured with
-    the same budget and limits, and runs the rest)."""
-    from austeer.compare import Comparison, compare
+    """``austeer.evaluation.compare`` of every method, saved after each one (a rerun keeps the methods already
+    measured with the same budget and limits, and runs the rest)."""
+    from austeer.evaluation.compare import Comparison, compare
     from austeer.tasks import get_task
 
     path = where / f"compare_{task_name}{args.label}.json"
@@ -146,7 +146,7 @@ _MEMO: dict[str, Any] = {}
 
 def unsteered_memo(model: Any, tok: Any) -> Any:
     """One memo of unsteered evaluations (and their hidden states) for every stage of this process."""
-    from austeer.evaluate import Unsteered
+    from austeer.evaluation.evaluate import Unsteered
 
     if "unsteered" not in _MEMO:
         _MEMO["unsteered"] = Unsteered(model, tok, progress=True)
@@ -158,7 +158,7 @@ def eval_kw(task: Any, args: argparse.Namespace) -> dict[str, Any]:
     if task.kind != "behaviour":
         return {}
     if "ref" not in _MEMO:
-        from austeer.models import load_model
+        from austeer.models.loading import load_model
 
         _MEMO["ref"] = load_model(args.model, dtype=args.dtype)[0]
     return {"ref_model": _MEMO["ref"]}
@@ -168,7 +168,7 @@ def task_pairs(task: Any, model: Any, tok: Any, args: argparse.Namespace) -> lis
     """The first ``--pairs-limit`` pairs of the task, or of ``--pairs-file`` (written pairs instead of the task's)."""
     if not args.pairs_file:
         return list(task.pairs(model, tok, limit=args.pairs_limit))
-    from austeer.pairs import read_pairs
+    from austeer.core.pairs import read_pairs
 
     return read_pairs(args.pairs_file)[: args.pairs_limit]
 
@@ -183,10 +183,10 @@ def parse_strengths(text: str) -> dict[str, list[float]]:
 
 
 def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    """:func:`austeer.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
-    from austeer.baselines.base import gather
+    """:func:`austeer.evaluation.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
     from austeer.cli.argtypes import parse_doses
-    from austeer.compare import DoseRow, dose_curve, dose_response
+    from austeer.evaluation.compare import DoseRow, dose_curve, dose_response
+    from austeer.methods.base import gather
     from austeer.tasks import get_task
 
     task = get_task(task_name)
@@ -226,9 +226,9 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
 def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
     """Each method of ``--strengths`` at its declared frontier configuration over its strengths, on the first
     ``--test-limit`` test items; saved after every method (a rerun skips the methods done)."""
-    from austeer.baselines import METHODS
-    from austeer.baselines.base import gather
-    from austeer.compare import frontier
+    from austeer.evaluation.compare import frontier
+    from austeer.methods import METHODS
+    from austeer.methods.base import gather
     from austeer.tasks import get_task
 
     task = get_task(task_name)
@@ -285,8 +285,8 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
 def prompt_points(model: Any, tok: Any, task: Any, args: argparse.Namespace) -> list[Any]:
     """The prompting baseline on the frontier's items: the task's instruction alone and with worked examples
     (``strength`` = the number of examples); it steers nothing."""
-    from austeer.baselines import METHODS
-    from austeer.compare import FrontierRow, evaluate_steered, outcomes, prompted_evidence
+    from austeer.evaluation.compare import FrontierRow, evaluate_steered, outcomes, prompted_evidence
+    from austeer.methods import METHODS
 
     method = METHODS["prompt"]
     evidence = prompted_evidence(model, tok, task, ["prompt"], args.pairs_limit, args.batch_size)
@@ -348,7 +348,7 @@ def main() -> None:
     if args.render_only:
         render(args.model, args.fresh_from)
         return
-    from austeer.models import load_model
+    from austeer.models.loading import load_model
 
     where = where_of(Path(args.out), args.model)
     where.mkdir(parents=True, exist_ok=True)

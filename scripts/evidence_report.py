@@ -113,7 +113,7 @@ def where_of(out: Path, model: str) -> Path:
 
 
 def render(model: str, fresh_from: int) -> None:
-    from austeer.compare import Comparison
+    from austeer.evaluation.compare import Comparison
     from austeer.io import write_between
     from austeer.report.comparison import merged, plot_comparison, plot_overview, settings_line, summary_table, table
 
@@ -162,7 +162,7 @@ def render(model: str, fresh_from: int) -> None:
 
 def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     """The dose-response plot and its points per site."""
-    from austeer.compare import DoseRow
+    from austeer.evaluation.compare import DoseRow
     from austeer.report.comparison import dose_table, plot_dose
     from austeer.tasks import get_task
 
@@ -183,7 +183,7 @@ def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:
 
 def render_frontier(data: dict[str, Any], where: Path, stem: str) -> list[str]:
     """The frontier plots (neutral and continuation perplexity) and its points with their standard errors."""
-    from austeer.compare import FrontierRow
+    from austeer.evaluation.compare import FrontierRow
     from austeer.report.comparison import frontier_table, plot_frontier
     from austeer.tasks import get_task
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import austeer
-from austeer.generate import generate, steered
+from austeer.core.pairs import format_prompt
 from austeer.io import atomic_write_text
-from austeer.pairs import format_prompt
+from austeer.run.generate import generate, steered
 
 PROMPTS = [
     "Tell me about your week.",

@@ -2,7 +2,7 @@
 """Write the data of the local lm-evaluation-harness task ``austeer_copa`` (src/austeer/data/lm_eval/).
 
 Each row is one COPA item of austeer's ``copa`` task, with the prompt exactly as ``austeer eval`` feeds it
-to the model (``austeer.pairs.format_prompt``: the model's chat template, generation prompt included):
+to the model (``austeer.core.pairs.format_prompt``: the model's chat template, generation prompt included):
 
     {"id": "copa-...", "prompt": <plain prompt>, "text": <chat-formatted prompt>, "label": 0 or 1}
 
@@ -31,7 +31,7 @@ DEFAULT_OUT = ROOT / "src" / "austeer" / "data" / "lm_eval" / "austeer_copa_test
 
 def task_rows(tok: Any, split: str = "test", system: str | None = None) -> list[dict[str, Any]]:
     """The COPA ``split`` items as lm-eval rows, in austeer's item order."""
-    from austeer.pairs import format_prompt
+    from austeer.core.pairs import format_prompt
     from austeer.tasks import get_task
 
     return [
@@ -46,7 +46,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from austeer.models import load_model
+    from austeer.models.loading import load_model
     from austeer.tasks import get_task
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

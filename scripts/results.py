@@ -53,8 +53,8 @@ def short(model: str) -> str:
 def run(model_name: str, tasks: list[str]) -> None:
     import torch
 
-    from austeer.models import load_model
-    from austeer.sweep import sweep
+    from austeer.evaluation.sweep import sweep
+    from austeer.models.loading import load_model
     from austeer.tasks import get_task
 
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def _fmt(x: float | None, pct: bool) -> str:
 
 
 def write_doc() -> None:
-    from austeer.spec import atomic_write_text
+    from austeer.core.spec import atomic_write_text
     from austeer.tasks import TASKS
 
     lines = [
@@ -199,7 +199,7 @@ def evidence_lines() -> list[str]:
     ``compare_*.json``), one section per model; the full tables are in COMPARISON.md."""
     from evidence_report import confirm_table
 
-    from austeer.compare import Comparison, DoseRow, FrontierRow
+    from austeer.evaluation.compare import Comparison, DoseRow, FrontierRow
     from austeer.report.comparison import dose_table, frontier_table, summary_table
     from austeer.tasks import get_task
 
@@ -230,7 +230,7 @@ def evidence_lines() -> list[str]:
 
 def comparison_lines() -> list[str]:
     """The cross-task summary of ``docs/img/compare_<task>.json`` (written by scripts/compare_all.py)."""
-    from austeer.compare import Comparison, DoseRow
+    from austeer.evaluation.compare import Comparison, DoseRow
     from austeer.report.comparison import plot_dose_grid, summary_table
     from austeer.tasks import TASKS, get_task
 

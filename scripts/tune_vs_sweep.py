@@ -34,15 +34,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args()
 
-    from austeer.compare import outcomes
-    from austeer.evaluate import evaluate
+    from austeer.core.steer import folded
+    from austeer.evaluation.compare import outcomes
+    from austeer.evaluation.evaluate import evaluate
+    from austeer.evaluation.tune import tune
     from austeer.io import atomic_write_bytes, atomic_write_text
-    from austeer.models import load_model
+    from austeer.models.loading import load_model
     from austeer.report.tune import tune_plot
     from austeer.stats import discordant, mcnemar
-    from austeer.steer import folded
     from austeer.tasks import get_task
-    from austeer.tune import tune
 
     where = ROOT / "docs" / "results" / args.model.replace("embedded:", "").replace("/", "_")
     confirm = json.loads((where / f"confirm_{args.task}.json").read_text())

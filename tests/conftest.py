@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers as tf
 
-from austeer.pairs import Pair, read_pairs
+from austeer.core.pairs import Pair, read_pairs
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "austeer" / "data"
 

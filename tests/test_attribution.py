@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import austeer
-from austeer.baselines import METHODS, gather
-from austeer.baselines.attribution import scores
 from austeer.cli import main
-from austeer.likelihood import continuation_nll
-from austeer.pairs import format_prompt
-from austeer.spec import SpecError
-from austeer.steer import Gain, apply_gains
+from austeer.core.pairs import format_prompt
+from austeer.core.spec import SpecError
+from austeer.core.steer import Gain, apply_gains
+from austeer.methods import METHODS, gather
+from austeer.methods.attribution import scores
+from austeer.run.likelihood import continuation_nll
 from tests.conftest import DATA
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import austeer
-from austeer.baselines import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
-from austeer.baselines.base import AddSteerer, CannotFold, gather
-from austeer.pairs import pair_texts
-from austeer.sites import decoder_layers, head_dim, site_module, site_width
-from austeer.steer import gains_vectors
+from austeer.core.pairs import pair_texts
+from austeer.core.sites import decoder_layers, head_dim, site_module, site_width
+from austeer.core.steer import gains_vectors
+from austeer.methods import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
+from austeer.methods.base import AddSteerer, CannotFold, gather
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,11 @@ def _direct(model, tok, pairs, module_of):
             got = [None] * layers
             handles = []
             for i in range(layers):
-                handles.append(module_of(i).register_forward_hook(
-                    lambda m, a, o, i=i, g=got: g.__setitem__(i, (o[0] if isinstance(o, tuple) else o)[0, -1])))
+                handles.append(
+                    module_of(i).register_forward_hook(
+                        lambda m, a, o, i=i, g=got: g.__setitem__(i, (o[0] if isinstance(o, tuple) else o)[0, -1])
+                    )
+                )
             try:
                 with torch.no_grad():
                     model(tok(text, return_tensors="pt", add_special_tokens=False).input_ids)
@@ -117,6 +120,7 @@ def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence
     train, held = iti.split_pairs(evidence.n_pairs)
     ranking = probes.ranking()
     for layer, h in [ranking[0], ranking[len(ranking) // 2], ranking[-1]]:
+
         def x(idx, layer=layer, h=h):
             return torch.cat([pos[idx, layer, h], neg[idx, layer, h]]).double().numpy()
 
@@ -314,13 +318,32 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     import json
 
     from austeer.cli import main
-    from austeer.evaluate import evaluate
+    from austeer.evaluation.evaluate import evaluate
     from austeer.tasks import get_task
 
     model, tok = smol
     out = tmp_path / "cmp"
-    args = ["compare", "--task", "copa", "--methods", "austeer,sadi,calibration", "--budget", "2", "--pairs-limit", "8",
-            "--val-limit", "6", "--test-limit", "6", "--out", str(out), "--doses", "0,2,all", "--dose-sites", "head"]
+    args = [
+        "compare",
+        "--task",
+        "copa",
+        "--methods",
+        "austeer,sadi,calibration",
+        "--budget",
+        "2",
+        "--pairs-limit",
+        "8",
+        "--val-limit",
+        "6",
+        "--test-limit",
+        "6",
+        "--out",
+        str(out),
+        "--doses",
+        "0,2,all",
+        "--dose-sites",
+        "head",
+    ]
     args += ["--dtype", "float32"]  # compared with the float32 fixture below (the CLI's default is auto)
     assert main(args) == 0
     data = json.loads((out / "compare.json").read_text())
@@ -334,7 +357,7 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     assert data["baseline_test"]["accuracy"] == direct["accuracy"]
     assert data["baseline_test"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-4)
     assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
-    from austeer.compare import Comparison
+    from austeer.evaluation.compare import Comparison
     from austeer.report.comparison import summary_table
 
     comp = Comparison.from_json(data)
@@ -361,7 +384,7 @@ def test_au_add_shifts_austeers_units_by_alpha_beta_scale(smol, evidence, name, 
     """au-add: exactly AUSteer's top-k AUs, each shifted by alpha * beta * s (s: std or |mean diff| over the pairs,
     recomputed here from the raw activations); hooks move the logits, the bias fold equals the hooks and
     restores the model bit for bit."""
-    from austeer.baselines.au import top_units
+    from austeer.methods.au import top_units
 
     model, tok = smol
     steerer = METHODS[name].build(model, evidence, site="head", k=8, alpha=3.0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from austeer.batched import RowRequest, RowSteer, apply_rows, generate_rows, run_rows
-from austeer.collect import encode
-from austeer.fit import score
-from austeer.generate import generate, steered
-from austeer.momentum import select
-from austeer.pairs import format_prompt
-from austeer.spec import SteerSpec
+from austeer.core.collect import encode
+from austeer.core.fit import score
+from austeer.core.momentum import select
+from austeer.core.pairs import format_prompt
+from austeer.core.spec import SteerSpec
+from austeer.run.generate import generate, steered
+from austeer.serving.batched import RowRequest, RowSteer, apply_rows, generate_rows, run_rows
 
 PROMPTS = [
     "Write one sentence about your weekend.",
@@ -135,8 +135,8 @@ def test_mixed_batches_equal_one_by_one_in_the_serving_dtype(smol, specs):
     """What ``austeer serve`` runs in by default here (``--dtype auto``): float32 on a CPU without
     avx512_bf16/amx_bf16, where every row of a mixed batch, greedy or seeded, steered or not, answers as it
     does alone. Elsewhere (bfloat16) the guarantee is stated not to hold and the server says so."""
-    from austeer.batched import batch_note
-    from austeer.models import resolve_dtype
+    from austeer.models.loading import resolve_dtype
+    from austeer.serving.batched import batch_note
 
     dtype = resolve_dtype("auto")[0]
     if dtype != torch.float32:

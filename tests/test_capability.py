@@ -1,4 +1,4 @@
-"""The capability panel (austeer.capability) on the embedded model: its counts are the evaluations' own,
+"""The capability panel (austeer.evaluation.capability) on the embedded model: its counts are the evaluations' own,
 compare measures and bounds it, eval --steer reports it, and bad flags are one line before any model loads."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from austeer.capability import Panel
 from austeer.cli import main
-from austeer.evaluate import evaluate
-from austeer.momentum import Unit
-from austeer.spec import SteerSpec
-from austeer.steer import apply as steering
+from austeer.core.momentum import Unit
+from austeer.core.spec import SteerSpec
+from austeer.core.steer import apply as steering
+from austeer.evaluation.capability import Panel
+from austeer.evaluation.evaluate import evaluate
 from austeer.tasks import get_task
 
 N = 6
@@ -21,7 +21,7 @@ N = 6
 
 def _strong_spec(model) -> SteerSpec:
     """Every head AU of layers 10-12 at a large gain: a steer that changes many answers."""
-    from austeer.models import fingerprint
+    from austeer.core.spec import fingerprint
 
     width = 576
     units = [Unit("head", layer, i, 1.0) for layer in (10, 11, 12) for i in range(width)]
@@ -29,8 +29,8 @@ def _strong_spec(model) -> SteerSpec:
 
 
 def test_panel_counts_are_the_evaluations(smol):
-    """Per task, the panel's unsteered and steered accuracies equal austeer.evaluate on the same val items, and
-    fixed - broken over the pooled items is exactly the accuracy change."""
+    """Per task, the panel's unsteered and steered accuracies equal austeer.evaluation.evaluate on the same val items,
+    and fixed - broken over the pooled items is exactly the accuracy change."""
     model, tok = smol
     panel = Panel(model, tok, exclude=("copa",), n=N, batch_size=4)
     assert panel.names == ["boolq", "winogrande"]
@@ -68,7 +68,7 @@ def test_compare_measures_and_bounds_the_capability_cost(tmp_path):
 
 
 def test_eval_reports_the_capability_cost(smol, tmp_path, capsys):
-    from austeer.models import fingerprint
+    from austeer.core.spec import fingerprint
 
     model, _ = smol
     spec_dir = tmp_path / "spec"
@@ -90,12 +90,12 @@ def test_eval_reports_the_capability_cost(smol, tmp_path, capsys):
     ],
 )
 def test_capability_flags_without_what_they_need(tmp_path, capsys, monkeypatch, argv):
-    import austeer.models
+    import austeer.models.loading
 
     def no_load(*_a, **_k):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(austeer.models, "load_model", no_load)
+    monkeypatch.setattr(austeer.models.loading, "load_model", no_load)
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("austeer: error: ") and err.count("\n") == 1

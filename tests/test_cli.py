@@ -13,8 +13,28 @@ from tests.conftest import DATA
 def test_fit_generate_export(tmp_path, capsys):
     spec_dir, model_dir = tmp_path / "spec", tmp_path / "model"
     pairs = DATA / "pairs" / "sentiment.jsonl"
-    assert main(["fit", "--pairs", str(pairs), "--site", "head", "--k", "8", "--alpha", "4", "--out", str(spec_dir),
-                 "--limit", "12", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--pairs",
+                str(pairs),
+                "--site",
+                "head",
+                "--k",
+                "8",
+                "--alpha",
+                "4",
+                "--out",
+                str(spec_dir),
+                "--limit",
+                "12",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((spec_dir / "steer.json").read_text())
     assert meta["k"] == 8 and meta["n_pairs"] == 12 and meta["fingerprint"]["family"] == "llama"
     capsys.readouterr()
@@ -71,7 +91,7 @@ def test_every_command_that_writes_an_output_takes_force():
 
 def test_unsteered_evaluations_say_what_they_do(smol, capsys):
     """The unsteered evaluations at the start of compare/sweep/tune are announced (minutes on a large model)."""
-    from austeer.evaluate import Unsteered
+    from austeer.evaluation.evaluate import Unsteered
     from austeer.tasks import get_task
 
     model, tok = smol
@@ -90,7 +110,7 @@ def test_only_input_errors_are_one_line(tmp_path, monkeypatch, capsys):
     """A UserError (bad input) is one line and exit 2; any other error is a bug and keeps its traceback."""
     import pytest
 
-    import austeer.pairs
+    import austeer.core.pairs
     from austeer.errors import UserError
 
     pairs = tmp_path / "p.jsonl"
@@ -101,7 +121,7 @@ def test_only_input_errors_are_one_line(tmp_path, monkeypatch, capsys):
         def broken(*_a, _error=error, **_k):
             raise _error
 
-        monkeypatch.setattr(austeer.pairs, "read_pairs", broken)
+        monkeypatch.setattr(austeer.core.pairs, "read_pairs", broken)
         if expected is None:
             with pytest.raises(ValueError, match="internal"):
                 main(argv)

@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import austeer
-from austeer.collect import last_token_activations
-from austeer.momentum import Unit
-from austeer.pairs import PairsFormatError, pair_texts, read_pairs
-from austeer.sites import decoder_layers, site_module
-from austeer.spec import SpecMismatchError, SteerSpec
+from austeer.core.collect import last_token_activations
+from austeer.core.momentum import Unit
+from austeer.core.pairs import PairsFormatError, pair_texts, read_pairs
+from austeer.core.sites import decoder_layers, site_module
+from austeer.core.spec import SpecMismatchError, SteerSpec
 
 
 def _direct_momenta(model, tok, pairs, site):
@@ -90,7 +90,7 @@ def _spec_with_gains(model, sites=("head", "ffn", "neuron")) -> SteerSpec:
     units = []
     for i in range(16):
         site = sites[i % len(sites)]
-        width = austeer.sites.site_width(model, site)
+        width = austeer.core.sites.site_width(model, site)
         layer = int(torch.randint(0, len(decoder_layers(model)), (1,), generator=gen))
         index = int(torch.randint(0, width, (1,), generator=gen))
         units.append(Unit(site, layer, index, float(torch.rand(1, generator=gen) * 2 - 1)))

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from austeer.cli import main
-from austeer.distributed import batch_plan, score_shard, shard
-from austeer.fit import score
-from austeer.momentum import select
-from austeer.spec import load
+from austeer.core.distributed import batch_plan, score_shard, shard
+from austeer.core.fit import score
+from austeer.core.momentum import select
+from austeer.core.spec import load
 from tests.conftest import DATA
 
 PAIRS = DATA / "pairs" / "sentiment.jsonl"

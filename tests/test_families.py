@@ -7,10 +7,10 @@ import torch
 import transformers as tf
 
 import austeer
-from austeer.collect import last_token_activations
-from austeer.momentum import Unit
-from austeer.sites import FAMILIES, UnsupportedModelError, decoder_layers, site_width
-from austeer.spec import SteerSpec
+from austeer.core.collect import last_token_activations
+from austeer.core.momentum import Unit
+from austeer.core.sites import FAMILIES, UnsupportedModelError, decoder_layers, site_width
+from austeer.core.spec import SteerSpec
 from tests.conftest import CONFIGS, ByteTok, tiny_model
 
 

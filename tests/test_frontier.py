@@ -3,8 +3,8 @@ shows the paired test of each point against the unsteered model."""
 
 from __future__ import annotations
 
-from austeer.baselines import gather
-from austeer.compare import frontier
+from austeer.evaluation.compare import frontier
+from austeer.methods import gather
 from austeer.report.comparison import frontier_table
 from austeer.stats import discordant
 from austeer.tasks import get_task

@@ -16,9 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from austeer.momentum import SignCounts, select
-from austeer.pairs import PairsFormatError, read_pairs
-from austeer.spec import SpecError, SteerSpec, check_units, load, make_fingerprint
+from austeer.core.momentum import SignCounts, select
+from austeer.core.pairs import PairsFormatError, read_pairs
+from austeer.core.spec import SpecError, SteerSpec, check_units, load, make_fingerprint
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from austeer import fit
-from austeer.baselines import caa
-from austeer.baselines.base import AddSteerer, gather
 from austeer.cli import main
-from austeer.gguf_export import export_gguf
-from austeer.gguf_meta import STEER_KEY, is_austeer_gguf
+from austeer.core.steer import folded
+from austeer.exports.gguf_export import export_gguf
+from austeer.exports.gguf_meta import STEER_KEY, is_austeer_gguf
 from austeer.io import OutputExistsError
-from austeer.models import gguf_source, load_model
-from austeer.steer import folded
+from austeer.methods import caa
+from austeer.methods.base import AddSteerer, gather
+from austeer.models.loading import gguf_source, load_model
 from tests.conftest import GGUF_PROMPTS, hf_next
 from tests.llamacpp import Llama, llama_greedy, llama_logits, split_calls
 
@@ -236,7 +236,7 @@ def test_hf_export_names_its_architecture(smol, spec, tmp_path):
 def test_gguf_source_checks_the_recorded_file(tmp_path):
     from types import SimpleNamespace
 
-    from austeer.models import file_digest
+    from austeer.models.loading import file_digest
 
     gguf_file, cache = tmp_path / "m.gguf", tmp_path / "cache"
     gguf_file.write_bytes(b"GGUF v3")

@@ -1,5 +1,5 @@
-"""The llama.cpp LoRA adapter GGUF (austeer.gguf_lora): read back with the ``gguf`` package, it has llama.cpp's
-keys, names and shapes, and holds exactly :func:`austeer.lora.lora_factors`; and in llama.cpp itself
+"""The llama.cpp LoRA adapter GGUF (austeer.exports.gguf_lora): read back with the ``gguf`` package, it has llama.cpp's
+keys, names and shapes, and holds exactly :func:`austeer.exports.lora.lora_factors`; and in llama.cpp itself
 (tests/llamacpp.py: its C API and its server) it computes austeer's hooks.
 
 Measured here (xllamacpp 2026.10.11549, CPU, one thread; SmolLM2 head spec, k 32 on 8 sentiment pairs,
@@ -24,15 +24,15 @@ import torch
 
 from austeer import fit
 from austeer.cli import main
-from austeer.gguf_lora import base_arch, export_gguf_lora
-from austeer.gguf_meta import STEER_KEY
-from austeer.gguf_write import export_hf_gguf, gguf_tensors
+from austeer.core.momentum import Unit
+from austeer.core.spec import SteerSpec, fingerprint
+from austeer.core.steer import apply
+from austeer.exports.gguf_lora import base_arch, export_gguf_lora
+from austeer.exports.gguf_meta import STEER_KEY
+from austeer.exports.gguf_write import export_hf_gguf, gguf_tensors
+from austeer.exports.lora import lora_factors
 from austeer.io import OutputExistsError
-from austeer.lora import lora_factors
-from austeer.models import fingerprint, gguf_source
-from austeer.momentum import Unit
-from austeer.spec import SteerSpec
-from austeer.steer import apply
+from austeer.models.loading import gguf_source
 from tests.conftest import GGUF_PROMPTS, hf_next, tiny_model
 from tests.llamacpp import Llama, llama_greedy, llama_logits, split_calls, xllamacpp
 

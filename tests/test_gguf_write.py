@@ -1,4 +1,4 @@
-"""The GGUF written from a Hugging Face checkpoint (austeer.gguf_write): tiny random llama and qwen2 models
+"""The GGUF written from a Hugging Face checkpoint (austeer.exports.gguf_write): tiny random llama and qwen2 models
 with SmolLM2's real tokenizer (always run), and the real SmolLM2 in llama.cpp (tests/llamacpp.py; skipped without it).
 
 Measured here (float32 HF model, CPU, llama.cpp from xllamacpp 2026.10.11549), SmolLM2 folded with the 8-AU
@@ -21,14 +21,14 @@ import transformers as tf
 
 from austeer import fit
 from austeer.cli import main
-from austeer.gguf_export import export_gguf
-from austeer.gguf_meta import gguf_name
-from austeer.gguf_write import export_hf_gguf, rope_permute, rope_unpermute
+from austeer.core.momentum import Unit
+from austeer.core.spec import SteerSpec, fingerprint
+from austeer.core.steer import folded
+from austeer.exports.gguf_export import export_gguf
+from austeer.exports.gguf_meta import gguf_name
+from austeer.exports.gguf_write import export_hf_gguf, rope_permute, rope_unpermute
 from austeer.io import OutputExistsError
-from austeer.models import fingerprint, gguf_source, save_checkpoint
-from austeer.momentum import Unit
-from austeer.spec import SteerSpec
-from austeer.steer import folded
+from austeer.models.loading import gguf_source, save_checkpoint
 from tests.conftest import GGUF_PROMPTS, GQA, ByteTok, hf_next
 from tests.llamacpp import Llama, llama_greedy, llama_logits
 
@@ -154,7 +154,7 @@ def test_dtypes_and_refusals(smol, tmp_path, monkeypatch):
         export_hf_gguf(model, ByteTok(), spec, tmp_path / "b.gguf")
     with pytest.raises(ValueError, match="ids up to"):
         export_hf_gguf(_tiny_small_vocab(), tok, SteerSpec([Unit("head", 0, 1, 1.0)], 1.0), tmp_path / "v.gguf")
-    monkeypatch.setattr("austeer.gguf_write.PRE_TOKENIZERS", {})  # a tokenizer llama.cpp would not recognise
+    monkeypatch.setattr("austeer.exports.gguf_write.PRE_TOKENIZERS", {})  # a tokenizer llama.cpp would not recognise
     with pytest.raises(ValueError, match="pre-tokenizer"):
         export_hf_gguf(model, tok, spec, tmp_path / "p.gguf")
     assert not any(p.name.startswith(("b.", "v.", "p.")) for p in tmp_path.iterdir())

@@ -13,8 +13,8 @@ import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
 
-from austeer.collect import encode, shared_prefix_activations
-from austeer.generate import generate
+from austeer.core.collect import encode, shared_prefix_activations
+from austeer.run.generate import generate
 
 
 @pytest.fixture
@@ -66,8 +66,8 @@ def test_seeded_sampling_repeats_and_leaves_the_global_rng_alone(smol):
 _PLOT = """
 import sys, matplotlib, torch
 from austeer.report.comparison import plot_dose
-from austeer.compare import DoseRow
-from austeer.momentum import Unit
+from austeer.evaluation.compare import DoseRow
+from austeer.core.momentum import Unit
 from austeer.report.plots import beta_heatmap
 png = beta_heatmap(torch.rand(4, 16) - 0.5, [Unit("head", 1, 3, 1.0)], "head", head_dim=8)
 rows = [DoseRow("head", k, False, 1.0, 0.5, 10.0, {}) for k in (1, 2)]

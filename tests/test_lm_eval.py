@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import austeer
-from austeer.evaluate import evaluate
-from austeer.generate import steered
-from austeer.likelihood import next_token_logits
-from austeer.pairs import format_prompt
-from austeer.spec import SteerSpec
+from austeer.core.pairs import format_prompt
+from austeer.core.spec import SteerSpec
+from austeer.evaluation.evaluate import evaluate
+from austeer.run.generate import steered
+from austeer.run.likelihood import next_token_logits
 from austeer.tasks import get_task
 
 TASK_DIR = Path(austeer.__file__).resolve().parent / "data" / "lm_eval"

@@ -1,4 +1,4 @@
-"""A spec as a LoRA adapter (austeer.lora): PEFT loads it and computes the hooked function.
+"""A spec as a LoRA adapter (austeer.exports.lora): PEFT loads it and computes the hooked function.
 
 Measured here (float32, CPU, PEFT 0.21.2): base + adapter through ``peft.PeftModel`` against austeer's hooks,
 max |logit gap| / max |logit| about 1e-6 on the real SmolLM2 for head, neuron, ffn and ffn + neuron on one map
@@ -19,13 +19,12 @@ from peft.helpers import rescale_adapter_scale
 from safetensors.torch import load_file
 
 from austeer.cli import main
+from austeer.core.momentum import Unit
+from austeer.core.sites import _weight, fold_module, site_width
+from austeer.core.spec import SpecError, SteerSpec, fingerprint
+from austeer.core.steer import apply, folded
+from austeer.exports.lora import export_lora, lora_factors, vllm_max_lora_rank
 from austeer.io import OutputExistsError
-from austeer.lora import export_lora, lora_factors, vllm_max_lora_rank
-from austeer.models import fingerprint
-from austeer.momentum import Unit
-from austeer.sites import _weight, fold_module, site_width
-from austeer.spec import SpecError, SteerSpec
-from austeer.steer import apply, folded
 from tests.conftest import tiny_model
 
 TOL = 1e-4  # relative: max |gap| / max |logit|

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from austeer import models
-from austeer.models import SplitGGUF, load_model
+from austeer.models import loading as models
+from austeer.models.loading import SplitGGUF, load_model
 
 
 def _smollm_gguf() -> Path:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import austeer
-from austeer.baselines import METHODS, CannotFold, gather
-from austeer.batched import RowSteer, row_gains
 from austeer.cli import main
-from austeer.sites import site_module
-from austeer.spec import SpecError
-from austeer.steer import gain_vectors
+from austeer.core.sites import site_module
+from austeer.core.spec import SpecError
+from austeer.core.steer import gain_vectors
+from austeer.methods import METHODS, CannotFold, gather
+from austeer.serving.batched import RowSteer, row_gains
 from tests.conftest import DATA
 
 
@@ -142,7 +142,7 @@ def test_cli_fit_positions_last(tmp_path, capsys):
 
 
 def test_sweep_steers_a_last_position_spec_with_hooks(smol, specs):
-    from austeer.sweep import steering
+    from austeer.evaluation.sweep import steering
 
     model, tok = smol
     ids = tok("The weather today is", return_tensors="pt").input_ids

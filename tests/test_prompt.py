@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import austeer.tasks.mc as mc_module
-from austeer.baselines import METHODS, au
-from austeer.baselines.base import gather
-from austeer.compare import Comparison, Result, evaluate_steered, prompted_evidence
-from austeer.evaluate import evaluate
-from austeer.pairs import format_prompt
+from austeer.core.pairs import format_prompt
+from austeer.evaluation.compare import Comparison, Result, evaluate_steered, prompted_evidence
+from austeer.evaluation.evaluate import evaluate
+from austeer.methods import METHODS, au
+from austeer.methods.base import gather
 from austeer.report.comparison import paired, summary_table, table
 from austeer.stats import discordant, mcnemar
 from austeer.tasks import get_task
@@ -180,7 +180,7 @@ def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
 
 def test_compare_resumes_after_the_methods_it_has(smol):
     """``done`` results are kept as they are and ``on_result`` sees the comparison after every method."""
-    from austeer.compare import compare
+    from austeer.evaluation.compare import compare
     from austeer.tasks import get_task
 
     model, tok = smol

@@ -170,8 +170,8 @@ def test_model_paths_are_checked_without_the_network(kind, tmp_path, capsys, mon
 
 
 def test_texts_longer_than_the_context_are_cut_on_the_left(smol, monkeypatch):
-    from austeer.collect import last_token_activations
-    from austeer.generate import generate
+    from austeer.core.collect import last_token_activations
+    from austeer.run.generate import generate
 
     model, tok = smol
     monkeypatch.setattr(model.config, "max_position_embeddings", 64)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from austeer.cli import main
-from austeer.models import _embedded_gguf, resolve
+from austeer.models.loading import _embedded_gguf, resolve
 from tests.test_reliability_files import PAIRS, fit_args, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,11 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import austeer
-import austeer.models
+import austeer.models.loading
 from austeer.cli import build_parser, main
 from austeer.cli.argtypes import INT_MAX, Either, Number, NumberList
-from austeer.momentum import Unit
-from austeer.spec import SpecError, SteerSpec, load
+from austeer.core.momentum import Unit
+from austeer.core.spec import SpecError, SteerSpec, load
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "austeer" / "data"
 PAIRS = DATA / "pairs" / "sentiment.jsonl"
@@ -49,7 +49,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(austeer.models, "load_model", refuse)
+    monkeypatch.setattr(austeer.models.loading, "load_model", refuse)
 
 
 def _one_line_error(capsys, loaded: bool = False) -> str:
@@ -229,7 +229,11 @@ def _check(command: str, flag: str, argtype: Any, text: str) -> None:
         assert got == want and type(got) is type(want), (argv, got)
         return
     err = io.StringIO()
-    with patch.object(austeer.models, "load_model", _refuse), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+    with (
+        patch.object(austeer.models.loading, "load_model", _refuse),
+        redirect_stderr(err),
+        pytest.raises(SystemExit) as exit_,
+    ):
         main(argv)
     assert exit_.value.code == 2, argv
     line = err.getvalue()

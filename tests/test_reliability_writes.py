@@ -184,12 +184,12 @@ def fit_args(out: Path | str, *extra: str) -> list[str]:
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if the command gets as far as loading the model."""
-    import austeer.models
+    import austeer.models.loading
 
     def refuse(*_, **__):
         raise AssertionError("the model was loaded: the output path should have been refused before any work")
 
-    monkeypatch.setattr(austeer.models, "load_model", refuse)
+    monkeypatch.setattr(austeer.models.loading, "load_model", refuse)
 
 
 @contextmanager
@@ -235,11 +235,11 @@ def test_fit_into_a_read_only_dir_fails_before_the_fit(tmp_path, capsys, no_mode
 
 
 def test_names_too_long_fail_before_the_fit_and_temp_names_stay_short(tmp_path, capsys, monkeypatch):
-    import austeer.models
+    import austeer.models.loading
 
-    real = austeer.models.load_model
+    real = austeer.models.loading.load_model
     loads: list[int] = []
-    monkeypatch.setattr(austeer.models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    monkeypatch.setattr(austeer.models.loading, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
     assert main(fit_args(tmp_path / ("s" * 256))) == 2
     assert "is 256 bytes long; the file system allows 255" in one_error_line(capsys)
     assert main(["eval", "--task", "copa", "--limit", "2", "--out", str(tmp_path / ("e" * 251 + ".json"))]) == 2
@@ -276,7 +276,7 @@ def test_a_full_disk_keeps_the_old_spec(spec_dir, tmp_path, capsys):
 
 def test_disk_full_while_saving_a_spec_keeps_the_old_one(spec_dir, tmp_path, capsys, monkeypatch):
     """The safetensors writer fails half-way with ENOSPC (simulated): one line, the old spec as it was."""
-    import austeer.spec
+    import austeer.core.spec
 
     out = tmp_path / "spec"
     old = austeer.load(spec_dir).with_k(2)
@@ -286,7 +286,7 @@ def test_disk_full_while_saving_a_spec_keeps_the_old_one(spec_dir, tmp_path, cap
         Path(filename).write_bytes(b"\0" * 1000)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(austeer.spec, "save_file", full)
+    monkeypatch.setattr(austeer.core.spec, "save_file", full)
     assert main(fit_args(out)) == 2
     line = one_error_line(capsys)
     assert f"{out}: could not write it (No space left on device); the existing output is unchanged" in line
@@ -389,16 +389,23 @@ print(n)
 
 
 def same(x: austeer.SteerSpec, y: austeer.SteerSpec) -> bool:
-    return x.to_json() == y.to_json() and x.scores.keys() == y.scores.keys() and all(
-        all(torch.equal(getattr(x.scores[s], f), getattr(y.scores[s], f)) for f in ("pos", "neg", "total", "squares"))
-        for s in x.scores
+    return (
+        x.to_json() == y.to_json()
+        and x.scores.keys() == y.scores.keys()
+        and all(
+            all(
+                torch.equal(getattr(x.scores[s], f), getattr(y.scores[s], f))
+                for f in ("pos", "neg", "total", "squares")
+            )
+            for s in x.scores
+        )
     )
 
 
 @pytest.mark.parametrize("exchange", ["yes", "no"])
 def test_a_spec_saved_while_it_is_loaded_is_one_save_or_one_line(spec_dir, tmp_path, exchange):
-    from austeer.momentum import SignCounts
-    from austeer.spec import SpecError
+    from austeer.core.momentum import SignCounts
+    from austeer.core.spec import SpecError
 
     a = austeer.load(spec_dir)
     flipped = {s: SignCounts(c.neg, c.pos, -c.total, c.squares, c.n) for s, c in a.scores.items()}

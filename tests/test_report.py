@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from austeer.cli import main
-from austeer.fit import fit
-from austeer.momentum import Unit
-from austeer.pairs import read_pairs
+from austeer.core.fit import fit
+from austeer.core.momentum import Unit
+from austeer.core.pairs import read_pairs
+from austeer.core.sites import site_module
 from austeer.report import build_report
 from austeer.report.html import tok_html
 from austeer.report.lens import directions, final_norm, unit_lens
 from austeer.report.shift import prompt_shifts, read_prompts
 from austeer.report.sweep import read_sweep
-from austeer.sites import site_module
 from tests.conftest import DATA, tiny_model
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -82,16 +82,39 @@ def spec(smol):
 def sweep_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep")
     rows = [
-        {"site": site, "k": k, "alpha": a, "n_steered": k, "metric": 0.5 + 0.001 * k * a, "ppl_delta": 0.0,
-         "metrics": {"accuracy": 0.5 + 0.001 * k * a}}
-        for site in ("head", "ffn") for k in (2, 8, 32) for a in (1.0, 5.0, 20.0)
+        {
+            "site": site,
+            "k": k,
+            "alpha": a,
+            "n_steered": k,
+            "metric": 0.5 + 0.001 * k * a,
+            "ppl_delta": 0.0,
+            "metrics": {"accuracy": 0.5 + 0.001 * k * a},
+        }
+        for site in ("head", "ffn")
+        for k in (2, 8, 32)
+        for a in (1.0, 5.0, 20.0)
     ]
-    (d / "sweep.json").write_text(json.dumps({
-        "task": "copa", "model": "embedded:smollm2-135m-instruct", "metric": "accuracy",
-        "baseline": {"accuracy": 0.5}, "rows": rows, "best": {"site": "head", "k": 32, "alpha": 20.0},
-        "test": {"unsteered": {"accuracy": 0.55, "ppl": 9.5}, "steered": {"accuracy": 0.61, "ppl": 9.75},
-                 "site": "head", "k": 32, "alpha": 20.0, "n_steered": 32},
-    }))
+    (d / "sweep.json").write_text(
+        json.dumps(
+            {
+                "task": "copa",
+                "model": "embedded:smollm2-135m-instruct",
+                "metric": "accuracy",
+                "baseline": {"accuracy": 0.5},
+                "rows": rows,
+                "best": {"site": "head", "k": 32, "alpha": 20.0},
+                "test": {
+                    "unsteered": {"accuracy": 0.55, "ppl": 9.5},
+                    "steered": {"accuracy": 0.61, "ppl": 9.75},
+                    "site": "head",
+                    "k": 32,
+                    "alpha": 20.0,
+                    "n_steered": 32,
+                },
+            }
+        )
+    )
     return d
 
 
@@ -107,8 +130,19 @@ def vocab_chips(tok) -> set[str]:
 
 def test_report_is_valid_html_with_images_and_real_tokens(smol, spec, sweep_dir, tmp_path):
     model, tok = smol
-    out = build_report(model, tok, spec, tmp_path / "report.html", spec_path="spec-dir", sweep=sweep_dir,
-                       prompts=["How was the film?"], n_units=3, n_tokens=5, max_new_tokens=4, progress=False)
+    out = build_report(
+        model,
+        tok,
+        spec,
+        tmp_path / "report.html",
+        spec_path="spec-dir",
+        sweep=sweep_dir,
+        prompts=["How was the film?"],
+        n_units=3,
+        n_tokens=5,
+        max_new_tokens=4,
+        progress=False,
+    )
     page = out.read_text(encoding="utf-8")
     checker = parse(page)
     # every embedded image decodes to a real picture, and the same figures are written as PNG files
@@ -129,9 +163,15 @@ def test_report_is_valid_html_with_images_and_real_tokens(smol, spec, sweep_dir,
     # the report names the model, the data, the spec and the library version
     import austeer
 
-    for needle in (spec.model_id, "llama, 30 layers", "sentiment.jsonl (8 pairs)", "spec-dir", austeer.__version__,
-                   "How was the film?",
-                   '<td>accuracy</td><td class="num">0.5</td><td class="num">0.55</td><td class="num">0.61</td>'):
+    for needle in (
+        spec.model_id,
+        "llama, 30 layers",
+        "sentiment.jsonl (8 pairs)",
+        "spec-dir",
+        austeer.__version__,
+        "How was the film?",
+        '<td>accuracy</td><td class="num">0.5</td><td class="num">0.55</td><td class="num">0.61</td>',
+    ):
         assert needle in page, needle
 
 
@@ -156,12 +196,14 @@ def test_lens_matches_the_weights(smol, spec):
 
 def test_steering_moves_the_next_token_distribution(smol, spec):
     model, tok = smol
-    [shift] = prompt_shifts(model, tok, spec.with_alpha(20.0), ["Tell me about your day."], max_new_tokens=2,
-                            n_tokens=4, progress=False)
+    [shift] = prompt_shifts(
+        model, tok, spec.with_alpha(20.0), ["Tell me about your day."], max_new_tokens=2, n_tokens=4, progress=False
+    )
     assert shift.kl > 0.001
     assert all(t.p_after > t.p_before for t in shift.rises) and all(t.p_after < t.p_before for t in shift.falls)
-    [same] = prompt_shifts(model, tok, spec.with_alpha(0.0), ["Tell me about your day."], max_new_tokens=2,
-                           n_tokens=4, progress=False)
+    [same] = prompt_shifts(
+        model, tok, spec.with_alpha(0.0), ["Tell me about your day."], max_new_tokens=2, n_tokens=4, progress=False
+    )
     assert abs(same.kl) < 1e-6 and same.steered == same.unsteered
 
 
@@ -183,13 +225,41 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 def test_cli_inspect(spec, sweep_dir, tmp_path, capsys):
     spec_dir = spec.save(tmp_path / "spec")
     out = tmp_path / "r.html"
-    assert main(["inspect", "--steer", str(spec_dir), "--out", str(out), "--sweep", str(sweep_dir / "sweep.json"),
-                 "--top", "2", "--k", "6"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "--steer",
+                str(spec_dir),
+                "--out",
+                str(out),
+                "--sweep",
+                str(sweep_dir / "sweep.json"),
+                "--top",
+                "2",
+                "--k",
+                "6",
+            ]
+        )
+        == 0
+    )
     page = out.read_text()
     parse(page)
     assert "6 atomic units" in page and (tmp_path / "r_files" / "sweep_head.png").is_file()
-    assert main(["inspect", "--steer", str(spec_dir), "--out", str(tmp_path / "x.html"),
-                 "--sweep", str(tmp_path / "missing")]) == 2
+    assert (
+        main(
+            [
+                "inspect",
+                "--steer",
+                str(spec_dir),
+                "--out",
+                str(tmp_path / "x.html"),
+                "--sweep",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == 2
+    )
     assert "missing/sweep.json does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
 
@@ -197,8 +267,9 @@ def test_cli_inspect(spec, sweep_dir, tmp_path, capsys):
 @pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gpt_neox", "phi3"])
 def test_lens_directions_are_what_the_au_writes(name):
     """On tiny models of other families (GPT-2's transposed Conv1D, GQA, head_dim * heads != hidden)."""
+    from austeer.core.sites import fold_module, site_width
     from austeer.report.lens import block_of, lens_logits
-    from austeer.sites import fold_module, site_width
+
     model = tiny_model(name)
     d_model = int(model.config.hidden_size)
     for site in ("head", "neuron", "ffn"):
@@ -221,7 +292,7 @@ def test_lens_directions_are_what_the_au_writes(name):
 
 def test_report_of_a_hand_written_spec_without_scores(smol, tmp_path):
     """A spec with no stored scores (ffn AUs, block = the whole layer): the report still builds and says so."""
-    from austeer.spec import SteerSpec
+    from austeer.core.spec import SteerSpec
 
     model, tok = smol
     spec = SteerSpec(units=[Unit("ffn", 3, 7, 1.0), Unit("ffn", 3, 100, -0.75)], alpha=2.0)

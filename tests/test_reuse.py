@@ -1,4 +1,4 @@
-"""Layer reuse (austeer.reuse): replayed layers give bit for bit what a full forward pass gives, on the real
+"""Layer reuse (austeer.core.reuse): replayed layers give bit for bit what a full forward pass gives, on the real
 embedded model and every supported family, and the work it saves is real (layer calls counted)."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import warnings
 import pytest
 import torch
 
-from austeer.compare import compare
-from austeer.evaluate import Unsteered
-from austeer.generate import generate
-from austeer.likelihood import next_token_logits
-from austeer.momentum import Unit
-from austeer.pairs import format_prompt
-from austeer.reuse import LayerCache
-from austeer.spec import SteerSpec
-from austeer.steer import Gain, apply, fold_gains, folded, unfold
+from austeer.core.momentum import Unit
+from austeer.core.pairs import format_prompt
+from austeer.core.reuse import LayerCache
+from austeer.core.spec import SteerSpec
+from austeer.core.steer import Gain, apply, fold_gains, folded, unfold
+from austeer.evaluation.compare import compare
+from austeer.evaluation.evaluate import Unsteered
+from austeer.run.generate import generate
+from austeer.run.likelihood import next_token_logits
 from austeer.tasks import get_task
 
 from .conftest import CONFIGS, tiny_model
@@ -119,8 +119,7 @@ def test_compare_gives_the_same_results_with_and_without_reuse(smol) -> None:
     assert reused.stats["skipped"] > 0
 
     def seen(c):  # everything but the timings
-        return [(r.method, r.config, r.val, r.test, r.test_correct, [t.metrics for t in r.trials])
-                for r in c.results]
+        return [(r.method, r.config, r.val, r.test, r.test_correct, [t.metrics for t in r.trials]) for r in c.results]
 
     assert seen(a) == seen(b)
     assert a.baseline_test == b.baseline_test

@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from austeer.fit import score
-from austeer.generate import generate, steered
-from austeer.momentum import select
-from austeer.serve import Server, ServerConfig, load_steers
-from austeer.spec import SteerSpec
+from austeer.core.fit import score
+from austeer.core.momentum import select
+from austeer.core.spec import SteerSpec
+from austeer.run.generate import generate, steered
+from austeer.serving.server import Server, ServerConfig, load_steers
 
 BASE = "smol"
 HI = [{"role": "user", "content": "hi"}]
@@ -25,7 +25,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def spec_dirs(smol, sentiment_pairs, tmp_path_factory):
-    from austeer.models import fingerprint
+    from austeer.core.spec import fingerprint
 
     model, tok = smol
     counts = score(model, tok, sentiment_pairs, ["head"], batch_size=20, progress=False)
@@ -68,7 +68,7 @@ def test_models_and_steers(client):
 def _one_by_one(model, tok, prompt, steer, chat, n):
     spec, alpha = None, None
     if steer is not None:
-        from austeer.spec import load
+        from austeer.core.spec import load
 
         spec, alpha = load(steer["dir"]), steer.get("alpha")
     with steered(model, spec, "hook", alpha):
@@ -209,6 +209,7 @@ def test_cli_serve_starts_lists_and_stops(spec_dirs):
 
 def test_openai_client(server, client):
     import openai  # the dev extra installs it: this test runs in CI
+
     oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "How was your weekend?"}]
     steer = {"name": "pos", "alpha": 8.0}

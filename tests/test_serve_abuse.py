@@ -20,13 +20,12 @@ import httpx
 import pytest
 import torch
 
-import austeer.models
+import austeer.models.loading
 from austeer.cli import main
-from austeer.models import fingerprint
-from austeer.momentum import Unit
-from austeer.serve import Server, ServerConfig
-from austeer.serve_openai import Limits
-from austeer.spec import SteerSpec
+from austeer.core.momentum import Unit
+from austeer.core.spec import SteerSpec, fingerprint
+from austeer.serving.openai_api import Limits
+from austeer.serving.server import Server, ServerConfig
 
 COUNTING = "1, 2, 3, 4, 5, 6,"  # greedy SmolLM2 counts on for hundreds of tokens: no early end of turn
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -434,7 +433,7 @@ def no_model_load(monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(austeer.models, "load_model", refuse)
+    monkeypatch.setattr(austeer.models.loading, "load_model", refuse)
 
 
 def test_bad_serve_options_are_one_line_before_the_model_loads(capsys, no_model_load):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import austeer
-from austeer.collect import last_token_activations, shared_prefix_activations
-from austeer.pairs import pair_texts
+from austeer.core.collect import last_token_activations, shared_prefix_activations
+from austeer.core.pairs import pair_texts
 from tests.conftest import CONFIGS, ByteTok, tiny_model
 
 
@@ -78,14 +78,14 @@ def test_shared_prefix_every_family(name):
 def test_score_and_gather_read_the_same_batches(smol, sentiment_pairs, monkeypatch):
     """One loop over pairs (``pair_batches``): the evidence of the baselines gives the sign counts ``score``
     gives, in either mode, and each pair's chat template is applied once per pass."""
-    import austeer.collect
-    from austeer.baselines.base import gather
+    import austeer.core.collect
+    from austeer.methods.base import gather
 
     model, tok = smol
     pairs = sentiment_pairs[:7]
     calls = []
-    real = austeer.collect.pair_texts
-    monkeypatch.setattr(austeer.collect, "pair_texts", lambda t, p: calls.append(p) or real(t, p))
+    real = austeer.core.collect.pair_texts
+    monkeypatch.setattr(austeer.core.collect, "pair_texts", lambda t, p: calls.append(p) or real(t, p))
     for shared in (False, True):
         calls.clear()
         counts = austeer.score(model, tok, pairs, ["head"], batch_size=3, progress=False, share_prefix=shared)["head"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from austeer.baselines import METHODS, gather
-from austeer.baselines.au import top_units
-from austeer.compare import dose_response
+from austeer.evaluation.compare import dose_response
+from austeer.methods import METHODS, gather
+from austeer.methods.au import top_units
 from austeer.tasks import get_task
 
 

@@ -7,10 +7,10 @@ import argparse
 
 import torch
 
-import austeer.evaluate
-from austeer.compare import compare, dose_response
-from austeer.evaluate import Unsteered
-from austeer.models import auto_dtype, cpu_flags, resolve_dtype
+import austeer.evaluation.evaluate
+from austeer.evaluation.compare import compare, dose_response
+from austeer.evaluation.evaluate import Unsteered
+from austeer.models.loading import auto_dtype, cpu_flags, resolve_dtype
 from austeer.tasks import get_task
 
 
@@ -52,13 +52,13 @@ def test_unsteered_baselines_are_evaluated_once(smol, monkeypatch):
     model, tok = smol
     task = get_task("copa")
     calls = {"ppl": 0}
-    real = austeer.evaluate.perplexity
+    real = austeer.evaluation.evaluate.perplexity
 
     def counted(*a, **kw):
         calls["ppl"] += 1
         return real(*a, **kw)
 
-    monkeypatch.setattr(austeer.evaluate, "perplexity", counted)
+    monkeypatch.setattr(austeer.evaluation.evaluate, "perplexity", counted)
     unsteered = Unsteered(model, tok)
     c = compare(
         model, tok, task, ["austeer"], budget=1, pairs_limit=4, val_limit=3, test_limit=3, progress=False,
@@ -67,7 +67,7 @@ def test_unsteered_baselines_are_evaluated_once(smol, monkeypatch):
     # unsteered: val + test (one perplexity); steered: one val trial + the test of the choice
     assert unsteered.evaluations == 2 and calls["ppl"] == 3
     assert c.baseline_val["ppl"] == c.baseline_test["ppl"] == unsteered.ppl
-    from austeer.baselines.base import gather
+    from austeer.methods.base import gather
 
     evidence = gather(model, tok, task.pairs(model, tok, limit=4), ["head"], progress=False)
     rows = dose_response(model, tok, task, evidence, ["head"], [0, 2], limit=3, progress=False, unsteered=unsteered)

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-import austeer.sweep as sweep_mod
+import austeer.evaluation.sweep as sweep_mod
 from austeer.cli import main
-from austeer.spec import load
-from austeer.sweep import CSV_COLUMNS, sweep
+from austeer.core.spec import load
+from austeer.evaluation.sweep import CSV_COLUMNS, sweep
 from austeer.tasks import get_task
 
 GRID = {"sites": ("head",), "ks": (2, 6), "alphas": (1.0, 8.0)}
@@ -77,8 +77,8 @@ def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
     del cut["test"]
     (out / "sweep.json").write_text(json.dumps(cut))
     resumed = sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, **LIMITS)
-    # two missing rows, then the steered test (the unsteered one goes through austeer.evaluate.Unsteered, with
-    # the baseline's perplexity); no baseline, no rescoring
+    # two missing rows, then the steered test (the unsteered one goes through austeer.evaluation.evaluate.Unsteered,
+    # with the baseline's perplexity); no baseline, no rescoring
     assert calls == ["val", "val", "test"]
     assert resumed["rows"][:2] == state["rows"][:2]
     # same model, same items, same folded weights: the recomputed rows are identical

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from austeer.evaluate import evaluate, perplexity
+from austeer.evaluation.evaluate import evaluate, perplexity
 from austeer.tasks import TASKS, get_task
 from austeer.tasks.base import norm_text
 from austeer.tasks.custom import read_eval
@@ -178,7 +178,7 @@ def test_math_scoring_reads_the_models_own_outputs(smol) -> None:
 
 
 def test_behaviour_samples_carry_the_outcome_a_paired_test_reads(smol) -> None:
-    from austeer.compare import outcomes
+    from austeer.evaluation.compare import outcomes
     from austeer.tasks.sentiment import THRESHOLD
 
     model, tok = smol

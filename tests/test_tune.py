@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from austeer.cli import main
-from austeer.pairs import Pair, write_pairs
-from austeer.spec import load
-from austeer.tune import TuneRow, choose, grid, noise_z, split_pairs, tune
+from austeer.core.pairs import Pair, write_pairs
+from austeer.core.spec import load
+from austeer.evaluation.tune import TuneRow, choose, grid, noise_z, split_pairs, tune
 
 BUDGET = {"sites": ("neuron",), "budget": 6, "progress": False}
 
@@ -74,7 +74,7 @@ def test_sentiment_spec_raises_held_out_margins_within_the_bound(sentiment_run):
 
 
 def test_resume_skips_measured_rows(smol, sentiment_pairs, sentiment_run, monkeypatch):
-    import austeer.tune as tune_mod
+    import austeer.evaluation.tune as tune_mod
 
     out, result, _ = sentiment_run
 
@@ -91,8 +91,8 @@ def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_r
     """The swapped file scores the same units with flipped betas. Its gains ``1 - alpha * beta`` are not the
     mirror of ``1 + alpha * beta``: at budget 6 the only effect beyond noise on the swapped orientation comes
     with perplexity x1e5 (measured, docs/TUNE.md), so the bound is lifted here to test the sign alone."""
-    from austeer.measure import effect_of, margins
-    from austeer.steer import folded
+    from austeer.core.steer import folded
+    from austeer.run.measure import effect_of, margins
 
     model, tok = smol
     _, result, _ = sentiment_run

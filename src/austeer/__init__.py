@@ -16,26 +16,27 @@ Example (the other docstring examples use ``model, tok`` as loaded here):
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from austeer.fit import fit, score
-from austeer.lora import export_lora
-from austeer.models import DEFAULT_MODEL, load_model, save_checkpoint
-from austeer.momentum import SignCounts, Unit, select
-from austeer.pairs import Pair, read_pairs
-from austeer.spec import SteerSpec, load
-from austeer.steer import apply, export, fold, folded, unfold
+from austeer.core.fit import fit, score
+from austeer.core.momentum import SignCounts, Unit, select
+from austeer.core.pairs import Pair, read_pairs
+from austeer.core.spec import SteerSpec, load
+from austeer.core.steer import apply, fold, folded, unfold
+from austeer.exports.checkpoint import export
+from austeer.exports.lora import export_lora
+from austeer.models.loading import DEFAULT_MODEL, load_model, save_checkpoint
 
 if TYPE_CHECKING:
-    from austeer.gguf_export import export_gguf
-    from austeer.gguf_lora import export_gguf_lora
-    from austeer.gguf_write import export_hf_gguf
+    from austeer.exports.gguf_export import export_gguf
+    from austeer.exports.gguf_lora import export_gguf_lora
+    from austeer.exports.gguf_write import export_hf_gguf
 
 __version__ = "0.1.0"
 
 #: names imported on first use: the GGUF writers need the ``gguf`` package, which ``import austeer`` does not
 _LAZY = {
-    "export_gguf": "austeer.gguf_export",
-    "export_gguf_lora": "austeer.gguf_lora",
-    "export_hf_gguf": "austeer.gguf_write",
+    "export_gguf": "austeer.exports.gguf_export",
+    "export_gguf_lora": "austeer.exports.gguf_lora",
+    "export_hf_gguf": "austeer.exports.gguf_write",
 }
 
 

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "device", None) is not None:  # before any file is read or model loaded
-            from austeer.models import check_device
+            from austeer.models.loading import check_device
 
             check_device(args.device)
         return int(args.func(args) or 0)

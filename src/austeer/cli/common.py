@@ -24,7 +24,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_capability_args(p: argparse.ArgumentParser, bound: bool = False) -> None:
-    """``--capability N`` (the capability panel, :mod:`austeer.capability`) and, with ``bound``,
+    """``--capability N`` (the capability panel, :mod:`austeer.evaluation.capability`) and, with ``bound``,
     ``--max-capability-drop``."""
     p.add_argument(
         "--capability",
@@ -54,18 +54,18 @@ def capability_panel(args: argparse.Namespace, model: Any, tok: Any, task: str) 
     """The capability panel ``--capability`` asks for (None when off), without the steered ``task``."""
     if not args.capability:
         return None
-    from austeer.capability import Panel
+    from austeer.evaluation.capability import Panel
 
     return Panel(model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True)
 
 
 def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[Any, Any, str]:
-    from austeer.models import DEFAULT_MODEL, load_model
+    from austeer.models.loading import DEFAULT_MODEL, load_model
 
     name = model or args.model or DEFAULT_MODEL
     why = ""
     if args.dtype == "auto":  # resolved (and told) once; later loads of this run (a reference copy) reuse it
-        from austeer.models import resolve_dtype
+        from austeer.models.loading import resolve_dtype
 
         dtype, why = resolve_dtype("auto", args.device, args.device_map)
         args.dtype = str(dtype).removeprefix("torch.")
@@ -80,7 +80,7 @@ def check_alpha(spec: Any, args: argparse.Namespace) -> None:
     must be finite in float32 and in an explicit ``--dtype`` (the model's own dtype is checked once loaded)."""
     import torch
 
-    from austeer.spec import check_gains_fit
+    from austeer.core.spec import check_gains_fit
 
     spec.gains(args.alpha)  # float32: the dtype every path makes its gains in
     if args.dtype != "auto":
@@ -90,9 +90,9 @@ def check_alpha(spec: Any, args: argparse.Namespace) -> None:
 
 def fit_from_args(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Any:
     """Read the pairs, load the model and fit (over the process group when ``world > 1``)."""
-    from austeer.distributed import fit_distributed
-    from austeer.fit import fit
-    from austeer.pairs import read_pairs
+    from austeer.core.distributed import fit_distributed
+    from austeer.core.fit import fit
+    from austeer.core.pairs import read_pairs
 
     pairs = read_pairs(args.pairs)
     if args.limit is not None:

@@ -7,8 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from austeer.baselines import DEFAULT_METHODS as _DEFAULTS
-from austeer.baselines import METHODS
 from austeer.cli.argtypes import finite_float, positive_int, ratio
 from austeer.cli.common import (
     add_capability_args,
@@ -18,6 +16,8 @@ from austeer.cli.common import (
     check_capability_args,
     load_from_args,
 )
+from austeer.methods import DEFAULT_METHODS as _DEFAULTS
+from austeer.methods import METHODS
 
 #: the methods run when none are named (those that declare ``Method.default``)
 DEFAULT_METHODS = ",".join(_DEFAULTS)
@@ -39,13 +39,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from austeer.extras import REPORT, require
 
     require(*REPORT, "austeer compare")  # compare.png and dose.png are drawn after the evaluation
-    from austeer.baselines.base import gather
     from austeer.cli.argtypes import parse_doses
-    from austeer.compare import compare, dose_response, sites_for
-    from austeer.evaluate import Unsteered
+    from austeer.core.sites import check_site
+    from austeer.evaluation.compare import compare, dose_response, sites_for
+    from austeer.evaluation.evaluate import Unsteered
     from austeer.io import check_file_output, signature, signed_json, write_output
+    from austeer.methods.base import gather
     from austeer.report.comparison import plot_comparison, plot_dose, table
-    from austeer.sites import check_site
     from austeer.tasks import get_task
 
     inputs = [args.pairs, args.eval]

@@ -13,8 +13,8 @@ from austeer.cli.common import (
     fit_from_args,
     load_from_args,
 )
-from austeer.sites import SITES
-from austeer.spec import POSITIONS, SELECTIONS
+from austeer.core.sites import SITES
+from austeer.core.spec import POSITIONS, SELECTIONS
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -38,15 +38,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from austeer.generate import generate, steered
-    from austeer.spec import load
+    from austeer.core.spec import load
+    from austeer.run.generate import generate, steered
 
     spec = load(args.steer)
     if args.k is not None:
         spec = spec.with_k(args.k)
     check_alpha(spec, args)
     model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
-    from austeer.models import fingerprint
+    from austeer.core.spec import fingerprint
 
     spec.check_fits(fingerprint(model))
     prompts = args.prompt
@@ -75,10 +75,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         from austeer.cli.lora import cmd_export_lora
 
         return cmd_export_lora(args)
+    from austeer.core.spec import fingerprint, load
+    from austeer.exports.checkpoint import export
     from austeer.io import check_replaceable
-    from austeer.models import fingerprint
-    from austeer.spec import load
-    from austeer.steer import export
 
     check_replaceable(args.out, "export", args.force, [args.steer])
     spec = load(args.steer)

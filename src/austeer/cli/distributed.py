@@ -1,7 +1,7 @@
 """Process launching for ``austeer fit --nproc N`` and for ``torchrun``: spawn or join a process group,
-fit with :func:`austeer.distributed.fit_distributed`, write the spec from rank 0.
+fit with :func:`austeer.core.distributed.fit_distributed`, write the spec from rank 0.
 
-The library side (sharding, the all-reduce of the sign counts) is :mod:`austeer.distributed`; this module
+The library side (sharding, the all-reduce of the sign counts) is :mod:`austeer.core.distributed`; this module
 is the only place that hands command-line arguments to processes.
 """
 
@@ -87,13 +87,13 @@ def cmd_fit_multi(args: argparse.Namespace) -> int:
         world = int(args.nproc)
         if world < 1:
             raise UserError(f"--nproc must be >= 1, got {world}")
-        from austeer.pairs import read_pairs
+        from austeer.core.pairs import read_pairs
 
         read_pairs(args.pairs)  # fail fast, in the parent, on a bad file
         gpus = [_gpu_slice(r, world) for r in range(world)] if args.device_map else []
         init = f"tcp://127.0.0.1:{free_port()}"
         mp.spawn(_run_rank, args=(args, world, init, gpus), nprocs=world, join=True)
-    from austeer.spec import load
+    from austeer.core.spec import load
 
     spec = load(args.out)
     print(

@@ -17,8 +17,8 @@ from austeer.cli.common import (
     check_alpha,
     load_from_args,
 )
+from austeer.core.sites import SITES
 from austeer.errors import UserError
-from austeer.sites import SITES
 
 
 def _task(args: argparse.Namespace) -> Any:
@@ -44,11 +44,11 @@ def _csv(text: str, cast: Any) -> list[Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from austeer.evaluate import evaluate
-    from austeer.generate import steered
+    from austeer.core.spec import fingerprint, load
+    from austeer.evaluation.evaluate import evaluate
     from austeer.io import check_file_output, signed_json, write_output
-    from austeer.models import fingerprint, load_model
-    from austeer.spec import load
+    from austeer.models.loading import load_model
+    from austeer.run.generate import steered
 
     task = _task(args)
     if args.paired and not args.steer:
@@ -78,7 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     base: dict[str, Any] | None = None
     cache = None
     if args.paired:
-        from austeer.reuse import LayerCache
+        from austeer.core.reuse import LayerCache
 
         cache = LayerCache(model)  # the steered pass replays the layers below its first steered layer
         base_samples: list[dict[str, Any]] = []
@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def paired_summary(metric: str, base: dict[str, Any], steered: dict[str, Any]) -> dict[str, Any]:
     """The paired test of an ``eval --paired`` run: both metrics and, where the task records per-item outcomes,
     the items fixed and broken and McNemar's exact p."""
-    from austeer.compare import outcomes
+    from austeer.evaluation.compare import outcomes
     from austeer.stats import discordant, mcnemar
 
     out: dict[str, Any] = {
@@ -173,10 +173,10 @@ def print_paired(
 def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
+    from austeer.core.spec import first_overflow, overflow_text
+    from austeer.evaluation.sweep import SWEEP_FILES, sweep
     from austeer.io import check_file_output, check_replaceable
-    from austeer.models import load_model
-    from austeer.spec import first_overflow, overflow_text
-    from austeer.sweep import SWEEP_FILES, sweep
+    from austeer.models.loading import load_model
 
     task = _task(args)
     sites = _csv(args.site, str)

@@ -13,12 +13,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from austeer.extras import REPORT, require
 
     require(*REPORT, "austeer inspect")  # before the report's modules import it
+    from austeer.core.spec import fingerprint, load
     from austeer.io import check_file_output, check_replaceable
-    from austeer.models import fingerprint
     from austeer.report import build_report, figures_dir
     from austeer.report.shift import read_prompts
     from austeer.report.sweep import read_sweep
-    from austeer.spec import load
 
     inputs = [args.steer, args.sweep, args.prompts]
     check_file_output(args.out, "report", args.force, inputs)

@@ -42,11 +42,10 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     from austeer.extras import GGUF, require
 
     require(*GGUF, "austeer export --format gguf")
-    from austeer.gguf_export import export_gguf
-    from austeer.gguf_write import is_austeer_gguf
+    from austeer.core.spec import fingerprint, load
+    from austeer.exports.gguf_export import export_gguf
+    from austeer.exports.gguf_write import is_austeer_gguf
     from austeer.io import check_file_output
-    from austeer.models import fingerprint
-    from austeer.spec import load
 
     check_file_output(args.out, "gguf", args.force, [args.steer, args.source_gguf], owned=is_austeer_gguf)
     spec = load(args.steer)
@@ -72,16 +71,16 @@ def cmd_control_vector(args: argparse.Namespace) -> int:
     from austeer.extras import GGUF, require
 
     require(*GGUF, "austeer control-vector")
-    from austeer.baselines import caa
-    from austeer.baselines.base import gather
-    from austeer.control_vector import is_austeer_control_vector
+    from austeer.core.pairs import read_pairs
+    from austeer.exports.control_vector import is_austeer_control_vector
     from austeer.io import check_file_output
-    from austeer.pairs import read_pairs
+    from austeer.methods import caa
+    from austeer.methods.base import gather
 
     check_file_output(args.out, "control-vector", args.force, [args.pairs], owned=is_austeer_control_vector)
     pairs = read_pairs(args.pairs)[: args.limit]
     model, tok, _ = load_from_args(args)
-    from austeer.sites import decoder_layers
+    from austeer.core.sites import decoder_layers
 
     index = caa.layer_index(args.layer, len(decoder_layers(model)))  # before the pairs are read through the model
     if index < 1:

@@ -12,9 +12,9 @@ from austeer.cli.common import load_from_args
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    from austeer.gguf_meta import is_austeer_gguf
+    from austeer.exports.gguf_meta import is_austeer_gguf
+    from austeer.exports.lora import KIND
     from austeer.io import check_file_output, check_replaceable
-    from austeer.lora import KIND
 
     if args.format == "lora":
         check_replaceable(args.out, KIND, args.force)
@@ -23,9 +23,8 @@ def _check_out(args: argparse.Namespace) -> None:
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
-    from austeer.lora import check_lora_spec, export_lora, vllm_max_lora_rank
-    from austeer.models import fingerprint
-    from austeer.spec import load
+    from austeer.core.spec import fingerprint, load
+    from austeer.exports.lora import check_lora_spec, export_lora, vllm_max_lora_rank
 
     _check_out(args)
     spec = load(args.steer)
@@ -34,7 +33,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
     spec.check_fits(fingerprint(model))
     alpha = spec.alpha if args.alpha is None else args.alpha
     if args.format == "gguf-lora":
-        from austeer.gguf_lora import export_gguf_lora
+        from austeer.exports.gguf_lora import export_gguf_lora
 
         path = export_gguf_lora(
             model, spec, args.out, alpha=args.alpha, dtype=args.lora_dtype, source=args.source_gguf, force=args.force

@@ -12,9 +12,9 @@ from austeer.errors import UserError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from austeer.batched import batch_note
-    from austeer.serve import Server, ServerConfig, check_listen, load_steers
-    from austeer.serve_openai import Limits
+    from austeer.serving.batched import batch_note
+    from austeer.serving.openai_api import Limits
+    from austeer.serving.server import Server, ServerConfig, check_listen, load_steers
 
     dirs = parse_steer_args(args.steer or [])
     if args.max_tokens_default > args.max_tokens_limit:

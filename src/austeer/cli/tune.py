@@ -1,4 +1,4 @@
-"""``austeer tune``: choose site, k and alpha from a pairs file alone (see :mod:`austeer.tune`).
+"""``austeer tune``: choose site, k and alpha from a pairs file alone (see :mod:`austeer.evaluation.tune`).
 
 Exit code 0 when a spec was written to ``DIR/spec``, 1 when no configuration has an effect beyond noise
 within the damage bound (the table and ``tune.json`` are still written), 2 for an error in the input.
@@ -27,12 +27,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from austeer.extras import REPORT, require
 
     require(*REPORT, "austeer tune")  # the figure tune.png, drawn at the end: checked before the work
+    from austeer.core.pairs import read_pairs
+    from austeer.core.sites import check_site
+    from austeer.evaluation.tune import TUNE_FILES, split_pairs, tune
     from austeer.io import check_file_output, check_replaceable, write_output
-    from austeer.measure import read_neutral
-    from austeer.pairs import read_pairs
     from austeer.report.tune import tune_plot
-    from austeer.sites import check_site
-    from austeer.tune import TUNE_FILES, split_pairs, tune
+    from austeer.run.measure import read_neutral
 
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     for s in sites:

@@ -35,15 +35,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.generate import Mode
+from austeer.core.sites import decoder_layers, head_dim
+from austeer.core.spec import SteerSpec
 from austeer.io import atomic_write_dir, check_file_output, check_replaceable, write_output
 from austeer.report import plots
 from austeer.report.html import Image, Report, Section, figure, lens_table, prompts_html, render, table
 from austeer.report.lens import UnitLens, block_heterogeneity, unit_lens
 from austeer.report.shift import PromptShift, prompt_shifts
 from austeer.report.sweep import Sweep, read_sweep
-from austeer.sites import decoder_layers, head_dim
-from austeer.spec import SteerSpec
+from austeer.run.generate import Mode
 
 __all__ = ["build_report", "assemble"]
 

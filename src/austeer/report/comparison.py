@@ -16,12 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from austeer.baselines import METHODS
-from austeer.compare import Comparison, DoseRow, FrontierRow, Result
+from austeer.evaluation.compare import Comparison, DoseRow, FrontierRow, Result
 from austeer.io import signature, write_output
+from austeer.methods import METHODS
 from austeer.stats import discordant, margin, mcnemar
 
-#: the configuration keys a table shows: what every method shows (:attr:`~austeer.baselines.base.Method.shown`)
+#: the configuration keys a table shows: what every method shows (:attr:`~austeer.methods.base.Method.shown`)
 SHOWN: tuple[str, ...] = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.shown))
 
 

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from austeer.core.momentum import SignCounts, Unit
+from austeer.core.sites import _weight, decoder_layers, final_norm, fold_module, head_dim, site_def, site_width
 from austeer.errors import UserError
-from austeer.momentum import SignCounts, Unit
-from austeer.sites import _weight, decoder_layers, final_norm, fold_module, head_dim, site_def, site_width
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ matplotlib's global state is left alone); each returns PNG bytes.
 
 Example:
     >>> import torch
-    >>> from austeer.momentum import Unit
+    >>> from austeer.core.momentum import Unit
     >>> from austeer.report.plots import beta_heatmap
     >>> png = beta_heatmap(torch.rand(4, 16) - 0.5, [Unit("head", 1, 3, 1.0)], "head", head_dim=8)
     >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from austeer.core.momentum import Unit
 from austeer.extras import REPORT, require
 from austeer.io import signature
-from austeer.momentum import Unit
 
 try:
     import matplotlib
@@ -99,7 +99,7 @@ def location_plot(
     """Where the selected AUs of ``site`` live: count per layer, and for ``head`` a layer x head grid of counts.
 
     Example:
-        >>> from austeer.momentum import Unit
+        >>> from austeer.core.momentum import Unit
         >>> png = location_plot([Unit("head", 2, 9, 1.0), Unit("head", 2, 1, -1.0)], "head", 4, head_dim=8, n_heads=2)
         >>> len(png) > 1000
         True

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.collect import encode, model_device, token_limit
+from austeer.core.collect import encode, model_device, token_limit
+from austeer.core.pairs import format_prompt
+from austeer.core.spec import SteerSpec
 from austeer.errors import UserError
-from austeer.generate import Mode, generate, steered
-from austeer.pairs import format_prompt
-from austeer.spec import SteerSpec
+from austeer.run.generate import Mode, generate, steered
 
 
 @dataclass(frozen=True)

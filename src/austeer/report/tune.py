@@ -4,7 +4,7 @@ Matplotlib is imported when the figure is drawn, and only its object API is used
 by the Agg canvas): no backend is set and no global state changes.
 
 Example:
-    >>> from austeer.tune import TuneRow
+    >>> from austeer.evaluation.tune import TuneRow
     >>> rows = [TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.3, 0.1, 3.0, 0.9, 0.5, 0.01, 1.05)]
     >>> tune_plot(rows, rows[0], max_damage=1.25)[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
     True
@@ -15,9 +15,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from austeer.evaluation.tune import TuneRow
 from austeer.extras import REPORT, require
 from austeer.io import signature
-from austeer.tune import TuneRow
 
 DPI = 110
 _MARKERS = {"head": "o", "ffn": "s", "neuron": "^", "residual": "D"}

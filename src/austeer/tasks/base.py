@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from austeer.core.pairs import Pair
 from austeer.errors import UserError
 from austeer.io import iter_jsonl
-from austeer.pairs import Pair
 
 if TYPE_CHECKING:
     from torch import nn

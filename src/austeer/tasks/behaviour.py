@@ -29,11 +29,11 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.core.pairs import Pair, format_prompt, read_pairs, write_pairs
 from austeer.errors import UserError
-from austeer.generate import generate, seeded
 from austeer.io import atomic_write_text
-from austeer.likelihood import continuation_nll
-from austeer.pairs import Pair, format_prompt, read_pairs, write_pairs
+from austeer.run.generate import generate, seeded
+from austeer.run.likelihood import continuation_nll
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
 
 
@@ -131,7 +131,8 @@ class BehaviourTask(Task):
         }
 
     def cache_path(self, model: Any, n_prompts: int) -> Path:
-        from austeer.models import cache_dir, fingerprint
+        from austeer.core.spec import fingerprint
+        from austeer.models.loading import cache_dir
 
         key = {
             **self.settings(n_prompts),

@@ -31,9 +31,9 @@ from typing import Any
 
 from torch import nn
 
+from austeer.core.pairs import Pair, read_pairs
 from austeer.errors import UserError
 from austeer.io import iter_jsonl
-from austeer.pairs import Pair, read_pairs
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task, split_ids
 from austeer.tasks.math import score_math
 from austeer.tasks.mc import score_mc

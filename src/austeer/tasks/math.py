@@ -37,9 +37,9 @@ from typing import Any
 
 from torch import nn
 
+from austeer.core.pairs import Pair
 from austeer.errors import UserError
-from austeer.generate import generate
-from austeer.pairs import Pair
+from austeer.run.generate import generate
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task, fmt_number
 
 INSTRUCTION = "Solve the problem. End your answer with #### followed by the final number."

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from austeer.core.pairs import Pair, format_prompt
 from austeer.errors import UserError
-from austeer.likelihood import next_token_logits
-from austeer.pairs import Pair, format_prompt
+from austeer.run.likelihood import next_token_logits
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
 
 AB = ("A", "B")

@@ -1,0 +1,1 @@
+"""Evaluation: evaluate, the capability panel, compare, sweep, tune."""

@@ -1,0 +1,476 @@
+"""Choose site, k and alpha from the pairs alone: effect on held-out pairs against damage on neutral text.
+
+A user with a pairs file has no task, scorer or validation set. :func:`tune` makes one from the pairs:
+
+1. **Split** (:func:`split_pairs`): pairs are ordered by the SHA-256 of their system turn and prompt and
+   the first quarter (at least 2, extended so pairs sharing a prompt stay together) is held out; the rest
+   is the fit split. The split depends only on the texts, so swapping the answers of a file keeps it.
+2. **Score** the AUs of every site once on the fit split (:func:`austeer.core.fit.score`), then try a grid of
+   ``(site, k, alpha)`` (:func:`grid`: k in 2, 8, 32, 100 and alpha in 1, 2, 5, 10, 20, 50, thinned
+   evenly by strength to ``budget`` configurations) by folding the gains into the weights.
+3. **Measure** each configuration with forward passes only:
+
+   - *effect*: the held-out margin of a pair is ``mean log p(positive answer | prompt) - mean log
+     p(negative answer | prompt)``, each a mean over the answer's tokens (nats per token, so long
+     answers do not outweigh short ones). ``effect`` is the mean over held-out pairs of the steered
+     margin minus the unsteered one, ``effect_se`` its standard error (sample standard deviation of the
+     per-pair changes over ``sqrt(n)``), ``z = effect / effect_se``, ``share_up`` the share of
+     held-out pairs whose margin grew, and ``fixed`` / ``broken`` the held-out pairs whose preference
+     flipped to the positive answer / away from it (reported; the rule uses the mean);
+   - *damage*: on the neutral texts (:data:`austeer.tasks.base.NEUTRAL_TEXTS`, plus the user's own),
+     ``kl`` is ``KL(unsteered || steered)`` of the next-token distributions, averaged over positions
+     (nats), and ``ppl_ratio`` the steered perplexity over the unsteered one.
+
+4. **Choose** (:func:`choose`): the largest effect among configurations with ``ppl_ratio <= max_damage``
+   (default 1.25) whose effect is beyond noise: ``z >= min_z``, by default :func:`noise_z` of the number of
+   configurations tried (2, raised by a Bonferroni correction so that trying many configurations on
+   random labels does not find one by chance). No such configuration: no spec.
+
+``methods=("austeer", "caa")`` measures CAA (a residual steering vector, :mod:`austeer.methods.caa`,
+fitted on the same fit pairs) on the same held-out pairs and neutral texts, so the two can be compared.
+
+Output directory (optional, resumable):
+
+- ``tune.json``: ``{"model", "fingerprint", "pairs_sha256", "neutral_sha256", "split", "settings",
+  "baseline", "rows", "chosen", "chosen_caa", "message"}``, rewritten atomically after every row;
+  measured rows are skipped when the run is resumed (same model, pairs and neutral texts);
+- ``scores/<site>/``: the fit split's sign counts (a spec of the top 100), so a resumed run does not rescore;
+- ``spec/``: the chosen configuration as an ordinary spec (``austeer generate --steer DIR/spec``);
+  removed (it is austeer's own) when a rerun chooses nothing;
+- ``caa.safetensors``: the chosen CAA vector, multiplier included (``vector``; ``layer``: the decoder layer
+  whose output it is added to), when CAA was measured and one passed: an addition is not a :class:`SteerSpec`.
+
+Example:
+    >>> from austeer.core.pairs import Pair
+    >>> pairs = [Pair(f"Question {i}?", "Yes.", "No.") for i in range(8)]
+    >>> fit_idx, held_idx = split_pairs(pairs)
+    >>> len(fit_idx), len(held_idx), set(fit_idx) & set(held_idx)
+    (6, 2, set())
+    >>> [(s, k, a) for s, k, a in grid(["head"], budget=3)]
+    [('head', 2, 1.0), ('head', 100, 1.0), ('head', 100, 50.0)]
+    >>> round(noise_z(1), 2), round(noise_z(24), 2)
+    (2.0, 3.08)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import statistics
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from austeer.core.fit import score, spec_from_counts
+from austeer.core.pairs import Pair
+from austeer.core.reuse import LayerCache
+from austeer.core.sites import check_site
+from austeer.core.spec import SteerSpec, fingerprint, load
+from austeer.errors import UserError
+from austeer.evaluation.sweep import steering
+from austeer.io import (
+    atomic_write_file,
+    check_file_output,
+    check_replaceable,
+    signature,
+    signed,
+    signed_json,
+    write_output,
+)
+from austeer.run.measure import damage, effect_of, margins, neutral_reference
+from austeer.tasks.base import NEUTRAL_TEXTS
+
+KS: tuple[int, ...] = (2, 8, 32, 100)
+ALPHAS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+CAA_LAYERS: tuple[float, ...] = (0.33, 0.6)
+CAA_MULTIPLIERS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+HELDOUT_SHARE = 0.25
+MIN_PAIRS = 8
+MAX_DAMAGE = 1.25
+
+
+@dataclass(frozen=True)
+class TuneRow:
+    """One measured configuration. ``method`` ``austeer``: ``k`` AUs of ``site`` at ``alpha``; ``caa``:
+    the residual vector of ``layer`` (``k`` = its width) times ``alpha``. See the module docstring."""
+
+    method: str
+    site: str
+    k: int
+    alpha: float
+    layer: int
+    n_steered: int
+    effect: float
+    effect_se: float
+    z: float
+    share_up: float
+    margin: float
+    kl: float
+    ppl_ratio: float
+    fixed: int = 0
+    broken: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int, float, int]:
+        return (self.method, self.site, self.k, self.alpha, self.layer)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found: every row, the choice (or None) and why, and the chosen spec."""
+
+    rows: list[TuneRow]
+    chosen: TuneRow | None
+    message: str
+    min_z: float
+    max_damage: float
+    n_fit: int
+    n_heldout: int
+    baseline_margin: float
+    spec: SteerSpec | None = None
+    chosen_caa: TuneRow | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the split, the grid, the rule
+
+
+def _prompt_key(pair: Pair) -> str:
+    return hashlib.sha256(f"{pair.system or ''}\x00{pair.prompt}".encode()).hexdigest()
+
+
+def split_pairs(pairs: Sequence[Pair], share: float = HELDOUT_SHARE) -> tuple[list[int], list[int]]:
+    """``(fit, heldout)`` pair indices: see the module docstring (SHA-256 order, first ``share`` held out)."""
+    n = len(pairs)
+    if n < MIN_PAIRS:
+        raise UserError(f"tune needs at least {MIN_PAIRS} pairs (a fit and a held-out split), got {n}")
+    keys = [_prompt_key(p) for p in pairs]
+    order = sorted(range(n), key=lambda i: (keys[i], i))
+    cut = max(2, round(n * share))
+    while cut < n and keys[order[cut]] == keys[order[cut - 1]]:
+        cut += 1
+    if n - cut < 2:
+        raise UserError(f"too few distinct prompts to split {n} pairs into fit and held-out pairs")
+    return sorted(order[cut:]), sorted(order[:cut])
+
+
+def grid(
+    sites: Sequence[str], budget: int | None = None, ks: Sequence[int] = KS, alphas: Sequence[float] = ALPHAS
+) -> list[tuple[str, int, float]]:
+    """``(site, k, alpha)`` to try: the full grid, or ``budget`` of them spread over each site's range.
+
+    Each site gets ``budget // len(sites)`` (the first sites one more for the remainder); its configurations
+    are ordered by strength ``k * alpha`` and picked at evenly spaced ranks, so the weakest and the
+    strongest are always tried.
+    """
+    out: list[tuple[str, int, float]] = []
+    for i, site in enumerate(sites):
+        full = sorted(((int(k), float(a)) for k in ks for a in alphas), key=lambda c: (c[0] * c[1], c[0]))
+        n = len(full) if budget is None else budget // len(sites) + (i < budget % len(sites))
+        out.extend((site, k, a) for k, a in _spread(full, n))
+    return out
+
+
+def _spread(items: Sequence[Any], n: int) -> list[Any]:
+    if n >= len(items):
+        return list(items)
+    if n <= 1:
+        return list(items[-1:]) if n == 1 else []
+    return [items[round(j * (len(items) - 1) / (n - 1))] for j in range(n)]
+
+
+def noise_z(n_configs: int) -> float:
+    """The z an effect needs to count as beyond noise after trying ``n_configs`` configurations.
+
+    ``max(2, Phi^-1(1 - 0.025 / n_configs))``: a two-sided 5% level, Bonferroni-corrected.
+    """
+    return max(2.0, statistics.NormalDist().inv_cdf(1 - 0.025 / max(1, n_configs)))
+
+
+def choose(rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float = 2.0) -> TuneRow | None:
+    """The row with the largest effect among those with ``ppl_ratio <= max_damage`` and ``z >= min_z``.
+
+    Ties: smaller perplexity ratio, smaller k, smaller alpha. None when no row qualifies.
+
+    Example:
+        >>> r = TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.3, 0.1, 3.0, 0.9, 0.5, 0.01, 1.05)
+        >>> choose([r]).k, choose([r], max_damage=1.01), choose([r], min_z=4.0)
+        (8, None, None)
+    """
+    ok = [r for r in rows if r.ppl_ratio <= max_damage and r.z >= min_z and r.effect > 0]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r.effect, -r.ppl_ratio, -r.k, -r.alpha))
+
+
+def explain(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float, min_z: float) -> str:
+    """One sentence: what was chosen, or why nothing was."""
+    if chosen is not None:
+        what = f"{chosen.k} {chosen.site} AUs" if chosen.method == "austeer" else f"CAA at layer {chosen.layer}"
+        return (
+            f"chose {what} at alpha {chosen.alpha:g}: held-out margin {chosen.effect:+.3f} nats/token "
+            f"(z {chosen.z:.1f}), perplexity x{chosen.ppl_ratio:.3f}"
+        )
+    if not rows:
+        return "no configuration was measured"
+    beyond = [r for r in rows if r.z >= min_z and r.effect > 0]
+    best = max(rows, key=lambda r: r.z)
+    if not beyond:
+        return (
+            f"no configuration moves the held-out margins beyond noise (best z {best.z:.2f}, needed {min_z:.2f}): "
+            "the pairs do not define a behaviour these units can steer; no spec written"
+        )
+    least = min(beyond, key=lambda r: r.ppl_ratio)
+    return (
+        f"every configuration with an effect beyond noise breaks the damage bound (least damage: perplexity "
+        f"x{least.ppl_ratio:.3f} > {max_damage:g}); no spec written (raise --max-damage to accept more)"
+    )
+
+
+# -- the run
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _load_state(out: Path | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    if out is None or not (out / "tune.json").exists():
+        return fresh
+    path = out / "tune.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a tune.json austeer wrote ({exc}); use another --out directory") from None
+    if not isinstance(state, dict) or not isinstance(state.get("rows"), list):
+        raise UserError(f"{path}: not a tune.json austeer wrote; use another --out directory")
+    for key in ("model", "fingerprint", "pairs_sha256", "neutral_sha256"):
+        if state.get(key) != fresh[key]:
+            raise UserError(
+                f"{path}: an earlier tune run with a different {key.split('_')[0]}; use another --out directory"
+            )
+    return state
+
+
+def _row(obj: dict[str, Any]) -> TuneRow:
+    return TuneRow(**obj)
+
+
+#: the files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as
+TUNE_FILES = {"tune.json": "tune", "caa.safetensors": "caa"}
+
+
+def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
+    if out is not None:
+        write_output(out / "tune.json", signed_json(state, "tune", allow_nan=False), "tune", force)
+
+
+def _site_counts(
+    model: nn.Module,
+    tok: Any,
+    fit_pairs: Sequence[Pair],
+    sites: Sequence[str],
+    out: Path | None,
+    force: bool,
+    **kw: Any,
+) -> dict[str, SteerSpec]:
+    """The fit split's scores of every site as a top-``max(KS)`` spec, read from ``out/scores`` when cached."""
+    specs: dict[str, SteerSpec] = {}
+    for site in sites:
+        where = None if out is None else out / "scores" / site
+        if where is not None and (where / "steer.json").exists():
+            cached = load(where)
+            cached.check_fits(fingerprint(model))
+            if cached.n_pairs == len(fit_pairs):
+                specs[site] = cached
+    missing = [s for s in sites if s not in specs]
+    if missing:
+        counts = score(model, tok, fit_pairs, missing, kw["batch_size"], progress=kw["progress"])
+        for site in missing:
+            spec = spec_from_counts(model, {site: counts[site]}, max(KS), 1.0, len(fit_pairs), kw["model_id"])
+            if out is not None:
+                spec.save(out / "scores" / site, force=force)
+            specs[site] = spec
+    return specs
+
+
+def tune(
+    model: nn.Module,
+    tok: Any,
+    pairs: Sequence[Pair],
+    out: str | Path | None = None,
+    sites: Sequence[str] = ("head", "ffn", "neuron"),
+    budget: int | None = None,
+    max_damage: float = MAX_DAMAGE,
+    methods: Sequence[str] = ("austeer",),
+    neutral: Sequence[str] = (),
+    min_z: float | None = None,
+    model_id: str = "",
+    batch_size: int = 16,
+    progress: bool = True,
+    force: bool = False,
+) -> TuneResult:
+    """Split ``pairs``, measure the grid, choose; with ``out``, write and resume (see the module docstring).
+
+    ``budget``: at most this many configurations per method (None: the full grid). ``neutral``: extra
+    neutral texts for the damage measure. ``min_z``: the z an effect needs (default :func:`noise_z` of the
+    number of configurations). ``force``: replace ``out/spec`` and ``out/scores/*`` even when austeer did
+    not write them. The model is left as it was (gains are folded and unfolded around each measurement).
+    """
+    for site in sites:
+        check_site(site)
+    for m in methods:
+        if m not in ("austeer", "caa"):
+            raise UserError(f"unknown tune method {m!r}; expected austeer or caa")
+    if budget is not None and budget < 1:
+        raise UserError(f"budget must be >= 1, got {budget}")
+    if not max_damage >= 1.0:
+        raise UserError(f"max_damage is a perplexity ratio and must be >= 1, got {max_damage}")
+    fit_idx, held_idx = split_pairs(pairs)
+    fit_pairs, held = [pairs[i] for i in fit_idx], [pairs[i] for i in held_idx]
+    texts = [*NEUTRAL_TEXTS, *neutral]
+    model_id = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", ""))
+    path = None if out is None else Path(out)
+    if path is not None:
+        for where in [path / "spec", *(path / "scores" / s for s in sites)]:
+            check_replaceable(where, "spec", force)  # before any work
+        for name, kind in TUNE_FILES.items():
+            check_file_output(path / name, kind, force)
+        path.mkdir(parents=True, exist_ok=True)
+    fresh: dict[str, Any] = {
+        "model": model_id,
+        "fingerprint": fingerprint(model).get("digest", ""),
+        "pairs_sha256": _sha([asdict(p) for p in pairs]),
+        "neutral_sha256": _sha(list(texts)),
+        "split": {"rule": "sha256(system, prompt), first quarter held out", "fit": fit_idx, "heldout": held_idx},
+        "rows": [],
+    }
+    state = _load_state(path, fresh)
+    configs: list[tuple[str, str, float, float]] = []  # (method, site, k or layer fraction, alpha)
+    if "austeer" in methods:
+        configs += [("austeer", s, float(k), a) for s, k, a in grid(sites, budget)]
+    if "caa" in methods:
+        caa_grid = [(f, m) for m in CAA_MULTIPLIERS for f in CAA_LAYERS]
+        configs += [("caa", "residual", f, m) for f, m in _spread(caa_grid, budget or len(caa_grid))]
+    n_austeer = sum(c[0] == "austeer" for c in configs)
+    need_z = noise_z(max(n_austeer, len(configs) - n_austeer)) if min_z is None else min_z
+    state["settings"] = {
+        "sites": list(sites),
+        "budget": budget,
+        "methods": list(methods),
+        "max_damage": max_damage,
+        "min_z": need_z,
+    }
+
+    cache = LayerCache(model)  # the layers below the first steered one: computed once per pair (austeer.core.reuse)
+    with cache.reuse():
+        base = margins(model, tok, held, batch_size)
+        ref = neutral_reference(model, tok, texts, batch_size)
+    state["baseline"] = {"margin": float(base.mean()), "ppl": math.exp(ref.nll / ref.n_tokens)}
+    rows = {_row(r).key: _row(r) for r in state["rows"]}
+    specs: dict[str, SteerSpec] = {}
+    evidence: list[Any] = []
+    n_layers = int(fingerprint(model)["n_layers"])
+
+    def key(c: tuple[str, str, float, float]) -> tuple[str, str, int, float, int]:
+        if c[0] == "austeer":
+            return ("austeer", c[1], int(c[2]), c[3], -1)
+        from austeer.methods.caa import layer_of
+
+        return ("caa", c[1], 0, c[3], layer_of(c[2], n_layers))
+
+    def steerer(c: tuple[str, str, float, float]) -> tuple[AbstractContextManager[Any], int]:
+        if c[0] == "austeer":
+            if not specs:
+                specs.update(_site_counts(model, tok, fit_pairs, sites, path, force, **kw))
+            spec = specs[c[1]].with_k(int(c[2])).with_alpha(c[3])
+            return steering(model, spec), spec.k
+        from austeer.methods.caa import build
+
+        s = build(model, caa_evidence(), layer=c[2], multiplier=c[3])
+        return s.hooks(model), s.n_steered
+
+    def caa_evidence() -> Any:
+        from austeer.methods.base import gather
+
+        if not evidence:
+            evidence.append(gather(model, tok, fit_pairs, ["residual"], batch_size, progress=False))
+        return evidence[0]
+
+    kw = {"batch_size": batch_size, "progress": progress, "model_id": model_id}
+    todo = [c for c in configs if key(c) not in rows]
+    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="tune", unit="cfg", disable=not progress)
+    try:
+        for c in todo:
+            ctx, n_steered = steerer(c)
+            with ctx, cache.reuse():
+                eff = effect_of(margins(model, tok, held, batch_size), base)
+                kl, ratio = damage(model, ref)
+            method, site, k, alpha, layer = key(c)
+            row = TuneRow(
+                method, site, k if method == "austeer" else n_steered, alpha, layer, n_steered,
+                eff.effect, eff.se, eff.z, eff.share_up, eff.margin, kl, ratio, eff.fixed, eff.broken,
+            )  # fmt: skip
+            rows[key(c)] = row
+            state["rows"] = [asdict(r) for r in rows.values()]
+            _write(path, state, force)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    wanted = [rows[key(c)] for c in configs]
+    mine = [r for r in wanted if r.method == "austeer"]
+    theirs = [r for r in wanted if r.method == "caa"]
+    chosen = choose(mine, max_damage, need_z)
+    chosen_caa = choose(theirs, max_damage, need_z)
+    message = explain(mine, chosen, max_damage, need_z) if "austeer" in methods else ""
+    spec = None
+    if chosen is not None:
+        if not specs:
+            specs.update(_site_counts(model, tok, fit_pairs, sites, path, force, **kw))
+        spec = specs[chosen.site].with_k(chosen.k).with_alpha(chosen.alpha)
+        spec.info = {**spec.info, "tune": asdict(chosen)}
+        if path is not None:
+            spec.save(path / "spec", force=force)
+    elif path is not None and (path / "spec").exists():
+        check_replaceable(path / "spec", "spec", force=False)  # a stale choice of an earlier run: austeer's own
+        shutil.rmtree(path / "spec")
+    if chosen_caa is not None and path is not None:
+        vec = caa_evidence().mean_diff("residual")[chosen_caa.layer] * chosen_caa.alpha
+        at = torch.tensor([chosen_caa.layer])
+        tensors = {"vector": vec.contiguous(), "layer": at}
+        meta = {"written_by": signature("caa")}
+        atomic_write_file(
+            path / "caa.safetensors",
+            lambda tmp: save_file(tensors, str(tmp), metadata=meta),
+            owned=lambda p: signed(p, "caa"),
+            force=force,
+        )
+    state.update(
+        chosen=None if chosen is None else asdict(chosen),
+        chosen_caa=None if chosen_caa is None else asdict(chosen_caa),
+        message=message,
+    )
+    _write(path, state, force)
+    return TuneResult(
+        wanted,
+        chosen,
+        message,
+        need_z,
+        max_damage,
+        len(fit_pairs),
+        len(held),
+        float(base.mean()),
+        spec,
+        chosen_caa,
+        state,
+    )

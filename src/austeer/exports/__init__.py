@@ -1,0 +1,1 @@
+"""Exports: checkpoints, GGUF (steered model, LoRA), llama.cpp control vectors, LoRA adapters and vLLM."""

@@ -1,0 +1,92 @@
+"""AU-level addition (``au-add``): AUSteer's top-k AUs, each shifted by ``alpha * beta_i * s_i`` instead of scaled.
+
+A gain ``(1 + alpha * beta) x`` can only scale what an activation already carries; where the input does not
+excite an AU it does nothing. ``au-add`` keeps AUSteer's selection (the global top-``k`` AUs of the ``head``
+site by sign consistency, :func:`austeer.methods.au.top_units`) and adds a constant to each selected
+activation at every position: ``x_i <- x_i + alpha * beta_i * s_i``, a sparse ITI/CAA on ``k`` activations.
+
+``s_i``, the per-AU scale, is measured on the pairs' last-token activations:
+
+- ``scale="std"`` (``au-add``): the standard deviation of AU ``i`` over both texts of every pair, so ``alpha``
+  is in standard deviations of the AU (as ITI's ``sigma``) and a step is comparable across AUs;
+- ``scale="diff"`` (``au-add-diff``): ``|mean(pos - neg)|`` of AU ``i``, so ``alpha = 1`` moves every AU by its
+  mean positive-negative difference (``beta_i`` keeps the direction and the consistency weight).
+
+It steers ``k`` activations. Folded exactly as a bias, as ITI is: ``W_O (x + v) = W_O x + W_O v`` (``o_proj``
+gets the bias ``W_O v``, created if absent); a head-site addition is one residual vector per layer.
+
+Example:
+    >>> import torch
+    >>> per_au_scale(torch.tensor([[[1.0, 2.0]], [[3.0, 2.0]]]), torch.tensor([[[0.0, 2.0]], [[1.0, 2.0]]]), "diff")
+    tensor([[1.5000, 0.0000]])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from austeer.errors import UserError
+from austeer.methods.au import top_units
+from austeer.methods.base import AddSteerer, Evidence, Frontier, Method
+
+SCALES = ("std", "diff")
+
+
+def per_au_scale(pos: torch.Tensor, neg: torch.Tensor, scale: str) -> torch.Tensor:
+    """``s`` of every AU, ``[L, W]``, from ``[N, L, W]`` last-token activations (see the module docstring)."""
+    if scale == "std":
+        return torch.cat([pos, neg]).double().std(0).float()
+    if scale == "diff":
+        return (pos.double() - neg.double()).mean(0).abs().float()
+    raise UserError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
+
+
+def build(
+    model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0, scale: str = "std"
+) -> AddSteerer:
+    """``au-add`` on the top-``k`` AUs of ``site`` (``head``): ``x_i += alpha * beta_i * s_i``."""
+    if site != "head":
+        raise UserError(f"au-add adds at the head site (the o_proj input), got site {site!r}")
+    pos, neg = evidence.pos[site], evidence.neg[site]
+    s = evidence.memo(f"au-add-scale-{site}-{scale}", lambda: per_au_scale(pos, neg, scale))
+    width = pos.shape[-1]
+    vectors: dict[int, torch.Tensor] = {}
+    units = top_units(evidence, site, k)
+    for u in units:
+        v = vectors.setdefault(u.layer, torch.zeros(width))
+        v[u.index] = float(alpha) * u.beta * float(s[u.layer, u.index])
+    config = {"site": site, "k": k, "alpha": alpha, "scale": scale}
+    name = "au-add" if scale == "std" else f"au-add-{scale}"
+    return AddSteerer(name, site, vectors, config, n_steered=len(units))
+
+
+def build_diff(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 1.0) -> AddSteerer:
+    """``au-add`` with ``s_i = |mean(pos - neg)|``."""
+    return build(model, evidence, site, k, alpha, scale="diff")
+
+
+GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (2.0, 5.0, 10.0, 20.0))
+DIFF_GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (1.0, 2.0, 4.0, 8.0))
+
+METHOD = Method(
+    "au-add",
+    ("head",),
+    GRID,
+    build,
+    "as a bias: W_O v added to o_proj's bias",
+    adds_at="head",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
+)
+
+DIFF = Method(
+    "au-add-diff",
+    ("head",),
+    DIFF_GRID,
+    build_diff,
+    "as a bias: W_O v added to o_proj's bias",
+    adds_at="head",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 4.0, 8.0)),
+)

@@ -1,0 +1,1 @@
+"""Models: loading (hub names, local checkpoints, the embedded GGUF registry), dtype choice, checks of GGUF files."""

@@ -1,0 +1,1 @@
+"""Running a model: generation, likelihoods, neutral perplexity and damage measures."""
