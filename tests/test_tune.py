@@ -12,7 +12,8 @@ import torch
 from austeer.cli import main
 from austeer.core.pairs import Pair, write_pairs
 from austeer.core.spec import load
-from austeer.evaluation.tune import TuneRow, choose, grid, noise_z, split_pairs, tune
+from austeer.errors import UserError
+from austeer.evaluation.tune import TuneRow, choose, grid, levels, noise_z, split_pairs, tune
 
 BUDGET = {"sites": ("neuron",), "budget": 6, "progress": False}
 
@@ -48,6 +49,23 @@ def test_rule_needs_effect_beyond_noise_and_within_damage():
     assert choose(rows, 1.25, 2.0) == rows[1]
     assert choose(rows[:1], 1.25, 2.0) is None
     assert noise_z(1) == 2.0 and noise_z(6) > noise_z(2) > 2.0
+
+
+def test_choice_rule_sees_flips_the_margin_misses():
+    """A configuration that flips 14 held-out choices one way and none the other, with a mean margin change
+    inside noise, is chosen by the choice test (McNemar p = 1.2e-4) and by ``either``, not by the margin alone;
+    under ``either`` the most net flips win over the largest margin."""
+    flips = TuneRow("austeer", "head", 32, 10.0, -1, 32, 0.03, 0.03, 1.0, 0.6, 0.3, 0.01, 1.02, fixed=14, broken=0)
+    margin = TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.5, 0.1, 5.0, 0.9, 0.5, 0.01, 1.05, fixed=3, broken=1)
+    noise = TuneRow("austeer", "head", 2, 1.0, -1, 2, 0.01, 0.02, 0.5, 0.5, 0.3, 0.0, 1.0, fixed=5, broken=3)
+    assert round(flips.p_choice, 5) == 0.00012
+    assert choose([flips, noise], 1.25, *levels(24, "margin")) is None
+    assert choose([flips, noise], 1.25, *levels(24, "choice")) == flips
+    assert choose([flips, margin, noise], 1.25, *levels(24, "either")) == flips
+    assert choose([margin, noise], 1.25, *levels(24, "either")) == margin
+    assert choose([noise], 1.25, *levels(24, "either")) is None
+    with pytest.raises(UserError, match="unknown tune rule 'vote'"):
+        levels(24, "vote")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ def _row_line(r: Any, chosen: Any) -> str:
     mark = " <- chosen" if chosen is not None and r.key == chosen.key else ""
     return (
         f"  {what} alpha={r.alpha:<5g} effect {r.effect:+.3f} +- {r.effect_se:.3f} (z {r.z:+6.2f}, "
-        f"up {r.share_up:4.0%}, flips +{r.fixed}/-{r.broken})  KL {r.kl:8.4f}  ppl x{r.ppl_ratio:.3g}{mark}"
+        f"up {r.share_up:4.0%}, flips +{r.fixed}/-{r.broken} p {r.p_choice:.2g})  KL {r.kl:8.4f}  "
+        f"ppl x{r.ppl_ratio:.3g}{mark}"
     )
 
 
@@ -29,7 +30,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer tune")  # the figure tune.png, drawn at the end: checked before the work
     from austeer.core.pairs import read_pairs
     from austeer.core.sites import check_site
-    from austeer.evaluation.tune import TUNE_FILES, split_pairs, tune
+    from austeer.evaluation.tune import TUNE_FILES, describe_levels, levels, split_pairs, tune
     from austeer.io import check_file_output, check_replaceable, write_output
     from austeer.report.tune import tune_plot
     from austeer.run.measure import read_neutral
@@ -46,6 +47,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         check_file_output(out / name, kind, args.force, inputs)
     pairs = read_pairs(args.pairs)
     split_pairs(pairs)  # too few pairs: say so before loading the model
+    levels(1, args.rule)  # an unknown rule: likewise
     neutral = read_neutral(args.neutral) if args.neutral else []
     model, tok, name = load_from_args(args)
     result = tune(
@@ -58,6 +60,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         max_damage=args.max_damage,
         methods=methods,
         neutral=neutral,
+        rule=args.rule,
         model_id=name,
         batch_size=args.batch_size,
         force=args.force,
@@ -67,7 +70,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     write_output(out / "tune.png", plot, "figure", args.force, inputs)
     print(
         f"{title}; unsteered held-out margin {result.baseline_margin:+.3f} nats/token; "
-        f"noise rule z >= {result.min_z:.2f}, damage bound ppl x{result.max_damage:g}"
+        f"noise rule ({result.rule}) {describe_levels(result.min_z, result.max_p)}, "
+        f"damage bound ppl x{result.max_damage:g}"
     )
     for r in sorted(result.rows, key=lambda r: (r.method, r.site, r.k, r.alpha)):
         print(_row_line(r, result.chosen if r.method == "austeer" else result.chosen_caa))
@@ -96,6 +100,12 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", type=positive_int, default=None, help="at most N configurations per method")
     p.add_argument("--max-damage", type=ratio, default=1.25, help="largest perplexity ratio on neutral text (1.25)")
     p.add_argument("--method", default="austeer", help="austeer, caa or austeer,caa")
+    p.add_argument(
+        "--rule",
+        default="either",
+        help="the test an effect must pass: margin (the held-out margin's z), choice (the held-out two-way choice, "
+        "McNemar) or either (the default; docs/TUNE.md)",
+    )
     p.add_argument("--neutral", default=None, help="extra neutral texts: JSONL (strings or {text}) or text lines")
     p.add_argument("--batch-size", type=positive_int, default=16)
     add_force_arg(p)

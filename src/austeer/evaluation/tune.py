@@ -21,10 +21,20 @@ A user with a pairs file has no task, scorer or validation set. :func:`tune` mak
      ``kl`` is ``KL(unsteered || steered)`` of the next-token distributions, averaged over positions
      (nats), and ``ppl_ratio`` the steered perplexity over the unsteered one.
 
-4. **Choose** (:func:`choose`): the largest effect among configurations with ``ppl_ratio <= max_damage``
-   (default 1.25) whose effect is beyond noise: ``z >= min_z``, by default :func:`noise_z` of the number of
-   configurations tried (2, raised by a Bonferroni correction so that trying many configurations on
-   random labels does not find one by chance). No such configuration: no spec.
+4. **Choose** (:func:`choose`) among configurations with ``ppl_ratio <= max_damage`` (default 1.25) whose
+   effect is beyond noise by the ``rule``'s test (:func:`levels`: a 5% level, Bonferroni-corrected for the
+   number of configurations tried, so that trying many on random labels does not find one by chance):
+
+   - ``"margin"``: the mean margin change, ``z >= min_z`` (:func:`noise_z`); the largest effect wins. It fits
+     pairs whose answers are free text, where a behaviour shifts every pair's margin a little;
+   - ``"choice"``: the held-out pairs as a two-way choice (does the model prefer the positive answer?): the
+     exact McNemar test on the flips, ``fixed > broken`` and ``p_choice <= max_p``; the most net flips win.
+     It fits pairs that are a task's two options (COPA, BoolQ), where a gain that flips one item in ten
+     raises accuracy but moves the mean margin little;
+   - ``"either"`` (the default): a configuration passes either test, each at half the level (the correction
+     counts both); the most net flips win, then the largest effect.
+
+   No such configuration: no spec.
 
 ``methods=("austeer", "caa")`` measures CAA (a residual steering vector, :mod:`austeer.methods.caa`,
 fitted on the same fit pairs) on the same held-out pairs and neutral texts, so the two can be compared.
@@ -87,6 +97,7 @@ from austeer.io import (
     write_output,
 )
 from austeer.run.measure import damage, effect_of, margins, neutral_reference
+from austeer.stats import mcnemar
 from austeer.tasks.base import NEUTRAL_TEXTS
 
 KS: tuple[int, ...] = (2, 8, 32, 100)
@@ -120,6 +131,11 @@ class TuneRow:
     broken: int = 0
 
     @property
+    def p_choice(self) -> float:
+        """Exact McNemar p of the held-out preference flips (``fixed`` against ``broken``)."""
+        return mcnemar(self.fixed, self.broken)
+
+    @property
     def key(self) -> tuple[str, str, int, float, int]:
         return (self.method, self.site, self.k, self.alpha, self.layer)
 
@@ -131,7 +147,7 @@ class TuneResult:
     rows: list[TuneRow]
     chosen: TuneRow | None
     message: str
-    min_z: float
+    min_z: float | None
     max_damage: float
     n_fit: int
     n_heldout: int
@@ -139,6 +155,8 @@ class TuneResult:
     spec: SteerSpec | None = None
     chosen_caa: TuneRow | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    rule: str = "margin"
+    max_p: float | None = None  # the McNemar level of the choice test (rules choice and either)
 
 
 # -- the split, the grid, the rule
@@ -196,37 +214,81 @@ def noise_z(n_configs: int) -> float:
     return max(2.0, statistics.NormalDist().inv_cdf(1 - 0.025 / max(1, n_configs)))
 
 
-def choose(rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float = 2.0) -> TuneRow | None:
-    """The row with the largest effect among those with ``ppl_ratio <= max_damage`` and ``z >= min_z``.
+RULES = ("margin", "choice", "either")
 
-    Ties: smaller perplexity ratio, smaller k, smaller alpha. None when no row qualifies.
+
+def levels(n_configs: int, rule: str) -> tuple[float | None, float | None]:
+    """``(min_z, max_p)``: what the margin test and the choice test need after ``n_configs`` configurations
+    under ``rule`` (None: that test is not used). A 5% level, Bonferroni-corrected over the configurations
+    and, for ``either``, over the two tests.
 
     Example:
-        >>> r = TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.3, 0.1, 3.0, 0.9, 0.5, 0.01, 1.05)
-        >>> choose([r]).k, choose([r], max_damage=1.01), choose([r], min_z=4.0)
-        (8, None, None)
+        >>> [tuple(None if v is None else round(v, 4) for v in levels(24, r)) for r in RULES]
+        [(3.0782, None), (None, 0.0021), (3.2272, 0.001)]
     """
-    ok = [r for r in rows if r.ppl_ratio <= max_damage and r.z >= min_z and r.effect > 0]
+    if rule not in RULES:
+        raise UserError(f"unknown tune rule {rule!r}; expected one of {', '.join(RULES)}")
+    n = max(1, n_configs)
+    tests = 2 if rule == "either" else 1
+    min_z = noise_z(n * tests) if rule != "choice" else None
+    max_p = 0.05 / (n * tests) if rule != "margin" else None
+    return min_z, max_p
+
+
+def describe_levels(min_z: float | None, max_p: float | None) -> str:
+    """The tests in use as text, e.g. ``z >= 3.23 or McNemar p <= 0.001``."""
+    tests = ([] if min_z is None else [f"z >= {min_z:.2f}"]) + ([] if max_p is None else [f"McNemar p <= {max_p:.2g}"])
+    return " or ".join(tests)
+
+
+def passes(row: TuneRow, min_z: float | None, max_p: float | None) -> bool:
+    """Whether ``row``'s effect is beyond noise by a test in use (see :func:`levels`)."""
+    by_margin = min_z is not None and row.effect > 0 and row.z >= min_z
+    by_choice = max_p is not None and row.fixed > row.broken and row.p_choice <= max_p
+    return by_margin or by_choice
+
+
+def choose(
+    rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float | None = 2.0, max_p: float | None = None
+) -> TuneRow | None:
+    """The best row among those with ``ppl_ratio <= max_damage`` that pass a test in use (:func:`passes`):
+    with the choice test in use (``max_p``), the most net flips (``fixed - broken``), then the largest effect;
+    else the largest effect. Ties: smaller perplexity ratio, smaller k, smaller alpha. None when none qualifies.
+
+    Example:
+        >>> r = TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.3, 0.1, 3.0, 0.9, 0.5, 0.01, 1.05, fixed=6, broken=0)
+        >>> choose([r]).k, choose([r], max_damage=1.01), choose([r], min_z=4.0), choose([r], None, max_p=0.05).k
+        (8, None, None, 8)
+    """
+    ok = [r for r in rows if r.ppl_ratio <= max_damage and passes(r, min_z, max_p)]
     if not ok:
         return None
-    return max(ok, key=lambda r: (r.effect, -r.ppl_ratio, -r.k, -r.alpha))
+    flips = max_p is not None
+    return max(ok, key=lambda r: ((r.fixed - r.broken) if flips else 0, r.effect, -r.ppl_ratio, -r.k, -r.alpha))
 
 
-def explain(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float, min_z: float) -> str:
+def explain(
+    rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float, min_z: float | None, max_p: float | None = None
+) -> str:
     """One sentence: what was chosen, or why nothing was."""
     if chosen is not None:
         what = f"{chosen.k} {chosen.site} AUs" if chosen.method == "austeer" else f"CAA at layer {chosen.layer}"
         return (
             f"chose {what} at alpha {chosen.alpha:g}: held-out margin {chosen.effect:+.3f} nats/token "
-            f"(z {chosen.z:.1f}), perplexity x{chosen.ppl_ratio:.3f}"
+            f"(z {chosen.z:.1f}), held-out choices {chosen.fixed} fixed / {chosen.broken} broken "
+            f"(McNemar p {chosen.p_choice:.2g}), perplexity x{chosen.ppl_ratio:.3f}"
         )
     if not rows:
         return "no configuration was measured"
-    beyond = [r for r in rows if r.z >= min_z and r.effect > 0]
-    best = max(rows, key=lambda r: r.z)
+    beyond = [r for r in rows if passes(r, min_z, max_p)]
     if not beyond:
+        tests = []
+        if min_z is not None:
+            tests.append(f"best z {max(r.z for r in rows):.2f}, needed {min_z:.2f}")
+        if max_p is not None:
+            tests.append(f"best McNemar p {min(r.p_choice for r in rows):.2g}, needed {max_p:.2g}")
         return (
-            f"no configuration moves the held-out margins beyond noise (best z {best.z:.2f}, needed {min_z:.2f}): "
+            f"no configuration moves the held-out margins or choices beyond noise ({'; '.join(tests)}): "
             "the pairs do not define a behaviour these units can steer; no spec written"
         )
     least = min(beyond, key=lambda r: r.ppl_ratio)
@@ -314,6 +376,7 @@ def tune(
     methods: Sequence[str] = ("austeer",),
     neutral: Sequence[str] = (),
     min_z: float | None = None,
+    rule: str = "either",
     model_id: str = "",
     batch_size: int = 16,
     progress: bool = True,
@@ -322,15 +385,17 @@ def tune(
     """Split ``pairs``, measure the grid, choose; with ``out``, write and resume (see the module docstring).
 
     ``budget``: at most this many configurations per method (None: the full grid). ``neutral``: extra
-    neutral texts for the damage measure. ``min_z``: the z an effect needs (default :func:`noise_z` of the
-    number of configurations). ``force``: replace ``out/spec`` and ``out/scores/*`` even when austeer did
-    not write them. The model is left as it was (gains are folded and unfolded around each measurement).
+    neutral texts for the damage measure. ``rule``: the test an effect must pass (:data:`RULES`, see the module
+    docstring); ``min_z`` overrides the margin test's z. ``force``: replace ``out/spec`` and ``out/scores/*`` even
+    when austeer did not write them. The model is left as it was (gains are folded and unfolded around each
+    measurement).
     """
     for site in sites:
         check_site(site)
     for m in methods:
         if m not in ("austeer", "caa"):
             raise UserError(f"unknown tune method {m!r}; expected austeer or caa")
+    levels(1, rule)  # an unknown rule: one line before any work
     if budget is not None and budget < 1:
         raise UserError(f"budget must be >= 1, got {budget}")
     if not max_damage >= 1.0:
@@ -362,13 +427,17 @@ def tune(
         caa_grid = [(f, m) for m in CAA_MULTIPLIERS for f in CAA_LAYERS]
         configs += [("caa", "residual", f, m) for f, m in _spread(caa_grid, budget or len(caa_grid))]
     n_austeer = sum(c[0] == "austeer" for c in configs)
-    need_z = noise_z(max(n_austeer, len(configs) - n_austeer)) if min_z is None else min_z
+    need_z, max_p = levels(max(n_austeer, len(configs) - n_austeer), rule)
+    if min_z is not None and need_z is not None:
+        need_z = min_z
     state["settings"] = {
         "sites": list(sites),
         "budget": budget,
         "methods": list(methods),
         "max_damage": max_damage,
+        "rule": rule,
         "min_z": need_z,
+        "max_p": max_p,
     }
 
     cache = LayerCache(model)  # the layers below the first steered one: computed once per pair (austeer.core.reuse)
@@ -430,9 +499,9 @@ def tune(
     wanted = [rows[key(c)] for c in configs]
     mine = [r for r in wanted if r.method == "austeer"]
     theirs = [r for r in wanted if r.method == "caa"]
-    chosen = choose(mine, max_damage, need_z)
-    chosen_caa = choose(theirs, max_damage, need_z)
-    message = explain(mine, chosen, max_damage, need_z) if "austeer" in methods else ""
+    chosen = choose(mine, max_damage, need_z, max_p)
+    chosen_caa = choose(theirs, max_damage, need_z, max_p)
+    message = explain(mine, chosen, max_damage, need_z, max_p) if "austeer" in methods else ""
     spec = None
     if chosen is not None:
         if not specs:
@@ -473,4 +542,6 @@ def tune(
         spec,
         chosen_caa,
         state,
+        rule,
+        max_p,
     )
