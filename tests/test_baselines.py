@@ -279,8 +279,8 @@ def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(sm
 
 
 def test_methods_describe_themselves():
-    for name, m in METHODS.items():
-        assert m.name == name
+    """Each method's strength parameter is one of its parameters, and a frontier varies only its parameters."""
+    for m in METHODS.values():
         assert m.strength is None or m.strength in m.params
         if m.frontier is not None:
             assert m.strength is not None and set(m.frontier.config) | {m.strength} <= m.params
