@@ -279,8 +279,8 @@ def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(sm
 
 
 def test_methods_describe_themselves():
-    for name, m in METHODS.items():
-        assert m.name == name
+    """Each method's strength parameter is one of its parameters, and a frontier varies only its parameters."""
+    for m in METHODS.values():
         assert m.strength is None or m.strength in m.params
         if m.frontier is not None:
             assert m.strength is not None and set(m.frontier.config) | {m.strength} <= m.params
@@ -312,6 +312,50 @@ def test_fold_note_says_what_folding_does(smol, evidence, family):
     finally:
         model.config.model_type = original
     assert METHODS["caa"].fold_note(model).startswith("as a bias")
+
+
+def test_compare_chooses_on_val_and_reads_test_only_for_its_choice(smol, monkeypatch):
+    """Choice on validation never reads a test item under a configuration it has not chosen: every trial of the
+    budget is scored on val items before the method's choice; after it, test items are read only under the
+    chosen configuration (the unsteered model reads test items too, for the baseline the choice does not use)."""
+    import austeer.evaluation.compare as compare_mod
+    from austeer.tasks import get_task
+
+    model, tok = smol
+    task = get_task("copa")
+    reads: list[tuple[str, tuple | None, bool]] = []  # (split, configuration steering the model or None, chosen)
+    active: list[tuple] = []
+    chosen: list[bool] = []
+    real_items, real_steered, real_pick = task.items, compare_mod.evaluate_steered, compare_mod.pick
+
+    def items(split, limit=None):
+        reads.append((split, active[-1] if active else None, bool(chosen)))
+        return real_items(split, limit)
+
+    def evaluate_steered(model, tok, task, steerers, *args, **kw):
+        first = steerers[0] if isinstance(steerers, list) else steerers
+        active.append(tuple(sorted(first.config.items())))
+        try:
+            return real_steered(model, tok, task, steerers, *args, **kw)
+        finally:
+            active.pop()
+
+    def pick(trials, max_ppl_ratio):
+        chosen.append(True)
+        return real_pick(trials, max_ppl_ratio)
+
+    monkeypatch.setattr(task, "items", items)
+    monkeypatch.setattr(compare_mod, "evaluate_steered", evaluate_steered)
+    monkeypatch.setattr(compare_mod, "pick", pick)
+    limits = {"pairs_limit": 8, "val_limit": 4, "test_limit": 4}
+    comp = compare_mod.compare(model, tok, task, ["austeer"], budget=2, batch_size=8, progress=False, **limits)
+    [result] = comp.results
+    trials = {tuple(sorted(t.config.items())) for t in result.trials}
+    assert len(trials) == 2
+    steered_before = {(split, config) for split, config, after in reads if config is not None and not after}
+    steered_after = {(split, config) for split, config, after in reads if config is not None and after}
+    assert steered_before == {("val", config) for config in trials}
+    assert steered_after == {("test", tuple(sorted(result.config.items())))}
 
 
 def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):

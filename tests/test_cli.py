@@ -43,8 +43,11 @@ def test_fit_generate_export(tmp_path, capsys):
     hooked = capsys.readouterr().out
     assert main(args + ["--mode", "fold"]) == 0
     assert capsys.readouterr().out == hooked and hooked.strip()
-    assert main(args + ["--compare"]) == 0
-    assert "--- unsteered:" in capsys.readouterr().out
+    assert main(args + ["--compare"]) == 0  # the unsteered answer first, then the same steered one
+    unsteered, steered = capsys.readouterr().out.split("\n--- steered (8 AUs, alpha 4, ", 1)
+    prompt, answer = unsteered.split("\n--- unsteered:\n", 1)
+    assert prompt == "### prompt: Tell me about your day." and answer.strip()
+    assert steered.split("\n", 1)[1] == hooked
     assert main(["export", "--steer", str(spec_dir), "--out", str(model_dir)]) == 0
     assert AutoModelForCausalLM.from_pretrained(model_dir).config.model_type == "llama"
 

@@ -152,6 +152,40 @@ def test_sweep_refuses_files_it_did_not_write(tmp_path, capsys, name):
     assert (out / name).read_text() == "keep"
 
 
+def directory_commands(pairs: Path, items: Path) -> dict[str, list[str]]:
+    """The commands whose ``--out`` is a directory of their own files, each on a tiny run (``--out`` to add)."""
+    return {
+        "sweep": ["sweep", "--task", "copa", "--site", "head", "--k", "2", "--alpha", "1"],
+        "tune": ["tune", "--pairs", str(pairs), "--sites", "head", "--budget", "1"],
+        "compare": ["compare", "--task", "custom", "--pairs", str(pairs), "--eval", str(items), "--methods", "austeer"],
+    }
+
+
+@pytest.mark.parametrize("command", ["sweep", "tune", "compare"])
+def test_a_foreign_out_directory_is_refused_before_any_work(custom, tmp_path, capsys, no_model, command):
+    """``sweep``, ``tune`` and ``compare`` refuse an ``--out`` directory holding a file they did not write: exit 2,
+    one line naming the directory, before the model loads; the user's file is byte for byte kept and nothing is
+    added next to it."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_bytes(b"my notes\n")
+    assert main([*directory_commands(*custom)[command], "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"{out}: it holds 'notes.txt', which austeer did not write" in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_bytes() == b"my notes\n"
+
+
+@pytest.mark.parametrize("command", ["sweep", "tune", "compare"])
+def test_a_file_as_out_directory_is_refused_even_with_force(custom, tmp_path, capsys, no_model, command):
+    """A file where ``sweep``, ``tune`` or ``compare`` put their directory is a typo: refused even with
+    ``--force`` (exit 2, one line naming it, before the model loads), and the file is kept."""
+    out = tmp_path / "notes.txt"
+    out.write_bytes(b"my notes\n")
+    assert main([*directory_commands(*custom)[command], "--out", str(out), "--force"]) == 2
+    assert f"{out}: a file is in the way" in one_error_line(capsys)
+    assert out.read_bytes() == b"my notes\n"
+
+
 def test_kinds_of_files_do_not_mix(custom, tmp_path, capsys):
     """An austeer ``compare.json`` is not an ``eval --out`` austeer may replace."""
     from austeer.io import signed_json

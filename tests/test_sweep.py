@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import torch
@@ -83,6 +86,45 @@ def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
     assert resumed["rows"][:2] == state["rows"][:2]
     # same model, same items, same folded weights: the recomputed rows are identical
     assert [r["metric"] for r in resumed["rows"]] == [r["metric"] for r in state["rows"]]
+
+
+def test_sweep_chooses_on_val_and_reads_test_only_for_its_choice(smol, tmp_path, monkeypatch) -> None:
+    """Choice on validation never reads a test item: every configuration of the grid is scored on val items
+    before the best one is chosen; test items are read only after the choice, by the unsteered model and by the
+    chosen configuration."""
+    model, tok = smol
+    task = get_task("copa")
+    reads: list[tuple[str, Any, bool]] = []  # (split, configuration steering the model or None, after the choice)
+    active: list[tuple[int, float]] = []
+    chosen: list[bool] = []
+    real_items, real_steering, real_best = task.items, sweep_mod.steering, sweep_mod.best_row
+
+    def items(split: str, limit: int | None = None) -> Any:
+        reads.append((split, active[-1] if active else None, bool(chosen)))
+        return real_items(split, limit)
+
+    @contextmanager
+    def steering(m: Any, spec: Any) -> Iterator[None]:
+        active.append((spec.k, spec.alpha))
+        try:
+            with real_steering(m, spec):
+                yield
+        finally:
+            active.pop()
+
+    def best_row(rows: Any) -> Any:
+        chosen.append(True)
+        return real_best(rows)
+
+    monkeypatch.setattr(task, "items", items)
+    monkeypatch.setattr(sweep_mod, "steering", steering)
+    monkeypatch.setattr(sweep_mod, "best_row", best_row)
+    grid = {"sites": ("head",), "ks": (2,), "alphas": (1.0, 8.0)}
+    state = sweep(model, tok, task, tmp_path / "sw", model_id="smol", progress=False, **grid, **LIMITS)
+    before = {(split, config) for split, config, after in reads if not after}
+    after = {(split, config) for split, config, after in reads if after}
+    assert before == {("val", None), ("val", (2, 1.0)), ("val", (2, 8.0))}
+    assert after == {("test", None), ("test", (state["best"]["k"], state["best"]["alpha"]))}
 
 
 def test_sweep_refuses_other_settings_in_the_same_dir(swept, smol) -> None:

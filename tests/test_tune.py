@@ -68,6 +68,35 @@ def test_choice_rule_sees_flips_the_margin_misses():
         levels(24, "vote")
 
 
+def test_choice_reads_held_out_pairs_only_through_the_steered_margins(smol, sentiment_pairs, monkeypatch):
+    """tune's analogue of "choice on validation": the AUs are scored on the fit pairs alone and every
+    configuration is measured on the held-out pairs alone, so the choice is made on pairs the fit never read."""
+    import austeer.evaluation.tune as tune_mod
+
+    model, tok = smol
+    pairs = sentiment_pairs[:12]
+    index = {id(p): i for i, p in enumerate(pairs)}  # which of ``pairs`` each call read
+    scored: list[list[int]] = []
+    measured: list[list[int]] = []
+    real_score, real_margins = tune_mod.score, tune_mod.margins
+
+    def score(model, tok, some, *args, **kw):
+        scored.append([index[id(p)] for p in some])
+        return real_score(model, tok, some, *args, **kw)
+
+    def margins(model, tok, some, *args, **kw):
+        measured.append([index[id(p)] for p in some])
+        return real_margins(model, tok, some, *args, **kw)
+
+    monkeypatch.setattr(tune_mod, "score", score)
+    monkeypatch.setattr(tune_mod, "margins", margins)
+    result = tune(model, tok, pairs, None, sites=("head",), budget=2, batch_size=12, progress=False)
+    fit, held = split_pairs(pairs)
+    assert scored == [fit]
+    assert measured == [held] * 3  # the unsteered margins, then each of the 2 configurations
+    assert len(result.rows) == 2 and (result.n_fit, result.n_heldout) == (len(fit), len(held))
+
+
 @pytest.fixture(scope="module")
 def sentiment_run(smol, sentiment_pairs, tmp_path_factory):
     model, tok = smol

@@ -452,6 +452,47 @@ def check_replaceable(
         raise OutputExistsError(f"{path}: {reason}; refusing to replace it (--force replaces it)")
 
 
+def check_output_dir(path: str | Path, names: Iterable[str], force: bool = False) -> None:
+    """Raise :class:`OutputExistsError` unless a command may write its outputs ``names`` into the directory ``path``.
+
+    For a command whose ``--out`` is a directory of its own files (``sweep``, ``tune``, ``compare``): free
+    when ``path`` does not exist or holds only ``names`` (an earlier run's outputs, each checked on its own
+    by :func:`check_file_output` or :func:`check_replaceable`) and austeer's temp siblings. Anything else
+    there is a folder of someone else's: refused unless ``force`` (which writes into it, keeping what is
+    there). A file at ``path`` is refused even with ``force``. Call it before long work to fail early.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / "notes.txt").write_text("keep")
+        4
+        >>> try:
+        ...     check_output_dir(d, ["sweep.json"])
+        ... except OutputExistsError as exc:
+        ...     print(str(exc).split(": ", 1)[1])
+        it holds 'notes.txt', which austeer did not write; refusing to write into it (--force writes into it)
+    """
+    path = Path(path)
+    check_output_path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise OutputExistsError(
+            f"{path}: a file is in the way; austeer writes a directory of outputs here and never replaces a file "
+            "(remove it or choose another path)"
+        )
+    if force:
+        return
+    own = set(names)
+    extra = sorted(p.name for p in path.iterdir() if p.name not in own and not p.name.startswith(".austeer."))
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise OutputExistsError(
+            f"{path}: it holds {extra[0]!r}{more}, which austeer did not write; refusing to write into it "
+            "(--force writes into it)"
+        )
+
+
 def signature(kind: str) -> str:
     """The text that marks a single file as austeer's ``kind`` output (see :func:`signed`).
 

@@ -43,12 +43,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from austeer.core.sites import check_site
     from austeer.evaluation.compare import compare, dose_response, sites_for
     from austeer.evaluation.evaluate import Unsteered
-    from austeer.io import check_file_output, signature, signed_json, write_output
+    from austeer.io import check_file_output, check_output_dir, signature, signed_json, write_output
     from austeer.methods.base import gather
     from austeer.report.comparison import plot_comparison, plot_dose, table
     from austeer.tasks import get_task
 
     inputs = [args.pairs, args.eval]
+    check_output_dir(args.out, COMPARE_FILES, args.force)  # before the long run
     for name, kind in COMPARE_FILES.items():
         if args.doses or not name.startswith("dose"):
             check_file_output(Path(args.out) / name, kind, args.force, inputs)  # before the long run

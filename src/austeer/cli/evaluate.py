@@ -174,8 +174,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
     from austeer.core.spec import first_overflow, overflow_text
-    from austeer.evaluation.sweep import SWEEP_FILES, sweep
-    from austeer.io import check_file_output, check_replaceable
+    from austeer.evaluation.sweep import SWEEP_FILES, SWEEP_NAMES, sweep
+    from austeer.io import check_file_output, check_output_dir, check_replaceable
     from austeer.models.loading import load_model
 
     task = _task(args)
@@ -184,8 +184,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if s not in SITES:
             raise UserError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
     inputs = [args.pairs, args.eval]
+    check_output_dir(args.out, SWEEP_NAMES, args.force)  # before loading the model
     for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", args.force, inputs)  # before loading the model
+        check_replaceable(where, "spec", args.force, inputs)
     for name, owned in SWEEP_FILES.items():
         check_file_output(Path(args.out) / name, "sweep", args.force, inputs, owned)
     widest = max(args.alpha, key=abs)  # |beta| <= 1: the largest gain of the grid is 1 + |alpha|

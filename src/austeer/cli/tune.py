@@ -30,8 +30,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer tune")  # the figure tune.png, drawn at the end: checked before the work
     from austeer.core.pairs import read_pairs
     from austeer.core.sites import check_site
-    from austeer.evaluation.tune import TUNE_FILES, describe_levels, levels, split_pairs, tune
-    from austeer.io import check_file_output, check_replaceable, write_output
+    from austeer.evaluation.tune import TUNE_FILES, TUNE_NAMES, describe_levels, levels, split_pairs, tune
+    from austeer.io import check_file_output, check_output_dir, check_replaceable, write_output
     from austeer.report.tune import tune_plot
     from austeer.run.measure import read_neutral
 
@@ -41,8 +41,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     out = Path(args.out)
     inputs = [args.pairs, args.neutral]
+    check_output_dir(out, TUNE_NAMES, args.force)  # before loading the model
     for where in [out / "spec", *(out / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", args.force, inputs)  # before loading the model
+        check_replaceable(where, "spec", args.force, inputs)
     for name, kind in {**TUNE_FILES, "tune.png": "figure"}.items():
         check_file_output(out / name, kind, args.force, inputs)
     pairs = read_pairs(args.pairs)

@@ -47,7 +47,7 @@ from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.core.steer import apply, folded
 from austeer.errors import UserError
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.io import check_file_output, check_replaceable, signed_json, write_output
+from austeer.io import check_file_output, check_output_dir, check_replaceable, signed_json, write_output
 from austeer.tasks.base import Task
 
 CSV_COLUMNS = ("site", "k", "alpha", "n_steered", "metric", "ppl_delta")
@@ -64,6 +64,8 @@ def _csv_owned(path: Path) -> bool:
 
 #: the files ``sweep --out`` writes, with the test of a file austeer wrote (None: its signature)
 SWEEP_FILES: dict[str, Callable[[Path], bool] | None] = {"sweep.json": None, "sweep.csv": _csv_owned}
+#: every name a sweep writes into its ``out`` directory (anything else there is refused, see :func:`check_output_dir`)
+SWEEP_NAMES = [*SWEEP_FILES, "best", "scores"]
 
 
 @dataclass
@@ -177,8 +179,9 @@ def sweep(
     if min(ks) < 1:
         raise UserError(f"every k must be >= 1, got {list(ks)}")
     out = Path(out)
+    check_output_dir(out, SWEEP_NAMES, force)  # before any work
     for where in [out / "best", *(out / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", force)  # before any work
+        check_replaceable(where, "spec", force)
     for name, owned in SWEEP_FILES.items():
         check_file_output(out / name, "sweep", force, owned=owned)
     out.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,7 @@ from austeer.evaluation.sweep import steering
 from austeer.io import (
     atomic_write_file,
     check_file_output,
+    check_output_dir,
     check_replaceable,
     signature,
     signed,
@@ -329,6 +330,8 @@ def _row(obj: dict[str, Any]) -> TuneRow:
 
 #: the files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as
 TUNE_FILES = {"tune.json": "tune", "caa.safetensors": "caa"}
+#: every name tune (with the CLI's figure) writes into its ``out`` directory; anything else there is refused
+TUNE_NAMES = [*TUNE_FILES, "tune.png", "spec", "scores"]
 
 
 def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
@@ -406,8 +409,9 @@ def tune(
     model_id = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", ""))
     path = None if out is None else Path(out)
     if path is not None:
+        check_output_dir(path, TUNE_NAMES, force)  # before any work
         for where in [path / "spec", *(path / "scores" / s for s in sites)]:
-            check_replaceable(where, "spec", force)  # before any work
+            check_replaceable(where, "spec", force)
         for name, kind in TUNE_FILES.items():
             check_file_output(path / name, kind, force)
         path.mkdir(parents=True, exist_ok=True)
