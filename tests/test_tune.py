@@ -166,3 +166,33 @@ def test_random_labels_choose_nothing(smol, sentiment_pairs, tmp_path):
     state = json.loads((out / "tune.json").read_text())
     assert state["chosen"] is None and "beyond noise" in state["message"]
     assert not (out / "spec").exists() and (out / "tune.png").is_file()
+
+
+def test_methods_are_ranked_on_the_same_held_out_pairs_and_the_choices_written(smol, sentiment_pairs, tmp_path):
+    """``methods`` measures every named registered method on the same held-out pairs; each gets its choice, the
+    best of them is the method to use, and an additive method's written vectors are the steerer that was
+    measured: added back with hooks they give the row's held-out effect (bound and noise rule lifted so that
+    every method has a choice)."""
+    from safetensors import safe_open
+
+    from austeer.methods.base import AddSteerer
+    from austeer.run.measure import effect_of, margins
+
+    model, tok = smol
+    kw = {"budget": 2, "max_damage": 1e300, "rule": "margin", "min_z": 0.0, "progress": False}
+    result = tune(model, tok, sentiment_pairs, tmp_path / "m", sites=("head",), methods=("austeer", "caa", "iti"), **kw)
+    assert [r.method for r in result.rows] == ["austeer"] * 2 + ["caa"] * 2 + ["iti"] * 2
+    assert result.best is not None and result.best == max(
+        (c for c in result.chosen_by.values() if c is not None), key=lambda r: r.effect
+    )
+    held = [sentiment_pairs[i] for i in split_pairs(sentiment_pairs)[1]]
+    base = margins(model, tok, held)
+    for name in ("caa", "iti"):
+        chosen = result.chosen_by[name]
+        assert chosen is not None and chosen.effect == max(r.effect for r in result.rows if r.method == name)
+        with safe_open(tmp_path / "m" / f"{name}.safetensors", "pt") as f:
+            site = f.metadata()["site"]
+            vectors = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
+        with AddSteerer(name, site, vectors, {}).hooks(model):
+            again = effect_of(margins(model, tok, held), base)
+        assert again.effect == pytest.approx(chosen.effect, abs=1e-6)

@@ -30,7 +30,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer tune")  # the figure tune.png, drawn at the end: checked before the work
     from austeer.core.pairs import read_pairs
     from austeer.core.sites import check_site
-    from austeer.evaluation.tune import TUNE_FILES, TUNE_NAMES, describe_levels, levels, split_pairs, tune
+    from austeer.evaluation.tune import (
+        describe_levels,
+        levels,
+        split_pairs,
+        tunable,
+        tune,
+        tune_files,
+        tune_names,
+    )
     from austeer.io import check_file_output, check_output_dir, check_replaceable, write_output
     from austeer.report.tune import tune_plot
     from austeer.run.measure import read_neutral
@@ -39,12 +47,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for s in sites:
         check_site(s)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    for m in methods:
+        tunable(m)  # an unknown method: one line before any work
     out = Path(args.out)
     inputs = [args.pairs, args.neutral]
-    check_output_dir(out, TUNE_NAMES, args.force)  # before loading the model
+    check_output_dir(out, tune_names(methods), args.force)  # before loading the model
     for where in [out / "spec", *(out / "scores" / s for s in sites)]:
         check_replaceable(where, "spec", args.force, inputs)
-    for name, kind in {**TUNE_FILES, "tune.png": "figure"}.items():
+    for name, kind in {**tune_files(methods), "tune.png": "figure"}.items():
         check_file_output(out / name, kind, args.force, inputs)
     pairs = read_pairs(args.pairs)
     split_pairs(pairs)  # too few pairs: say so before loading the model
@@ -75,22 +85,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"damage bound ppl x{result.max_damage:g}"
     )
     for r in sorted(result.rows, key=lambda r: (r.method, r.site, r.k, r.alpha)):
-        print(_row_line(r, result.chosen if r.method == "austeer" else result.chosen_caa))
-    if "caa" in methods:
-        c = result.chosen_caa
-        print(
-            "caa: no vector beyond noise within the bound"
-            if c is None
-            else f"caa: best vector layer {c.layer} x{c.alpha:g}, effect {c.effect:+.3f} "
-            f"-> {out / 'caa.safetensors'} (a residual addition, not a spec)"
-        )
+        print(_row_line(r, result.chosen_by.get(r.method)))
+    for m in methods:
+        if m != "austeer":
+            c = result.chosen_by.get(m)
+            print(
+                f"{m}: nothing beyond noise within the bound"
+                if c is None
+                else f"{m}: {c.config} (effect {c.effect:+.3f}, flips +{c.fixed}/-{c.broken}, ppl x{c.ppl_ratio:.3g})"
+                f" -> {out / (m + '.safetensors')} (an addition, not a spec)"
+            )
     if "austeer" in methods:
         print(result.message)
+    if len(methods) > 1:
+        b = result.best
+        print(
+            "use: none of the methods steers these pairs beyond noise within the bound"
+            if b is None
+            else f"use: {b.method} (the best choice by the rule: flips +{b.fixed}/-{b.broken}, "
+            f"effect {b.effect:+.3f} nats/token, ppl x{b.ppl_ratio:.3g})"
+        )
     print(f"table: {out / 'tune.json'}, figure: {out / 'tune.png'}")
     if result.spec is not None:
         print(f"spec: {out / 'spec'} (austeer generate --steer {out / 'spec'} ...)")
-        return 0
-    return 1
+    return 0 if result.best is not None else 1
 
 
 def register(sub: Any) -> None:
@@ -100,7 +118,11 @@ def register(sub: Any) -> None:
     p.add_argument("--sites", default="head,ffn,neuron", help="comma-separated sites to try")
     p.add_argument("--budget", type=positive_int, default=None, help="at most N configurations per method")
     p.add_argument("--max-damage", type=ratio, default=1.25, help="largest perplexity ratio on neutral text (1.25)")
-    p.add_argument("--method", default="austeer", help="austeer, caa or austeer,caa")
+    p.add_argument(
+        "--method",
+        default="austeer",
+        help="comma-separated methods to measure and rank: austeer, caa, iti, au-add, ...",
+    )
     p.add_argument(
         "--rule",
         default="either",

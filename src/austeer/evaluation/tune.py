@@ -36,19 +36,24 @@ A user with a pairs file has no task, scorer or validation set. :func:`tune` mak
 
    No such configuration: no spec.
 
-``methods=("austeer", "caa")`` measures CAA (a residual steering vector, :mod:`austeer.methods.caa`,
-fitted on the same fit pairs) on the same held-out pairs and neutral texts, so the two can be compared.
+**Which method**: ``methods`` names any registered method built from pairs alone (:func:`tunable`: ``austeer``,
+``caa``, ``iti``, ``au-add``, ...; not the prompt, which needs a task's instruction). Each is fitted on the same
+fit pairs (:func:`austeer.methods.base.gather`, once) and measured on the same held-out pairs and neutral texts
+over its grid (:data:`TUNE_GRIDS`, else its ``Method.grid``, thinned to ``budget``); the correction counts every
+configuration of every method. Each method gets its choice by the rule (``chosen_by``), and ``best`` is the best
+of those choices by the same rule: the method to use for these pairs.
 
 Output directory (optional, resumable):
 
 - ``tune.json``: ``{"model", "fingerprint", "pairs_sha256", "neutral_sha256", "split", "settings",
-  "baseline", "rows", "chosen", "chosen_caa", "message"}``, rewritten atomically after every row;
+  "baseline", "rows", "chosen", "chosen_by", "best", "message"}``, rewritten atomically after every row;
   measured rows are skipped when the run is resumed (same model, pairs and neutral texts);
 - ``scores/<site>/``: the fit split's sign counts (a spec of the top 100), so a resumed run does not rescore;
 - ``spec/``: the chosen configuration as an ordinary spec (``austeer generate --steer DIR/spec``);
   removed (it is austeer's own) when a rerun chooses nothing;
-- ``caa.safetensors``: the chosen CAA vector, multiplier included (``vector``; ``layer``: the decoder layer
-  whose output it is added to), when CAA was measured and one passed: an addition is not a :class:`SteerSpec`.
+- ``<method>.safetensors``: an additive method's chosen vectors, strength included (``vector.<layer>``; the
+  metadata names the ``site`` they are added at and the ``config``), when one passed: an addition is not a
+  :class:`SteerSpec` (a ``residual`` one is a llama.cpp control vector: :mod:`austeer.exports.control_vector`).
 
 Example:
     >>> from austeer.core.pairs import Pair
@@ -130,6 +135,7 @@ class TuneRow:
     ppl_ratio: float
     fixed: int = 0
     broken: int = 0
+    config: str = ""  # the configuration the method was built with (canonical JSON): with method, the row's key
 
     @property
     def p_choice(self) -> float:
@@ -137,8 +143,8 @@ class TuneRow:
         return mcnemar(self.fixed, self.broken)
 
     @property
-    def key(self) -> tuple[str, str, int, float, int]:
-        return (self.method, self.site, self.k, self.alpha, self.layer)
+    def key(self) -> tuple[str, str]:
+        return (self.method, self.config)
 
 
 @dataclass
@@ -154,7 +160,8 @@ class TuneResult:
     n_heldout: int
     baseline_margin: float
     spec: SteerSpec | None = None
-    chosen_caa: TuneRow | None = None
+    chosen_by: dict[str, TuneRow | None] = field(default_factory=dict)  # each method's choice
+    best: TuneRow | None = None  # the best of the methods' choices, by the same rule: the method to use
     state: dict[str, Any] = field(default_factory=dict)
     rule: str = "margin"
     max_p: float | None = None  # the McNemar level of the choice test (rules choice and either)
@@ -225,7 +232,7 @@ def levels(n_configs: int, rule: str) -> tuple[float | None, float | None]:
 
     Example:
         >>> [tuple(None if v is None else round(v, 4) for v in levels(24, r)) for r in RULES]
-        [(3.0782, None), (None, 0.0021), (3.2272, 0.001)]
+        [(3.0781, None), (None, 0.0021), (3.279, 0.001)]
     """
     if rule not in RULES:
         raise UserError(f"unknown tune rule {rule!r}; expected one of {', '.join(RULES)}")
@@ -237,7 +244,7 @@ def levels(n_configs: int, rule: str) -> tuple[float | None, float | None]:
 
 
 def describe_levels(min_z: float | None, max_p: float | None) -> str:
-    """The tests in use as text, e.g. ``z >= 3.23 or McNemar p <= 0.001``."""
+    """The tests in use as text, e.g. ``z >= 3.28 or McNemar p <= 0.001``."""
     tests = ([] if min_z is None else [f"z >= {min_z:.2f}"]) + ([] if max_p is None else [f"McNemar p <= {max_p:.2g}"])
     return " or ".join(tests)
 
@@ -258,7 +265,7 @@ def choose(
 
     Example:
         >>> r = TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.3, 0.1, 3.0, 0.9, 0.5, 0.01, 1.05, fixed=6, broken=0)
-        >>> choose([r]).k, choose([r], max_damage=1.01), choose([r], min_z=4.0), choose([r], None, max_p=0.05).k
+        >>> choose([r]).k, choose([r], max_damage=1.01), choose([r], min_z=4.0), choose([r], min_z=None, max_p=0.05).k
         (8, None, None, 8)
     """
     ok = [r for r in rows if r.ppl_ratio <= max_damage and passes(r, min_z, max_p)]
@@ -299,6 +306,92 @@ def explain(
     )
 
 
+# -- the methods: AUSteer's own grid over cached scores, every other registered method through its Method
+
+
+#: the grid tune tries for a method where it differs from the method's validation grid (``Method.grid``):
+#: CAA's multipliers reach 16 (the held-out margins of a pairs file move less than a task's accuracy)
+TUNE_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
+    "caa": tuple({"layer": f, "multiplier": m} for m in CAA_MULTIPLIERS for f in CAA_LAYERS),
+}
+
+
+def tunable(name: str) -> Any:
+    """The registered :class:`~austeer.methods.base.Method` ``name``, if tune can measure it: built from pairs
+    alone (not prompted: a prompt needs a task's instruction; not specific to a task kind).
+
+    Example:
+        >>> tunable("iti").name
+        'iti'
+    """
+    from austeer.methods import METHODS
+
+    method = METHODS.get(name)
+    if method is None or method.prompted or method.kind is not None:
+        ok = [n for n, m in METHODS.items() if not m.prompted and m.kind is None]
+        raise UserError(
+            f"unknown tune method {name!r}; expected some of {', '.join(ok)} (a prompt or a task-specific method "
+            "needs a task: austeer compare)"
+        )
+    return method
+
+
+def austeer_grid(sites: Sequence[str], budget: int | None) -> list[dict[str, Any]]:
+    """AUSteer's configurations (:func:`grid`) as configs."""
+    return [{"site": s, "k": k, "alpha": a} for s, k, a in grid(sites, budget)]
+
+
+def method_grid(name: str, budget: int | None) -> list[dict[str, Any]]:
+    """``budget`` configurations of method ``name`` (:data:`TUNE_GRIDS`, else its validation grid), spread evenly."""
+    full = list(TUNE_GRIDS.get(name, tunable(name).grid))
+    return _spread(full, budget or len(full))
+
+
+def _key(method: str, config: dict[str, Any]) -> tuple[str, str]:
+    return (method, json.dumps(config, sort_keys=True))
+
+
+@dataclass
+class _SpecSteerer:
+    """A spec folded into the weights for one measurement (AUSteer's fast path: no hooks)."""
+
+    spec: SteerSpec
+
+    @property
+    def n_steered(self) -> int:
+        return self.spec.k
+
+    def hooks(self, model: nn.Module) -> AbstractContextManager[Any]:
+        return steering(model, self.spec)
+
+
+def _measured(
+    method: str, config: dict[str, Any], steerer: Any, eff: Any, kls: Sequence[float], ratios: Sequence[float]
+) -> TuneRow:
+    """The row of one configuration: its site, size and strength as a table shows them, and what was measured."""
+    strength = tunable(method).strength if method != "austeer" else "alpha"
+    vectors = getattr(steerer, "vectors", {})
+    site = config.get("site") or getattr(steerer, "site", None) or tunable(method).sites[0]
+    return TuneRow(
+        method, site, int(config.get("k", steerer.n_steered)), float(config.get(strength, 0.0) if strength else 0.0),
+        next(iter(vectors)) if len(vectors) == 1 else -1, steerer.n_steered,
+        eff.effect, eff.se, eff.z, eff.share_up, eff.margin, statistics.fmean(kls), statistics.fmean(ratios),
+        eff.fixed, eff.broken, _key(method, config)[1],
+    )  # fmt: skip
+
+
+def _write_vectors(where: Path, method: str, steerer: Any, force: bool) -> None:
+    """An additive method's chosen vectors: ``vector.<layer>`` tensors, the site and configuration as metadata."""
+    tensors = {f"vector.{layer}": v.detach().float().contiguous() for layer, v in steerer.vectors.items()}
+    meta = {"written_by": signature(method), "site": steerer.site, "config": json.dumps(steerer.config, default=str)}
+    atomic_write_file(
+        where,
+        lambda tmp: save_file(tensors, str(tmp), metadata=meta),
+        owned=lambda p: signed(p, method),
+        force=force,
+    )
+
+
 # -- the run
 
 
@@ -328,10 +421,15 @@ def _row(obj: dict[str, Any]) -> TuneRow:
     return TuneRow(**obj)
 
 
-#: the files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as
-TUNE_FILES = {"tune.json": "tune", "caa.safetensors": "caa"}
-#: every name tune (with the CLI's figure) writes into its ``out`` directory; anything else there is refused
-TUNE_NAMES = [*TUNE_FILES, "tune.png", "spec", "scores"]
+def tune_files(methods: Sequence[str]) -> dict[str, str]:
+    """The files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as:
+    ``tune.json``, and the chosen vectors of each additive method (``caa.safetensors``, ...)."""
+    return {"tune.json": "tune", **{f"{m}.safetensors": m for m in methods if m != "austeer"}}
+
+
+def tune_names(methods: Sequence[str]) -> list[str]:
+    """Every name tune (with the CLI's figure) writes into its ``out`` directory; anything else there is refused."""
+    return [*tune_files(methods), "tune.png", "spec", "scores"]
 
 
 def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
@@ -396,8 +494,7 @@ def tune(
     for site in sites:
         check_site(site)
     for m in methods:
-        if m not in ("austeer", "caa"):
-            raise UserError(f"unknown tune method {m!r}; expected austeer or caa")
+        tunable(m)
     levels(1, rule)  # an unknown rule: one line before any work
     if budget is not None and budget < 1:
         raise UserError(f"budget must be >= 1, got {budget}")
@@ -409,10 +506,10 @@ def tune(
     model_id = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", ""))
     path = None if out is None else Path(out)
     if path is not None:
-        check_output_dir(path, TUNE_NAMES, force)  # before any work
+        check_output_dir(path, tune_names(methods), force)  # before any work
         for where in [path / "spec", *(path / "scores" / s for s in sites)]:
             check_replaceable(where, "spec", force)
-        for name, kind in TUNE_FILES.items():
+        for name, kind in tune_files(methods).items():
             check_file_output(path / name, kind, force)
         path.mkdir(parents=True, exist_ok=True)
     fresh: dict[str, Any] = {
@@ -424,14 +521,10 @@ def tune(
         "rows": [],
     }
     state = _load_state(path, fresh)
-    configs: list[tuple[str, str, float, float]] = []  # (method, site, k or layer fraction, alpha)
-    if "austeer" in methods:
-        configs += [("austeer", s, float(k), a) for s, k, a in grid(sites, budget)]
-    if "caa" in methods:
-        caa_grid = [(f, m) for m in CAA_MULTIPLIERS for f in CAA_LAYERS]
-        configs += [("caa", "residual", f, m) for f, m in _spread(caa_grid, budget or len(caa_grid))]
-    n_austeer = sum(c[0] == "austeer" for c in configs)
-    need_z, max_p = levels(max(n_austeer, len(configs) - n_austeer), rule)
+    configs = [
+        (m, c) for m in methods for c in (austeer_grid(sites, budget) if m == "austeer" else method_grid(m, budget))
+    ]
+    need_z, max_p = levels(len(configs), rule)
     if min_z is not None and need_z is not None:
         need_z = min_z
     state["settings"] = {
@@ -452,85 +545,74 @@ def tune(
     rows = {_row(r).key: _row(r) for r in state["rows"]}
     specs: dict[str, SteerSpec] = {}
     evidence: list[Any] = []
-    n_layers = int(fingerprint(model)["n_layers"])
+    kw = {"batch_size": batch_size, "progress": progress, "model_id": model_id}
 
-    def key(c: tuple[str, str, float, float]) -> tuple[str, str, int, float, int]:
-        if c[0] == "austeer":
-            return ("austeer", c[1], int(c[2]), c[3], -1)
-        from austeer.methods.caa import layer_of
+    def site_specs() -> dict[str, SteerSpec]:
+        if not specs:
+            specs.update(_site_counts(model, tok, fit_pairs, sites, path, force, **kw))
+        return specs
 
-        return ("caa", c[1], 0, c[3], layer_of(c[2], n_layers))
-
-    def steerer(c: tuple[str, str, float, float]) -> tuple[AbstractContextManager[Any], int]:
-        if c[0] == "austeer":
-            if not specs:
-                specs.update(_site_counts(model, tok, fit_pairs, sites, path, force, **kw))
-            spec = specs[c[1]].with_k(int(c[2])).with_alpha(c[3])
-            return steering(model, spec), spec.k
-        from austeer.methods.caa import build
-
-        s = build(model, caa_evidence(), layer=c[2], multiplier=c[3])
-        return s.hooks(model), s.n_steered
-
-    def caa_evidence() -> Any:
+    def fit_evidence() -> Any:  # what every other method builds from: gathered once, on the fit split
         from austeer.methods.base import gather
 
         if not evidence:
-            evidence.append(gather(model, tok, fit_pairs, ["residual"], batch_size, progress=False))
+            need = sorted({s for m in methods if m != "austeer" for s in tunable(m).sites})
+            evidence.append(gather(model, tok, fit_pairs, need, batch_size, progress=False))
         return evidence[0]
 
-    kw = {"batch_size": batch_size, "progress": progress, "model_id": model_id}
-    todo = [c for c in configs if key(c) not in rows]
+    def build(method: str, config: dict[str, Any]) -> list[Any]:
+        """The steerers of one configuration (several for a method that averages seeds)."""
+        if method == "austeer":
+            spec = site_specs()[config["site"]].with_k(config["k"]).with_alpha(config["alpha"])
+            return [_SpecSteerer(spec)]
+        built = tunable(method).build(model, fit_evidence(), **config)
+        return built if isinstance(built, list) else [built]
+
+    todo = [c for c in configs if _key(*c) not in rows]
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="tune", unit="cfg", disable=not progress)
     try:
-        for c in todo:
-            ctx, n_steered = steerer(c)
-            with ctx, cache.reuse():
-                eff = effect_of(margins(model, tok, held, batch_size), base)
-                kl, ratio = damage(model, ref)
-            method, site, k, alpha, layer = key(c)
-            row = TuneRow(
-                method, site, k if method == "austeer" else n_steered, alpha, layer, n_steered,
-                eff.effect, eff.se, eff.z, eff.share_up, eff.margin, kl, ratio, eff.fixed, eff.broken,
-            )  # fmt: skip
-            rows[key(c)] = row
+        for method, config in todo:
+            steerers = build(method, config)
+            steered, kls, ratios = [], [], []
+            for s in steerers:
+                with s.hooks(model), cache.reuse():
+                    steered.append(margins(model, tok, held, batch_size))
+                    kl, ratio = damage(model, ref)
+                kls.append(kl)
+                ratios.append(ratio)
+            eff = effect_of(torch.stack(steered).mean(0), base)
+            rows[_key(method, config)] = _measured(method, config, steerers[0], eff, kls, ratios)
             state["rows"] = [asdict(r) for r in rows.values()]
             _write(path, state, force)
             bar.update(1)
     finally:
         bar.close()
 
-    wanted = [rows[key(c)] for c in configs]
-    mine = [r for r in wanted if r.method == "austeer"]
-    theirs = [r for r in wanted if r.method == "caa"]
-    chosen = choose(mine, max_damage, need_z, max_p)
-    chosen_caa = choose(theirs, max_damage, need_z, max_p)
-    message = explain(mine, chosen, max_damage, need_z, max_p) if "austeer" in methods else ""
+    wanted = [rows[_key(*c)] for c in configs]
+    chosen_by = {m: choose([r for r in wanted if r.method == m], max_damage, need_z, max_p) for m in methods}
+    best = choose([r for r in chosen_by.values() if r is not None], max_damage, need_z, max_p)
+    chosen = chosen_by.get("austeer")
+    message = explain([r for r in wanted if r.method == "austeer"], chosen, max_damage, need_z, max_p)
+    if "austeer" not in methods:
+        message = ""
     spec = None
     if chosen is not None:
-        if not specs:
-            specs.update(_site_counts(model, tok, fit_pairs, sites, path, force, **kw))
-        spec = specs[chosen.site].with_k(chosen.k).with_alpha(chosen.alpha)
+        spec = site_specs()[chosen.site].with_k(chosen.k).with_alpha(chosen.alpha)
         spec.info = {**spec.info, "tune": asdict(chosen)}
         if path is not None:
             spec.save(path / "spec", force=force)
     elif path is not None and (path / "spec").exists():
         check_replaceable(path / "spec", "spec", force=False)  # a stale choice of an earlier run: austeer's own
         shutil.rmtree(path / "spec")
-    if chosen_caa is not None and path is not None:
-        vec = caa_evidence().mean_diff("residual")[chosen_caa.layer] * chosen_caa.alpha
-        at = torch.tensor([chosen_caa.layer])
-        tensors = {"vector": vec.contiguous(), "layer": at}
-        meta = {"written_by": signature("caa")}
-        atomic_write_file(
-            path / "caa.safetensors",
-            lambda tmp: save_file(tensors, str(tmp), metadata=meta),
-            owned=lambda p: signed(p, "caa"),
-            force=force,
-        )
+    for method, row in chosen_by.items():
+        if method != "austeer" and row is not None and path is not None:
+            (steerer,) = build(method, json.loads(row.config))[:1]
+            if getattr(steerer, "vectors", None):
+                _write_vectors(path / f"{method}.safetensors", method, steerer, force)
     state.update(
         chosen=None if chosen is None else asdict(chosen),
-        chosen_caa=None if chosen_caa is None else asdict(chosen_caa),
+        chosen_by={m: None if r is None else asdict(r) for m, r in chosen_by.items()},
+        best=None if best is None else best.method,
         message=message,
     )
     _write(path, state, force)
@@ -544,7 +626,8 @@ def tune(
         len(held),
         float(base.mean()),
         spec,
-        chosen_caa,
+        chosen_by,
+        best,
         state,
         rule,
         max_p,

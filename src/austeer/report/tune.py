@@ -36,7 +36,7 @@ def tune_plot(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float
     for r in rows:
         groups.setdefault((r.method, r.site), []).append(r)
     for (method, site), rs in groups.items():
-        label = f"{site} AUs" if method == "austeer" else "CAA (residual vector)"
+        label = f"{site} AUs" if method == "austeer" else f"{method} ({site})"
         ax.errorbar(
             [max(r.ppl_ratio, 1e-3) for r in rs],
             [r.effect for r in rs],
