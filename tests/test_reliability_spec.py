@@ -76,7 +76,7 @@ def test_built_spec_with_negative_layer_is_refused(smol):
     model, _ = smol
     with pytest.raises(SpecError, match=r"units\[0\]\.layer: expected an integer >= 0, found -1"):
         SteerSpec(units=[Unit("head", -1, 5, 1.0)], alpha=2.0)
-    fp = austeer.models.loading.fingerprint(model)
+    fp = austeer.core.spec.fingerprint(model)
     with pytest.raises(SpecError, match=r"units\[0\]\.layer: -1 is out of range 0\.\.29"):
         SteerSpec(units=[Unit("head", -1, 5, 1.0)], alpha=2.0, fingerprint=fp)
 
@@ -213,7 +213,7 @@ def test_edited_fingerprint_fails_its_digest(fitted, tmp_path):
 def test_model_fingerprint_is_compared_in_full(smol, fitted):
     model, _ = smol
     spec = load(fitted)
-    fp = austeer.models.loading.fingerprint(model)
+    fp = austeer.core.spec.fingerprint(model)
     spec.check_fits(fp)
     with pytest.raises(austeer.core.spec.SpecMismatchError, match="site 'ffn' of width 576, the model's is 64"):
         spec.check_fits(dict(fp, widths=dict(fp["widths"], ffn=64)))  # a site the spec does not steer
