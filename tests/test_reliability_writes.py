@@ -137,7 +137,8 @@ def test_tune_refuses_files_it_did_not_write(tmp_path, capsys, name):
     out = tmp_path / "t"
     out.mkdir()
     (out / name).write_text("keep")
-    assert main(["tune", "--pairs", str(PAIRS), "--out", str(out), "--sites", "head", "--budget", "1"]) == 2
+    args = ["tune", "--pairs", str(PAIRS), "--out", str(out), "--sites", "head", "--budget", "1"]
+    assert main([*args, "--method", "austeer,caa"]) == 2
     assert f"{out / name}: this file is not austeer's" in one_error_line(capsys)
     assert (out / name).read_text() == "keep"
 

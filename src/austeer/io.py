@@ -440,16 +440,24 @@ def check_replaceable(
     path = Path(path)
     check_output_path(path)
     _check_not_input(path, inputs, directory=True)
-    if not (path.exists() or path.is_symlink()):
+    if not _existing_dir(path, f"a {kind} directory"):
         return
-    if path.is_symlink() or not path.is_dir():
-        raise OutputExistsError(
-            f"{path}: a file is in the way; austeer writes a {kind} directory here and never replaces a file "
-            "(remove it or choose another path)"
-        )
     reason = None if force else _foreign(path, kind)
     if reason is not None:
         raise OutputExistsError(f"{path}: {reason}; refusing to replace it (--force replaces it)")
+
+
+def _existing_dir(path: Path, what: str) -> bool:
+    """Whether ``path`` exists as a directory (False: absent); a file or link there is refused: austeer writes
+    ``what`` there and never replaces a file."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_symlink() or not path.is_dir():
+        raise OutputExistsError(
+            f"{path}: a file is in the way; austeer writes {what} here and never replaces a file "
+            "(remove it or choose another path)"
+        )
+    return True
 
 
 def check_output_dir(path: str | Path, names: Iterable[str], force: bool = False) -> None:
@@ -474,13 +482,8 @@ def check_output_dir(path: str | Path, names: Iterable[str], force: bool = False
     """
     path = Path(path)
     check_output_path(path)
-    if not (path.exists() or path.is_symlink()):
+    if not _existing_dir(path, "a directory of outputs"):
         return
-    if path.is_symlink() or not path.is_dir():
-        raise OutputExistsError(
-            f"{path}: a file is in the way; austeer writes a directory of outputs here and never replaces a file "
-            "(remove it or choose another path)"
-        )
     if force:
         return
     own = set(names)
