@@ -37,6 +37,7 @@ from austeer.core.reuse import LayerCache, reusing
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel, Retention
 from austeer.evaluation.evaluate import Unsteered, evaluate
+from austeer.evaluation.search import spread
 from austeer.methods import DEFAULT_METHODS, METHODS
 from austeer.methods.base import Evidence, Method, Steerer, gather
 from austeer.stats import outcomes
@@ -155,15 +156,11 @@ class Comparison:
 
 
 def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, Any], ...]:
-    """``budget`` configurations spread evenly over ``grid`` (all of it when the budget is larger)."""
-    n = len(grid)
-    if budget >= n:
-        return tuple(grid)
+    """``budget`` configurations spread evenly over ``grid`` (all of it when the budget is larger; see
+    :func:`austeer.evaluation.search.spread`)."""
     if budget < 1:
         raise UserError(f"budget must be >= 1, got {budget}")
-    if budget == 1:
-        return (grid[0],)
-    return tuple(grid[round(i * (n - 1) / (budget - 1))] for i in range(budget))
+    return tuple(spread(grid, budget))
 
 
 def ranked(trials: Sequence[Trial], max_ppl_ratio: float | None) -> list[int]:

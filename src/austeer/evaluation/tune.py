@@ -91,6 +91,7 @@ from austeer.core.reuse import LayerCache
 from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
+from austeer.evaluation.search import spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
     atomic_write_file,
@@ -202,16 +203,8 @@ def grid(
     for i, site in enumerate(sites):
         full = sorted(((int(k), float(a)) for k in ks for a in alphas), key=lambda c: (c[0] * c[1], c[0]))
         n = len(full) if budget is None else budget // len(sites) + (i < budget % len(sites))
-        out.extend((site, k, a) for k, a in _spread(full, n))
+        out.extend((site, k, a) for k, a in spread(full, n, one="last"))
     return out
-
-
-def _spread(items: Sequence[Any], n: int) -> list[Any]:
-    if n >= len(items):
-        return list(items)
-    if n <= 1:
-        return list(items[-1:]) if n == 1 else []
-    return [items[round(j * (len(items) - 1) / (n - 1))] for j in range(n)]
 
 
 def noise_z(n_configs: int) -> float:
@@ -344,7 +337,7 @@ def austeer_grid(sites: Sequence[str], budget: int | None) -> list[dict[str, Any
 def method_grid(name: str, budget: int | None) -> list[dict[str, Any]]:
     """``budget`` configurations of method ``name`` (:data:`TUNE_GRIDS`, else its validation grid), spread evenly."""
     full = list(TUNE_GRIDS.get(name, tunable(name).grid))
-    return _spread(full, budget or len(full))
+    return spread(full, budget or len(full), one="last")
 
 
 def _key(method: str, config: dict[str, Any]) -> tuple[str, str]:
