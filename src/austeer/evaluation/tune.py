@@ -273,9 +273,11 @@ def explain(
 ) -> str:
     """One sentence: what was chosen, or why nothing was."""
     if chosen is not None:
-        what = f"{chosen.k} {chosen.site} AUs" if chosen.method == "austeer" else f"CAA at layer {chosen.layer}"
+        what = (
+            f"{chosen.k} {chosen.site} AUs at alpha {chosen.alpha:g}" if chosen.method == "austeer" else chosen.config
+        )
         return (
-            f"chose {what} at alpha {chosen.alpha:g}: held-out margin {chosen.effect:+.3f} nats/token "
+            f"chose {what}: held-out margin {chosen.effect:+.3f} nats/token "
             f"(z {chosen.z:.1f}), held-out choices {chosen.fixed} fixed / {chosen.broken} broken "
             f"(McNemar p {chosen.p_choice:.2g}), perplexity x{chosen.ppl_ratio:.3f}"
         )
