@@ -196,3 +196,24 @@ def test_methods_are_ranked_on_the_same_held_out_pairs_and_the_choices_written(s
         with AddSteerer(name, site, vectors, {}).hooks(model):
             again = effect_of(margins(model, tok, held), base)
         assert again.effect == pytest.approx(chosen.effect, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [("--method", "austeer,nope", "unknown tune method 'nope'"), ("--rule", "vote", "unknown tune rule 'vote'")],
+)
+def test_unknown_method_or_rule_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch, flag, value, said):
+    """A method tune cannot measure or an unknown rule: exit 2, one line, nothing written, no model loaded."""
+    import austeer.cli.tune as cli_tune
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli_tune, "load_from_args", refuse)
+    pairs = tmp_path / "p.jsonl"
+    write_pairs([Pair(f"Question {i}?", "Yes.", "No.") for i in range(8)], pairs)
+    out = tmp_path / "t"
+    assert main(["tune", "--pairs", str(pairs), "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0]
+    assert not out.exists()
