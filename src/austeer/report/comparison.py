@@ -257,6 +257,16 @@ def _change(c: Comparison, r: Result) -> tuple[float, float]:
     return change, 1.96 * se
 
 
+def _dose_axis(rows: Sequence[DoseRow]) -> str:
+    """The x label of a dose plot: "last point: all" only where a curve ends with every AU of its site.
+
+    Example:
+        >>> _dose_axis([DoseRow("head", 204, False, 10.0, 0.8, 15.0, {})])
+        'steered AUs (top-k by |beta|)'
+    """
+    return "steered AUs (top-k by |beta|" + ("; last point: all)" if any(r.all for r in rows) else ")")
+
+
 def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path, force: bool = False) -> Path:
     """Test metric (left) and neutral-text perplexity (right) against the number of steered AUs."""
     fig, (ax, ax_ppl) = _subplots(1, 2, figsize=(9, 3.5))
@@ -264,7 +274,7 @@ def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path, 
     _site_curves(ax_ppl, rows, "ppl", "o")
     for a in (ax, ax_ppl):
         a.set_xscale("symlog", linthresh=1)
-        a.set_xlabel("steered AUs (top-k by |beta|; last point: all)")
+        a.set_xlabel(_dose_axis(rows))
     ax.set_ylabel(metric)
     ax_ppl.set_yscale("log")
     ax_ppl.set_ylabel("neutral-text perplexity")
@@ -296,7 +306,7 @@ def plot_dose_grid(curves: Mapping[str, tuple[Sequence[DoseRow], str]], out: str
         ax.axis("off")
     if curves:
         axes.flat[0].legend(fontsize=7)
-    fig.supxlabel("steered AUs (top-k by |beta|; last point: all)", fontsize=9)
+    fig.supxlabel(_dose_axis([r for rows, _ in curves.values() for r in rows]), fontsize=9)
     return _save(fig, out, force)
 
 
