@@ -183,7 +183,8 @@ def parse_strengths(text: str) -> dict[str, list[float]]:
 
 
 def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
-    """:func:`austeer.evaluation.compare.dose_response` per site, at ``--alpha``; a rerun skips the sites done."""
+    """:func:`austeer.evaluation.compare.dose_response` per site, at ``--alpha``; saved after every point (a rerun
+    measures only the points not yet saved)."""
     from austeer.cli.argtypes import parse_doses
     from austeer.evaluation.compare import DoseRow, dose_curve, dose_response
     from austeer.methods.base import gather
@@ -193,34 +194,47 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
     path = where / f"dose_{task_name}{args.label}.json"
     settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "alpha": args.alpha, "doses": args.doses}
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    if data.get("settings") != settings:
+    if {**data.get("settings", {}), "doses": args.doses} != settings:  # more doses add points to the same run
         data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
-    done = {DoseRow(**r).curve for r in data["rows"]}
-    todo = [s for s in args.sites.split(",") if dose_curve(s, args.method) not in done]
+    data["settings"] = settings
+
+    def left(site: str) -> list[int | None]:
+        have = [r for r in (DoseRow(**r) for r in data["rows"]) if r.curve == dose_curve(site, args.method)]
+        measured = {None if r.all else r.k for r in have}
+        return [d for d in parse_doses(args.doses) if d not in measured]
+
+    todo = {s: left(s) for s in args.sites.split(",") if left(s)}
     if not todo:
         print(f"dose {task_name}: done ({path})")
         return
     start = time.perf_counter() - data.get("seconds", 0)
-    evidence = gather(model, tok, task.pairs(model, tok, limit=args.pairs_limit), todo, batch_size=args.batch_size)
-    for site in todo:
-        rows = dose_response(
+
+    def keep(row: DoseRow) -> None:
+        if row.k == 0 and 0 not in todo[row.site]:
+            return  # the unsteered point, measured again only because every curve needs it
+        data["rows"].append(asdict(row))
+        data["seconds"] = round(time.perf_counter() - start, 1)
+        save(path, data)
+        print(f"dose {task_name} {row.curve} k={row.k}: {row.metric:.3f} (ppl {row.ppl:.2f})", flush=True)
+
+    pairs = task.pairs(model, tok, limit=args.pairs_limit)
+    evidence = gather(model, tok, pairs, list(todo), batch_size=args.batch_size)
+    for site, doses in todo.items():
+        dose_response(
             model,
             tok,
             task,
             evidence,
             [site],
-            parse_doses(args.doses),
+            doses,
             args.alpha,
             limit=args.test_limit,
             batch_size=args.batch_size,
             eval_kw=eval_kw(task, args),
             unsteered=unsteered_memo(model, tok),
             method=args.method,
+            on_row=keep,
         )
-        data["rows"] += [asdict(r) for r in rows]
-        data["seconds"] = round(time.perf_counter() - start, 1)
-        save(path, data)
-        print(f"dose {task_name} {rows[0].curve}: " + ", ".join(f"{r.k}: {r.metric:.3f}" for r in rows), flush=True)
 
 
 def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:

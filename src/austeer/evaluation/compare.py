@@ -391,12 +391,14 @@ def dose_response(
     eval_kw: dict[str, Any] | None = None,
     unsteered: Unsteered | None = None,
     method: str = "austeer",
+    on_row: Callable[[DoseRow], None] | None = None,
 ) -> list[DoseRow]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
     ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`); ``method``: AUSteer or a
     variant built the same way from ``(site, k, alpha)`` (``austeer-last``: the gains at the answer position
-    and each generated token only; ``austeer-signed``: sign-aware gains)."""
+    and each generated token only; ``austeer-signed``: sign-aware gains); ``on_row``: called with each point as
+    soon as it is measured (a long run saves as it goes)."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
@@ -415,6 +417,8 @@ def dose_response(
                 samples = []
                 m = evaluate_steered(model, tok, task, steerer, cache=cache, samples=samples, **kw)
             rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method, outcomes(samples)))
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 
