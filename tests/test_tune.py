@@ -3,6 +3,7 @@ random-label pairs on the real embedded model (budget 6, neuron AUs, 40 pairs)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -13,7 +14,7 @@ from austeer.cli import main
 from austeer.core.pairs import Pair, write_pairs
 from austeer.core.spec import load
 from austeer.errors import UserError
-from austeer.evaluation.tune import TuneRow, choose, grid, levels, noise_z, split_pairs, tune
+from austeer.evaluation.tune import TuneRow, choose, grid, levels, noise_z, passes, split_pairs, tune
 
 BUDGET = {"sites": ("neuron",), "budget": 6, "progress": False}
 
@@ -132,6 +133,33 @@ def test_resume_skips_measured_rows(smol, sentiment_pairs, sentiment_run, monkey
     monkeypatch.setattr(tune_mod, "score", boom)
     again = tune(*smol, sentiment_pairs, out, **BUDGET)
     assert again.rows == result.rows and again.chosen == result.chosen
+
+
+def test_capability_panel_measures_the_choice_and_bounds_it(smol, sentiment_pairs, sentiment_run, tmp_path):
+    """With a panel, the choice's retention is the panel answered with the chosen spec folded in; a bound no
+    configuration meets (the panel must gain everything) chooses nothing, after measuring every candidate."""
+    import shutil
+
+    from austeer.core.steer import folded
+    from austeer.evaluation.capability import Panel
+
+    model, tok = smol
+    src, result, _ = sentiment_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    panel = Panel(model, tok, n=3, batch_size=4)
+    again = tune(model, tok, sentiment_pairs, out, **BUDGET, panel=panel)
+    assert again.chosen == result.chosen and again.chosen is not None
+    with folded(model, again.spec):
+        expected = panel.measure(contextlib.nullcontext)
+    assert again.capability["austeer"] == json.loads(json.dumps(expected.to_json()))
+    bounded = tune(model, tok, sentiment_pairs, out, **BUDGET, panel=panel, max_capability_drop=-1.0)
+    assert bounded.chosen is None and bounded.spec is None and not (out / "spec").exists()
+    assert "capability" in bounded.message
+    candidates = [r for r in result.rows if r.ppl_ratio <= result.max_damage]
+    state = json.loads((out / "tune.json").read_text())
+    measured = state["capability"]["rows"]
+    assert len(measured) == sum(passes(r, result.min_z, result.max_p) for r in candidates) >= 1
 
 
 def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_run):

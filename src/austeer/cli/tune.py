@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from austeer.cli.argtypes import positive_int, ratio
-from austeer.cli.common import add_force_arg, add_model_args, load_from_args
+from austeer.cli.common import (
+    add_capability_args,
+    add_force_arg,
+    add_model_args,
+    capability_panel,
+    check_capability_args,
+    load_from_args,
+)
 
 
 def _row_line(r: Any, chosen: Any) -> str:
@@ -30,6 +37,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer tune")  # the figure tune.png, drawn at the end: checked before the work
     from austeer.core.pairs import read_pairs
     from austeer.core.sites import check_site
+    from austeer.evaluation.capability import Retention
     from austeer.evaluation.tune import (
         describe_levels,
         levels,
@@ -49,6 +57,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     for m in methods:
         tunable(m)  # an unknown method: one line before any work
+    check_capability_args(args)
     out = Path(args.out)
     inputs = [args.pairs, args.neutral]
     check_output_dir(out, tune_names(methods), args.force)  # before loading the model
@@ -75,6 +84,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         model_id=name,
         batch_size=args.batch_size,
         force=args.force,
+        panel=capability_panel(args, model, tok, task=""),  # pairs of the user's own: the whole panel
+        max_capability_drop=args.max_capability_drop,
     )
     title = f"{Path(args.pairs).name}: {result.n_fit} fit / {result.n_heldout} held-out pairs"
     plot = tune_plot(result.rows, result.chosen, result.max_damage, title)
@@ -97,6 +108,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             )
     if "austeer" in methods:
         print(result.message)
+    for m, retention in result.capability.items():
+        print(f"{m}'s choice: {Retention.from_json(retention).line()}")
     if len(methods) > 1:
         b = result.best
         print(
@@ -131,6 +144,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--neutral", default=None, help="extra neutral texts: JSONL (strings or {text}) or text lines")
     p.add_argument("--batch-size", type=positive_int, default=16)
+    add_capability_args(p, bound=True)
     add_force_arg(p)
     add_model_args(p)
     p.set_defaults(func=cmd_tune)

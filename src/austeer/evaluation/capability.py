@@ -56,6 +56,11 @@ class Retention:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "drop": self.drop}
 
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Retention:
+        """The retention :meth:`to_json` wrote."""
+        return cls(obj["tasks"], int(obj["fixed"]), int(obj["broken"]), int(obj["n"]), float(obj["p"]))
+
     def line(self) -> str:
         """One line for a terminal: ``capability panel (100 items): 0.640 -> 0.620, 3 fixed / 5 broken (p = 0.73)``."""
         before = sum(t["unsteered"] * t["n"] for t in self.tasks.values()) / max(self.n, 1)

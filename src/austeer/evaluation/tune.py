@@ -77,6 +77,7 @@ import statistics
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ from austeer.core.reuse import LayerCache
 from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
+from austeer.evaluation.capability import Panel
 from austeer.evaluation.search import spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
@@ -166,6 +168,8 @@ class TuneResult:
     state: dict[str, Any] = field(default_factory=dict)
     rule: str = "margin"
     max_p: float | None = None  # the McNemar level of the choice test (rules choice and either)
+    #: each method's choice on the capability panel, when one was given (:meth:`Retention.to_json`)
+    capability: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # -- the split, the grid, the rule
@@ -249,23 +253,31 @@ def passes(row: TuneRow, min_z: float | None, max_p: float | None) -> bool:
     return by_margin or by_choice
 
 
+def ranked(
+    rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float | None = 2.0, max_p: float | None = None
+) -> list[TuneRow]:
+    """The rows with ``ppl_ratio <= max_damage`` that pass a test in use (:func:`passes`), best first: with the
+    choice test in use (``max_p``), the most net flips (``fixed - broken``), then the largest effect; else the
+    largest effect. Ties: smaller perplexity ratio, smaller k, smaller alpha, then the order of ``rows``."""
+    ok = [r for r in rows if r.ppl_ratio <= max_damage and passes(r, min_z, max_p)]
+    flips = max_p is not None
+    return sorted(
+        ok, key=lambda r: ((r.fixed - r.broken) if flips else 0, r.effect, -r.ppl_ratio, -r.k, -r.alpha), reverse=True
+    )
+
+
 def choose(
     rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float | None = 2.0, max_p: float | None = None
 ) -> TuneRow | None:
-    """The best row among those with ``ppl_ratio <= max_damage`` that pass a test in use (:func:`passes`):
-    with the choice test in use (``max_p``), the most net flips (``fixed - broken``), then the largest effect;
-    else the largest effect. Ties: smaller perplexity ratio, smaller k, smaller alpha. None when none qualifies.
+    """The first of :func:`ranked`; None when no row qualifies.
 
     Example:
         >>> r = TuneRow("austeer", "head", 8, 5.0, -1, 8, 0.3, 0.1, 3.0, 0.9, 0.5, 0.01, 1.05, fixed=6, broken=0)
         >>> choose([r]).k, choose([r], max_damage=1.01), choose([r], min_z=4.0), choose([r], min_z=None, max_p=0.05).k
         (8, None, None, 8)
     """
-    ok = [r for r in rows if r.ppl_ratio <= max_damage and passes(r, min_z, max_p)]
-    if not ok:
-        return None
-    flips = max_p is not None
-    return max(ok, key=lambda r: ((r.fixed - r.broken) if flips else 0, r.effect, -r.ppl_ratio, -r.k, -r.alpha))
+    best = ranked(rows, max_damage, min_z, max_p)
+    return best[0] if best else None
 
 
 def explain(
@@ -477,14 +489,19 @@ def tune(
     batch_size: int = 16,
     progress: bool = True,
     force: bool = False,
+    panel: Panel | None = None,
+    max_capability_drop: float | None = None,
 ) -> TuneResult:
     """Split ``pairs``, measure the grid, choose; with ``out``, write and resume (see the module docstring).
 
     ``budget``: at most this many configurations per method (None: the full grid). ``neutral``: extra
     neutral texts for the damage measure. ``rule``: the test an effect must pass (:data:`RULES`, see the module
     docstring); ``min_z`` overrides the margin test's z. ``force``: replace ``out/spec`` and ``out/scores/*`` even
-    when austeer did not write them. The model is left as it was (gains are folded and unfolded around each
-    measurement).
+    when austeer did not write them. ``panel``: answer the capability panel
+    (:class:`~austeer.evaluation.capability.Panel`) with each method's choice steered; with
+    ``max_capability_drop``, a method's choice is its best configuration (in the rule's order) whose pooled panel
+    accuracy drops by at most that much, or none. The model is left as it was (gains are folded and unfolded
+    around each measurement).
     """
     for site in sites:
         check_site(site)
@@ -493,6 +510,8 @@ def tune(
     levels(1, rule)  # an unknown rule: one line before any work
     if budget is not None and budget < 1:
         raise UserError(f"budget must be >= 1, got {budget}")
+    if max_capability_drop is not None and panel is None:
+        raise UserError("a bound on the capability drop needs the capability panel")
     if not max_damage >= 1.0:
         raise UserError(f"max_damage is a perplexity ratio and must be >= 1, got {max_damage}")
     fit_idx, held_idx = split_pairs(pairs)
@@ -584,10 +603,40 @@ def tune(
         bar.close()
 
     wanted = [rows[_key(*c)] for c in configs]
-    chosen_by = {m: choose([r for r in wanted if r.method == m], max_damage, need_z, max_p) for m in methods}
+    panel_settings = None if panel is None else {"tasks": panel.names, "n": panel.n}
+    if "capability" not in state or state["capability"].get("panel") != panel_settings:
+        state["capability"] = {"panel": panel_settings, "rows": {}}
+    measured: dict[str, Any] = state["capability"]["rows"]  # retention by row key, kept for a resumed run
+
+    def retention(row: TuneRow) -> dict[str, Any]:
+        key = json.dumps(row.key)
+        if key not in measured:
+            assert panel is not None
+            steerer = build(row.method, json.loads(row.config))[0]
+            got = panel.measure(partial(steerer.hooks, model), system=getattr(steerer, "system", None))
+            if progress:
+                tqdm.write(f"{row.method} {row.config}: {got.line()}")
+            measured[key] = got.to_json()
+            _write(path, state, force)
+        return dict(measured[key])
+
+    def capable(row: TuneRow) -> bool:  # measured only where a bound asks (else only each method's choice)
+        return max_capability_drop is None or retention(row)["drop"] <= max_capability_drop
+
+    def choice(method: str) -> TuneRow | None:
+        rows_m = ranked([r for r in wanted if r.method == method], max_damage, need_z, max_p)
+        return next((r for r in rows_m if capable(r)), None)
+
+    chosen_by = {m: choice(m) for m in methods}
+    capability = {m: retention(r) for m, r in chosen_by.items() if r is not None and panel is not None}
     best = choose([r for r in chosen_by.values() if r is not None], max_damage, need_z, max_p)
     chosen = chosen_by.get("austeer")
     message = explain([r for r in wanted if r.method == "austeer"], chosen, max_damage, need_z, max_p)
+    if chosen is None and ranked([r for r in wanted if r.method == "austeer"], max_damage, need_z, max_p):
+        message = (
+            f"every configuration beyond noise within the damage bound drops the capability panel's accuracy by more "
+            f"than {max_capability_drop:g}; no spec written (raise --max-capability-drop to accept more)"
+        )
     if "austeer" not in methods:
         message = ""
     spec = None
@@ -610,6 +659,7 @@ def tune(
         best=None if best is None else best.method,
         message=message,
     )
+    state["capability"]["chosen"] = capability
     _write(path, state, force)
     return TuneResult(
         wanted,
@@ -626,4 +676,5 @@ def tune(
         state,
         rule,
         max_p,
+        capability,
     )
