@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Iterator
@@ -125,6 +126,37 @@ def test_sweep_chooses_on_val_and_reads_test_only_for_its_choice(smol, tmp_path,
     after = {(split, config) for split, config, after in reads if after}
     assert before == {("val", None), ("val", (2, 1.0)), ("val", (2, 8.0))}
     assert after == {("test", None), ("test", (state["best"]["k"], state["best"]["alpha"]))}
+
+
+def test_sweep_measures_its_choice_on_the_capability_panel_and_bounds_it(swept, smol, tmp_path) -> None:
+    """The panel's record of the choice is the panel answered with the best spec, and only it is answered; under
+    a bound no row keeps (the panel must gain everything) every row is answered and one that drops least is
+    chosen."""
+    import shutil
+
+    from austeer.evaluation.capability import Panel
+    from austeer.evaluation.sweep import steering
+
+    model, tok = smol
+    src, state, _ = swept
+    out = tmp_path / "copa"
+    shutil.copytree(src, out)
+    panel = Panel(model, tok, exclude=("copa",), n=3, batch_size=4)
+    kw = {"model_id": "smol", "progress": False, "run_test": False, "panel": panel, **GRID, **LIMITS}
+    again = sweep(model, tok, get_task("copa"), out, **kw)
+    assert again["best"] == state["best"] and again["rows"] == state["rows"]  # only the panel was measured
+    with steering(model, load(out / "best")):
+        expected = panel.measure(contextlib.nullcontext)
+    assert again["capability"]["chosen"] == json.loads(json.dumps(expected.to_json()))
+    assert len(again["capability"]["rows"]) == 1  # without a bound only the choice is answered
+    bounded = sweep(model, tok, get_task("copa"), out, **kw, max_capability_drop=-1.0)
+    measured = bounded["capability"]["rows"]
+    assert len(measured) == len(state["rows"])
+    least = min(measured.values(), key=lambda r: r["drop"])
+    assert bounded["capability"]["chosen"]["drop"] == least["drop"]
+    b = bounded["best"]
+    assert measured[json.dumps([b["site"], b["k"], b["alpha"]])]["drop"] == least["drop"]
+    assert (load(out / "best").k, load(out / "best").alpha) == (b["k"], b["alpha"])
 
 
 def test_sweep_refuses_other_settings_in_the_same_dir(swept, smol) -> None:

@@ -15,6 +15,7 @@ from austeer.cli.common import (
     add_model_args,
     capability_panel,
     check_alpha,
+    check_capability_args,
     load_from_args,
 )
 from austeer.core.sites import SITES
@@ -174,6 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
     from austeer.core.spec import first_overflow, overflow_text
+    from austeer.evaluation.capability import Retention
     from austeer.evaluation.sweep import SWEEP_FILES, SWEEP_NAMES, sweep
     from austeer.io import check_file_output, check_output_dir, check_replaceable
     from austeer.models.loading import load_model
@@ -183,6 +185,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for s in sites:
         if s not in SITES:
             raise UserError(f"unknown site {s!r}; expected some of {', '.join(SITES)}")
+    check_capability_args(args)
     inputs = [args.pairs, args.eval]
     check_output_dir(args.out, SWEEP_NAMES, args.force)  # before loading the model
     for where in [Path(args.out) / "best", *(Path(args.out) / "scores" / s for s in sites)]:
@@ -215,6 +218,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ref_model=ref,
         run_test=not args.no_test,
         force=args.force,
+        panel=capability_panel(args, model, tok, task.name),
+        max_capability_drop=args.max_capability_drop,
     )
     m = state["metric"]
     print(f"{task.name}: val {m} unsteered {state['baseline'][m]:.4f}")
@@ -224,6 +229,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     b = state["best"]
     print(f"best on val: {b['site']} k={b['k']} alpha={b['alpha']:g} -> {Path(args.out) / 'best'}")
+    if "capability" in state:
+        print(f"  {Retention.from_json(state['capability']['chosen']).line()}")
     if "test" in state:
         t = state["test"]
         print(
@@ -276,4 +283,5 @@ def register(sub: Any) -> None:
     p.add_argument("--val-limit", type=positive_int, default=None, help="use only the first N val items")
     p.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test items")
     p.add_argument("--no-test", action="store_true", help="stop after the validation grid")
+    add_capability_args(p, bound=True)
     p.set_defaults(func=cmd_sweep)

@@ -9,7 +9,8 @@ and the layers below a configuration's first steered layer are replayed from the
 
 Output directory:
 
-- ``sweep.json``: ``{"task", "model", "metric", "settings", "baseline", "rows", "best", "test"}``; every
+- ``sweep.json``: ``{"task", "model", "metric", "settings", "baseline", "rows", "best", "test"}`` (and
+  ``capability`` with a panel: see :func:`sweep`); every
   row ``{"site", "k", "alpha", "n_steered", "metric", "ppl_delta", "metrics"}``. Rewritten atomically after
   every finished row, so an interrupted sweep resumes where it stopped (done rows are skipped);
 - ``sweep.csv``: ``site,k,alpha,n_steered,metric,ppl_delta``;
@@ -46,6 +47,7 @@ from austeer.core.sites import site_def
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.core.steer import apply, folded
 from austeer.errors import UserError
+from austeer.evaluation.capability import Panel
 from austeer.evaluation.evaluate import Unsteered, evaluate
 from austeer.io import check_file_output, check_output_dir, check_replaceable, signed_json, write_output
 from austeer.tasks.base import Task
@@ -85,11 +87,16 @@ class SweepRow:
         return _key(self.site, self.k, self.alpha)
 
 
+def ranked_rows(rows: Sequence[SweepRow]) -> list[SweepRow]:
+    """Best first: highest metric; ties: smaller ppl increase, smaller k, smaller alpha, then the order of ``rows``."""
+    return sorted(rows, key=lambda r: (r.metric, -r.ppl_delta, -r.k, -r.alpha), reverse=True)
+
+
 def best_row(rows: Sequence[SweepRow]) -> SweepRow:
-    """Highest metric; ties: smaller ppl increase, smaller k, smaller alpha."""
+    """The first of :func:`ranked_rows`."""
     if not rows:
         raise UserError("no sweep rows to choose from")
-    return max(rows, key=lambda r: (r.metric, -r.ppl_delta, -r.k, -r.alpha))
+    return ranked_rows(rows)[0]
 
 
 def _key(site: str, k: int, alpha: float) -> tuple[str, int, float]:
@@ -125,6 +132,37 @@ def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
                 "use another --out directory"
             )
     return state
+
+
+def _capable(
+    state: dict[str, Any],
+    rows: Sequence[SweepRow],
+    panel: Panel,
+    bound: float | None,
+    steer: Callable[[SweepRow], AbstractContextManager[Any]],
+    save: Callable[[], None],
+) -> SweepRow:
+    """The choice under the capability panel (see :func:`sweep`); every measurement is kept in
+    ``state["capability"]`` (``panel``, ``rows`` by key, ``chosen``) for a resumed run."""
+    settings = {"tasks": panel.names, "n": panel.n}
+    if state.get("capability", {}).get("panel") != settings:
+        state["capability"] = {"panel": settings, "rows": {}}
+    measured: dict[str, Any] = state["capability"]["rows"]
+
+    def drop(row: SweepRow) -> float:
+        key = json.dumps(row.key)
+        if key not in measured:
+            measured[key] = panel.measure(lambda: steer(row)).to_json()
+            save()
+        return float(measured[key]["drop"])
+
+    ranked = ranked_rows(rows)
+    best = next((r for r in ranked if bound is None or drop(r) <= bound), None)
+    if best is None:
+        best = min(ranked, key=drop)  # none keeps the bound: the one that drops least
+    drop(best)
+    state["capability"]["chosen"] = measured[json.dumps(best.key)]
+    return best
 
 
 def _site_spec(
@@ -169,11 +207,19 @@ def sweep(
     run_test: bool = True,
     progress: bool = True,
     force: bool = False,
+    panel: Panel | None = None,
+    max_capability_drop: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep into ``out`` and return the ``sweep.json`` content.
 
     The spec folders ``scores/<site>`` and ``best`` replace only austeer's own specs, unless ``force``.
+    ``panel``: answer the capability panel (:class:`~austeer.evaluation.capability.Panel`, made without ``task``)
+    with the choice steered (``sweep.json``'s ``capability``); with ``max_capability_drop`` the choice is the best
+    row on val (in :func:`ranked_rows` order) whose pooled panel accuracy drops by at most that much, else the one
+    that drops least (as :func:`austeer.evaluation.compare.compare`).
     """
+    if max_capability_drop is not None and panel is None:
+        raise UserError("a bound on the capability drop needs the capability panel")
     if not sites or not ks or not alphas:
         raise UserError("the sweep grid needs at least one site, one k and one alpha")
     if min(ks) < 1:
@@ -242,13 +288,23 @@ def sweep(
     finally:
         bar.close()
 
+    def spec_of(row: SweepRow) -> SteerSpec:
+        if row.site not in specs:
+            specs[row.site] = _site_spec(model, tok, task, row.site, max(ks), out, pairs, model_id, batch_size, force)
+        return specs[row.site].with_k(row.k).with_alpha(row.alpha)
+
     wanted = {_key(*g) for g in grid}
-    best = best_row([row for row in (SweepRow(**r) for r in state["rows"]) if row.key in wanted])
+    rows = [row for row in (SweepRow(**r) for r in state["rows"]) if row.key in wanted]
+    best = best_row(rows)
+    if panel is not None:
+        best = _capable(
+            state, rows, panel, max_capability_drop, lambda row: steering(model, spec_of(row)),
+            lambda: _write_state(out, state, force),
+        )  # fmt: skip
+    else:
+        state.pop("capability", None)
     choice = {"site": best.site, "k": best.k, "alpha": best.alpha}
-    site_spec = specs.get(best.site) or _site_spec(
-        model, tok, task, best.site, max(ks), out, pairs, model_id, batch_size, force
-    )
-    best_spec = site_spec.with_k(best.k).with_alpha(best.alpha)
+    best_spec = spec_of(best)
     best_spec.info.update(task=task.name, sweep=choice, val_metric=best.metric)
     if state.get("best") != choice or not (out / "best" / "steer.json").exists():
         best_spec.save(out / "best", force=force)
