@@ -4,7 +4,8 @@ Every method reads the same pairs (one :func:`~austeer.methods.base.gather` pass
 tries the same number of configurations (``budget``, spread evenly over its grid) on the validation
 items. A configuration is *eligible* when it keeps the neutral-text perplexity within ``max_ppl_ratio``
 of the unsteered model's (a method must not win by breaking the language model); among eligible ones
-the best validation metric wins (ties: fewer steered activations, then grid order). The winner is then
+the best validation metric wins (ties, as in every search: lower perplexity, fewer steered activations, then
+grid order; :func:`~austeer.evaluation.search.rank_key`). The winner is then
 evaluated once on the test items. A method that builds several steerers (``random``: one per seed) is
 averaged over them at every step. *Prompted* methods (the
 prompting baseline, :mod:`austeer.methods.prompt`) read the same pairs with the task's instruction in
@@ -17,8 +18,8 @@ one curve per method).
 Example:
     >>> spread_grid(tuple({"i": i} for i in range(8)), 3)
     ({'i': 0}, {'i': 4}, {'i': 7})
-    >>> pick([Trial({}, 8, 0.6, 1.1), Trial({}, 2, 0.6, 1.2), Trial({}, 2, 0.9, 5.0)], max_ppl_ratio=2.0)
-    1
+    >>> pick([Trial({}, 8, 0.6, 1.1), Trial({}, 2, 0.6, 1.2), Trial({}, 2, 0.6, 1.1), Trial({}, 2, 0.9, 5.0)], 2.0)
+    2
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from austeer.core.reuse import LayerCache, reusing
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel, Retention
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.evaluation.search import spread
+from austeer.evaluation.search import rank_key, spread
 from austeer.methods import DEFAULT_METHODS, METHODS
 from austeer.methods.base import Evidence, Method, Steerer, gather
 from austeer.stats import outcomes
@@ -164,12 +165,13 @@ def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, 
 
 
 def ranked(trials: Sequence[Trial], max_ppl_ratio: float | None) -> list[int]:
-    """Indices of the trials within the ppl bound, best first: highest ``val``, then fewer steered activations,
-    then the earlier; when none is within the bound, the one with the lowest ppl alone."""
+    """Indices of the trials within the ppl bound, best first by the searches' one rule
+    (:func:`~austeer.evaluation.search.rank_key`: highest ``val``, then the lower ppl, fewer steered activations,
+    the earlier); when none is within the bound, the one with the lowest ppl alone."""
     ok = [i for i, t in enumerate(trials) if max_ppl_ratio is None or t.ppl_ratio <= max_ppl_ratio]
     if not ok:
         return [min(range(len(trials)), key=lambda i: trials[i].ppl_ratio)]
-    return sorted(ok, key=lambda i: (-trials[i].val, trials[i].n_steered, i))
+    return sorted(ok, key=lambda i: rank_key(trials[i].val, trials[i].ppl_ratio, trials[i].n_steered))
 
 
 def pick(trials: Sequence[Trial], max_ppl_ratio: float | None) -> int:

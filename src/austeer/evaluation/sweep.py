@@ -49,6 +49,7 @@ from austeer.core.steer import apply, folded
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel
 from austeer.evaluation.evaluate import Unsteered, evaluate
+from austeer.evaluation.search import rank_key
 from austeer.io import check_file_output, check_output_dir, check_replaceable, signed_json, write_output
 from austeer.tasks.base import Task
 
@@ -88,8 +89,9 @@ class SweepRow:
 
 
 def ranked_rows(rows: Sequence[SweepRow]) -> list[SweepRow]:
-    """Best first: highest metric; ties: smaller ppl increase, smaller k, smaller alpha, then the order of ``rows``."""
-    return sorted(rows, key=lambda r: (r.metric, -r.ppl_delta, -r.k, -r.alpha), reverse=True)
+    """Best first by the searches' one rule (:func:`~austeer.evaluation.search.rank_key`): highest metric; ties:
+    smaller ppl increase, fewer steered AUs, smaller alpha, then the order of ``rows``."""
+    return sorted(rows, key=lambda r: rank_key(r.metric, r.ppl_delta, r.n_steered, r.alpha))
 
 
 def best_row(rows: Sequence[SweepRow]) -> SweepRow:

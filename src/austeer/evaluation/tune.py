@@ -93,7 +93,7 @@ from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel
-from austeer.evaluation.search import spread
+from austeer.evaluation.search import rank_key, spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
     atomic_write_file,
@@ -256,13 +256,14 @@ def passes(row: TuneRow, min_z: float | None, max_p: float | None) -> bool:
 def ranked(
     rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float | None = 2.0, max_p: float | None = None
 ) -> list[TuneRow]:
-    """The rows with ``ppl_ratio <= max_damage`` that pass a test in use (:func:`passes`), best first: with the
-    choice test in use (``max_p``), the most net flips (``fixed - broken``), then the largest effect; else the
-    largest effect. Ties: smaller perplexity ratio, smaller k, smaller alpha, then the order of ``rows``."""
+    """The rows with ``ppl_ratio <= max_damage`` that pass a test in use (:func:`passes`), best first by the
+    searches' one rule (:func:`~austeer.evaluation.search.rank_key`): with the choice test in use (``max_p``), the
+    most net flips (``fixed - broken``), then the largest effect; else the largest effect. Ties: smaller perplexity
+    ratio, fewer steered activations, smaller alpha, then the order of ``rows``."""
     ok = [r for r in rows if r.ppl_ratio <= max_damage and passes(r, min_z, max_p)]
     flips = max_p is not None
     return sorted(
-        ok, key=lambda r: ((r.fixed - r.broken) if flips else 0, r.effect, -r.ppl_ratio, -r.k, -r.alpha), reverse=True
+        ok, key=lambda r: rank_key(((r.fixed - r.broken) if flips else 0, r.effect), r.ppl_ratio, r.n_steered, r.alpha)
     )
 
 
