@@ -78,7 +78,7 @@ def run(model_name: str, tasks: list[str]) -> None:
             ks=plan["k"],
             alphas=plan["alpha"],
             model_id=model_name,
-            pair_limit=plan["pairs"],
+            pairs_limit=plan["pairs"],
             val_limit=plan["val"],
             test_limit=plan["test"],
             max_new_tokens=plan.get("new"),
@@ -169,7 +169,7 @@ def write_doc() -> None:
                 for r in s["rows"]
             )
             lines.append(
-                f"- **{name}**: {s.get('n_pairs', cfg['pair_limit'])} pairs, "
+                f"- **{name}**: {s.get('n_pairs', cfg['pairs_limit'])} pairs, "
                 f"{int(s['baseline']['n_items'])} val items, "
                 f"{cfg['test_limit']} test items at most, max new tokens {cfg['max_new_tokens']}; "
                 f"val vanilla {100 * s['baseline'][s['metric']]:.1f}; {rows}."
@@ -207,8 +207,8 @@ def evidence_lines() -> list[str]:
     for folder in sorted((DOC.parent / "results").iterdir()):
         confirms = [json.loads(p.read_text()) for p in sorted(folder.glob("confirm_*.json"))]
         comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_*.json"))]
-        doses = [json.loads(p.read_text()) for p in sorted(folder.glob("dose_*.json"))]
-        frontiers = [json.loads(p.read_text()) for p in sorted(folder.glob("frontier_*.json"))]
+        doses = [{**json.loads(p.read_text()), "file": p.name} for p in sorted(folder.glob("dose_*.json"))]
+        frontiers = [{**json.loads(p.read_text()), "file": p.name} for p in sorted(folder.glob("frontier_*.json"))]
         confirms = [d for d in confirms if "steered" in d]
         if not (confirms or comps or doses or frontiers):
             continue
@@ -220,10 +220,11 @@ def evidence_lines() -> list[str]:
             lines += [summary_table(comps), ""]
         for d in doses:
             st, metric = d["settings"], get_task(d["task"]).metric
-            lines += [f"Dose-response, {d['task']} (alpha {st['alpha']:g}, {st['pairs']} pairs; {metric} (ppl)):", ""]
+            where = f"{st['pairs']} pairs; {metric} (ppl); `{d['file']}`"
+            lines += [f"Dose-response, {d['task']} (alpha {st['alpha']:g}, {where}):", ""]
             lines += [dose_table([DoseRow(**r) for r in d["rows"]]), ""]
         for d in frontiers:
-            lines += [f"Frontier, {d['task']} (first {d['settings']['limit']} test items):", ""]
+            lines += [f"Frontier, {d['task']} (first {d['settings']['limit']} test items; `{d['file']}`):", ""]
             lines += [frontier_table([FrontierRow(**r) for r in d["rows"]], get_task(d["task"]).metric), ""]
     return lines
 

@@ -19,7 +19,7 @@ from austeer.evaluation.sweep import CSV_COLUMNS, sweep
 from austeer.tasks import get_task
 
 GRID = {"sites": ("head",), "ks": (2, 6), "alphas": (1.0, 8.0)}
-LIMITS = {"pair_limit": 8, "val_limit": 4, "test_limit": 4}
+LIMITS = {"pairs_limit": 8, "val_limit": 4, "test_limit": 4}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_sweep_writes_table_best_spec_and_test(swept) -> None:
     assert (best.k, best.alpha) == (state["best"]["k"], state["best"]["alpha"])
     assert best.info["sweep"] == state["best"]
     scores = load(out / "scores" / "head")
-    assert scores.k == max(GRID["ks"]) and scores.n_pairs == LIMITS["pair_limit"]
+    assert scores.k == max(GRID["ks"]) and scores.n_pairs == LIMITS["pairs_limit"]
     assert best.units == scores.with_k(best.k).units  # the best spec is a re-selection of the cached scores
     test = state["test"]
     assert test["unsteered"]["n_items"] == test["steered"]["n_items"] == LIMITS["test_limit"]
@@ -79,6 +79,7 @@ def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
     cut = json.loads((out / "sweep.json").read_text())
     cut["rows"] = cut["rows"][:2]
     del cut["test"]
+    cut["settings"]["pair_limit"] = cut["settings"].pop("pairs_limit")  # written before the setting's rename
     (out / "sweep.json").write_text(json.dumps(cut))
     resumed = sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, **LIMITS)
     # two missing rows, then the steered test (the unsteered one goes through austeer.evaluation.evaluate.Unsteered,
@@ -163,7 +164,7 @@ def test_sweep_refuses_other_settings_in_the_same_dir(swept, smol) -> None:
     model, tok = smol
     out, _, _ = swept
     with pytest.raises(ValueError, match="different settings"):
-        sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, pair_limit=8, val_limit=5)
+        sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, pairs_limit=8, val_limit=5)
 
 
 def test_cli_eval_with_the_best_spec(swept, tmp_path, capsys) -> None:

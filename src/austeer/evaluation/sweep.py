@@ -127,6 +127,9 @@ def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return fresh
     state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    settings = state.get("settings", {})
+    if "pair_limit" in settings:  # the name before austeer 2026-12-06: one name per concept now
+        settings["pairs_limit"] = settings.pop("pair_limit")
     for name in ("task", "model", "settings"):
         if state.get(name) != fresh[name]:
             raise UserError(
@@ -200,7 +203,7 @@ def sweep(
     ks: Sequence[int] = (2, 8, 32, 100),
     alphas: Sequence[float] = (1.0, 5.0, 15.0, 50.0),
     model_id: str = "",
-    pair_limit: int | None = None,
+    pairs_limit: int | None = None,
     val_limit: int | None = None,
     test_limit: int | None = None,
     batch_size: int = 16,
@@ -235,7 +238,7 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
     model_id = model_id or str(getattr(model.config, "_name_or_path", ""))
     settings = {
-        "pair_limit": pair_limit,
+        "pairs_limit": pairs_limit,
         "val_limit": val_limit,
         "test_limit": test_limit,
         "max_new_tokens": max_new_tokens or task.max_new_tokens,
@@ -266,7 +269,7 @@ def sweep(
 
     def pairs() -> Any:
         if not pair_cache:
-            pair_cache.append(task.pairs(model, tok, limit=pair_limit))
+            pair_cache.append(task.pairs(model, tok, limit=pairs_limit))
             state["n_pairs"] = len(pair_cache[0])
         return pair_cache[0]
 
