@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.core.collect import encode, model_device, token_limit
 from austeer.core.pairs import format_prompt
 from austeer.core.spec import SteerSpec
 from austeer.errors import UserError
 from austeer.run.generate import Mode, generate, steered
+from austeer.run.likelihood import next_token_logits
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,10 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-@torch.inference_mode()
 def next_token_probs(model: nn.Module, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
     """``[len(prompts), vocab]`` float32 probabilities of the first generated token (chat-formatted prompts)."""
     texts = [format_prompt(tokenizer, p) for p in prompts]
-    enc = encode(tokenizer, texts, token_limit(model, None), padding_side="left")
-    device = model_device(model)
-    logits = model(  # type: ignore[operator]
-        input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device), use_cache=False
-    ).logits[:, -1, :]
-    return torch.softmax(logits.float(), dim=-1).cpu()
+    return torch.softmax(next_token_logits(model, tokenizer, texts), dim=-1)
 
 
 def top_shifts(tokenizer: Any, before: torch.Tensor, after: torch.Tensor, n: int = 8) -> tuple[list[TokenShift], ...]:

@@ -1,8 +1,10 @@
-"""What a model's forward pass says about texts: the next-token logits after each text, and the
-log-likelihood of continuations given their prefixes (batched, padding-aware).
+"""What a model's forward pass says about texts: the next-token logits after each text
+(:func:`next_token_logits`), and the log-probabilities of answer tokens given their prefixes
+(:func:`answer_token_logprobs`: one batched, padding-aware pass), summed as a continuation's log-likelihood
+(:func:`continuation_nll`) or averaged per answer (:func:`austeer.run.measure.answer_logprobs`).
 
-The task scorers (:mod:`austeer.tasks`) and the perplexity side effect (:mod:`austeer.evaluation.evaluate`) read
-models through these two functions.
+The task scorers (:mod:`austeer.tasks`), the perplexity side effect (:mod:`austeer.evaluation.evaluate`), tune's
+margins and the report's token shifts read models through these functions.
 
 Example:
     >>> from austeer.run.likelihood import continuation_nll, next_token_logits
@@ -51,11 +53,47 @@ def next_token_logits(model: nn.Module, tok: Any, texts: Sequence[str], batch_si
 
 
 @torch.inference_mode()
+def answer_token_logprobs(
+    model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], pad: int, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Per ``(prefix ids, answer ids)`` row, the float64 log-probability of each answer token given everything
+    before it: the one batched forward pass behind :func:`continuation_nll` and
+    :func:`austeer.run.measure.answer_logprobs` (left padding, so every answer ends its row and only the answer
+    positions' logits are kept; rows sorted by length)."""
+    out: list[torch.Tensor] = [torch.empty(0, dtype=torch.float64)] * len(rows)
+    device = model_device(model)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    for start in range(0, len(order), batch_size):
+        idx = [i for i in order[start : start + batch_size] if rows[i][1]]
+        if not idx:
+            continue
+        width = max(len(rows[i][0]) + len(rows[i][1]) for i in idx)
+        keep = max(len(rows[i][1]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            seq = rows[i][0] + rows[i][1]
+            ids[r, width - len(seq) :] = torch.tensor(seq)
+            mask[r, width - len(seq) :] = 1
+        logits = model(  # type: ignore[operator]
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=_positions(mask).to(device),
+            logits_to_keep=keep + 1,
+            use_cache=False,
+        ).logits[:, -keep - 1 : -1]
+        logp = torch.log_softmax(logits.float(), -1).cpu()
+        picked = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1).double()
+        for r, i in enumerate(idx):
+            out[i] = picked[r, keep - len(rows[i][1]) :]
+    return out
+
+
 def continuation_nll(
     model: nn.Module, tok: Any, prefixes: Sequence[str], continuations: Sequence[str], batch_size: int = 8
 ) -> tuple[float, int]:
-    """Summed negative log-likelihood of ``continuations`` given ``prefixes`` (as text), and the token count."""
-    device = model_device(model)
+    """Summed negative log-likelihood of ``continuations`` given ``prefixes`` (as text), and the token count
+    (an empty prefix: the continuation's first token is its context)."""
     rows = []
     for prefix, cont in zip(prefixes, continuations):
         p = tok(prefix, add_special_tokens=False).input_ids if prefix else []
@@ -63,26 +101,7 @@ def continuation_nll(
         if not prefix:
             p, c = c[:1], c[1:]
         if c:
-            rows.append((p, c))
-    total, count = 0.0, 0
-    rows.sort(key=lambda r: len(r[0]) + len(r[1]))
+            rows.append((list(p), list(c)))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        target = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for r, (p, c) in enumerate(chunk):
-            n = len(p) + len(c)
-            ids[r, :n] = torch.tensor(p + c)
-            mask[r, :n] = 1
-            target[r, len(p) : n] = True
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits  # type: ignore[operator]
-        logp = torch.log_softmax(logits[:, :-1].float(), -1).cpu()
-        tgt = ids[:, 1:]
-        picked = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-        sel = target[:, 1:]
-        total += float(-picked[sel].sum())
-        count += int(sel.sum())
-    return total, count
+    lps = answer_token_logprobs(model, rows, pad, batch_size)
+    return float(-sum(float(lp.sum()) for lp in lps)), sum(int(lp.numel()) for lp in lps)

@@ -32,6 +32,7 @@ from austeer.core.collect import model_device, token_limit
 from austeer.core.pairs import Pair, format_prompt, has_chat_template
 from austeer.errors import UserError
 from austeer.io import iter_jsonl
+from austeer.run.likelihood import answer_token_logprobs
 from austeer.stats import discordant
 
 #: at most this many neutral tokens are used (the unsteered distributions are kept in memory)
@@ -68,32 +69,9 @@ def answer_logprobs(
         if limit is not None and len(p) + len(a) > limit:
             p = p[max(0, len(p) + len(a) - limit) :]
         rows.append((p, a))
-    out = torch.empty(len(rows), dtype=torch.float64)
-    device = model_device(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(rows[i][0]) + len(rows[i][1]) for i in idx)
-        keep = max(len(rows[i][1]) for i in idx)  # left padding: every answer ends the row
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            seq = rows[i][0] + rows[i][1]
-            ids[r, width - len(seq) :] = torch.tensor(seq)
-            mask[r, width - len(seq) :] = 1
-        logits = model(  # type: ignore[operator]
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
-            logits_to_keep=keep + 1,
-            use_cache=False,
-        ).logits[:, -keep - 1 : -1]
-        logp = torch.log_softmax(logits.float(), -1).cpu()
-        picked = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1).double()
-        for r, i in enumerate(idx):
-            out[i] = picked[r, keep - len(rows[i][1]) :].mean()
-    return out
+    lps = answer_token_logprobs(model, rows, pad, batch_size)
+    return torch.tensor([float(lp.mean()) for lp in lps], dtype=torch.float64)
 
 
 def margins(model: nn.Module, tok: Any, pairs: Sequence[Pair], batch_size: int = 16) -> torch.Tensor:
