@@ -211,6 +211,26 @@ def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs,
     assert all(sorted(g.gamma for g in s.gains) == sorted(g.gamma for g in mine.gains) for s in seeds)
 
 
+def test_one_pass_gives_the_activations_and_fits_counts(smol, sentiment_pairs, evidence):
+    """gather reads each pair once: its kept activations are in the pairs' order (each pair read alone gives the
+    same rows) and the sign counts streamed in that pass are fit's counts of the same pairs, and the counts of the
+    kept activations."""
+    from austeer.core.fit import score
+    from austeer.core.momentum import SignCounts
+
+    model, tok = smol
+    pairs = sentiment_pairs[:16]
+    streamed = evidence.counts("head")
+    fitted = score(model, tok, pairs, ["head"], batch_size=8, share_prefix=False, progress=False)["head"]
+    again = SignCounts.zeros(*evidence.pos["head"].shape[1:])
+    again.update(evidence.pos["head"] - evidence.neg["head"])
+    for other in (fitted, again):
+        assert torch.equal(streamed.pos, other.pos) and torch.equal(streamed.neg, other.neg)
+        assert torch.allclose(streamed.total, other.total, rtol=1e-9, atol=1e-9) and streamed.n == other.n == 16
+    alone = gather(model, tok, [pairs[5]], ["head"], progress=False)
+    assert torch.allclose(alone.pos["head"][0], evidence.pos["head"][5], atol=1e-4)
+
+
 @pytest.mark.parametrize("site", ["ffn", "neuron"])
 def test_austeer_at_the_mlp_sites_equals_fit_there(smol, sentiment_pairs, site):
     """``austeer-ffn`` / ``austeer-neuron``: AUSteer's rule at the MLP sites, the AUs ``fit(site=...)`` selects,

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,6 +31,69 @@ from austeer.core.pairs import Pair
 from austeer.core.sites import check_site, decoder_layers, site_width
 from austeer.core.spec import SELECTIONS, SteerSpec, fingerprint
 from austeer.errors import UserError
+
+
+@dataclass
+class Reading:
+    """What one pass over the pairs gives (:func:`read`): the sign counts of every site, streamed batch by batch,
+    and, when kept, the last-token activations of both texts of every pair (``[N, L, W]``, in the pairs' order)."""
+
+    counts: dict[str, SignCounts]
+    pos: dict[str, torch.Tensor] = field(default_factory=dict)
+    neg: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def read(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    sites: Sequence[str],
+    batch_size: int = 16,
+    keep: bool = False,
+    max_length: int | None = None,
+    progress: bool = True,
+    padding_side: str = "left",
+    share_prefix: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    desc: str = "scoring AUs",
+) -> Reading:
+    """The one collector: every pair read once (``batch_size`` pairs = 2x texts per forward), the momenta of
+    every site folded into :class:`SignCounts` as they come, and with ``keep`` the activations kept too (what
+    the baselines build from: :func:`austeer.methods.base.gather`). See :func:`score` for ``share_prefix``,
+    ``rank`` and ``world``."""
+    for site in sites:
+        check_site(site)
+    n_layers = len(decoder_layers(model))
+    counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
+    out = Reading(counts)
+    batches = pair_batches(
+        model,
+        tokenizer,
+        pairs,
+        sites,
+        batch_size,
+        share_prefix=share_prefix,
+        max_length=max_length,
+        padding_side=padding_side,
+        rank=rank,
+        world=world,
+    )
+    total = (len(pairs) if sites else 0) if world == 1 else None  # a shard's size shows once its batches are planned
+    label = desc if world == 1 else f"{desc} (rank {rank})"
+    with tqdm(total=total, desc=label, unit="pair", disable=not progress) as bar:
+        for rows, pos, neg in batches:  # length-sorted batches; kept activations go back to the pairs' order
+            for site in sites:  # activations arrive in float32: half-precision differences would zero many momenta
+                counts[site].update(pos[site] - neg[site])
+                if keep:
+                    if site not in out.pos:
+                        out.pos[site] = pos[site].new_empty((len(pairs), *pos[site].shape[1:]))
+                        out.neg[site] = neg[site].new_empty((len(pairs), *neg[site].shape[1:]))
+                    idx = torch.tensor(list(rows))
+                    out.pos[site][idx] = pos[site]
+                    out.neg[site][idx] = neg[site]
+            bar.update(len(rows))
+    return out
 
 
 def score(
@@ -44,7 +109,8 @@ def score(
     rank: int = 0,
     world: int = 1,
 ) -> dict[str, SignCounts]:
-    """Sign counts of every AU of ``sites`` over ``pairs`` (``batch_size`` pairs = 2x texts per forward).
+    """Sign counts of every AU of ``sites`` over ``pairs`` (``batch_size`` pairs = 2x texts per forward; :func:`read`
+    without keeping the activations: memory does not grow with the number of pairs).
 
     ``share_prefix=True`` (the default) runs the prompt shared by the two texts of a pair once and both
     answers from its KV cache (:func:`austeer.core.collect.shared_prefix_activations`): about half the compute when
@@ -55,30 +121,10 @@ def score(
     ``rank``/``world``: score only batches ``rank, rank + world, ...`` of :func:`batch_plan` (one shard of
     a multi-process run; the shards' counts add up to the one-process counts exactly).
     """
-    for site in sites:
-        check_site(site)
-    n_layers = len(decoder_layers(model))
-    counts = {s: SignCounts.zeros(n_layers, site_width(model, s)) for s in sites}
-    batches = pair_batches(
-        model,
-        tokenizer,
-        pairs,
-        sites,
-        batch_size,
-        share_prefix=share_prefix,
-        max_length=max_length,
-        padding_side=padding_side,
-        rank=rank,
-        world=world,
-    )
-    total = len(pairs) if world == 1 else None  # a shard's size shows once its batches are planned
-    desc = "scoring AUs" if world == 1 else f"scoring AUs (rank {rank})"
-    with tqdm(total=total, desc=desc, unit="pair", disable=not progress) as bar:
-        for rows, pos, neg in batches:
-            for site in sites:  # activations arrive in float32: half-precision differences would zero many momenta
-                counts[site].update(pos[site] - neg[site])
-            bar.update(len(rows))
-    return counts
+    return read(
+        model, tokenizer, pairs, sites, batch_size, max_length=max_length, progress=progress,
+        padding_side=padding_side, share_prefix=share_prefix, rank=rank, world=world,
+    ).counts  # fmt: skip
 
 
 class EvidenceWarning(UserWarning):

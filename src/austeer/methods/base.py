@@ -31,9 +31,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from austeer.core.collect import pair_batches
+from austeer.core.fit import read
 from austeer.core.momentum import SignCounts
 from austeer.core.pairs import Pair
 from austeer.core.sites import decoder_layers, family, family_of, fold_module, site_module
@@ -135,10 +134,10 @@ def gather(
     """Read every site at the last token of both texts of every pair, in batches (one pass for all methods);
     with no site, nothing is run (the evidence then holds the pairs' texts only).
 
-    The pairs are read by :func:`austeer.core.collect.pair_batches`, the loop :func:`austeer.core.fit.score` reads
-    too. ``share_prefix=False`` (here the default) runs both texts whole, as every comparison in docs/ was
-    computed; ``True`` runs the shared prompt once (about 2x faster on long prompts; activations equal up to
-    float rounding).
+    The pairs are read by the one collector, :func:`austeer.core.fit.read`, with the activations kept
+    (AUSteer's sign counts come from the same pass). ``share_prefix=False`` (here the default) runs both texts
+    whole, as every comparison in docs/ was computed; ``True`` runs the shared prompt once (about 2x faster on
+    long prompts; activations equal up to float rounding).
 
     Example:
         >>> ev = gather(model, tok, [Pair("Hi?", "Great!", "Awful.")] * 2, ["residual"], progress=False)
@@ -147,29 +146,21 @@ def gather(
     """
     if not pairs:
         raise UserError("gather needs at least one pair")
-    pos: dict[str, torch.Tensor] = {}
-    neg: dict[str, torch.Tensor] = {}
-    batches = pair_batches(model, tokenizer, pairs, sites, batch_size, share_prefix=share_prefix, max_length=max_length)
-    bar = tqdm(total=len(pairs) if sites else 0, desc="reading pairs", unit="pair", disable=not progress)
-    for batch, pos_b, neg_b in batches:  # length-sorted batches, put back in order below
-        bar.update(len(batch))
-        rows = torch.tensor(list(batch))
-        for s in sites:
-            if s not in pos:
-                pos[s] = pos_b[s].new_empty((len(pairs), *pos_b[s].shape[1:]))
-                neg[s] = neg_b[s].new_empty((len(pairs), *neg_b[s].shape[1:]))
-            pos[s][rows] = pos_b[s]
-            neg[s][rows] = neg_b[s]
-    bar.close()
+    got = read(
+        model, tokenizer, pairs, sites, batch_size, keep=True, max_length=max_length, progress=progress,
+        share_prefix=share_prefix, desc="reading pairs",
+    )  # fmt: skip
     systems = {p.system for p in pairs}
-    return Evidence(
-        pos,
-        neg,
+    evidence = Evidence(
+        got.pos,
+        got.neg,
         list(pairs),
         [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
         systems.pop() if len(systems) == 1 else None,
         tokenizer,
     )
+    evidence._counts.update(got.counts)  # streamed in the same pass: AUSteer's statistic, as fit computes it
+    return evidence
 
 
 def _first_token(tokenizer: Any, text: str) -> int:
