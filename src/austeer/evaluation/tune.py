@@ -38,10 +38,11 @@ A user with a pairs file has no task, scorer or validation set. :func:`tune` mak
 
 **Which method**: ``methods`` names any registered method built from pairs alone (:func:`tunable`: ``austeer``,
 ``caa``, ``iti``, ``au-add``, ...; not the prompt, which needs a task's instruction). Each is fitted on the same
-fit pairs (:func:`austeer.methods.base.gather`, once) and measured on the same held-out pairs and neutral texts
-over its grid (:data:`TUNE_GRIDS`, else its ``Method.grid``, thinned to ``budget``); the correction counts every
-configuration of every method. Each method gets its choice by the rule (``chosen_by``), and ``best`` is the best
-of those choices by the same rule: the method to use for these pairs.
+fit pairs, read once (:func:`austeer.methods.base.gather`; AUSteer's sign counts come from the same pass), and
+measured on the same held-out pairs and neutral texts over its grid (:data:`TUNE_GRIDS`, else its
+``Method.grid``, thinned to ``budget``); the correction counts every configuration of every method. Each method
+gets its choice by the rule (``chosen_by``), and ``best`` is the best of those choices by the same rule: the
+method to use for these pairs.
 
 Output directory (optional, resumable):
 
@@ -74,7 +75,7 @@ import json
 import math
 import shutil
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -87,6 +88,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from austeer.core.fit import score, spec_from_counts
+from austeer.core.momentum import SignCounts
 from austeer.core.pairs import Pair
 from austeer.core.reuse import LayerCache
 from austeer.core.sites import check_site
@@ -447,14 +449,15 @@ def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
 
 def _site_counts(
     model: nn.Module,
-    tok: Any,
     fit_pairs: Sequence[Pair],
     sites: Sequence[str],
     out: Path | None,
     force: bool,
-    **kw: Any,
+    counts_of: Callable[[list[str]], dict[str, SignCounts]],
+    model_id: str,
 ) -> dict[str, SteerSpec]:
-    """The fit split's scores of every site as a top-``max(KS)`` spec, read from ``out/scores`` when cached."""
+    """The fit split's scores of every site as a top-``max(KS)`` spec, read from ``out/scores`` when cached, else
+    from ``counts_of(missing sites)``."""
     specs: dict[str, SteerSpec] = {}
     for site in sites:
         where = None if out is None else out / "scores" / site
@@ -465,9 +468,9 @@ def _site_counts(
                 specs[site] = cached
     missing = [s for s in sites if s not in specs]
     if missing:
-        counts = score(model, tok, fit_pairs, missing, kw["batch_size"], progress=kw["progress"])
+        counts = counts_of(missing)
         for site in missing:
-            spec = spec_from_counts(model, {site: counts[site]}, max(KS), 1.0, len(fit_pairs), kw["model_id"])
+            spec = spec_from_counts(model, {site: counts[site]}, max(KS), 1.0, len(fit_pairs), model_id)
             if out is not None:
                 spec.save(out / "scores" / site, force=force)
             specs[site] = spec
@@ -560,20 +563,26 @@ def tune(
     rows = {_row(r).key: _row(r) for r in state["rows"]}
     specs: dict[str, SteerSpec] = {}
     evidence: list[Any] = []
-    kw = {"batch_size": batch_size, "progress": progress, "model_id": model_id}
+    others = [m for m in methods if m != "austeer"]
 
-    def site_specs() -> dict[str, SteerSpec]:
-        if not specs:
-            specs.update(_site_counts(model, tok, fit_pairs, sites, path, force, **kw))
-        return specs
-
-    def fit_evidence() -> Any:  # what every other method builds from: gathered once, on the fit split
+    def fit_evidence() -> Any:  # every method but AUSteer builds from it: the fit pairs read once, for all
         from austeer.methods.base import gather
 
         if not evidence:
-            need = sorted({s for m in methods if m != "austeer" for s in tunable(m).sites})
-            evidence.append(gather(model, tok, fit_pairs, need, batch_size, progress=False))
+            need = {s for m in others for s in tunable(m).sites} | (set(sites) if "austeer" in methods else set())
+            evidence.append(gather(model, tok, fit_pairs, sorted(need), batch_size, progress=progress))
         return evidence[0]
+
+    def counts_of(missing: list[str]) -> dict[str, SignCounts]:
+        """AUSteer's sign counts: from the pass the other methods read (its activations kept), else streamed."""
+        if others:
+            return {s: fit_evidence().counts(s) for s in missing}
+        return score(model, tok, fit_pairs, missing, batch_size, progress=progress)
+
+    def site_specs() -> dict[str, SteerSpec]:
+        if not specs:
+            specs.update(_site_counts(model, fit_pairs, sites, path, force, counts_of, model_id))
+        return specs
 
     def build(method: str, config: dict[str, Any]) -> list[Any]:
         """The steerers of one configuration (several for a method that averages seeds)."""
