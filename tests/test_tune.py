@@ -245,3 +245,25 @@ def test_unknown_method_or_rule_is_one_line_before_the_model_loads(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and said in err[0]
     assert not out.exists()
+
+
+def test_prompt_is_ranked_with_its_instruction_on_the_same_held_out_pairs(smol, sentiment_pairs, tmp_path):
+    """The prompt's row is the held-out margins read with the instruction as the system turn, against the same
+    margins without it; its choice is written as the system turn to use. Without an instruction: one line first."""
+    from austeer.run.measure import effect_of, margins
+
+    model, tok = smol
+    said = "Answer in a warm, cheerful and positive tone."
+    with pytest.raises(UserError, match="--instruction"):
+        tune(model, tok, sentiment_pairs, None, methods=("prompt",), progress=False)
+    kw = {"methods": ("prompt",), "instruction": said, "rule": "margin", "min_z": 0.5, "progress": False}
+    result = tune(model, tok, sentiment_pairs, tmp_path / "p", **kw)
+    held = [sentiment_pairs[i] for i in split_pairs(sentiment_pairs)[1]]
+    alone = next(r for r in result.rows if json.loads(r.config) == {"shots": 0})
+    prompted = [Pair(p.prompt, p.positive, p.negative, said) for p in held]
+    assert alone.effect == pytest.approx(effect_of(margins(model, tok, prompted), margins(model, tok, held)).effect)
+    assert (alone.ppl_ratio, alone.n_steered, len(result.rows)) == (1.0, 0, 2)  # the weights are untouched
+    chosen = result.chosen_by["prompt"]
+    assert chosen is not None and result.best == chosen
+    written = json.loads((tmp_path / "p" / "prompt.json").read_text())
+    assert written["system"].startswith(said) and written["config"] == json.loads(chosen.config)

@@ -19,10 +19,16 @@ from austeer.cli.common import (
     check_capability_args,
     load_from_args,
 )
+from austeer.errors import UserError
 
 
 def _row_line(r: Any, chosen: Any) -> str:
-    what = f"{r.site:8s} k={r.k:<4d}" if r.method == "austeer" else f"caa L{r.layer:<3d} d={r.k:<4d}"
+    if r.method == "austeer":
+        what = f"{r.site:8s} k={r.k:<4d}"
+    elif r.site == "system":  # the prompt: its configuration says which
+        what = f"{r.method} {r.config}"
+    else:
+        what = f"{r.method} {r.site} L{r.layer} n={r.n_steered}"
     mark = " <- chosen" if chosen is not None and r.key == chosen.key else ""
     return (
         f"  {what} alpha={r.alpha:<5g} effect {r.effect:+.3f} +- {r.effect_se:.3f} (z {r.z:+6.2f}, "
@@ -57,6 +63,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     for m in methods:
         tunable(m)  # an unknown method: one line before any work
+    if any(tunable(m).prompted for m in methods) and not (args.instruction or "").strip():
+        raise UserError("tune --method prompt needs the instruction to try: --instruction TEXT")
     check_capability_args(args)
     out = Path(args.out)
     inputs = [args.pairs, args.neutral]
@@ -81,6 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         methods=methods,
         neutral=neutral,
         rule=args.rule,
+        instruction=args.instruction,
         model_id=name,
         batch_size=args.batch_size,
         force=args.force,
@@ -104,7 +113,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 f"{m}: nothing beyond noise within the bound"
                 if c is None
                 else f"{m}: {c.config} (effect {c.effect:+.3f}, flips +{c.fixed}/-{c.broken}, ppl x{c.ppl_ratio:.3g})"
-                f" -> {out / (m + '.safetensors')} (an addition, not a spec)"
+                + (
+                    f" -> {out / (m + '.json')} (the system turn to use)"
+                    if c.site == "system"
+                    else f" -> {out / (m + '.safetensors')} (an addition, not a spec)"
+                )
             )
     if "austeer" in methods:
         print(result.message)
@@ -134,13 +147,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--method",
         default="austeer",
-        help="comma-separated methods to measure and rank: austeer, caa, iti, au-add, ...",
+        help="comma-separated methods to measure and rank: austeer, caa, iti, au-add, prompt (with --instruction), ...",
     )
     p.add_argument(
         "--rule",
         default="either",
         help="the test an effect must pass: margin (the held-out margin's z), choice (the held-out two-way choice, "
         "McNemar) or either (the default; docs/TUNE.md)",
+    )
+    p.add_argument(
+        "--instruction",
+        default=None,
+        help="--method prompt: the instruction to try as the system turn (alone, and with 3 fit pairs as examples)",
     )
     p.add_argument("--neutral", default=None, help="extra neutral texts: JSONL (strings or {text}) or text lines")
     p.add_argument("--batch-size", type=positive_int, default=16)

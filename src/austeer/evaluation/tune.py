@@ -77,7 +77,7 @@ import shutil
 import statistics
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -326,24 +326,36 @@ TUNE_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
 }
 
 
+def _tunable(method: Any) -> bool:
+    """Built from pairs alone (not specific to a task kind); a prompted method only if it reads no activations
+    (the prompt: its instruction is given, ``instruction``)."""
+    return method.kind is None and (not method.prompted or not method.sites)
+
+
 def tunable(name: str) -> Any:
-    """The registered :class:`~austeer.methods.base.Method` ``name``, if tune can measure it: built from pairs
-    alone (not prompted: a prompt needs a task's instruction; not specific to a task kind).
+    """The registered :class:`~austeer.methods.base.Method` ``name``, if tune can measure it (:func:`_tunable`).
 
     Example:
-        >>> tunable("iti").name
-        'iti'
+        >>> tunable("iti").name, tunable("prompt").name
+        ('iti', 'prompt')
     """
     from austeer.methods import METHODS
 
     method = METHODS.get(name)
-    if method is None or method.prompted or method.kind is not None:
-        ok = [n for n, m in METHODS.items() if not m.prompted and m.kind is None]
+    if method is None or not _tunable(method):
+        ok = [n for n, m in METHODS.items() if _tunable(m)]
         raise UserError(
-            f"unknown tune method {name!r}; expected some of {', '.join(ok)} (a prompt or a task-specific method "
-            "needs a task: austeer compare)"
+            f"unknown tune method {name!r}; expected some of {', '.join(ok)} (a task-specific method needs a task: "
+            "austeer compare)"
         )
     return method
+
+
+def _with_system(pairs: Sequence[Pair], system: str | None) -> list[Pair]:
+    """``pairs`` with ``system`` before each one's own system turn (a prompted method's held-out pairs)."""
+    if not system:
+        return list(pairs)
+    return [replace(p, system=system if not p.system else f"{system}\n\n{p.system}") for p in pairs]
 
 
 def austeer_grid(sites: Sequence[str], budget: int | None) -> list[dict[str, Any]]:
@@ -381,7 +393,7 @@ def _measured(
     """The row of one configuration: its site, size and strength as a table shows them, and what was measured."""
     strength = tunable(method).strength if method != "austeer" else "alpha"
     vectors = getattr(steerer, "vectors", {})
-    site = config.get("site") or getattr(steerer, "site", None) or tunable(method).sites[0]
+    site = config.get("site") or getattr(steerer, "site", None) or (*tunable(method).sites, "system")[0]
     return TuneRow(
         method, site, int(config.get("k", steerer.n_steered)), float(config.get(strength, 0.0) if strength else 0.0),
         next(iter(vectors)) if len(vectors) == 1 else -1, steerer.n_steered,
@@ -433,8 +445,13 @@ def _row(obj: dict[str, Any]) -> TuneRow:
 
 def tune_files(methods: Sequence[str]) -> dict[str, str]:
     """The files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as:
-    ``tune.json``, and the chosen vectors of each additive method (``caa.safetensors``, ...)."""
-    return {"tune.json": "tune", **{f"{m}.safetensors": m for m in methods if m != "austeer"}}
+    ``tune.json``, the chosen vectors of each additive method (``caa.safetensors``, ...) and the chosen system
+    turn of the prompt (``prompt.json``)."""
+    files = {"tune.json": "tune"}
+    for m in methods:
+        if m != "austeer":
+            files[f"{m}.json" if tunable(m).prompted else f"{m}.safetensors"] = m
+    return files
 
 
 def tune_names(methods: Sequence[str]) -> list[str]:
@@ -495,6 +512,7 @@ def tune(
     force: bool = False,
     panel: Panel | None = None,
     max_capability_drop: float | None = None,
+    instruction: str | None = None,
 ) -> TuneResult:
     """Split ``pairs``, measure the grid, choose; with ``out``, write and resume (see the module docstring).
 
@@ -516,6 +534,8 @@ def tune(
         raise UserError(f"budget must be >= 1, got {budget}")
     if max_capability_drop is not None and panel is None:
         raise UserError("a bound on the capability drop needs the capability panel")
+    if any(tunable(m).prompted for m in methods) and not (instruction or "").strip():
+        raise UserError("tune --method prompt needs the instruction to try: --instruction TEXT")
     if not max_damage >= 1.0:
         raise UserError(f"max_damage is a perplexity ratio and must be >= 1, got {max_damage}")
     fit_idx, held_idx = split_pairs(pairs)
@@ -563,7 +583,7 @@ def tune(
     rows = {_row(r).key: _row(r) for r in state["rows"]}
     specs: dict[str, SteerSpec] = {}
     evidence: list[Any] = []
-    others = [m for m in methods if m != "austeer"]
+    others = [m for m in methods if m != "austeer" and not tunable(m).prompted]  # the methods that read activations
 
     def fit_evidence() -> Any:  # every method but AUSteer builds from it: the fit pairs read once, for all
         from austeer.methods.base import gather
@@ -589,6 +609,12 @@ def tune(
         if method == "austeer":
             spec = site_specs()[config["site"]].with_k(config["k"]).with_alpha(config["alpha"])
             return [_SpecSteerer(spec)]
+        if tunable(method).prompted:  # the instruction, with the fit pairs as its worked examples
+            from austeer.methods.base import Evidence
+
+            prompted = Evidence({}, {}, _with_system(fit_pairs, instruction), system=instruction)
+            built = tunable(method).build(model, prompted, **config)
+            return built if isinstance(built, list) else [built]
         built = tunable(method).build(model, fit_evidence(), **config)
         return built if isinstance(built, list) else [built]
 
@@ -600,7 +626,7 @@ def tune(
             steered, kls, ratios = [], [], []
             for s in steerers:
                 with s.hooks(model), cache.reuse():
-                    steered.append(margins(model, tok, held, batch_size))
+                    steered.append(margins(model, tok, _with_system(held, getattr(s, "system", None)), batch_size))
                     kl, ratio = damage(model, ref)
                 kls.append(kl)
                 ratios.append(ratio)
@@ -663,6 +689,9 @@ def tune(
             (steerer,) = build(method, json.loads(row.config))[:1]
             if getattr(steerer, "vectors", None):
                 _write_vectors(path / f"{method}.safetensors", method, steerer, force)
+            elif tunable(method).prompted:
+                text = {"system": steerer.system, "config": json.loads(row.config)}
+                write_output(path / f"{method}.json", signed_json(text, method), method, force)
     state.update(
         chosen=None if chosen is None else asdict(chosen),
         chosen_by={m: None if r is None else asdict(r) for m, r in chosen_by.items()},
