@@ -10,4 +10,4 @@ export AUSTEER_VLLM_PYTHON
 export AUSTEER_LLAMACPP=1  # setup.sh installed llama.cpp: its tests fail rather than skip without it
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -m "" "$@"  # every test, the slow ones too (plain pytest leaves them out)

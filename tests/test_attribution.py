@@ -38,6 +38,7 @@ def mean_margin(model, tok, pairs) -> float:
     return total / len(pairs)
 
 
+@pytest.mark.slow
 def test_attribution_is_the_derivative_of_the_margin(smol, evidence):
     model, tok = smol
     a = scores(model, evidence, "head")

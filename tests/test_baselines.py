@@ -211,6 +211,7 @@ def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs,
     assert all(sorted(g.gamma for g in s.gains) == sorted(g.gamma for g in mine.gains) for s in seeds)
 
 
+@pytest.mark.slow
 def test_one_pass_gives_the_activations_and_fits_counts(smol, sentiment_pairs, evidence):
     """gather reads each pair once: its kept activations are in the pairs' order (each pair read alone gives the
     same rows) and the sign counts streamed in that pass are fit's counts of the same pairs, and the counts of the
@@ -306,6 +307,7 @@ def test_methods_describe_themselves():
             assert m.strength is not None and set(m.frontier.config) | {m.strength} <= m.params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 def test_fold_note_says_what_folding_does(smol, evidence, family):
     """``Method.fold_note`` (nothing folded) says ``hooks only (why)`` exactly where folding a built steerer refuses."""
@@ -334,6 +336,7 @@ def test_fold_note_says_what_folding_does(smol, evidence, family):
     assert METHODS["caa"].fold_note(model).startswith("as a bias")
 
 
+@pytest.mark.slow
 def test_compare_chooses_on_val_and_reads_test_only_for_its_choice(smol, monkeypatch):
     """Choice on validation never reads a test item under a configuration it has not chosen: every trial of the
     budget is scored on val items before the method's choice; after it, test items are read only under the
@@ -378,6 +381,7 @@ def test_compare_chooses_on_val_and_reads_test_only_for_its_choice(smol, monkeyp
     assert steered_after == {("test", tuple(sorted(result.config.items())))}
 
 
+@pytest.mark.slow
 def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     import json
 

@@ -30,6 +30,7 @@ def specs(smol, sentiment_pairs):
     return head, ffn
 
 
+@pytest.mark.slow
 def test_mixed_batch_equals_one_by_one(smol, specs):
     model, tok = smol
     head, ffn = specs
@@ -48,6 +49,7 @@ def test_mixed_batch_equals_one_by_one(smol, specs):
     assert batched[0] == batched[4]
 
 
+@pytest.mark.slow
 def test_row_logits_match_single_spec_hooks(smol, specs):
     model, tok = smol
     head, ffn = specs
@@ -80,6 +82,7 @@ def test_hooks_removed_on_error(smol, specs):
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 def test_run_rows_budgets_stops_deltas_and_seeds(smol, specs):
     model, tok = smol
     head, _ = specs
@@ -131,6 +134,7 @@ PROBE = "Describe Mondays."
 COMPANIONS = ["Hi!", "Write a long and detailed story about a dragon who learns to paint.", "How was the movie?"]
 
 
+@pytest.mark.slow
 def test_mixed_batches_equal_one_by_one_in_the_serving_dtype(smol, specs):
     """What ``austeer serve`` runs in by default here (``--dtype auto``): float32 on a CPU without
     avx512_bf16/amx_bf16, where every row of a mixed batch, greedy or seeded, steered or not, answers as it
@@ -166,6 +170,7 @@ def test_mixed_batches_equal_one_by_one_in_the_serving_dtype(smol, specs):
                     assert res.text == alone[i], (i, [r.text[-30:] for r in mix])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_serve_says_when_batched_answers_may_differ(dtype):
     """bfloat16 (``--dtype auto`` on a GPU or a bf16 CPU): the server says at start-up that answers may depend

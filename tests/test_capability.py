@@ -28,6 +28,7 @@ def _strong_spec(model) -> SteerSpec:
     return SteerSpec(units, alpha=-0.9, fingerprint=fingerprint(model))
 
 
+@pytest.mark.slow
 def test_panel_counts_are_the_evaluations(smol):
     """Per task, the panel's unsteered and steered accuracies equal austeer.evaluation.evaluate on the same val items,
     and fixed - broken over the pooled items is exactly the accuracy change."""
@@ -52,6 +53,7 @@ def test_panel_counts_are_the_evaluations(smol):
         Panel(model, tok, exclude=("copa", "boolq", "winogrande"))
 
 
+@pytest.mark.slow
 def test_compare_measures_and_bounds_the_capability_cost(tmp_path):
     out = tmp_path / "cmp"
     argv = ["compare", "--task", "copa", "--methods", "austeer", "--budget", "2", "--pairs-limit", "8",
@@ -67,6 +69,7 @@ def test_compare_measures_and_bounds_the_capability_cost(tmp_path):
     assert "capability change" in (out / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_eval_reports_the_capability_cost(smol, tmp_path, capsys):
     from austeer.core.spec import fingerprint
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from austeer.cli import main
 from tests.conftest import DATA
 
 
+@pytest.mark.slow
 def test_fit_generate_export(tmp_path, capsys):
     spec_dir, model_dir = tmp_path / "spec", tmp_path / "model"
     pairs = DATA / "pairs" / "sentiment.jsonl"
@@ -60,6 +62,7 @@ def test_bad_pairs_file_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_eval_paired_equals_two_separate_evaluations(tmp_path, capsys):
     """``eval --paired``: its unsteered and steered halves equal plain ``eval`` runs on the same items (the layer
     replay changes nothing), and its fixed/broken counts are those of the two runs' per-item outcomes."""

@@ -43,6 +43,7 @@ def _direct_momenta(model, tok, pairs, site):
     return torch.stack(out).double().numpy()
 
 
+@pytest.mark.slow
 def test_selection_equals_direct_recomputation(smol, sentiment_pairs):
     model, tok = smol
     pairs = sentiment_pairs[:12]
@@ -64,6 +65,7 @@ def test_selection_equals_direct_recomputation(smol, sentiment_pairs):
         assert u.beta == pytest.approx(beta[u.layer, u.index])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_invariance(smol, sentiment_pairs, side):
     model, tok = smol
@@ -75,6 +77,7 @@ def test_padding_invariance(smol, sentiment_pairs, side):
             torch.testing.assert_close(batched[site][i], single[site][0], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_result(smol, sentiment_pairs):
     model, tok = smol
     pairs = sentiment_pairs[:10]

@@ -30,6 +30,7 @@ def _assert_same(spec_counts, ref_counts, units, k):
     assert units == select(ref_counts, k)
 
 
+@pytest.mark.slow
 def test_fit_nproc_2_equals_single_process(smol, sentiment_pairs, tmp_path):
     model, tok = smol
     out = tmp_path / "spec"
@@ -48,6 +49,7 @@ def test_fit_nproc_2_equals_single_process(smol, sentiment_pairs, tmp_path):
     assert sum(len(b) for b in shard(plan, 0, 2)) == 16 and sum(len(b) for b in shard(plan, 1, 2)) == 8
 
 
+@pytest.mark.slow
 def test_torchrun_entry_point(smol, sentiment_pairs, tmp_path):
     model, tok = smol
     out = tmp_path / "spec"
@@ -63,6 +65,7 @@ def test_torchrun_entry_point(smol, sentiment_pairs, tmp_path):
     _assert_same(spec.scores, ref, spec.units, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share_prefix", [False, True])
 def test_shards_add_up_to_score(smol, sentiment_pairs, share_prefix):
     model, tok = smol

@@ -3,6 +3,8 @@ shows the paired test of each point against the unsteered model."""
 
 from __future__ import annotations
 
+import pytest
+
 from austeer.evaluation.compare import frontier
 from austeer.methods import gather
 from austeer.report.comparison import frontier_table
@@ -10,6 +12,7 @@ from austeer.stats import discordant
 from austeer.tasks import get_task
 
 
+@pytest.mark.slow
 def test_frontier_points_keep_their_outcomes(smol, sentiment_pairs):
     model, tok = smol
     task = get_task("sentiment")

@@ -48,6 +48,7 @@ def _field_values(reader: gguf.GGUFReader) -> dict[str, object]:
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
+@pytest.mark.slow
 def test_untouched_tensors_are_byte_identical_and_metadata_carried(smol, spec, exported):
     source = gguf_source(smol[0])
     assert source is not None
@@ -80,6 +81,7 @@ def test_folded_tensors_equal_the_folded_model_weights(smol, spec, exported):
             assert np.array_equal(np.asarray(by_name[name].data), hf.detach().numpy()), name
 
 
+@pytest.mark.slow
 def test_reloaded_export_computes_the_folded_model(smol, spec, exported, tmp_path, monkeypatch):
     model, tok = smol
     monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path / "cache"))  # the converted export stays out of the user cache
@@ -95,6 +97,7 @@ def test_reloaded_export_computes_the_folded_model(smol, spec, exported, tmp_pat
         assert (got - want).abs().max() <= 1e-5  # measured: 0.0
 
 
+@pytest.mark.slow
 def test_export_refuses_foreign_files_and_replaces_its_own(smol, spec, exported, tmp_path):
     model, _ = smol
     assert is_austeer_gguf(exported)
@@ -117,6 +120,7 @@ def test_cli_export_gguf(smol, spec, tmp_path):
     assert {types[n] for n in _folded_names(spec)} == {gguf.GGMLQuantizationType.F16}
 
 
+@pytest.mark.slow
 def test_control_vector_file(smol, sentiment_pairs, tmp_path):
     model, tok = smol
     evidence = gather(model, tok, sentiment_pairs[:8], ["residual"], progress=False)
@@ -137,6 +141,7 @@ def test_control_vector_file(smol, sentiment_pairs, tmp_path):
         caa.to_control_vector(AddSteerer("iti", "head", {3: torch.ones(576)}, {}), model, tmp_path / "x.gguf")
 
 
+@pytest.mark.slow
 def test_cli_control_vector(tmp_path):
     from tests.conftest import DATA
 
@@ -186,6 +191,7 @@ def _cvec_buffer(path, n_layer: int) -> tuple[np.ndarray, int]:
     return data, n_embd
 
 
+@pytest.mark.slow
 def test_llamacpp_control_vector_steers_as_caa(smol, sentiment_pairs, tmp_path):
     model, tok = smol
     evidence = gather(model, tok, sentiment_pairs[:8], ["residual"], progress=False)

@@ -185,6 +185,7 @@ def _is_hf_text(model: torch.nn.Module, spec: SteerSpec, ids: list[int], text: l
         return hf_next(model, ids, text) == text
 
 
+@pytest.mark.slow
 def test_llamacpp_adapter_is_the_hooked_model(smol, head_spec, adapter, f32_base):
     """On the F32 base, the adapter at scale s is the HF model hooked at alpha * s, within the distance llama.cpp
     keeps from the unsteered HF model (its float32 kernels), far below the steering; same greedy text."""

@@ -78,6 +78,7 @@ def written(files) -> dict[str, gguf.GGUFReader]:
     return {kind: gguf.GGUFReader(path) for kind, path in files.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_tensors_and_metadata_are_the_folded_hf_model(kind, written):
     model, reader = _tiny(kind), written[kind]
@@ -135,6 +136,7 @@ def test_the_tokenizer_is_the_original_ggufs(smol, written):
     assert {k: ours.get(k) for k in keys} == {k: theirs[k] for k in keys}
 
 
+@pytest.mark.slow
 def test_dtypes_and_refusals(smol, tmp_path, monkeypatch):
     model, tok = _tiny("qwen2"), smol[1]
     spec = _spec(model)
@@ -216,6 +218,7 @@ def smol_spec(smol, sentiment_pairs):
     return fit(model, tok, sentiment_pairs[:8], site=["head", "ffn"], k=8, alpha=5.0, progress=False)
 
 
+@pytest.mark.slow
 def test_llamacpp_runs_the_written_gguf_as_the_folded_model(smol, smol_spec, tmp_path):
     """SmolLM2's weights written whole (the HF route; its source GGUF is not used) run in llama.cpp as the
     folded HF model: same prompt tokens, logits within 0.1 (measured max 0.013-0.015), same greedy text."""

@@ -74,6 +74,7 @@ def runs(smol: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> dic
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["unsteered", "steered"])
 def test_lm_eval_equals_austeer_eval(runs: dict[str, dict[str, Any]], name: str) -> None:
     ours, theirs = runs[name]["austeer"], runs[name]["lm_eval"]
@@ -93,6 +94,7 @@ def test_lm_eval_equals_austeer_eval(runs: dict[str, dict[str, Any]], name: str)
     assert theirs["acc"] == pytest.approx(ours["metrics"]["choice_accuracy"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_steering_changes_the_answers(runs: dict[str, dict[str, Any]]) -> None:
     plain, steer = runs["unsteered"], runs["steered"]
     assert plain["austeer"]["choice"] != steer["austeer"]["choice"]

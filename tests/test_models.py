@@ -18,6 +18,7 @@ def _smollm_gguf() -> Path:
     return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
 
+@pytest.mark.slow
 def test_local_gguf_loads_like_the_embedded_model(smol, tmp_path, monkeypatch):
     monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path))
     model, tok = load_model(str(_smollm_gguf()))

@@ -150,6 +150,7 @@ def test_mcnemar_is_the_two_sided_binomial_tail(fixed, broken):
     assert paired(Result("m", {}, 1, 0, {}, 0, 0, "-", [], steered), base) == expected
 
 
+@pytest.mark.slow
 def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
     from austeer.cli import main
     from austeer.cli.compare import DEFAULT_METHODS
@@ -178,6 +179,7 @@ def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
     assert "| prompt | shots=0 | 0 |" in text and "| prompt+austeer |" in text
 
 
+@pytest.mark.slow
 def test_compare_resumes_after_the_methods_it_has(smol):
     """``done`` results are kept as they are and ``on_result`` sees the comparison after every method."""
     from austeer.evaluation.compare import compare

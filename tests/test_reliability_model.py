@@ -63,6 +63,7 @@ def test_a_directory_with_only_or_a_bad_config_json(config, tmp_path, capsys):
         assert f"error: {model / 'config.json'}: " in line and "Hugging Face model config" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable"])
 def test_an_unknown_hub_id_offline_fails_at_once(how, tmp_path):
     """Offline (``HF_HUB_OFFLINE``) or with the hub unreachable: one line at once, not ~30 s of retries."""
@@ -78,6 +79,7 @@ def test_an_unknown_hub_id_offline_fails_at_once(how, tmp_path):
     assert seconds < local + 20  # no retries (they took ~30-50 s); relative: start-up alone took 40 s under load
 
 
+@pytest.mark.slow
 def test_a_cached_hub_model_loads_without_the_network(tmp_path):
     """A hub id already in the local hub cache loads from it (``local_files_only``) with the hub unreachable."""
     local = Path(resolve("embedded:smollm2-135m-instruct"))
@@ -154,6 +156,7 @@ def blocked_cli(blocked: str, args: list[str], tmp_path: Path) -> str:
         ("gguf", ["fit", "--pairs", str(PAIRS), "--out", "{tmp}/s", "--model", "{tmp}/m.gguf"], "gguf"),
     ],
 )
+@pytest.mark.slow
 def test_a_missing_package_is_named_before_any_input_is_read(blocked, command, extra, tmp_path):
     """The other inputs (spec, pairs, model) do not exist: the missing package is what is reported, so it
     is checked first, before any file is read or a model loads."""

@@ -31,6 +31,7 @@ def texts(smol):
     return [format_prompt(tok, it.prompt) for it in get_task("copa").items("val", 12)]
 
 
+@pytest.mark.slow
 def test_replay_is_exact_under_folds_and_hooks(smol, texts) -> None:
     model, tok = smol
     cache = LayerCache(model)
@@ -54,6 +55,7 @@ def test_replay_is_exact_under_folds_and_hooks(smol, texts) -> None:
             assert torch.equal(next_token_logits(model, tok, texts, 5), full)
 
 
+@pytest.mark.slow
 def test_changes_made_inside_the_block_are_seen(smol, texts) -> None:
     """A hook added after entering is found at the next call; the weights are checked on entering."""
     model, tok = smol
@@ -82,6 +84,7 @@ def test_generation_and_cached_passes_run_in_full(smol) -> None:
     assert cache.stats["skipped"] == 0 and cache.stats["bytes"] == 0
 
 
+@pytest.mark.slow
 def test_memory_bound_is_kept_with_one_warning(smol, texts) -> None:
     model, tok = smol
     cache = LayerCache(model, max_bytes=2_000_000)
@@ -107,6 +110,7 @@ def test_every_family_replays_exactly(family: str) -> None:
     assert torch.equal(reused, full)
 
 
+@pytest.mark.slow
 def test_compare_gives_the_same_results_with_and_without_reuse(smol) -> None:
     model, tok = smol
     kw = {"methods": ["austeer", "caa"], "budget": 2, "pairs_limit": 8, "val_limit": 4, "test_limit": 4}

@@ -75,6 +75,7 @@ def _one_by_one(model, tok, prompt, steer, chat, n):
         return generate(model, tok, [prompt], max_new_tokens=n, chat=chat)[0]
 
 
+@pytest.mark.slow
 def test_mixed_concurrent_requests_batch_and_match_one_by_one(smol, server, spec_dirs):
     model, tok = smol
     cases = [

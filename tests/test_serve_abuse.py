@@ -312,6 +312,7 @@ def _text(body: dict[str, Any]) -> list[str]:
     return [c["message"]["content"] if "message" in c else c["text"] for c in body["choices"]]
 
 
+@pytest.mark.slow
 def test_abuse_mixed_clients_answers_stay_exact_and_memory_flat(server):
     """Concurrent clients mix valid, invalid and abandoned requests; valid answers equal lone ones, RSS is flat."""
     want = [_text(_post(server.url, path, body).json()) for path, body in VALID]  # each alone: the reference

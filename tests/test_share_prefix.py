@@ -32,6 +32,7 @@ def _full_momenta(model, tok, pairs, sites):
     return out
 
 
+@pytest.mark.slow
 def test_shared_prefix_equals_full_texts_on_smollm2(smol, sentiment_pairs):
     model, tok = smol
     pairs = [pair_texts(tok, p) for p in sentiment_pairs[:5]]
@@ -41,6 +42,7 @@ def test_shared_prefix_equals_full_texts_on_smollm2(smol, sentiment_pairs):
         torch.testing.assert_close(got[site], ref[site], rtol=1e-4, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_score_share_prefix_gives_the_same_selection(smol, sentiment_pairs):
     model, tok = smol
     pairs = sentiment_pairs[:10]
@@ -50,6 +52,7 @@ def test_score_share_prefix_gives_the_same_selection(smol, sentiment_pairs):
     assert [(u.layer, u.index) for u in a.units] == [(u.layer, u.index) for u in b.units]
 
 
+@pytest.mark.slow
 def test_share_prefix_is_the_default(smol, sentiment_pairs):
     from austeer.cli import build_parser
 
@@ -75,6 +78,7 @@ def test_shared_prefix_every_family(name):
         torch.testing.assert_close(got[site], ref[site], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_score_and_gather_read_the_same_batches(smol, sentiment_pairs, monkeypatch):
     """One loop over pairs (``pair_batches``): the evidence of the baselines gives the sign counts ``score``
     gives, in either mode, and each pair's chat template is applied once per pass."""

@@ -56,6 +56,7 @@ def test_dose_response_of_a_variant(smol, evidence):
     assert [(r.k, r.curve) for r in rows] == [(0, "head (austeer-signed)"), (8, "head (austeer-signed)")]
 
 
+@pytest.mark.slow
 def test_cli_compare_runs_the_variants(tmp_path, capsys):
     import json
 

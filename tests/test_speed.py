@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 import torch
 
 import austeer.evaluation.evaluate
@@ -48,6 +49,7 @@ def test_cli_resolves_auto_once_and_says_so(capsys):
     assert "dtype auto" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_unsteered_baselines_are_evaluated_once(smol, monkeypatch):
     model, tok = smol
     task = get_task("copa")

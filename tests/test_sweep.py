@@ -33,6 +33,7 @@ def swept(smol, tmp_path_factory):
     return out, state, unchanged
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_best_spec_and_test(swept) -> None:
     out, state, unchanged = swept
     assert unchanged, "folding during the sweep must leave the weights exactly as they were"
@@ -61,6 +62,7 @@ def test_sweep_writes_table_best_spec_and_test(swept) -> None:
     assert test["k"] == best.k
 
 
+@pytest.mark.slow
 def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
     model, tok = smol
     out, state, _ = swept
@@ -90,6 +92,7 @@ def test_sweep_resumes_where_it_stopped(swept, smol, monkeypatch) -> None:
     assert [r["metric"] for r in resumed["rows"]] == [r["metric"] for r in state["rows"]]
 
 
+@pytest.mark.slow
 def test_sweep_chooses_on_val_and_reads_test_only_for_its_choice(smol, tmp_path, monkeypatch) -> None:
     """Choice on validation never reads a test item: every configuration of the grid is scored on val items
     before the best one is chosen; test items are read only after the choice, by the unsteered model and by the
@@ -129,6 +132,7 @@ def test_sweep_chooses_on_val_and_reads_test_only_for_its_choice(smol, tmp_path,
     assert after == {("test", None), ("test", (state["best"]["k"], state["best"]["alpha"]))}
 
 
+@pytest.mark.slow
 def test_sweep_measures_its_choice_on_the_capability_panel_and_bounds_it(swept, smol, tmp_path) -> None:
     """The panel's record of the choice is the panel answered with the best spec, and only it is answered; under
     a bound no row keeps (the panel must gain everything) every row is answered and one that drops least is
@@ -160,6 +164,7 @@ def test_sweep_measures_its_choice_on_the_capability_panel_and_bounds_it(swept, 
     assert (load(out / "best").k, load(out / "best").alpha) == (b["k"], b["alpha"])
 
 
+@pytest.mark.slow
 def test_sweep_refuses_other_settings_in_the_same_dir(swept, smol) -> None:
     model, tok = smol
     out, _, _ = swept
@@ -167,6 +172,7 @@ def test_sweep_refuses_other_settings_in_the_same_dir(swept, smol) -> None:
         sweep(model, tok, get_task("copa"), out, model_id="smol", progress=False, **GRID, pairs_limit=8, val_limit=5)
 
 
+@pytest.mark.slow
 def test_cli_eval_with_the_best_spec(swept, tmp_path, capsys) -> None:
     out, _, _ = swept
     result = tmp_path / "eval.json"

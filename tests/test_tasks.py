@@ -152,6 +152,7 @@ def test_custom_eval_errors_name_the_line(tmp_path) -> None:
         get_task("custom")
 
 
+@pytest.mark.slow
 def test_mc_scoring_on_the_real_model(smol) -> None:
     model, tok = smol
     samples: list[dict] = []
@@ -166,6 +167,7 @@ def test_mc_scoring_on_the_real_model(smol) -> None:
     assert alone[0]["choice"] == samples[0]["choice"]
 
 
+@pytest.mark.slow
 def test_math_scoring_reads_the_models_own_outputs(smol) -> None:
     model, tok = smol
     samples: list[dict] = []
@@ -177,6 +179,7 @@ def test_math_scoring_reads_the_models_own_outputs(smol) -> None:
     assert m["accuracy"] == sum(s["correct"] for s in samples) / 4
 
 
+@pytest.mark.slow
 def test_behaviour_samples_carry_the_outcome_a_paired_test_reads(smol) -> None:
     from austeer.evaluation.compare import outcomes
     from austeer.tasks.sentiment import THRESHOLD
@@ -188,6 +191,7 @@ def test_behaviour_samples_carry_the_outcome_a_paired_test_reads(smol) -> None:
     assert m["positive_rate"] == sum(outcomes(samples)) / 4
 
 
+@pytest.mark.slow
 def test_behaviour_pairs_are_sampled_once_and_cached(smol, tmp_path, monkeypatch) -> None:
     model, tok = smol
     monkeypatch.setenv("AUSTEER_CACHE", str(tmp_path))

@@ -69,6 +69,7 @@ def test_choice_rule_sees_flips_the_margin_misses():
         levels(24, "vote")
 
 
+@pytest.mark.slow
 def test_choice_reads_held_out_pairs_only_through_the_steered_margins(smol, sentiment_pairs, monkeypatch):
     """tune's analogue of "choice on validation": the AUs are scored on the fit pairs alone and every
     configuration is measured on the held-out pairs alone, so the choice is made on pairs the fit never read."""
@@ -108,6 +109,7 @@ def sentiment_run(smol, sentiment_pairs, tmp_path_factory):
     return out, result, unchanged
 
 
+@pytest.mark.slow
 def test_sentiment_spec_raises_held_out_margins_within_the_bound(sentiment_run):
     out, result, unchanged = sentiment_run
     assert unchanged  # every configuration was folded and unfolded
@@ -121,6 +123,7 @@ def test_sentiment_spec_raises_held_out_margins_within_the_bound(sentiment_run):
     assert len(state["rows"]) == 6 and state["chosen"]["k"] == c.k
 
 
+@pytest.mark.slow
 def test_resume_skips_measured_rows(smol, sentiment_pairs, sentiment_run, monkeypatch):
     import austeer.evaluation.tune as tune_mod
 
@@ -135,6 +138,7 @@ def test_resume_skips_measured_rows(smol, sentiment_pairs, sentiment_run, monkey
     assert again.rows == result.rows and again.chosen == result.chosen
 
 
+@pytest.mark.slow
 def test_capability_panel_measures_the_choice_and_bounds_it(smol, sentiment_pairs, sentiment_run, tmp_path):
     """With a panel, the choice's retention is the panel answered with the chosen spec folded in; a bound no
     configuration meets (the panel must gain everything) chooses nothing, after measuring every candidate."""
@@ -162,6 +166,7 @@ def test_capability_panel_measures_the_choice_and_bounds_it(smol, sentiment_pair
     assert len(measured) == sum(passes(r, result.min_z, result.max_p) for r in candidates) >= 1
 
 
+@pytest.mark.slow
 def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_run):
     """The swapped file scores the same units with flipped betas. Its gains ``1 - alpha * beta`` are not the
     mirror of ``1 + alpha * beta``: at budget 6 the only effect beyond noise on the swapped orientation comes
@@ -183,6 +188,7 @@ def test_swapped_pairs_tune_the_opposite_sign(smol, sentiment_pairs, sentiment_r
         assert effect_of(margins(model, tok, held), base).effect < 0  # lowers the original margins
 
 
+@pytest.mark.slow
 def test_random_labels_choose_nothing(smol, sentiment_pairs, tmp_path):
     rng = random.Random(0)
     noisy = [_swap(p) if rng.random() < 0.5 else p for p in sentiment_pairs]
@@ -196,6 +202,7 @@ def test_random_labels_choose_nothing(smol, sentiment_pairs, tmp_path):
     assert not (out / "spec").exists() and (out / "tune.png").is_file()
 
 
+@pytest.mark.slow
 def test_methods_are_ranked_on_the_same_held_out_pairs_and_the_choices_written(smol, sentiment_pairs, tmp_path):
     """``methods`` measures every named registered method on the same held-out pairs; each gets its choice, the
     best of them is the method to use, and an additive method's written vectors are the steerer that was
@@ -247,6 +254,7 @@ def test_unknown_method_or_rule_is_one_line_before_the_model_loads(tmp_path, cap
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_prompt_is_ranked_with_its_instruction_on_the_same_held_out_pairs(smol, sentiment_pairs, tmp_path):
     """The prompt's row is the held-out margins read with the instruction as the system turn, against the same
     margins without it; its choice is written as the system turn to use. Without an instruction: one line first."""

@@ -121,6 +121,7 @@ def _answers(url: str, jobs: list[tuple[str, list[int]]], eos: int) -> list[list
         return list(pool.map(ask, jobs))
 
 
+@pytest.mark.slow
 def test_steering_changes_the_answers(served: dict[str, Any]) -> None:
     """The reference answers differ, so the comparisons below can fail."""
     exp = served["expected"]

@@ -279,7 +279,7 @@ def register(sub: Any) -> None:
     p.add_argument("--alpha", type=finite_floats, default=[1.0, 5.0, 15.0, 50.0], help="comma-separated alpha values")
     p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     add_force_arg(p)
-    p.add_argument("--pairs-limit", "--pair-limit", type=positive_int, default=None, help="use only the first N pairs")
+    p.add_argument("--pairs-limit", type=positive_int, default=None, help="use only the first N pairs")
     p.add_argument("--val-limit", type=positive_int, default=None, help="use only the first N val items")
     p.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test items")
     p.add_argument("--no-test", action="store_true", help="stop after the validation grid")
