@@ -98,7 +98,7 @@ def write_control_vector(
 
 
 def to_control_vector(steerer: Any, model: nn.Module, out: str | Path, force: bool = False) -> Path:
-    """Write an additive residual-stream steerer (:class:`~austeer.methods.base.AddSteerer` with site
+    """Write an additive residual-stream steerer (:class:`~austeer.core.interventions.AddSteerer` with site
     ``residual``, e.g. CAA) as a llama.cpp control vector for ``model``'s architecture."""
     import json
 
