@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from evidence_report import OUT, confirm_table, render, where_of
+from evidence_report import OUT, confirm_table, render, rendered_models, where_of
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
@@ -154,14 +154,16 @@ def unsteered_memo(model: Any, tok: Any) -> Any:
 
 
 def eval_kw(task: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Behaviour tasks: continuation perplexity under an unsteered copy of the model (loaded once)."""
+    """``--max-new-tokens``; behaviour tasks: continuation perplexity under an unsteered copy of the model (loaded
+    once)."""
+    kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     if task.kind != "behaviour":
-        return {}
+        return kw
     if "ref" not in _MEMO:
         from austeer.models.loading import load_model
 
         _MEMO["ref"] = load_model(args.model, dtype=args.dtype)[0]
-    return {"ref_model": _MEMO["ref"]}
+    return {**kw, "ref_model": _MEMO["ref"]}
 
 
 def task_pairs(task: Any, model: Any, tok: Any, args: argparse.Namespace) -> list[Any]:
@@ -340,6 +342,9 @@ def main() -> None:
     p.add_argument("--val-limit", type=int, default=100)
     p.add_argument("--test-limit", type=int, default=None, help="default: every test item")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="generation tasks: the budget (default: the task's)"
+    )
     p.add_argument("--fresh-from", type=int, default=200, help="first test item the earlier exploratory run never saw")
     p.add_argument("--spec", default=None, help="confirm: steer with this spec directory instead of fitting")
     p.add_argument(
@@ -359,8 +364,9 @@ def main() -> None:
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
-    if args.render_only:
-        render(args.model, args.fresh_from)
+    if args.render_only:  # every model with results in docs/results, each in its own section of COMPARISON.md
+        for model in rendered_models():
+            render(model, args.fresh_from)
         return
     from austeer.models.loading import load_model
 
@@ -372,7 +378,7 @@ def main() -> None:
             {"confirm": confirm, "compare": compare_stage, "dose": dose_stage, "frontier": frontier_stage}[stage](
                 name, args, model, tok, where
             )
-            if Path(args.out).resolve() == OUT:
+            if Path(args.out).resolve() == OUT and args.model in rendered_models():
                 render(args.model, args.fresh_from)
 
 

@@ -7,14 +7,28 @@ tables and plots, the comparisons, the dose-response and frontier tables and plo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
 
-BEGIN, END = "<!-- BEGIN GENERATED (scripts/evidence.py) -->", "<!-- END GENERATED (scripts/evidence.py) -->"
 DOC = ROOT / "docs" / "COMPARISON.md"
+
+
+def markers(model: str) -> tuple[str, str]:
+    """The lines around ``model``'s generated section of COMPARISON.md (one section per model)."""
+    return (
+        f"<!-- BEGIN GENERATED (scripts/evidence.py {model}) -->",
+        f"<!-- END GENERATED (scripts/evidence.py {model}) -->",
+    )
+
+
+def rendered_models() -> list[str]:
+    """The models whose section COMPARISON.md holds."""
+    text = DOC.read_text(encoding="utf-8")
+    return re.findall(r"<!-- BEGIN GENERATED \(scripts/evidence\.py (\S+)\) -->", text)
 
 
 def _acc_line(name: str, base: list[int], steered: list[int]) -> str:
@@ -157,7 +171,7 @@ def render(model: str, fresh_from: int) -> None:
         parts += render_dose(json.loads(path.read_text()), where, path.stem)
     for path in sorted(where.glob("frontier_*.json")):
         parts += render_frontier(json.loads(path.read_text()), where, path.stem)
-    write_between(DOC, BEGIN, END, "\n".join(parts))
+    write_between(DOC, *markers(model), "\n".join(parts))
 
 
 def render_dose(data: dict[str, Any], where: Path, stem: str) -> list[str]:

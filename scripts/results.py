@@ -205,6 +205,8 @@ def evidence_lines() -> list[str]:
 
     lines: list[str] = []
     for folder in sorted((DOC.parent / "results").iterdir()):
+        if folder.name == "smollm2-135m-instruct":
+            continue  # its comparisons and doses: comparison_lines
         confirms = [json.loads(p.read_text()) for p in sorted(folder.glob("confirm_*.json"))]
         comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_*.json"))]
         doses = [{**json.loads(p.read_text()), "file": p.name} for p in sorted(folder.glob("dose_*.json"))]
@@ -230,20 +232,19 @@ def evidence_lines() -> list[str]:
 
 
 def comparison_lines() -> list[str]:
-    """The cross-task summary of ``docs/img/compare_<task>.json`` (written by scripts/compare_all.py)."""
+    """The cross-task summary of SmolLM2's comparisons and doses (``docs/results/smollm2-135m-instruct/``, written
+    by scripts/evidence.py)."""
     from austeer.evaluation.compare import Comparison, DoseRow
     from austeer.report.comparison import plot_dose_grid, summary_table
     from austeer.tasks import TASKS, get_task
 
-    img = DOC.parent / "img"
-    paths = {t: img / f"compare_{t}.json" for t in TASKS}
-    found = {t: json.loads(p.read_text()) for t, p in paths.items() if p.exists()}
-    if not found:
+    where = DOC.parent / "results" / "smollm2-135m-instruct"
+    read = {kind: {t: where / f"{kind}_{t}.json" for t in TASKS} for kind in ("compare", "dose")}
+    found = {k: {t: json.loads(p.read_text()) for t, p in paths.items() if p.exists()} for k, paths in read.items()}
+    if not found["compare"]:
         return []
-    comps = [Comparison.from_json(d["compare"]) for d in found.values() if "compare" in d]
-    curves = {
-        t: ([DoseRow(**r) for r in d["dose"]["rows"]], get_task(t).metric) for t, d in found.items() if "dose" in d
-    }
+    comps = [Comparison.from_json(d) for d in found["compare"].values()]
+    curves = {t: ([DoseRow(**r) for r in d["rows"]], get_task(t).metric) for t, d in found["dose"].items()}
     lines = [
         "## Does steering less achieve more? AUSteer against the baselines (SmolLM2-135M-Instruct)",
         "",
@@ -260,7 +261,7 @@ def comparison_lines() -> list[str]:
         "",
     ]
     if curves:
-        out = plot_dose_grid(curves, img / "dose_all.png", force=True)
+        out = plot_dose_grid(curves, DOC.parent / "img" / "dose_all.png", force=True)
         lines += [
             "Dose-response: test metric against the number of steered AUs (top-k by |beta|, from 0 to all of",
             "the site), at the alpha AUSteer chose on validation, one curve per site:",
