@@ -154,7 +154,8 @@ def test_sweep_measures_its_choice_on_the_capability_panel_and_bounds_it(swept, 
         expected = panel.measure(contextlib.nullcontext)
     assert again["capability"]["chosen"] == json.loads(json.dumps(expected.to_json()))
     assert len(again["capability"]["rows"]) == 1  # without a bound only the choice is answered
-    bounded = sweep(model, tok, get_task("copa"), out, **kw, max_capability_drop=-1.0)
+    panel.max_drop = -1.0  # the same panel (its unsteered answers kept), now a bound
+    bounded = sweep(model, tok, get_task("copa"), out, **kw)
     measured = bounded["capability"]["rows"]
     assert len(measured) == len(state["rows"])
     least = min(measured.values(), key=lambda r: r["drop"])

@@ -157,7 +157,8 @@ def test_capability_panel_measures_the_choice_and_bounds_it(smol, sentiment_pair
     with folded(model, again.spec):
         expected = panel.measure(contextlib.nullcontext)
     assert again.capability["austeer"] == json.loads(json.dumps(expected.to_json()))
-    bounded = tune(model, tok, sentiment_pairs, out, **BUDGET, panel=panel, max_capability_drop=-1.0)
+    panel.max_drop = -1.0  # the same panel (its unsteered answers kept), now a bound
+    bounded = tune(model, tok, sentiment_pairs, out, **BUDGET, panel=panel)
     assert bounded.chosen is None and bounded.spec is None and not (out / "spec").exists()
     assert "capability" in bounded.message
     candidates = [r for r in result.rows if r.ppl_ratio <= result.max_damage]

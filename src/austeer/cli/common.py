@@ -56,7 +56,10 @@ def capability_panel(args: argparse.Namespace, model: Any, tok: Any, task: str) 
         return None
     from austeer.evaluation.capability import Panel
 
-    return Panel(model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True)
+    bound = getattr(args, "max_capability_drop", None)
+    return Panel(
+        model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True, max_drop=bound
+    )
 
 
 def load_from_args(args: argparse.Namespace, model: str | None = None) -> tuple[Any, Any, str]:

@@ -89,7 +89,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_kw=eval_kw,
         unsteered=unsteered,
         panel=panel,
-        max_capability_drop=args.max_capability_drop,
     )
     out = Path(args.out)
     data = {"model": name, **result.to_json()}

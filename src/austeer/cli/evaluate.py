@@ -219,7 +219,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_test=not args.no_test,
         force=args.force,
         panel=capability_panel(args, model, tok, task.name),
-        max_capability_drop=args.max_capability_drop,
     )
     m = state["metric"]
     print(f"{task.name}: val {m} unsteered {state['baseline'][m]:.4f}")

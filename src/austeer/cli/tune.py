@@ -94,7 +94,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         force=args.force,
         panel=capability_panel(args, model, tok, task=""),  # pairs of the user's own: the whole panel
-        max_capability_drop=args.max_capability_drop,
     )
     title = f"{Path(args.pairs).name}: {result.n_fit} fit / {result.n_heldout} held-out pairs"
     plot = tune_plot(result.rows, result.chosen, result.max_damage, title)

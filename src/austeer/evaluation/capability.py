@@ -73,7 +73,8 @@ class Retention:
 class Panel:
     """The capability panel of one run: ``n`` validation items of each task in ``names`` but those in
     ``exclude`` (the steered task), answered unsteered once (call :meth:`unsteered` or the first
-    :meth:`measure` while ``model`` is unsteered)."""
+    :meth:`measure` while ``model`` is unsteered). ``max_drop``: the bound a search's choice must keep (the pooled
+    accuracy lost, :meth:`keeps`); None: the panel is measured and reported, not a bound."""
 
     def __init__(
         self,
@@ -84,10 +85,12 @@ class Panel:
         batch_size: int = 16,
         names: Sequence[str] = PANEL_TASKS,
         progress: bool = False,
+        max_drop: float | None = None,
     ) -> None:
         if n < 1:
             raise UserError(f"the capability panel needs at least 1 item per task, got {n}")
         self.model, self.tok, self.n, self.batch_size, self.progress = model, tok, n, batch_size, progress
+        self.max_drop = max_drop
         self.names = [name for name in names if name not in exclude]
         if not self.names:
             raise UserError(f"the capability panel ({', '.join(names)}) is empty without {', '.join(exclude)}")
@@ -106,6 +109,10 @@ class Panel:
             )
             out[task.name] = outcomes(records)
         return out
+
+    def keeps(self, retention: Retention) -> bool:
+        """Whether ``retention`` keeps the bound (always, without one)."""
+        return self.max_drop is None or retention.drop <= self.max_drop
 
     def unsteered(self) -> dict[str, list[int]]:
         """Per task, 1 where the unsteered model answers the item right (computed once)."""

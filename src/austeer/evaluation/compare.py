@@ -255,7 +255,6 @@ def compare(
     on_result: Callable[[Comparison], None] | None = None,
     share_prefix: bool = False,
     panel: Panel | None = None,
-    max_capability_drop: float | None = None,
 ) -> Comparison:
     """Tune every method on ``val`` with the same ``budget``, then evaluate its choice on ``test``.
 
@@ -267,12 +266,10 @@ def compare(
     ``share_prefix``: read each pair's shared prompt once when gathering the evidence (see
     :func:`~austeer.methods.base.gather`; off by default so the comparisons in docs/ reproduce bit for bit).
     ``panel``: measure each method's choice on this capability panel (:class:`~austeer.evaluation.capability.Panel`,
-    made without ``task``); with ``max_capability_drop`` the choice is the best trial on val (within the ppl bound)
-    whose pooled panel accuracy drops by at most that much, tried in order (else the one that drops least).
+    made without ``task``); with a bound (``panel.max_drop``) the choice is the best trial on val (within the ppl
+    bound) whose pooled panel accuracy drops by at most that much, tried in order (else the one that drops least).
     """
     sites = sites_for(methods)
-    if max_capability_drop is not None and panel is None:
-        raise UserError("a bound on the capability drop needs the capability panel")  # raises on an unknown method
     for name in methods:
         kind = METHODS[name].kind
         if kind is not None and task.kind != kind:
@@ -325,7 +322,7 @@ def compare(
             trials.append(Trial(tried, first.n_steered, m[task.metric], m["ppl"] / base_val["ppl"], m, seconds))
         best, retention = trials[pick(trials, max_ppl_ratio)], None
         if panel is not None:
-            best, retention = _capable(model, method, ev, trials, max_ppl_ratio, panel, max_capability_drop, progress)
+            best, retention = _capable(model, method, ev, trials, max_ppl_ratio, panel, progress)
         if progress:
             n = "every" if test_limit is None else f"{test_limit}"
             tqdm.write(f"{task.name}: {name} chose {best.config} on val; on test ({n} items) ...", file=sys.stderr)
@@ -361,10 +358,9 @@ def _capable(
     trials: Sequence[Trial],
     max_ppl_ratio: float | None,
     panel: Panel,
-    bound: float | None,
     progress: bool,
 ) -> tuple[Trial, Retention]:
-    """The best trial (see :func:`compare`'s ``max_capability_drop``) and its capability retention."""
+    """The best trial (see :func:`compare`'s ``panel``) and its capability retention."""
     seen: list[tuple[Trial, Retention]] = []
     for i in ranked(trials, max_ppl_ratio):
         built = method.build(model, evidence, **{k: v for k, v in trials[i].config.items() if k in method.params})
@@ -373,7 +369,7 @@ def _capable(
         if progress:
             tqdm.write(f"{method.name} {trials[i].config}: {retention.line()}", file=sys.stderr)
         seen.append((trials[i], retention))
-        if bound is None or retention.drop <= bound:
+        if panel.keeps(retention):
             return seen[-1]
     return min(seen, key=lambda x: x[1].drop)
 

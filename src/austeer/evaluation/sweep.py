@@ -143,7 +143,6 @@ def _capable(
     state: dict[str, Any],
     rows: Sequence[SweepRow],
     panel: Panel,
-    bound: float | None,
     steer: Callable[[SweepRow], AbstractContextManager[Any]],
     save: Callable[[], None],
 ) -> SweepRow:
@@ -162,7 +161,7 @@ def _capable(
         return float(measured[key]["drop"])
 
     ranked = ranked_rows(rows)
-    best = next((r for r in ranked if bound is None or drop(r) <= bound), None)
+    best = next((r for r in ranked if panel.max_drop is None or drop(r) <= panel.max_drop), None)
     if best is None:
         best = min(ranked, key=drop)  # none keeps the bound: the one that drops least
     drop(best)
@@ -213,18 +212,15 @@ def sweep(
     progress: bool = True,
     force: bool = False,
     panel: Panel | None = None,
-    max_capability_drop: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep into ``out`` and return the ``sweep.json`` content.
 
     The spec folders ``scores/<site>`` and ``best`` replace only austeer's own specs, unless ``force``.
     ``panel``: answer the capability panel (:class:`~austeer.evaluation.capability.Panel`, made without ``task``)
-    with the choice steered (``sweep.json``'s ``capability``); with ``max_capability_drop`` the choice is the best
+    with the choice steered (``sweep.json``'s ``capability``); with a bound (``panel.max_drop``) the choice is the best
     row on val (in :func:`ranked_rows` order) whose pooled panel accuracy drops by at most that much, else the one
     that drops least (as :func:`austeer.evaluation.compare.compare`).
     """
-    if max_capability_drop is not None and panel is None:
-        raise UserError("a bound on the capability drop needs the capability panel")
     if not sites or not ks or not alphas:
         raise UserError("the sweep grid needs at least one site, one k and one alpha")
     if min(ks) < 1:
@@ -303,7 +299,7 @@ def sweep(
     best = best_row(rows)
     if panel is not None:
         best = _capable(
-            state, rows, panel, max_capability_drop, lambda row: steering(model, spec_of(row)),
+            state, rows, panel, lambda row: steering(model, spec_of(row)),
             lambda: _write_state(out, state, force),
         )  # fmt: skip
     else:

@@ -511,7 +511,6 @@ def tune(
     progress: bool = True,
     force: bool = False,
     panel: Panel | None = None,
-    max_capability_drop: float | None = None,
     instruction: str | None = None,
 ) -> TuneResult:
     """Split ``pairs``, measure the grid, choose; with ``out``, write and resume (see the module docstring).
@@ -520,8 +519,8 @@ def tune(
     neutral texts for the damage measure. ``rule``: the test an effect must pass (:data:`RULES`, see the module
     docstring); ``min_z`` overrides the margin test's z. ``force``: replace ``out/spec`` and ``out/scores/*`` even
     when austeer did not write them. ``panel``: answer the capability panel
-    (:class:`~austeer.evaluation.capability.Panel`) with each method's choice steered; with
-    ``max_capability_drop``, a method's choice is its best configuration (in the rule's order) whose pooled panel
+    (:class:`~austeer.evaluation.capability.Panel`) with each method's choice steered; with its bound
+    (``panel.max_drop``), a method's choice is its best configuration (in the rule's order) whose pooled panel
     accuracy drops by at most that much, or none. The model is left as it was (gains are folded and unfolded
     around each measurement).
     """
@@ -532,8 +531,6 @@ def tune(
     levels(1, rule)  # an unknown rule: one line before any work
     if budget is not None and budget < 1:
         raise UserError(f"budget must be >= 1, got {budget}")
-    if max_capability_drop is not None and panel is None:
-        raise UserError("a bound on the capability drop needs the capability panel")
     if any(tunable(m).prompted for m in methods) and not (instruction or "").strip():
         raise UserError("tune --method prompt needs the instruction to try: --instruction TEXT")
     if not max_damage >= 1.0:
@@ -657,7 +654,7 @@ def tune(
         return dict(measured[key])
 
     def capable(row: TuneRow) -> bool:  # measured only where a bound asks (else only each method's choice)
-        return max_capability_drop is None or retention(row)["drop"] <= max_capability_drop
+        return panel is None or panel.max_drop is None or retention(row)["drop"] <= panel.max_drop
 
     def choice(method: str) -> TuneRow | None:
         rows_m = ranked([r for r in wanted if r.method == method], max_damage, need_z, max_p)
@@ -671,7 +668,7 @@ def tune(
     if chosen is None and ranked([r for r in wanted if r.method == "austeer"], max_damage, need_z, max_p):
         message = (
             f"every configuration beyond noise within the damage bound drops the capability panel's accuracy by more "
-            f"than {max_capability_drop:g}; no spec written (raise --max-capability-drop to accept more)"
+            f"than {panel.max_drop if panel else 0:g}; no spec written (raise --max-capability-drop to accept more)"
         )
     if "austeer" not in methods:
         message = ""
