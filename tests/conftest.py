@@ -68,3 +68,8 @@ def hf_next(model: Any, ids: list[int], text: list[int]) -> list[int]:
     with torch.no_grad():
         logits = model(torch.tensor([ids + text])).logits[0, len(ids) - 1 : -1]
     return [int(t) for t in logits.argmax(-1)]
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Forward hooks and pre-hooks on every module of ``model`` (0 once every steer has been removed)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

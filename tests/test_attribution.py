@@ -17,7 +17,7 @@ from austeer.core.steer import Gain, apply_gains
 from austeer.methods import METHODS, gather
 from austeer.methods.attribution import scores
 from austeer.run.likelihood import continuation_nll
-from tests.conftest import DATA
+from tests.conftest import DATA, hook_count
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_attribution_leaves_the_model_as_it_was(smol, sentiment_pairs):
     ev = gather(model, tok, sentiment_pairs[4:6], ["head"], progress=False)
     scores(model, ev, "head")
     assert [p.requires_grad for p in model.parameters()] == flags
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert hook_count(model) == 0
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(model(ids).logits.detach(), before)
     assert ev.memo("attribution:head", lambda: pytest.fail("computed twice")) is not None

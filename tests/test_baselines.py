@@ -14,16 +14,13 @@ from austeer.core.sites import decoder_layers, head_dim, site_module, site_width
 from austeer.core.steer import gains_vectors
 from austeer.methods import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
 from austeer.methods.base import AddSteerer, CannotFold, gather
+from tests.conftest import hook_count
 
 
 @pytest.fixture(scope="module")
 def evidence(smol, sentiment_pairs):
     model, tok = smol
     return gather(model, tok, sentiment_pairs[:16], ["head", "residual"], batch_size=8, progress=False)
-
-
-def _n_hooks(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def _direct(model, tok, pairs, module_of):
@@ -97,7 +94,7 @@ def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentimen
     with steerer.fold(model):
         assert torch.equal(down.bias, steerer.vectors[layer])
         folded = _logits(model, enc)
-    assert down.bias is None and _n_hooks(model) == 0
+    assert down.bias is None and hook_count(model) == 0
     assert (hooked - base).abs().max() > 0.1
     assert (hooked - folded).abs().max() < 1e-3
     assert torch.equal(_logits(model, enc), base)
@@ -158,7 +155,7 @@ def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence
     assert steerer.n_steered == 5 * d
     with steerer.fold(model):
         folded = _logits(model, enc)
-    assert site_module(model, "head", layer).bias is None and _n_hooks(model) == 0
+    assert site_module(model, "head", layer).bias is None and hook_count(model) == 0
     assert (steered - folded).abs().max() < 1e-3
 
 
@@ -280,7 +277,7 @@ def test_hooks_and_folds_are_undone_after_an_exception(smol, evidence, name):
     for ctx in (steerer.hooks, steerer.fold):
         with pytest.raises(RuntimeError, match="boom"), ctx(model):
             raise RuntimeError("boom")
-        assert _n_hooks(model) == 0
+        assert hook_count(model) == 0
         assert torch.equal(_logits(model, enc), base)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
@@ -296,7 +293,7 @@ def test_residual_addition_refuses_to_fold_where_the_mlp_output_is_normalised(sm
             pass
     finally:
         model.config.model_type = original
-    assert isinstance(steerer, AddSteerer) and _n_hooks(model) == 0
+    assert isinstance(steerer, AddSteerer) and hook_count(model) == 0
 
 
 def test_methods_describe_themselves():

@@ -12,6 +12,7 @@ from austeer.core.pairs import format_prompt
 from austeer.core.spec import SteerSpec
 from austeer.run.generate import generate, steered
 from austeer.serving.batched import RowRequest, RowSteer, apply_rows, generate_rows, run_rows
+from tests.conftest import hook_count
 
 PROMPTS = [
     "Write one sentence about your weekend.",
@@ -70,7 +71,7 @@ def test_row_logits_match_single_spec_hooks(smol, specs):
                 one = model(**single).logits[0, -1]
             assert torch.allclose(mixed[r], one, atol=1e-3, rtol=1e-4)
     assert not torch.allclose(mixed[0], uniform[0], atol=1e-2)  # row 0 (ffn) differs from the head steering
-    assert not model._forward_hooks and not any(m._forward_pre_hooks for m in model.modules())
+    assert hook_count(model) == 0
 
 
 def test_hooks_removed_on_error(smol, specs):
@@ -79,7 +80,7 @@ def test_hooks_removed_on_error(smol, specs):
     with pytest.raises(RuntimeError):
         with apply_rows(model, [RowSteer(specs[0])] * 3):  # 3 gains for a batch of 2
             model(**enc)
-    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert hook_count(model) == 0
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from austeer.core.momentum import Unit
 from austeer.core.pairs import PairsFormatError, pair_texts, read_pairs
 from austeer.core.sites import decoder_layers, site_module
 from austeer.core.spec import SpecMismatchError, SteerSpec
+from tests.conftest import hook_count
 
 
 def _direct_momenta(model, tok, pairs, site):
@@ -120,19 +121,15 @@ def test_hook_equals_fold_and_unfold_is_exact(smol):
     assert torch.equal(after, base)
 
 
-def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def test_hooks_removed_after_exception(smol):
     model, _ = smol
     spec = _spec_with_gains(model, sites=("head", "ffn", "neuron", "residual"))
-    n = _hook_count(model)
+    n = hook_count(model)
     with pytest.raises(RuntimeError, match="boom"):
         with austeer.apply(model, spec):
-            assert _hook_count(model) > n
+            assert hook_count(model) > n
             raise RuntimeError("boom")
-    assert _hook_count(model) == n
+    assert hook_count(model) == n
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(RuntimeError, match="boom"):
         with austeer.folded(model, _spec_with_gains(model)):

@@ -20,13 +20,9 @@ from austeer.methods.base import gather
 from austeer.report.comparison import paired, summary_table, table
 from austeer.stats import discordant, mcnemar
 from austeer.tasks import get_task
-from tests.conftest import DATA
+from tests.conftest import DATA, hook_count
 
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"
-
-
-def _n_hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def test_prompt_changes_the_formatted_prompts_and_nothing_in_the_model(smol, monkeypatch):
@@ -50,7 +46,7 @@ def test_prompt_changes_the_formatted_prompts_and_nothing_in_the_model(smol, mon
     seen.clear()
     for ctx in (steerer.hooks, steerer.fold):
         with ctx(model):
-            assert _n_hooks(model) == 0
+            assert hook_count(model) == 0
             after = model.state_dict()
             assert all(torch.equal(after[k], before[k]) for k in before)
     prompted = evaluate_steered(model, tok, task, steerer, split="val", limit=3)
