@@ -276,3 +276,5 @@ def test_prompt_is_ranked_with_its_instruction_on_the_same_held_out_pairs(smol, 
     assert chosen is not None and result.best == chosen
     written = json.loads((tmp_path / "p" / "prompt.json").read_text())
     assert written["system"].startswith(said) and written["config"] == json.loads(chosen.config)
+    with pytest.raises(UserError, match="different instruction"):  # its rows are not another instruction's
+        tune(model, tok, sentiment_pairs, tmp_path / "p", **{**kw, "instruction": "Be terse."})

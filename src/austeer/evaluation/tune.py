@@ -46,9 +46,10 @@ method to use for these pairs.
 
 Output directory (optional, resumable):
 
-- ``tune.json``: ``{"model", "fingerprint", "pairs_sha256", "neutral_sha256", "split", "settings",
-  "baseline", "rows", "chosen", "chosen_by", "best", "message"}``, rewritten atomically after every row;
-  measured rows are skipped when the run is resumed (same model, pairs and neutral texts);
+- ``tune.json``: ``{"model", "fingerprint", "pairs_sha256", "neutral_sha256", "instruction_sha256", "split",
+  "settings", "baseline", "rows", "chosen", "chosen_by", "best", "capability", "message"}``, rewritten
+  atomically after every row; measured rows are skipped when the run is resumed (same model, pairs, neutral
+  texts and instruction);
 - ``scores/<site>/``: the fit split's sign counts (a spec of the top 100), so a resumed run does not rescore;
 - ``spec/``: the chosen configuration as an ordinary spec (``austeer generate --steer DIR/spec``);
   removed (it is austeer's own) when a rerun chooses nothing;
@@ -431,7 +432,7 @@ def _load_state(out: Path | None, fresh: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"{path}: not a tune.json austeer wrote ({exc}); use another --out directory") from None
     if not isinstance(state, dict) or not isinstance(state.get("rows"), list):
         raise UserError(f"{path}: not a tune.json austeer wrote; use another --out directory")
-    for key in ("model", "fingerprint", "pairs_sha256", "neutral_sha256"):
+    for key in ("model", "fingerprint", "pairs_sha256", "neutral_sha256", "instruction_sha256"):
         if state.get(key) != fresh[key]:
             raise UserError(
                 f"{path}: an earlier tune run with a different {key.split('_')[0]}; use another --out directory"
@@ -552,6 +553,7 @@ def tune(
         "fingerprint": fingerprint(model).get("digest", ""),
         "pairs_sha256": _sha([asdict(p) for p in pairs]),
         "neutral_sha256": _sha(list(texts)),
+        "instruction_sha256": _sha(instruction) if instruction else None,  # the prompt's rows hold its margins
         "split": {"rule": "sha256(system, prompt), first quarter held out", "fit": fit_idx, "heldout": held_idx},
         "rows": [],
     }
