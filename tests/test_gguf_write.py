@@ -125,6 +125,22 @@ def test_tensors_and_metadata_are_the_folded_hf_model(kind, written):
     assert not torch.equal(rope_permute(q, 4), q) and torch.equal(rope_unpermute(rope_permute(q, 4), 4), q)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_transformers_gguf_loader_reads_the_written_file_as_the_folded_model(kind, files):
+    """transformers' own GGUF loader (``from_pretrained(..., gguf_file=...)``: its names, its undoing of llama's
+    Q/K order) reads back the model austeer wrote: the same logits as the folded model, to float32 noise."""
+    model, path = _tiny(kind), files[kind]
+    ids = torch.tensor([[1, 17, 400, 3000, 49000, 5, 77, 9]])
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad(), folded(model, _spec(model)):
+        want = model(ids).logits
+    with torch.no_grad():
+        got = reloaded(ids).logits
+        plain = model(ids).logits
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+    assert not torch.allclose(plain, want, atol=1e-4, rtol=1e-4)  # the fold is in the file, not a no-op
+
+
 def test_the_tokenizer_is_the_original_ggufs(smol, written):
     """SmolLM2's tokenizer written from the HF tokenizer equals what its original GGUF holds: tokens, types,
     merges, special ids, add_bos, space prefix, pre-tokenizer and chat template."""
