@@ -378,8 +378,10 @@ def test_compare_chooses_on_val_and_reads_test_only_for_its_choice(smol, monkeyp
     assert steered_after == {("test", tuple(sorted(result.config.items())))}
 
 
-@pytest.mark.slow
-def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cli_compare(smol, tmp_path_factory):
+    """One ``austeer compare`` run (three methods, budget 2, a dose-response over head AUs), its JSON files and
+    the unsteered test evaluation made directly."""
     import json
 
     from austeer.cli import main
@@ -387,7 +389,7 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
     from austeer.tasks import get_task
 
     model, tok = smol
-    out = tmp_path / "cmp"
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
     args = [
         "compare",
         "--task",
@@ -408,40 +410,68 @@ def test_compare_cli_same_budget_for_every_method(smol, tmp_path, capsys):
         "0,2,all",
         "--dose-sites",
         "head",
-    ]
-    args += ["--dtype", "float32"]  # compared with the float32 fixture below (the CLI's default is auto)
+        "--dtype",
+        "float32",
+    ]  # fmt: skip  (float32: compared with the fixture's model below)
     assert main(args) == 0
     data = json.loads((out / "compare.json").read_text())
+    dose = json.loads((out / "dose.json").read_text())
+    return out, data, dose, evaluate(model, tok, get_task("copa"), split="test", limit=6)
+
+
+@pytest.mark.slow
+def test_compare_cli_gives_every_method_the_same_budget_spread_over_its_grid(cli_compare):
+    _, data, _, _ = cli_compare
     assert [r["method"] for r in data["results"]] == ["austeer", "sadi", "calibration"]
     assert all(len(r["trials"]) == 2 for r in data["results"])
     grid = [dict(c) for c in METHODS["austeer"].grid]
     assert [t["config"] for t in data["results"][0]["trials"]] == [grid[0], grid[-1]]
     assert data["results"][0]["n_steered"] == data["results"][0]["config"]["k"]
-    assert data["results"][2]["n_steered"] == 0
-    direct = evaluate(model, tok, get_task("copa"), split="test", limit=6)
+    assert data["results"][2]["n_steered"] == 0  # calibration steers no activation
+
+
+@pytest.mark.slow
+def test_compare_cli_baseline_is_the_direct_evaluation(cli_compare):
+    _, data, _, direct = cli_compare
     assert data["baseline_test"]["accuracy"] == direct["accuracy"]
     assert data["baseline_test"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-4)
-    assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_compare_cli_writes_a_table_that_marks_the_best_steering_method(cli_compare):
     from austeer.evaluation.compare import Comparison
     from austeer.report.comparison import summary_table
 
+    out, data, _, direct = cli_compare
+    assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
     comp = Comparison.from_json(data)
     assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by")}
     row = summary_table([comp]).splitlines()[2].split(" | ")
     best = max(data["results"][:2], key=lambda r: (r["test_metric"], -r["n_steered"]))
     assert row[-4] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"
     assert f"**{best['test_metric']:.3f} ({best['n_steered']})**" in row
-    dose = json.loads((out / "dose.json").read_text())
+
+
+@pytest.mark.slow
+def test_compare_cli_dose_response_runs_from_none_to_every_au(cli_compare):
+    out, data, dose, direct = cli_compare
     assert [r["k"] for r in dose["rows"]] == [0, 2, 17280] and dose["rows"][2]["all"]
     assert dose["alpha"] == data["results"][0]["config"]["alpha"] and (out / "dose.png").stat().st_size > 0
     assert dose["rows"][0]["metric"] == direct["accuracy"]  # no AU steered: the unsteered model
     assert dose["rows"][2]["ppl"] > 10 * direct["ppl"]  # every head AU at once wrecks the model
-    assert main(["compare", "--task", "copa", "--methods", "nope", "--out", str(out)]) == 2
-    assert "unknown method" in capsys.readouterr().err
-    assert main(["compare", "--task", "copa", "--doses", "0,many", "--out", str(out)]) == 2
-    assert "bad dose 'many'" in capsys.readouterr().err
-    assert main(["compare", "--task", "copa", "--methods", "nope", "--doses", "0,2", "--out", str(out)]) == 2
-    assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,said",
+    [(["--methods", "nope"], "unknown method"), (["--doses", "0,many"], "bad dose 'many'"),
+     (["--methods", "nope", "--doses", "0,2"], "unknown method")],
+)  # fmt: skip
+def test_compare_cli_refuses_bad_methods_and_doses_in_one_line(tmp_path, capsys, extra, said):
+    from austeer.cli import main
+
+    assert main(["compare", "--task", "copa", *extra, "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1 and not (tmp_path / "cmp").exists()
 
 
 @pytest.mark.parametrize("name,scale", [("au-add", "std"), ("au-add-diff", "diff")])
