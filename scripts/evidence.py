@@ -219,9 +219,31 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
         save(path, data)
         print(f"dose {task_name} {row.curve} k={row.k}: {row.metric:.3f} (ppl {row.ppl:.2f})", flush=True)
 
+    base = reused_base(args)  # the unsteered point of an earlier run on the same items, or None
     pairs = task.pairs(model, tok, limit=args.pairs_limit)
     evidence = gather(model, tok, pairs, list(todo), batch_size=args.batch_size)
     for site, doses in todo.items():
+        if base is not None:  # the same points as dose_response, without evaluating the unsteered model again
+            from austeer.evaluation.compare import evaluate_steered
+            from austeer.methods import METHODS
+            from austeer.stats import outcomes
+
+            total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
+            for dose in doses:
+                k = total if dose is None else min(dose, total)
+                if k == 0:
+                    keep(DoseRow(**{**base, "site": site, "alpha": args.alpha, "method": args.method}))
+                    continue
+                steerer = METHODS[args.method].build(model, evidence, site=site, k=k, alpha=args.alpha)
+                samples: list[dict[str, Any]] = []
+                kw = {"split": "test", "limit": args.test_limit, "batch_size": args.batch_size, **eval_kw(task, args)}
+                m = evaluate_steered(model, tok, task, steerer, samples=samples, **kw)
+                keep(
+                    DoseRow(
+                        site, k, dose is None, args.alpha, m[task.metric], m["ppl"], m, args.method, outcomes(samples)
+                    )
+                )
+            continue
         dose_response(
             model,
             tok,
@@ -237,6 +259,26 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
             method=args.method,
             on_row=keep,
         )
+
+
+def reused_base(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--base-from FILE``: the unsteered point (k = 0, its per-item outcomes) of an earlier dose run of the same
+    model, dtype, pairs and test items (greedy answers: the same), so a run at another alpha does not measure it
+    again."""
+    if not args.base_from:
+        return None
+    earlier = json.loads(Path(args.base_from).read_text())
+    same = (
+        earlier.get("model"),
+        earlier.get("dtype"),
+        earlier["settings"].get("limit"),
+        earlier["settings"].get("pairs"),
+    )
+    if same != (args.model, args.dtype, args.test_limit, args.pairs_limit):
+        raise SystemExit(
+            f"{args.base_from}: another model, dtype, test items or pairs ({same}); cannot reuse its k = 0"
+        )
+    return dict(next(r for r in earlier["rows"] if r["k"] == 0))
 
 
 def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
@@ -359,6 +401,7 @@ def main() -> None:
     )
     p.add_argument("--share-prefix", action="store_true", help="compare: read each pair's shared prompt once")
     p.add_argument("--pairs-file", default=None, help="frontier: steer from these pairs (JSONL) instead of the task's")
+    p.add_argument("--base-from", default=None, help="dose: reuse the unsteered point of this earlier dose file")
     p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
