@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,6 +31,8 @@ from austeer.errors import UserError
 from austeer.stats import discordant, mcnemar, outcomes
 from austeer.tasks import get_task
 from austeer.tasks.base import ScoreOptions, Task
+
+T = TypeVar("T")
 
 #: the shipped multiple-choice tasks the panel draws from, and how many validation items of each
 PANEL_TASKS: tuple[str, ...] = ("copa", "boolq", "winogrande")
@@ -139,3 +141,17 @@ class Panel:
             }
             fixed, broken, n = fixed + f, broken + b, n + m
         return Retention(tasks, fixed, broken, n, mcnemar(fixed, broken))
+
+
+def first_within(panel: Panel, ranked: Sequence[T], retention: Callable[[T], Retention]) -> T | None:
+    """The first of ``ranked`` (best first, by the search's rule) that keeps the panel's bound, measuring
+    ``retention`` in that order and stopping there; None when none keeps it. compare and sweep then take the one
+    that drops least, tune takes none.
+
+    Example:
+        >>> drops = {"a": Retention({}, 0, 3, 10, 0.25), "b": Retention({}, 1, 1, 10, 1.0)}
+        >>> bounded = Panel(model, tok, n=1, max_drop=0.1)  # answers nothing until measured
+        >>> first_within(bounded, ["a", "b"], drops.__getitem__)
+        'b'
+    """
+    return next((c for c in ranked if panel.keeps(retention(c))), None)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from austeer.core.reuse import LayerCache, reusing
 from austeer.errors import UserError
-from austeer.evaluation.capability import Panel, Retention
+from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
 from austeer.evaluation.search import rank_key, spread
 from austeer.methods import DEFAULT_METHODS, METHODS
@@ -361,17 +361,22 @@ def _capable(
     progress: bool,
 ) -> tuple[Trial, Retention]:
     """The best trial (see :func:`compare`'s ``panel``) and its capability retention."""
-    seen: list[tuple[Trial, Retention]] = []
-    for i in ranked(trials, max_ppl_ratio):
-        built = method.build(model, evidence, **{k: v for k, v in trials[i].config.items() if k in method.params})
-        steerer = built[0] if isinstance(built, list) else built
-        retention = panel.measure(partial(steerer.hooks, model), system=steerer.system)
-        if progress:
-            tqdm.write(f"{method.name} {trials[i].config}: {retention.line()}", file=sys.stderr)
-        seen.append((trials[i], retention))
-        if panel.keeps(retention):
-            return seen[-1]
-    return min(seen, key=lambda x: x[1].drop)
+    seen: dict[int, Retention] = {}
+
+    def retention(i: int) -> Retention:
+        if i not in seen:
+            built = method.build(model, evidence, **{k: v for k, v in trials[i].config.items() if k in method.params})
+            steerer = built[0] if isinstance(built, list) else built
+            seen[i] = panel.measure(partial(steerer.hooks, model), system=steerer.system)
+            if progress:
+                tqdm.write(f"{method.name} {trials[i].config}: {seen[i].line()}", file=sys.stderr)
+        return seen[i]
+
+    order = ranked(trials, max_ppl_ratio)
+    best = first_within(panel, order, retention)
+    if best is None:
+        best = min(order, key=lambda i: retention(i).drop)  # none keeps the bound: the one that drops least
+    return trials[best], retention(best)
 
 
 def dose_response(

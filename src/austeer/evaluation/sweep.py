@@ -47,7 +47,7 @@ from austeer.core.sites import site_def
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.core.steer import apply, folded
 from austeer.errors import UserError
-from austeer.evaluation.capability import Panel
+from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
 from austeer.evaluation.search import rank_key
 from austeer.io import check_file_output, check_output_dir, check_replaceable, signed_json, write_output
@@ -153,18 +153,18 @@ def _capable(
         state["capability"] = {"panel": settings, "rows": {}}
     measured: dict[str, Any] = state["capability"]["rows"]
 
-    def drop(row: SweepRow) -> float:
+    def retention(row: SweepRow) -> dict[str, Any]:
         key = json.dumps(row.key)
         if key not in measured:
             measured[key] = panel.measure(lambda: steer(row)).to_json()
             save()
-        return float(measured[key]["drop"])
+        return dict(measured[key])
 
     ranked = ranked_rows(rows)
-    best = next((r for r in ranked if panel.max_drop is None or drop(r) <= panel.max_drop), None)
+    best = first_within(panel, ranked, lambda r: Retention.from_json(retention(r)))
     if best is None:
-        best = min(ranked, key=drop)  # none keeps the bound: the one that drops least
-    drop(best)
+        best = min(ranked, key=lambda r: float(retention(r)["drop"]))  # none keeps the bound: the one that drops least
+    retention(best)
     state["capability"]["chosen"] = measured[json.dumps(best.key)]
     return best
 

@@ -95,7 +95,7 @@ from austeer.core.reuse import LayerCache
 from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
-from austeer.evaluation.capability import Panel
+from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.search import rank_key, spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
@@ -655,12 +655,11 @@ def tune(
             _write(path, state, force)
         return dict(measured[key])
 
-    def capable(row: TuneRow) -> bool:  # measured only where a bound asks (else only each method's choice)
-        return panel is None or panel.max_drop is None or retention(row)["drop"] <= panel.max_drop
-
-    def choice(method: str) -> TuneRow | None:
+    def choice(method: str) -> TuneRow | None:  # the panel answers only what a bound asks (else each choice)
         rows_m = ranked([r for r in wanted if r.method == method], max_damage, need_z, max_p)
-        return next((r for r in rows_m if capable(r)), None)
+        if panel is None or panel.max_drop is None:
+            return rows_m[0] if rows_m else None
+        return first_within(panel, rows_m, lambda r: Retention.from_json(retention(r)))
 
     chosen_by = {m: choice(m) for m in methods}
     capability = {m: retention(r) for m, r in chosen_by.items() if r is not None and panel is not None}
