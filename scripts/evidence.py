@@ -223,27 +223,6 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
     pairs = task.pairs(model, tok, limit=args.pairs_limit)
     evidence = gather(model, tok, pairs, list(todo), batch_size=args.batch_size)
     for site, doses in todo.items():
-        if base is not None:  # the same points as dose_response, without evaluating the unsteered model again
-            from austeer.evaluation.compare import evaluate_steered
-            from austeer.methods import METHODS
-            from austeer.stats import outcomes
-
-            total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
-            for dose in doses:
-                k = total if dose is None else min(dose, total)
-                if k == 0:
-                    keep(DoseRow(**{**base, "site": site, "alpha": args.alpha, "method": args.method}))
-                    continue
-                steerer = METHODS[args.method].build(model, evidence, site=site, k=k, alpha=args.alpha)
-                samples: list[dict[str, Any]] = []
-                kw = {"split": "test", "limit": args.test_limit, "batch_size": args.batch_size, **eval_kw(task, args)}
-                m = evaluate_steered(model, tok, task, steerer, samples=samples, **kw)
-                keep(
-                    DoseRow(
-                        site, k, dose is None, args.alpha, m[task.metric], m["ppl"], m, args.method, outcomes(samples)
-                    )
-                )
-            continue
         dose_response(
             model,
             tok,
@@ -258,10 +237,11 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
             unsteered=unsteered_memo(model, tok),
             method=args.method,
             on_row=keep,
+            base=base,
         )
 
 
-def reused_base(args: argparse.Namespace) -> dict[str, Any] | None:
+def reused_base(args: argparse.Namespace) -> Any:
     """``--base-from FILE``: the unsteered point (k = 0, its per-item outcomes) of an earlier dose run of the same
     model, dtype, pairs and test items (greedy answers: the same), so a run at another alpha does not measure it
     again."""
@@ -278,7 +258,9 @@ def reused_base(args: argparse.Namespace) -> dict[str, Any] | None:
         raise SystemExit(
             f"{args.base_from}: another model, dtype, test items or pairs ({same}); cannot reuse its k = 0"
         )
-    return dict(next(r for r in earlier["rows"] if r["k"] == 0))
+    from austeer.evaluation.compare import DoseRow
+
+    return DoseRow(**next(r for r in earlier["rows"] if r["k"] == 0))
 
 
 def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:

@@ -395,31 +395,36 @@ def dose_response(
     unsteered: Unsteered | None = None,
     method: str = "austeer",
     on_row: Callable[[DoseRow], None] | None = None,
+    base: DoseRow | None = None,
 ) -> list[DoseRow]:
     """Metric of AUSteer with the top-``k`` AUs of each site, for every ``k`` in ``doses`` (``None``: all).
 
     ``unsteered``: the run's memo of unsteered evaluations (see :func:`compare`); ``method``: AUSteer or a
     variant built the same way from ``(site, k, alpha)`` (``austeer-last``: the gains at the answer position
     and each generated token only; ``austeer-signed``: sign-aware gains); ``on_row``: called with each point as
-    soon as it is measured (a long run saves as it goes)."""
+    soon as it is measured (a long run saves as it goes); ``base``: the unsteered point (k = 0) of an earlier run on
+    the same items, its metrics and per-item outcomes used instead of evaluating the unsteered model again."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
     unsteered = unsteered or Unsteered(model, tok, progress=progress)
     cache = unsteered.cache
-    base_samples: list[dict[str, Any]] = []
-    base = unsteered.get(task, samples=base_samples, **kw)
+    if base is None:
+        base_samples: list[dict[str, Any]] = []
+        base_metrics, base_correct = unsteered.get(task, samples=base_samples, **kw), outcomes(base_samples)
+    else:
+        base_metrics, base_correct = base.metrics, base.correct
     rows: list[DoseRow] = []
     for site in sites:
         total = int(evidence.pos[site].shape[1] * evidence.pos[site].shape[2])
         for dose in tqdm(doses, desc=f"{task.name}: dose-response {site}", disable=not progress):
             k = total if dose is None else min(dose, total)
-            samples = base_samples
             if k == 0:
-                m = base
+                m, correct = base_metrics, base_correct
             else:
                 steerer = METHODS[method].build(model, evidence, site=site, k=k, alpha=alpha)
-                samples = []
+                samples: list[dict[str, Any]] = []
                 m = evaluate_steered(model, tok, task, steerer, cache=cache, samples=samples, **kw)
-            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method, outcomes(samples)))
+                correct = outcomes(samples)
+            rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method, correct))
             if on_row is not None:
                 on_row(rows[-1])
     return rows
