@@ -164,8 +164,7 @@ def _capable(
     best = first_within(panel, ranked, lambda r: Retention.from_json(retention(r)))
     if best is None:
         best = min(ranked, key=lambda r: float(retention(r)["drop"]))  # none keeps the bound: the one that drops least
-    retention(best)
-    state["capability"]["chosen"] = measured[json.dumps(best.key)]
+    state["capability"]["chosen"] = retention(best)
     return best
 
 
