@@ -8,6 +8,8 @@ finished pieces are skipped on a rerun):
   COPA test items). The unsteered and the steered model answer every test item; the file keeps each item's
   outcome so the paired test (McNemar) can be read on the items the earlier run never saw.
 - ``compare``: ``austeer.evaluation.compare`` with every method on the same evidence (paired outcomes per item).
+- ``capability``: the capability panel (:mod:`austeer.evaluation.capability`) under every method's choice of the
+  committed ``compare`` file, added to it (for comparisons run before compare measured it).
 - ``frontier`` (behaviour tasks): effect against perplexity and continuation perplexity of each method at a
   fixed configuration over a strength grid (``--strengths``), on the first ``--test-limit`` test items,
   saved after each method; ``--prompt-point`` adds the prompting baseline (instruction alone, and with worked
@@ -19,6 +21,7 @@ Behaviour tasks judge continuation perplexity under a second, unsteered copy of 
 
     python scripts/evidence.py --stages confirm --tasks copa
     python scripts/evidence.py --stages compare --tasks copa --budget 4
+    python scripts/evidence.py --stages capability --tasks copa --dtype float32
     python scripts/evidence.py --stages dose --tasks copa --sites head,ffn --pairs-limit 300
     python scripts/evidence.py --stages frontier --tasks sentiment --pairs-limit 100 --test-limit 100 --prompt-point
 """
@@ -138,6 +141,45 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
         on_result=checkpoint,
         eval_kw=eval_kw(task, args),
         unsteered=unsteered_memo(model, tok),
+    )
+
+
+def capability_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
+    """The capability panel (``--panel-items`` validation items of each other shipped multiple-choice task) under
+    each method's chosen configuration of the committed ``compare_<task><label>.json``, rebuilt from the same
+    pairs (in ``--dtype``; the file says which); saved after each method, a rerun measures the rest."""
+    from austeer.evaluation.capability import Panel
+    from austeer.evaluation.compare import Comparison, measure_capability
+
+    path = where / f"compare_{task_name}{args.label}.json"
+    data = json.loads(path.read_text())
+    run = {"dtype": args.dtype, "items_per_task": args.panel_items}
+    if data.get("capability_run", run) != run:
+        raise SystemExit(f"{path}: its capability was measured as {data['capability_run']}, not {run}")
+    comparison = Comparison.from_json(data)
+    if all(r.capability for r in comparison.results):
+        print(f"capability {task_name}: done ({path})")
+        return
+    start = time.perf_counter() - data.get("capability_run", {}).get("seconds", 0)
+    panel = Panel(model, tok, exclude=(task_name,), n=args.panel_items, batch_size=args.batch_size, progress=True)
+
+    def checkpoint(c: Comparison) -> None:
+        for kept, r in zip(data["results"], c.results, strict=True):  # the file otherwise as it was
+            kept["capability"] = r.capability
+        data["capability_run"] = {**run, "seconds": round(time.perf_counter() - start, 1)}
+        save(path, data)
+        last = next(r for r in reversed(c.results) if r.capability)
+        print(f"capability {task_name}: {last.method} drop {(last.capability or {})['drop']:+.3f}", flush=True)
+
+    measure_capability(
+        model,
+        tok,
+        comparison,
+        panel,
+        data["settings"]["pairs"],
+        batch_size=args.batch_size,
+        share_prefix=bool(data.get("share_prefix")),
+        on_result=checkpoint,
     )
 
 
@@ -348,6 +390,15 @@ def prompt_points(model: Any, tok: Any, task: Any, args: argparse.Namespace) -> 
     return rows
 
 
+STAGES = {
+    "confirm": confirm,
+    "compare": compare_stage,
+    "capability": capability_stage,
+    "dose": dose_stage,
+    "frontier": frontier_stage,
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded:qwen2.5-coder-1.5b-instruct")
@@ -384,7 +435,8 @@ def main() -> None:
     p.add_argument("--share-prefix", action="store_true", help="compare: read each pair's shared prompt once")
     p.add_argument("--pairs-file", default=None, help="frontier: steer from these pairs (JSONL) instead of the task's")
     p.add_argument("--base-from", default=None, help="dose: reuse the unsteered point of this earlier dose file")
-    p.add_argument("--label", default="", help="compare: a suffix of the results file (another protocol, same task)")
+    p.add_argument("--panel-items", type=int, default=50, help="capability: validation items of each panel task")
+    p.add_argument("--label", default="", help="compare, capability: a suffix of the results file (another protocol)")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
@@ -400,9 +452,7 @@ def main() -> None:
     model, tok = load_model(args.model, dtype=args.dtype)
     for stage in args.stages.split(","):
         for name in args.tasks.split(","):
-            {"confirm": confirm, "compare": compare_stage, "dose": dose_stage, "frontier": frontier_stage}[stage](
-                name, args, model, tok, where
-            )
+            STAGES[stage](name, args, model, tok, where)
             if Path(args.out).resolve() == OUT and args.model in rendered_models():
                 render(args.model, args.fresh_from)
 

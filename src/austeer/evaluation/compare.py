@@ -365,11 +365,7 @@ def _capable(
 
     def retention(i: int) -> Retention:
         if i not in seen:
-            built = method.build(model, evidence, **{k: v for k, v in trials[i].config.items() if k in method.params})
-            steerer = built[0] if isinstance(built, list) else built
-            seen[i] = panel.measure(partial(steerer.hooks, model), system=steerer.system)
-            if progress:
-                tqdm.write(f"{method.name} {trials[i].config}: {seen[i].line()}", file=sys.stderr)
+            seen[i] = retention_of(model, method, evidence, trials[i].config, panel, progress)
         return seen[i]
 
     order = ranked(trials, max_ppl_ratio)
@@ -377,6 +373,64 @@ def _capable(
     if best is None:
         best = min(order, key=lambda i: retention(i).drop)  # none keeps the bound: the one that drops least
     return trials[best], retention(best)
+
+
+def retention_of(
+    model: nn.Module, method: Method, evidence: Evidence, config: dict[str, Any], panel: Panel, progress: bool = False
+) -> Retention:
+    """The capability panel answered with ``method`` built from ``evidence`` at ``config`` (a method that builds
+    several steerers, one per seed: the first)."""
+    built = method.build(model, evidence, **{k: v for k, v in config.items() if k in method.params})
+    steerer = built[0] if isinstance(built, list) else built
+    retention = panel.measure(partial(steerer.hooks, model), system=steerer.system)
+    if progress:
+        tqdm.write(f"{method.name} {config}: {retention.line()}", file=sys.stderr)
+    return retention
+
+
+def measure_capability(
+    model: nn.Module,
+    tok: Any,
+    comparison: Comparison,
+    panel: Panel,
+    pairs_limit: int | None,
+    batch_size: int = 16,
+    share_prefix: bool = False,
+    on_result: Callable[[Comparison], None] | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """The capability panel under each method's chosen configuration of an earlier ``comparison`` that measured
+    none (its results without ``capability`` get one; ``on_result`` after each). The methods are rebuilt from
+    the task's first ``pairs_limit`` pairs as :func:`compare` built them.
+
+    Example:
+        >>> import json, pathlib
+        >>> done = pathlib.Path("docs/results/smollm2-135m-instruct/compare_copa.json")
+        >>> done = Comparison.from_json(json.loads(done.read_text()))
+        >>> panel = Panel(model, tok, exclude=("copa",), n=2)
+        >>> few = replace(done, results=[r for r in done.results if r.method in ("austeer", "calibration")])
+        >>> [r.capability["n"] for r in measure_capability(model, tok, few, panel, 8, progress=False).results]
+        [4, 4]
+    """
+    from austeer.tasks import get_task
+
+    task = get_task(comparison.task)
+    todo = [r for r in comparison.results if r.capability is None]
+    names = [r.method for r in todo]
+    evidence = prompted = None
+    if [m for m in names if not METHODS[m].prompted]:
+        pairs = task.pairs(model, tok, limit=pairs_limit)
+        evidence = gather(model, tok, pairs, sites_for(names), batch_size=batch_size, share_prefix=share_prefix)
+    if any(METHODS[m].prompted for m in names):
+        prompted = prompted_evidence(model, tok, task, names, pairs_limit, batch_size, progress)
+    for r in todo:
+        method = METHODS[r.method]
+        ev = prompted if method.prompted else evidence
+        assert ev is not None
+        r.capability = retention_of(model, method, ev, r.config, panel, progress).to_json()
+        if on_result is not None:
+            on_result(comparison)
+    return comparison
 
 
 def dose_response(
