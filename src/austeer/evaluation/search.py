@@ -9,6 +9,11 @@ weakest) and ``tune`` the last (the strongest: one configuration that does nothi
 first; ties go to less damage (neutral perplexity), then fewer steered activations, then the weaker strength,
 then the earlier in the grid.
 
+``sweep`` and ``tune`` resume by one scheme: the run's state is a JSON file austeer signs
+(:func:`save_state`, written atomically after every measured configuration); :func:`load_state` reads it back
+only when it names the same run (model, task or pairs, settings: the ``identity`` fields), so a rerun measures only
+what is missing and never mixes two runs.
+
 Example:
     >>> spread(list(range(8)), 3), spread(list(range(8)), 1), spread(list(range(8)), 1, one="last")
     ([0, 4, 7], [0], [7])
@@ -19,10 +24,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, TypeVar
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from austeer.errors import UserError
+from austeer.io import signed_json, write_output
 
 T = TypeVar("T")
 
@@ -45,3 +53,57 @@ def spread(items: Sequence[T], n: int, one: Literal["first", "last"] = "first") 
     if n <= 1:
         return [] if n == 0 else [items[0] if one == "first" else items[-1]]
     return [items[round(j * (len(items) - 1) / (n - 1))] for j in range(n)]
+
+
+def load_state(
+    path: Path | None,
+    kind: str,
+    fresh: dict[str, Any],
+    identity: Sequence[str],
+    migrate: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The state an earlier ``kind`` run saved at ``path`` when its ``identity`` fields equal ``fresh``'s, else
+    ``fresh`` when there is none; a file that is not such a state, or another run's, is one clear error.
+    ``migrate`` renames in place what an older austeer wrote under another name, before the comparison.
+
+    Example:
+        >>> import tempfile
+        >>> where = Path(tempfile.mkdtemp()) / "sweep.json"
+        >>> save_state(where, {"task": "copa", "rows": [1]}, "sweep")
+        >>> load_state(where, "sweep", {"task": "copa", "rows": []}, ["task"])["rows"]
+        [1]
+        >>> try:
+        ...     load_state(where, "sweep", {"task": "boolq", "rows": []}, ["task"])
+        ... except UserError as e:
+        ...     print(str(e).split(": ", 1)[1])
+        an earlier sweep run with a different task ('copa', now 'boolq'); use another --out directory
+    """
+    if path is None or not path.exists():
+        return fresh
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a {path.name} austeer wrote ({exc}); use another --out directory") from None
+    if not isinstance(state, dict) or not isinstance(state.get("rows"), list):
+        raise UserError(f"{path}: not a {path.name} austeer wrote; use another --out directory")
+    if migrate is not None:
+        migrate(state)
+    for name in identity:
+        if state.get(name) != fresh[name]:
+            was, now = state.get(name), fresh[name]
+            shown = f" ({was!r}, now {now!r})" if len(repr((was, now))) <= 200 else ""
+            raise UserError(
+                f"{path}: an earlier {kind} run with a different {name.removesuffix('_sha256')}{shown}; "
+                "use another --out directory"
+            )
+    return state
+
+
+def save_state(
+    path: Path | None, state: dict[str, Any], kind: str, force: bool = False, allow_nan: bool = True
+) -> None:
+    """Write ``state`` to ``path`` signed as ``kind``'s, atomically (nothing when ``path`` is None); a file there
+    that austeer did not write is replaced only with ``force``. ``allow_nan=False``: strict JSON (a NaN or an
+    infinity is an error, not a token other readers refuse)."""
+    if path is not None:
+        write_output(path, signed_json(state, kind, allow_nan=allow_nan), kind, force)

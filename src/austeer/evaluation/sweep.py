@@ -49,8 +49,8 @@ from austeer.core.steer import apply, folded
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.evaluation.search import rank_key
-from austeer.io import check_file_output, check_output_dir, check_replaceable, signed_json, write_output
+from austeer.evaluation.search import load_state, rank_key, save_state
+from austeer.io import check_file_output, check_output_dir, check_replaceable, write_output
 from austeer.tasks.base import Task
 
 CSV_COLUMNS = ("site", "k", "alpha", "n_steered", "metric", "ppl_delta")
@@ -113,7 +113,7 @@ def steering(model: nn.Module, spec: SteerSpec) -> AbstractContextManager[Any]:
 
 
 def _write_state(out: Path, state: dict[str, Any], force: bool) -> None:
-    write_output(out / "sweep.json", signed_json(state, "sweep"), "sweep", force)
+    save_state(out / "sweep.json", state, "sweep", force)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -122,21 +122,15 @@ def _write_state(out: Path, state: dict[str, Any], force: bool) -> None:
     write_output(out / "sweep.csv", buf.getvalue(), "sweep", force, owned=_csv_owned)
 
 
-def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
-    path = out / "sweep.json"
-    if not path.exists():
-        return fresh
-    state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+def _renamed(state: dict[str, Any]) -> None:
+    """``pair_limit``: the name before austeer 2026-12-06 (one name per concept now)."""
     settings = state.get("settings", {})
-    if "pair_limit" in settings:  # the name before austeer 2026-12-06: one name per concept now
+    if "pair_limit" in settings:
         settings["pairs_limit"] = settings.pop("pair_limit")
-    for name in ("task", "model", "settings"):
-        if state.get(name) != fresh[name]:
-            raise UserError(
-                f"{path}: an earlier sweep with a different {name} ({state.get(name)!r}, now {fresh[name]!r}); "
-                "use another --out directory"
-            )
-    return state
+
+
+def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    return load_state(out / "sweep.json", "sweep", fresh, ("task", "model", "settings"), migrate=_renamed)
 
 
 def _capable(

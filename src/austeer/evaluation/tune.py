@@ -96,7 +96,7 @@ from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel, Retention, first_within
-from austeer.evaluation.search import rank_key, spread
+from austeer.evaluation.search import load_state, rank_key, save_state, spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
     atomic_write_file,
@@ -423,21 +423,8 @@ def _sha(obj: Any) -> str:
 
 
 def _load_state(out: Path | None, fresh: dict[str, Any]) -> dict[str, Any]:
-    if out is None or not (out / "tune.json").exists():
-        return fresh
-    path = out / "tune.json"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a tune.json austeer wrote ({exc}); use another --out directory") from None
-    if not isinstance(state, dict) or not isinstance(state.get("rows"), list):
-        raise UserError(f"{path}: not a tune.json austeer wrote; use another --out directory")
-    for key in ("model", "fingerprint", "pairs_sha256", "neutral_sha256", "instruction_sha256"):
-        if state.get(key) != fresh[key]:
-            raise UserError(
-                f"{path}: an earlier tune run with a different {key.split('_')[0]}; use another --out directory"
-            )
-    return state
+    identity = ("model", "fingerprint", "pairs_sha256", "neutral_sha256", "instruction_sha256")
+    return load_state(None if out is None else out / "tune.json", "tune", fresh, identity)
 
 
 def _row(obj: dict[str, Any]) -> TuneRow:
@@ -461,8 +448,7 @@ def tune_names(methods: Sequence[str]) -> list[str]:
 
 
 def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
-    if out is not None:
-        write_output(out / "tune.json", signed_json(state, "tune", allow_nan=False), "tune", force)
+    save_state(None if out is None else out / "tune.json", state, "tune", force, allow_nan=False)
 
 
 def _site_counts(
