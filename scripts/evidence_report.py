@@ -160,9 +160,17 @@ def render(model: str, fresh_from: int) -> None:
     for path, data in runs:
         comp = Comparison.from_json(data)
         minutes = data.get("seconds", 0) / 60
+        cap = data.get("capability_run")
+        cap_line = (
+            f"; capability change: {cap['items_per_task']} val items of each other shipped multiple-choice task, "
+            f"each method's choice rebuilt from the same pairs in {cap['dtype']} ({cap['seconds'] / 60:.0f} min, "
+            "`evidence.py --stages capability`)"
+            if cap
+            else ""
+        )
         parts.append(
             f"**Comparison** ({comp.task}, {data.get('dtype', '')}, {minutes:.0f} min): {settings_line(comp)}"
-            f"{'; pairs read with their shared prompt once' if data.get('share_prefix') else ''}.\n"
+            f"{'; pairs read with their shared prompt once' if data.get('share_prefix') else ''}{cap_line}.\n"
         )
         parts.append(table(comp) + "\n")
         img = plot_comparison(comp, where / f"{path.stem}.png", force=True)

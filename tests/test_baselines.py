@@ -445,7 +445,7 @@ def test_compare_cli_writes_a_table_that_marks_the_best_steering_method(cli_comp
     out, data, _, direct = cli_compare
     assert (out / "compare.png").stat().st_size > 0 and "| calibration |" in (out / "compare.md").read_text()
     comp = Comparison.from_json(data)
-    assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by")}
+    assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by", "protocol")}
     row = summary_table([comp]).splitlines()[2].split(" | ")
     best = max(data["results"][:2], key=lambda r: (r["test_metric"], -r["n_steered"]))
     assert row[-4] == best["method"] and row[3] == f"{direct['accuracy']:.3f}"

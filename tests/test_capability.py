@@ -54,7 +54,11 @@ def test_panel_counts_are_the_evaluations(smol):
 
 
 @pytest.mark.slow
-def test_compare_measures_and_bounds_the_capability_cost(tmp_path):
+def test_compare_measures_and_bounds_the_capability_cost(smol, tmp_path):
+    """compare records the panel under its choice; measure_capability, given the same comparison without it (a
+    comparison committed before compare measured it), rebuilds the choice from the same pairs and finds the same."""
+    from austeer.evaluation.compare import Comparison, measure_capability
+
     out = tmp_path / "cmp"
     argv = ["compare", "--task", "copa", "--methods", "austeer", "--budget", "2", "--pairs-limit", "8",
             "--val-limit", "4", "--test-limit", "4", "--capability", "4", "--max-capability-drop", "0",
@@ -67,6 +71,10 @@ def test_compare_measures_and_bounds_the_capability_cost(tmp_path):
     trial_configs = [t["config"] for t in result["trials"]]
     assert result["config"] in trial_configs
     assert "capability change" in (out / "compare.md").read_text()
+    model, tok = smol
+    earlier = Comparison.from_json({**data, "results": [{**result, "capability": None}]})
+    again = measure_capability(model, tok, earlier, Panel(model, tok, exclude=("copa",), n=4), 8, progress=False)
+    assert again.results[0].capability == cap
 
 
 @pytest.mark.slow

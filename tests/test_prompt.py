@@ -161,7 +161,7 @@ def test_compare_cli_with_the_prompting_baseline(smol, tmp_path):
     assert main(args) == 0
     data = json.loads((out / "compare.json").read_text())
     comp = Comparison.from_json(data)
-    assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by")}
+    assert comp.to_json() == {k: v for k, v in data.items() if k not in ("model", "written_by", "protocol")}
     by = {r.method: r for r in comp.results}
     assert list(by) == ["austeer", "prompt", "prompt+austeer"]
     assert by["prompt"].config == {"shots": 0} and by["prompt"].n_steered == 0

@@ -187,6 +187,29 @@ def test_a_file_as_out_directory_is_refused_even_with_force(custom, tmp_path, ca
     assert out.read_bytes() == b"my notes\n"
 
 
+def test_compare_resumes_what_it_measured_and_refuses_another_protocol(custom, tmp_path, capsys):
+    """A second ``compare`` into the same ``--out`` with the same protocol keeps the methods already measured
+    (an interrupted run loses nothing) and runs only the new one; another budget is refused in one line before
+    any work, and ``--force`` starts it over."""
+    pairs, items = custom
+    out = tmp_path / "cmp"
+    base = ["compare", "--task", "custom", "--pairs", str(pairs), "--eval", str(items), "--out", str(out)]
+    base += ["--pairs-limit", "6", "--dtype", "float32"]
+    assert main([*base, "--methods", "austeer", "--budget", "1"]) == 0
+    first = json.loads((out / "compare.json").read_text())["results"]
+    capsys.readouterr()
+    assert main([*base, "--methods", "austeer,sadi", "--budget", "1"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    again = json.loads((out / "compare.json").read_text())["results"]
+    assert [r["method"] for r in again] == ["austeer", "sadi"] and again[0] == first[0]  # trial times too: kept
+    assert main([*base, "--methods", "austeer", "--budget", "2"]) == 2
+    assert "an earlier compare run with a different protocol" in one_error_line(capsys)
+    assert json.loads((out / "compare.json").read_text())["results"] == again
+    assert main([*base, "--methods", "austeer", "--budget", "2", "--force"]) == 0
+    (redone,) = json.loads((out / "compare.json").read_text())["results"]
+    assert len(redone["trials"]) == 2
+
+
 def test_kinds_of_files_do_not_mix(custom, tmp_path, capsys):
     """An austeer ``compare.json`` is not an ``eval --out`` austeer may replace."""
     from austeer.io import signed_json

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer compare")  # compare.png and dose.png are drawn after the evaluation
     from austeer.cli.argtypes import parse_doses
     from austeer.core.sites import check_site
-    from austeer.evaluation.compare import compare, dose_response, sites_for
+    from austeer.evaluation.compare import Comparison, compare, dose_response, sites_for
     from austeer.evaluation.evaluate import Unsteered
+    from austeer.evaluation.search import load_state, save_state
     from austeer.io import check_file_output, check_output_dir, signature, signed_json, write_output
     from austeer.methods.base import gather
+    from austeer.models.loading import DEFAULT_MODEL
     from austeer.report.comparison import plot_comparison, plot_dose, table
     from austeer.tasks import get_task
 
@@ -64,6 +68,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_site(site)
     sites = sites_for(methods, dose_sites if doses else ())  # raises on an unknown method before the model loads
     check_capability_args(args)
+    state_path = Path(args.out) / "compare.json"
+    fresh: dict[str, Any] = {"model": args.model or DEFAULT_MODEL, "protocol": protocol(args), "results": []}
+    state = load_state(state_path, "compare", fresh, ("model", "protocol"), rows="results", replace=args.force)
+    done = [r for r in Comparison.from_json(state).results if r.method in methods] if state["results"] else []
+    if done:
+        print(f"austeer: resuming {state_path}: {', '.join(r.method for r in done)} measured", file=sys.stderr)
     model, tok, name = load_from_args(args)
     eval_kw: dict[str, Any] = {}
     if args.max_new_tokens is not None:
@@ -89,10 +99,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_kw=eval_kw,
         unsteered=unsteered,
         panel=panel,
+        done=done,
+        on_result=lambda c: save_state(state_path, {**fresh, **c.to_json()}, "compare", args.force, inputs=inputs),
     )
     out = Path(args.out)
-    data = {"model": name, **result.to_json()}
-    write_output(out / "compare.json", signed_json(data, "compare"), "compare", args.force, inputs)
+    save_state(state_path, {**fresh, **result.to_json()}, "compare", args.force, inputs=inputs)
     text = table(result)
     write_output(out / "compare.md", f"<!-- {signature('compare')} -->\n{text}\n", "compare", args.force, inputs)
     plot_comparison(result, out / "compare.png", force=args.force)
@@ -112,6 +123,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"dose-response {curve} (alpha {alpha:g}): {pts}")
         print(f"-> {out}/dose.json, dose.png")
     return 0
+
+
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """What a resumed compare must share with the run it continues (its methods may be more or fewer): the task,
+    its input files' contents, the budget, the limits and bounds, the panel, the evidence pass."""
+    named = (("pairs", args.pairs), ("eval", args.eval))
+    files = {name: hashlib.sha256(Path(path).read_bytes()).hexdigest() for name, path in named if path}
+    keys = ["task", "budget", "pairs_limit", "val_limit", "test_limit", "max_ppl_ratio", "max_new_tokens"]
+    keys += ["capability", "max_capability_drop", "share_prefix", "dtype"]
+    return {**{k: getattr(args, k) for k in keys}, "files_sha256": files}
 
 
 def register(sub: Any) -> None:

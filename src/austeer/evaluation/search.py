@@ -9,10 +9,10 @@ weakest) and ``tune`` the last (the strongest: one configuration that does nothi
 first; ties go to less damage (neutral perplexity), then fewer steered activations, then the weaker strength,
 then the earlier in the grid.
 
-``sweep`` and ``tune`` resume by one scheme: the run's state is a JSON file austeer signs
+``compare``, ``sweep`` and ``tune`` resume by one scheme: the run's state is a JSON file austeer signs
 (:func:`save_state`, written atomically after every measured configuration); :func:`load_state` reads it back
 only when it names the same run (model, task or pairs, settings: the ``identity`` fields), so a rerun measures only
-what is missing and never mixes two runs.
+what is missing and never mixes two runs (``--force``: another run's state is started over).
 
 Example:
     >>> spread(list(range(8)), 3), spread(list(range(8)), 1), spread(list(range(8)), 1, one="last")
@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -61,9 +61,12 @@ def load_state(
     fresh: dict[str, Any],
     identity: Sequence[str],
     migrate: Callable[[dict[str, Any]], None] | None = None,
+    rows: str = "rows",
+    replace: bool = False,
 ) -> dict[str, Any]:
     """The state an earlier ``kind`` run saved at ``path`` when its ``identity`` fields equal ``fresh``'s, else
-    ``fresh`` when there is none; a file that is not such a state, or another run's, is one clear error.
+    ``fresh`` when there is none; a file that is not such a state (its measured list under ``rows``), or another
+    run's, is one clear error, or with ``replace`` (the commands' ``--force``) is started over: ``fresh``.
     ``migrate`` renames in place what an older austeer wrote under another name, before the comparison.
 
     Example:
@@ -83,27 +86,38 @@ def load_state(
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if replace:
+            return fresh
         raise UserError(f"{path}: not a {path.name} austeer wrote ({exc}); use another --out directory") from None
-    if not isinstance(state, dict) or not isinstance(state.get("rows"), list):
+    if not isinstance(state, dict) or not isinstance(state.get(rows), list):
+        if replace:
+            return fresh
         raise UserError(f"{path}: not a {path.name} austeer wrote; use another --out directory")
     if migrate is not None:
         migrate(state)
     for name in identity:
         if state.get(name) != fresh[name]:
+            if replace:
+                return fresh
             was, now = state.get(name), fresh[name]
             shown = f" ({was!r}, now {now!r})" if len(repr((was, now))) <= 200 else ""
             raise UserError(
                 f"{path}: an earlier {kind} run with a different {name.removesuffix('_sha256')}{shown}; "
-                "use another --out directory"
+                "use another --out directory, or --force to start it over"
             )
     return state
 
 
 def save_state(
-    path: Path | None, state: dict[str, Any], kind: str, force: bool = False, allow_nan: bool = True
+    path: Path | None,
+    state: dict[str, Any],
+    kind: str,
+    force: bool = False,
+    allow_nan: bool = True,
+    inputs: Iterable[str | Path | None] = (),
 ) -> None:
     """Write ``state`` to ``path`` signed as ``kind``'s, atomically (nothing when ``path`` is None); a file there
-    that austeer did not write is replaced only with ``force``. ``allow_nan=False``: strict JSON (a NaN or an
-    infinity is an error, not a token other readers refuse)."""
+    that austeer did not write is replaced only with ``force``, one of the run's ``inputs`` never.
+    ``allow_nan=False``: strict JSON (a NaN or an infinity is an error, not a token other readers refuse)."""
     if path is not None:
-        write_output(path, signed_json(state, kind, allow_nan=allow_nan), kind, force)
+        write_output(path, signed_json(state, kind, allow_nan=allow_nan), kind, force, inputs)

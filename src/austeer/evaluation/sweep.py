@@ -129,8 +129,9 @@ def _renamed(state: dict[str, Any]) -> None:
         settings["pairs_limit"] = settings.pop("pair_limit")
 
 
-def _load_state(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
-    return load_state(out / "sweep.json", "sweep", fresh, ("task", "model", "settings"), migrate=_renamed)
+def _load_state(out: Path, fresh: dict[str, Any], force: bool) -> dict[str, Any]:
+    identity = ("task", "model", "settings")
+    return load_state(out / "sweep.json", "sweep", fresh, identity, migrate=_renamed, replace=force)
 
 
 def _capable(
@@ -208,7 +209,8 @@ def sweep(
 ) -> dict[str, Any]:
     """Run (or resume) the sweep into ``out`` and return the ``sweep.json`` content.
 
-    The spec folders ``scores/<site>`` and ``best`` replace only austeer's own specs, unless ``force``.
+    The spec folders ``scores/<site>`` and ``best`` replace only austeer's own specs, unless ``force``; an earlier
+    sweep in ``out`` resumes when its task, model and settings are these, else is refused (``force``: started over).
     ``panel``: answer the capability panel (:class:`~austeer.evaluation.capability.Panel`, made without ``task``)
     with the choice steered (``sweep.json``'s ``capability``); with a bound (``panel.max_drop``) the choice is the best
     row on val (in :func:`ranked_rows` order) whose pooled panel accuracy drops by at most that much, else the one
@@ -233,7 +235,7 @@ def sweep(
         "max_new_tokens": max_new_tokens or task.max_new_tokens,
     }
     fresh = {"task": task.name, "model": model_id, "metric": task.metric, "settings": settings, "rows": []}
-    state = _load_state(out, fresh)
+    state = _load_state(out, fresh, force)
     grid = [(s, int(k), float(a)) for s in sites for k in ks for a in alphas]
     state["grid"] = {"sites": list(sites), "k": [int(k) for k in ks], "alpha": [float(a) for a in alphas]}
 

@@ -422,9 +422,9 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _load_state(out: Path | None, fresh: dict[str, Any]) -> dict[str, Any]:
+def _load_state(out: Path | None, fresh: dict[str, Any], force: bool) -> dict[str, Any]:
     identity = ("model", "fingerprint", "pairs_sha256", "neutral_sha256", "instruction_sha256")
-    return load_state(None if out is None else out / "tune.json", "tune", fresh, identity)
+    return load_state(None if out is None else out / "tune.json", "tune", fresh, identity, replace=force)
 
 
 def _row(obj: dict[str, Any]) -> TuneRow:
@@ -505,11 +505,11 @@ def tune(
     ``budget``: at most this many configurations per method (None: the full grid). ``neutral``: extra
     neutral texts for the damage measure. ``rule``: the test an effect must pass (:data:`RULES`, see the module
     docstring); ``min_z`` overrides the margin test's z. ``force``: replace ``out/spec`` and ``out/scores/*`` even
-    when austeer did not write them. ``panel``: answer the capability panel
-    (:class:`~austeer.evaluation.capability.Panel`) with each method's choice steered; with its bound
-    (``panel.max_drop``), a method's choice is its best configuration (in the rule's order) whose pooled panel
-    accuracy drops by at most that much, or none. The model is left as it was (gains are folded and unfolded
-    around each measurement).
+    when austeer did not write them, and start over an earlier run of other pairs or model in ``out``. ``panel``:
+    answer the capability panel (:class:`~austeer.evaluation.capability.Panel`) with each method's choice steered;
+    with its bound (``panel.max_drop``), a method's choice is its best configuration (in the rule's order) whose
+    pooled panel accuracy drops by at most that much, or none. The model is left as it was (gains are folded and
+    unfolded around each measurement).
     """
     for site in sites:
         check_site(site)
@@ -543,7 +543,7 @@ def tune(
         "split": {"rule": "sha256(system, prompt), first quarter held out", "fit": fit_idx, "heldout": held_idx},
         "rows": [],
     }
-    state = _load_state(path, fresh)
+    state = _load_state(path, fresh, force)
     configs = [
         (m, c) for m in methods for c in (austeer_grid(sites, budget) if m == "austeer" else method_grid(m, budget))
     ]
