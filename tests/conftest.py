@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 import transformers as tf
 
 from austeer.core.pairs import Pair, read_pairs
+from austeer.core.spec import SteerSpec
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "austeer" / "data"
 
@@ -54,6 +56,27 @@ def tiny_model(name: str) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def sentiment_pairs() -> list[Pair]:
     return read_pairs(DATA / "pairs" / "sentiment.jsonl")
+
+
+#: the sites whose sign counts :func:`sentiment_fit` reads once per session
+FIT_SITES = ("head", "ffn", "neuron")
+
+
+@pytest.fixture(scope="session")
+def sentiment_fit(smol: tuple[Any, Any], sentiment_pairs: list[Pair]) -> Callable[..., SteerSpec]:
+    """``sentiment_fit(site, k, alpha, positions)``: the spec ``austeer.fit`` makes from the first 8 shipped
+    sentiment pairs (``tests/test_core.py`` checks the equality), the sign counts read once per test session
+    instead of once per module."""
+    from austeer.core.fit import score, spec_from_counts
+
+    model, tok = smol
+    counts = score(model, tok, sentiment_pairs[:8], list(FIT_SITES), progress=False)
+
+    def make(site: str | Sequence[str] = "head", k: int = 32, alpha: float = 5.0, positions: str = "all") -> SteerSpec:
+        sites = [site] if isinstance(site, str) else list(site)
+        return spec_from_counts(model, {s: counts[s] for s in sites}, k, alpha, 8, positions=positions)
+
+    return make
 
 
 # -- llama.cpp (tests/test_gguf.py, tests/test_gguf_write.py, tests/test_gguf_lora.py; the binding: tests/llamacpp.py)

@@ -66,6 +66,17 @@ def test_selection_equals_direct_recomputation(smol, sentiment_pairs):
         assert u.beta == pytest.approx(beta[u.layer, u.index])
 
 
+@pytest.mark.parametrize(
+    ("site", "k", "positions"), [(["head", "ffn"], 8, "all"), ("head", 16, "last"), ("neuron", 4, "all")]
+)
+def test_the_shared_fit_of_the_tests_is_fit(smol, sentiment_pairs, sentiment_fit, site, k, positions):
+    """The session's ``sentiment_fit`` (counts read once, the spec made per call) is what ``austeer.fit`` makes."""
+    model, tok = smol
+    a = austeer.fit(model, tok, sentiment_pairs[:8], site=site, k=k, alpha=5.0, progress=False, positions=positions)
+    b = sentiment_fit(site, k=k, alpha=5.0, positions=positions)
+    assert (a.units, a.alpha, a.positions, a.sites, a.n_pairs) == (b.units, b.alpha, b.positions, b.sites, b.n_pairs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_invariance(smol, sentiment_pairs, side):

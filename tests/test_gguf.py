@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from austeer import fit
 from austeer.cli import main
 from austeer.core.steer import folded
 from austeer.exports.gguf_export import export_gguf
@@ -28,9 +27,8 @@ from tests.llamacpp import Llama, llama_greedy, llama_logits, split_calls
 
 
 @pytest.fixture(scope="module")
-def spec(smol, sentiment_pairs):
-    model, tok = smol
-    return fit(model, tok, sentiment_pairs[:8], site=["head", "ffn"], k=8, alpha=5.0, progress=False)
+def spec(sentiment_fit):
+    return sentiment_fit(["head", "ffn"], k=8, alpha=5.0)
 
 
 @pytest.fixture(scope="module")

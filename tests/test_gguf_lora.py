@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from austeer import fit
 from austeer.cli import main
 from austeer.core.momentum import Unit
 from austeer.core.spec import SteerSpec, fingerprint
@@ -150,9 +149,8 @@ def test_cli_export(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def head_spec(smol, sentiment_pairs) -> SteerSpec:
-    model, tok = smol
-    return fit(model, tok, sentiment_pairs[:8], site=["head"], k=32, alpha=5.0, progress=False)
+def head_spec(sentiment_fit) -> SteerSpec:
+    return sentiment_fit("head", k=32, alpha=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import pytest
 import torch
 import transformers as tf
 
-from austeer import fit
 from austeer.cli import main
 from austeer.core.momentum import Unit
 from austeer.core.spec import SteerSpec, fingerprint
@@ -229,9 +228,8 @@ def test_llamacpp_runs_the_tiny_models(kind, files, smol):
 
 
 @pytest.fixture(scope="module")
-def smol_spec(smol, sentiment_pairs):
-    model, tok = smol
-    return fit(model, tok, sentiment_pairs[:8], site=["head", "ffn"], k=8, alpha=5.0, progress=False)
+def smol_spec(sentiment_fit):
+    return sentiment_fit(["head", "ffn"], k=8, alpha=5.0)
 
 
 @pytest.mark.slow

@@ -20,11 +20,8 @@ from tests.conftest import DATA
 
 
 @pytest.fixture(scope="module")
-def specs(smol, sentiment_pairs):
-    model, tok = smol
-    every = austeer.fit(model, tok, sentiment_pairs[:8], site="head", k=16, alpha=8.0, progress=False)
-    last = austeer.fit(model, tok, sentiment_pairs[:8], site="head", k=16, alpha=8.0, progress=False, positions="last")
-    return every, last
+def specs(sentiment_fit):
+    return sentiment_fit("head", k=16, alpha=8.0), sentiment_fit("head", k=16, alpha=8.0, positions="last")
 
 
 def test_same_selection_different_positions(specs):

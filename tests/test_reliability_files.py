@@ -32,10 +32,8 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def spec_dir(smol, sentiment_pairs, tmp_path_factory) -> Path:
-    model, tok = smol
-    spec = austeer.fit(model, tok, sentiment_pairs[:8], site="head", k=4, progress=False)
-    return spec.save(tmp_path_factory.mktemp("spec") / "s")
+def spec_dir(sentiment_fit, tmp_path_factory) -> Path:
+    return sentiment_fit("head", k=4).save(tmp_path_factory.mktemp("spec") / "s")
 
 
 def dead_pid() -> int:
