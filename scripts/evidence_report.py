@@ -25,6 +25,19 @@ def markers(model: str) -> tuple[str, str]:
     )
 
 
+#: the kinds of results ``scripts/evidence.py`` writes, each ``<kind>_<task>[<label>].json`` in a model's folder
+KINDS = ("confirm", "compare", "dose", "frontier")
+
+
+def read_results(where: Path) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """Every result file of one model's folder by kind (:data:`KINDS`), each with its path, in name order: the one
+    reader of the results that COMPARISON.md and RESULTS.md render (a confirm file without its steered half is an
+    unfinished run and is left out)."""
+    found = {kind: [(p, json.loads(p.read_text())) for p in sorted(where.glob(f"{kind}_*.json"))] for kind in KINDS}
+    found["confirm"] = [(p, d) for p, d in found["confirm"] if "steered" in d]
+    return found
+
+
 def rendered_models() -> list[str]:
     """The models whose section COMPARISON.md holds."""
     text = DOC.read_text(encoding="utf-8")
@@ -133,7 +146,8 @@ def render(model: str, fresh_from: int) -> None:
 
     where = where_of(OUT, model)
     parts = [f"## {model}\n"]
-    runs = [(path, json.loads(path.read_text())) for path in sorted(where.glob("compare_*.json"))]
+    results = read_results(where)
+    runs = results["compare"]
     if runs:
         tasks = merged([Comparison.from_json(data) for _, data in runs])
         img = plot_overview(tasks, where / "overview.png", force=True)
@@ -153,10 +167,8 @@ def render(model: str, fresh_from: int) -> None:
             summary_table(tasks) + "\n",
             f"![overview]({img.relative_to(DOC.parent)})\n",
         ]
-    for path in sorted(where.glob("confirm_*.json")):
-        data = json.loads(path.read_text())
-        if "steered" in data:
-            parts += render_confirm(data, where, fresh_from)
+    for _, data in results["confirm"]:
+        parts += render_confirm(data, where, fresh_from)
     for path, data in runs:
         comp = Comparison.from_json(data)
         minutes = data.get("seconds", 0) / 60
@@ -175,10 +187,10 @@ def render(model: str, fresh_from: int) -> None:
         parts.append(table(comp) + "\n")
         img = plot_comparison(comp, where / f"{path.stem}.png", force=True)
         parts.append(f"![{comp.task} comparison]({img.relative_to(DOC.parent)})\n")
-    for path in sorted(where.glob("dose_*.json")):
-        parts += render_dose(json.loads(path.read_text()), where, path.stem)
-    for path in sorted(where.glob("frontier_*.json")):
-        parts += render_frontier(json.loads(path.read_text()), where, path.stem)
+    for path, data in results["dose"]:
+        parts += render_dose(data, where, path.stem)
+    for path, data in results["frontier"]:
+        parts += render_frontier(data, where, path.stem)
     write_between(DOC, *markers(model), "\n".join(parts))
 
 

@@ -197,7 +197,7 @@ def write_doc() -> None:
 def evidence_lines() -> list[str]:
     """The held-out evidence of ``scripts/evidence.py`` (``docs/results/<model>/confirm_*.json`` and
     ``compare_*.json``), one section per model; the full tables are in COMPARISON.md."""
-    from evidence_report import confirm_table
+    from evidence_report import confirm_table, read_results
 
     from austeer.evaluation.compare import Comparison, DoseRow, FrontierRow
     from austeer.report.comparison import dose_table, frontier_table, summary_table
@@ -207,11 +207,11 @@ def evidence_lines() -> list[str]:
     for folder in sorted((DOC.parent / "results").iterdir()):
         if folder.name == "smollm2-135m-instruct":
             continue  # its comparisons and doses: comparison_lines
-        confirms = [json.loads(p.read_text()) for p in sorted(folder.glob("confirm_*.json"))]
-        comps = [Comparison.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("compare_*.json"))]
-        doses = [{**json.loads(p.read_text()), "file": p.name} for p in sorted(folder.glob("dose_*.json"))]
-        frontiers = [{**json.loads(p.read_text()), "file": p.name} for p in sorted(folder.glob("frontier_*.json"))]
-        confirms = [d for d in confirms if "steered" in d]
+        results = read_results(folder)
+        confirms = [d for _, d in results["confirm"]]
+        comps = [Comparison.from_json(d) for _, d in results["compare"]]
+        doses = [{**d, "file": p.name} for p, d in results["dose"]]
+        frontiers = [{**d, "file": p.name} for p, d in results["frontier"]]
         if not (confirms or comps or doses or frontiers):
             continue
         lines += [f"## embedded:{folder.name} (scripts/evidence.py)", ""]
