@@ -415,19 +415,23 @@ def measure_capability(
     from austeer.tasks import get_task
 
     task = get_task(comparison.task)
-    todo = [r for r in comparison.results if r.capability is None]
+    todo = sorted((r for r in comparison.results if r.capability is None), key=lambda r: METHODS[r.method].prompted)
     names = [r.method for r in todo]
-    evidence = prompted = None
-    if [m for m in names if not METHODS[m].prompted]:
-        pairs = task.pairs(model, tok, limit=pairs_limit)
-        evidence = gather(model, tok, pairs, sites_for(names), batch_size=batch_size, share_prefix=share_prefix)
-    if any(METHODS[m].prompted for m in names):
-        prompted = prompted_evidence(model, tok, task, names, pairs_limit, batch_size, progress)
+    read: dict[bool, Evidence] = {}  # each pass read when its first method comes (the unprompted ones first)
+
+    def evidence(prompted: bool) -> Evidence:
+        if prompted not in read:
+            if prompted:
+                read[prompted] = prompted_evidence(model, tok, task, names, pairs_limit, batch_size, progress)
+            else:
+                pairs = task.pairs(model, tok, limit=pairs_limit)
+                sites = sites_for(names)
+                read[prompted] = gather(model, tok, pairs, sites, batch_size, None, progress, share_prefix)
+        return read[prompted]
+
     for r in todo:
         method = METHODS[r.method]
-        ev = prompted if method.prompted else evidence
-        assert ev is not None
-        r.capability = retention_of(model, method, ev, r.config, panel, progress).to_json()
+        r.capability = retention_of(model, method, evidence(method.prompted), r.config, panel, progress).to_json()
         if on_result is not None:
             on_result(comparison)
     return comparison
