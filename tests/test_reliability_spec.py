@@ -120,15 +120,16 @@ def test_non_finite_alpha_is_refused_by_every_path(smol, tmp_path, value):
         ("alpha", "NaN", r"steer\.json: alpha: expected a finite number, found nan"),
         ("beta", "1e6", r"steer\.json: units\[0\]\.beta: 1000000\.0 is out of range \[-1, 1\]"),
         ("beta", "Infinity", r"steer\.json: units\[0\]: beta: expected a finite number in \[-1, 1\], found inf"),
+        ("info", '{"note": [1, -Infinity]}', r"steer\.json: info: expected an object \(its numbers finite\)"),
     ],
 )
 def test_spec_file_with_non_finite_or_huge_numbers_is_refused(fitted, tmp_path, field, value, message):
     d = _copy(fitted, tmp_path)
     obj = json.loads((d / "steer.json").read_text())
-    if field == "alpha":
-        obj["alpha"] = "__X__"
-    else:
+    if field == "beta":
         obj["units"][0]["beta"] = "__X__"
+    else:
+        obj[field] = "__X__"
     (d / "steer.json").write_text(json.dumps(obj).replace('"__X__"', value))
     with pytest.raises(SpecError, match=message):
         load(d)

@@ -433,6 +433,17 @@ def _field(obj: Mapping[str, Any], key: str, where: str, check: Any, expected: s
     return value
 
 
+def _all_finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a parsed JSON ``value`` (Python's JSON reader accepts both)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        stack.extend(v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())
+    return True
+
+
 def _read_json(path: Path, data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
@@ -578,7 +589,8 @@ def load(directory: str | Path) -> SteerSpec:
     n_pairs = _field(obj, "n_pairs", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0", 0)
     _field(obj, "k", where, lambda v: _is_int(v) and v == len(units), f"the number of units, {len(units)}", 0)
     model_id = _field(obj, "model_id", where, lambda v: isinstance(v, str), "a string", "")
-    info = _field(obj, "info", where, lambda v: isinstance(v, dict), "an object", {})
+    finite_object = "an object (its numbers finite)"
+    info = _field(obj, "info", where, lambda v: isinstance(v, dict) and _all_finite(v), finite_object, {})
     positions = _field(obj, "positions", where, lambda v: v in POSITIONS, f"one of {', '.join(POSITIONS)}", "all")
     selection = _field(obj, "selection", where, lambda v: v in SELECTIONS, f"one of {', '.join(SELECTIONS)}", "sign")
     _check_sites(sites, units, where)
