@@ -112,3 +112,23 @@ def test_capability_flags_without_what_they_need(tmp_path, capsys, monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith("austeer: error: ") and err.count("\n") == 1 and "capability" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "bound"),
+    [
+        (["compare", "--task", "copa", "--out", "o", "--capability", "4"], "default"),
+        (["sweep", "--task", "copa", "--out", "o", "--capability", "4"], "default"),
+        (["tune", "--pairs", "p.jsonl", "--out", "o", "--capability", "4"], "default"),
+        (["compare", "--task", "copa", "--out", "o", "--capability", "4", "--max-capability-drop", "0.1"], 0.1),
+        (["eval", "--task", "copa", "--steer", "s", "--capability", "4"], None),  # eval measures, it chooses nothing
+    ],
+)
+def test_the_searches_bound_the_capability_drop_by_default(argv, bound):
+    """With ``--capability N`` alone, compare, sweep and tune keep the measured default bound; eval only reports."""
+    from austeer.cli import build_parser
+    from austeer.cli.common import capability_panel
+    from austeer.evaluation.capability import DEFAULT_MAX_DROP
+
+    panel = capability_panel(build_parser().parse_args(argv), None, None, "copa")
+    assert panel.max_drop == (DEFAULT_MAX_DROP if bound == "default" else bound)

@@ -40,7 +40,7 @@ def add_capability_args(p: argparse.ArgumentParser, bound: bool = False) -> None
             type=fraction,
             default=None,
             help="choose the best configuration on val whose capability-panel accuracy drops by at most this "
-            "(e.g. 0.02); needs --capability",
+            "(default with --capability: 0.05, from the measurements in docs/COMPARISON.md; 1: no bound)",
         )
 
 
@@ -54,9 +54,11 @@ def capability_panel(args: argparse.Namespace, model: Any, tok: Any, task: str) 
     """The capability panel ``--capability`` asks for (None when off), without the steered ``task``."""
     if not args.capability:
         return None
-    from austeer.evaluation.capability import Panel
+    from austeer.evaluation.capability import DEFAULT_MAX_DROP, Panel
 
-    bound = getattr(args, "max_capability_drop", None)
+    bound = getattr(args, "max_capability_drop", None)  # eval measures the cost; the searches bound it
+    if bound is None and hasattr(args, "max_capability_drop"):
+        bound = DEFAULT_MAX_DROP
     return Panel(
         model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True, max_drop=bound
     )

@@ -37,6 +37,10 @@ T = TypeVar("T")
 #: the shipped multiple-choice tasks the panel draws from, and how many validation items of each
 PANEL_TASKS: tuple[str, ...] = ("copa", "boolq", "winogrande")
 PANEL_ITEMS = 50
+#: the bound ``compare``, ``sweep`` and ``tune --capability N`` keep unless told otherwise (pooled accuracy lost):
+#: on the 1.5B's 100-item COPA panel the choices that do no harm moved it by -0.04 to +0.00 (AUSteer's 8 and 32
+#: head AUs, the prompt; docs/COMPARISON.md), so 0.05 lets noise of that size pass and stops 5 items in 100 lost
+DEFAULT_MAX_DROP = 0.05
 
 
 @dataclass(frozen=True)
