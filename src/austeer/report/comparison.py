@@ -71,7 +71,8 @@ def capability_cell(r: Result) -> str:
     if not r.capability:
         return "-"
     cap = r.capability
-    return f"{-cap['drop']:+.3f} ({cap['fixed']}/{cap['broken']}, p {cap['p']:.2g})"
+    change = 0.0 - cap["drop"]  # 0.0 - 0.0 is +0.0: no "-0.000" for an unchanged panel
+    return f"{change:+.3f} ({cap['fixed']}/{cap['broken']}, p {cap['p']:.2g})"
 
 
 def paired(r: Result, baseline_correct: Sequence[int]) -> str:
