@@ -78,8 +78,8 @@ def load_state(
         >>> try:
         ...     load_state(where, "sweep", {"task": "boolq", "rows": []}, ["task"])
         ... except UserError as e:
-        ...     print(str(e).split(": ", 1)[1])
-        an earlier sweep run with a different task ('copa', now 'boolq'); use another --out directory
+        ...     print(str(e).split(": ", 1)[1].split(";")[0])
+        an earlier sweep run with a different task ('copa', now 'boolq')
     """
     if path is None or not path.exists():
         return fresh
