@@ -149,7 +149,7 @@ def capability_stage(task_name: str, args: argparse.Namespace, model: Any, tok: 
     each method's chosen configuration of the committed ``compare_<task><label>.json``, rebuilt from the same
     pairs (in ``--dtype``; the file says which); saved after each method, a rerun measures the rest."""
     from austeer.evaluation.capability import Panel
-    from austeer.evaluation.compare import Comparison, measure_capability
+    from austeer.evaluation.compare import Comparison, Result, measure_capability
 
     path = where / f"compare_{task_name}{args.label}.json"
     data = json.loads(path.read_text())
@@ -163,13 +163,13 @@ def capability_stage(task_name: str, args: argparse.Namespace, model: Any, tok: 
     start = time.perf_counter() - data.get("capability_run", {}).get("seconds", 0)
     panel = Panel(model, tok, exclude=(task_name,), n=args.panel_items, batch_size=args.batch_size, progress=True)
 
-    def checkpoint(c: Comparison) -> None:
-        for kept, r in zip(data["results"], c.results, strict=True):  # the file otherwise as it was
+    def checkpoint(measured: Result) -> None:
+        for kept, r in zip(data["results"], comparison.results, strict=True):  # the file otherwise as it was
             kept["capability"] = r.capability
         data["capability_run"] = {**run, "seconds": round(time.perf_counter() - start, 1)}
         save(path, data)
-        last = next(r for r in reversed(c.results) if r.capability)
-        print(f"capability {task_name}: {last.method} drop {(last.capability or {})['drop']:+.3f}", flush=True)
+        drop = (measured.capability or {})["drop"]
+        print(f"capability {task_name}: {measured.method} drop {drop:+.3f}", flush=True)
 
     measure_capability(
         model,

@@ -396,12 +396,12 @@ def measure_capability(
     pairs_limit: int | None,
     batch_size: int = 16,
     share_prefix: bool = False,
-    on_result: Callable[[Comparison], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
     progress: bool = True,
 ) -> Comparison:
     """The capability panel under each method's chosen configuration of an earlier ``comparison`` that measured
-    none (its results without ``capability`` get one; ``on_result`` after each). The methods are rebuilt from
-    the task's first ``pairs_limit`` pairs as :func:`compare` built them.
+    none (its results without ``capability`` get one, in place; ``on_result`` receives each as it is measured).
+    The methods are rebuilt from the task's first ``pairs_limit`` pairs as :func:`compare` built them.
 
     Example:
         >>> import json, pathlib
@@ -433,7 +433,7 @@ def measure_capability(
         method = METHODS[r.method]
         r.capability = retention_of(model, method, evidence(method.prompted), r.config, panel, progress).to_json()
         if on_result is not None:
-            on_result(comparison)
+            on_result(r)
     return comparison
 
 
