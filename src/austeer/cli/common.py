@@ -50,7 +50,7 @@ def check_capability_args(args: argparse.Namespace) -> None:
         raise UserError("--max-capability-drop needs --capability N (the panel it bounds)")
 
 
-def capability_panel(args: argparse.Namespace, model: Any, tok: Any, task: str) -> Any:
+def capability_panel(args: argparse.Namespace, model: Any, tokenizer: Any, task: str) -> Any:
     """The capability panel ``--capability`` asks for (None when off), without the steered ``task``."""
     if not args.capability:
         return None
@@ -60,7 +60,7 @@ def capability_panel(args: argparse.Namespace, model: Any, tok: Any, task: str) 
     if bound is None and hasattr(args, "max_capability_drop"):
         bound = DEFAULT_MAX_DROP
     return Panel(
-        model, tok, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True, max_drop=bound
+        model, tokenizer, exclude=(task,), n=args.capability, batch_size=args.batch_size, progress=True, max_drop=bound
     )
 
 

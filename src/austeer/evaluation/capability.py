@@ -86,7 +86,7 @@ class Panel:
     def __init__(
         self,
         model: nn.Module,
-        tok: Any,
+        tokenizer: Any,
         exclude: Sequence[str] = (),
         n: int = PANEL_ITEMS,
         batch_size: int = 16,
@@ -96,7 +96,7 @@ class Panel:
     ) -> None:
         if n < 1:
             raise UserError(f"the capability panel needs at least 1 item per task, got {n}")
-        self.model, self.tok, self.n, self.batch_size, self.progress = model, tok, n, batch_size, progress
+        self.model, self.tok, self.n, self.batch_size, self.progress = model, tokenizer, n, batch_size, progress
         self.max_drop = max_drop
         self.names = [name for name in names if name not in exclude]
         if not self.names:

@@ -181,7 +181,7 @@ def pick(trials: Sequence[Trial], max_ppl_ratio: float | None) -> int:
 
 def evaluate_steered(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     steerers: Steerer | list[Steerer],
     mode: str = "hook",
@@ -196,7 +196,7 @@ def evaluate_steered(
     for s in group:
         ctx = s.hooks(model) if mode == "hook" else s.fold(model)
         with ctx, reusing(cache):
-            runs.append(evaluate(model, tok, task, system=s.system, **kw))
+            runs.append(evaluate(model, tokenizer, task, system=s.system, **kw))
     return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
 
 
@@ -221,7 +221,7 @@ def _needs_instruction(task: Task) -> None:
 
 def prompted_evidence(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     methods: Sequence[str],
     pairs_limit: int | None = 200,
@@ -231,14 +231,14 @@ def prompted_evidence(
     """The evidence of the prompted ``methods``: the task's pairs with :attr:`~austeer.tasks.base.Task.instruction`
     in their system turn, read at the sites those methods need (none: only the texts are kept)."""
     _needs_instruction(task)
-    pairs = [replace(p, system=task.instruction) for p in task.pairs(model, tok, limit=pairs_limit)]
+    pairs = [replace(p, system=task.instruction) for p in task.pairs(model, tokenizer, limit=pairs_limit)]
     sites = sorted({s for m in methods if METHODS[m].prompted for s in METHODS[m].sites})
-    return gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress)
+    return gather(model, tokenizer, pairs, sites, batch_size=batch_size, progress=progress)
 
 
 def compare(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     methods: Sequence[str] = UNPROMPTED_DEFAULTS,
     budget: int = 8,
@@ -280,9 +280,11 @@ def compare(
     if any(METHODS[m].prompted for m in methods):
         _needs_instruction(task)  # fail before the long run
     if evidence is None:
-        pairs = task.pairs(model, tok, limit=pairs_limit)
-        evidence = gather(model, tok, pairs, sites, batch_size=batch_size, progress=progress, share_prefix=share_prefix)
-    unsteered = unsteered or Unsteered(model, tok, progress=progress)
+        pairs = task.pairs(model, tokenizer, limit=pairs_limit)
+        evidence = gather(
+            model, tokenizer, pairs, sites, batch_size=batch_size, progress=progress, share_prefix=share_prefix
+        )
+    unsteered = unsteered or Unsteered(model, tokenizer, progress=progress)
     cache = unsteered.cache
     base_val = unsteered.get(task, "val", val_limit, **kw)
     base_samples: list[dict[str, Any]] = []
@@ -308,13 +310,13 @@ def compare(
             continue
         method = METHODS[name]
         if method.prompted and prompted is None:
-            prompted = prompted_evidence(model, tok, task, methods, pairs_limit, batch_size, progress)
+            prompted = prompted_evidence(model, tokenizer, task, methods, pairs_limit, batch_size, progress)
         ev = prompted if method.prompted and prompted is not None else evidence
         trials: list[Trial] = []
         for config in tqdm(spread_grid(method.grid, budget), desc=f"{task.name}: {name}", disable=not progress):
             start = time.perf_counter()
             steerers = method.build(model, ev, **config)
-            m = evaluate_steered(model, tok, task, steerers, split="val", limit=val_limit, cache=cache, **kw)
+            m = evaluate_steered(model, tokenizer, task, steerers, split="val", limit=val_limit, cache=cache, **kw)
             several = isinstance(steerers, list)  # seeds averaged: their configs differ by the seed alone
             first = steerers[0] if several else steerers
             tried = dict(config) if several else dict(first.config)
@@ -329,7 +331,7 @@ def compare(
         steerers = method.build(model, ev, **{k: v for k, v in best.config.items() if k in method.params})
         test_samples: list[dict[str, Any]] = []
         test = evaluate_steered(
-            model, tok, task, steerers, split="test", limit=test_limit, samples=test_samples, cache=cache, **kw
+            model, tokenizer, task, steerers, split="test", limit=test_limit, samples=test_samples, cache=cache, **kw
         )
         results.append(
             Result(
@@ -390,7 +392,7 @@ def retention_of(
 
 def measure_capability(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     comparison: Comparison,
     panel: Panel,
     pairs_limit: int | None,
@@ -422,11 +424,11 @@ def measure_capability(
     def evidence(prompted: bool) -> Evidence:
         if prompted not in read:
             if prompted:
-                read[prompted] = prompted_evidence(model, tok, task, names, pairs_limit, batch_size, progress)
+                read[prompted] = prompted_evidence(model, tokenizer, task, names, pairs_limit, batch_size, progress)
             else:
-                pairs = task.pairs(model, tok, limit=pairs_limit)
+                pairs = task.pairs(model, tokenizer, limit=pairs_limit)
                 sites = sites_for(names)
-                read[prompted] = gather(model, tok, pairs, sites, batch_size, None, progress, share_prefix)
+                read[prompted] = gather(model, tokenizer, pairs, sites, batch_size, None, progress, share_prefix)
         return read[prompted]
 
     for r in todo:
@@ -439,7 +441,7 @@ def measure_capability(
 
 def dose_response(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     evidence: Evidence,
     sites: Sequence[str] = ("head", "ffn", "neuron"),
@@ -463,7 +465,7 @@ def dose_response(
     soon as it is measured (a long run saves as it goes); ``base``: the unsteered point (k = 0) of an earlier run on
     the same items, its metrics and per-item outcomes used instead of evaluating the unsteered model again."""
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    unsteered = unsteered or Unsteered(model, tok, progress=progress)
+    unsteered = unsteered or Unsteered(model, tokenizer, progress=progress)
     cache = unsteered.cache
     if base is None:
         base_samples: list[dict[str, Any]] = []
@@ -480,7 +482,7 @@ def dose_response(
             else:
                 steerer = METHODS[method].build(model, evidence, site=site, k=k, alpha=alpha)
                 samples: list[dict[str, Any]] = []
-                m = evaluate_steered(model, tok, task, steerer, cache=cache, samples=samples, **kw)
+                m = evaluate_steered(model, tokenizer, task, steerer, cache=cache, samples=samples, **kw)
                 correct = outcomes(samples)
             rows.append(DoseRow(site, k, dose is None, alpha, m[task.metric], m["ppl"], m, method, correct))
             if on_row is not None:
@@ -490,7 +492,7 @@ def dose_response(
 
 def frontier(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     evidence: Evidence,
     configs: dict[str, dict[str, Any]],
@@ -510,7 +512,7 @@ def frontier(
     if weak:
         raise UserError(f"no strength to sweep for {', '.join(weak)} (Method.strength is None)")
     kw = {"batch_size": batch_size, "split": split, "limit": limit, **(eval_kw or {})}
-    unsteered = unsteered or Unsteered(model, tok, progress=progress)
+    unsteered = unsteered or Unsteered(model, tokenizer, progress=progress)
     cache = unsteered.cache
     base_samples: list[dict[str, Any]] = []
     base = unsteered.get(task, samples=base_samples, **kw)
@@ -519,7 +521,7 @@ def frontier(
         for s in tqdm(strengths[name], desc=f"{task.name}: frontier {name}", disable=not progress):
             steerers = METHODS[name].build(model, evidence, **{**config, str(METHODS[name].strength): s})
             samples: list[dict[str, Any]] = []
-            m = evaluate_steered(model, tok, task, steerers, cache=cache, samples=samples, **kw)
+            m = evaluate_steered(model, tokenizer, task, steerers, cache=cache, samples=samples, **kw)
             first = steerers[0] if isinstance(steerers, list) else steerers
             rows.append(FrontierRow(name, s, first.n_steered, m[task.metric], m, outcomes(samples)))
     return rows

@@ -32,15 +32,15 @@ from austeer.tasks.base import NEUTRAL_TEXTS, ScoreOptions, Task
 __all__ = ["continuation_nll", "evaluate", "next_token_logits", "perplexity"]
 
 
-def perplexity(model: nn.Module, tok: Any, texts: Sequence[str] = NEUTRAL_TEXTS, batch_size: int = 16) -> float:
+def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str] = NEUTRAL_TEXTS, batch_size: int = 16) -> float:
     """Perplexity of ``model`` on plain ``texts`` (default: the fixed neutral set)."""
-    nll, n = continuation_nll(model, tok, [""] * len(texts), list(texts), batch_size)
+    nll, n = continuation_nll(model, tokenizer, [""] * len(texts), list(texts), batch_size)
     return math.exp(nll / max(1, n))
 
 
 def evaluate(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     split: str = "val",
     limit: int | None = None,
@@ -65,8 +65,8 @@ def evaluate(
     items = task.items(split, limit)
     if not items:
         raise UserError(f"task {task.name!r} has no {split} items")
-    metrics = task.score(model, tok, items, ScoreOptions(batch_size, max_new_tokens, ref_model, samples, system))
-    metrics["ppl"] = perplexity(model, tok) if ppl is None else ppl
+    metrics = task.score(model, tokenizer, items, ScoreOptions(batch_size, max_new_tokens, ref_model, samples, system))
+    metrics["ppl"] = perplexity(model, tokenizer) if ppl is None else ppl
     metrics["n_items"] = float(len(items))
     return metrics
 
@@ -88,8 +88,10 @@ class Unsteered:
         (True, 1)
     """
 
-    def __init__(self, model: nn.Module, tok: Any, cache: LayerCache | None = None, progress: bool = False) -> None:
-        self.model, self.tok, self.progress = model, tok, progress
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, cache: LayerCache | None = None, progress: bool = False
+    ) -> None:
+        self.model, self.tok, self.progress = model, tokenizer, progress
         self.cache = cache or LayerCache(model)
         self.ppl: float | None = None
         self.evaluations = 0

@@ -165,7 +165,7 @@ def _capable(
 
 def _site_spec(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     site: str,
     k_max: int,
@@ -181,7 +181,7 @@ def _site_spec(
         spec.check_fits(fingerprint(model))
         return spec
     start = time.perf_counter()
-    spec = fit(model, tok, pairs(), site=site, k=k_max, alpha=1.0, batch_size=batch, model_id=model_id)
+    spec = fit(model, tokenizer, pairs(), site=site, k=k_max, alpha=1.0, batch_size=batch, model_id=model_id)
     spec.info.update(task=task.name, seconds=round(time.perf_counter() - start, 2))
     spec.save(where, force=force)
     return spec
@@ -189,7 +189,7 @@ def _site_spec(
 
 def sweep(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: Task,
     out: str | Path,
     sites: Sequence[str] = ("head", "ffn"),
@@ -240,9 +240,13 @@ def sweep(
     state["grid"] = {"sites": list(sites), "k": [int(k) for k in ks], "alpha": [float(a) for a in alphas]}
 
     def run_eval(split: str, limit: int | None) -> dict[str, float]:
-        return evaluate(model, tok, task, split, limit, batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens)
+        return evaluate(
+            model, tokenizer, task, split, limit, batch_size, ref_model=ref_model, max_new_tokens=max_new_tokens
+        )
 
-    unsteered = Unsteered(model, tok, progress=progress)  # the unsteered val and test evaluations share one perplexity
+    unsteered = Unsteered(
+        model, tokenizer, progress=progress
+    )  # the unsteered val and test evaluations share one perplexity
     cache = unsteered.cache  # the layers below the first steered one: computed once per item (austeer.core.reuse)
 
     def run_unsteered(split: str, limit: int | None) -> dict[str, float]:
@@ -260,7 +264,7 @@ def sweep(
 
     def pairs() -> Any:
         if not pair_cache:
-            pair_cache.append(task.pairs(model, tok, limit=pairs_limit))
+            pair_cache.append(task.pairs(model, tokenizer, limit=pairs_limit))
             state["n_pairs"] = len(pair_cache[0])
         return pair_cache[0]
 
@@ -273,7 +277,7 @@ def sweep(
     try:
         for site, k, alpha in todo:
             if site not in specs:
-                specs[site] = _site_spec(model, tok, task, site, max(ks), out, pairs, model_id, batch_size, force)
+                specs[site] = _site_spec(model, tokenizer, task, site, max(ks), out, pairs, model_id, batch_size, force)
             spec = specs[site].with_k(k).with_alpha(alpha)
             with steering(model, spec), cache.reuse():
                 metrics = run_eval("val", val_limit)
@@ -286,7 +290,9 @@ def sweep(
 
     def spec_of(row: SweepRow) -> SteerSpec:
         if row.site not in specs:
-            specs[row.site] = _site_spec(model, tok, task, row.site, max(ks), out, pairs, model_id, batch_size, force)
+            specs[row.site] = _site_spec(
+                model, tokenizer, task, row.site, max(ks), out, pairs, model_id, batch_size, force
+            )
         return specs[row.site].with_k(row.k).with_alpha(row.alpha)
 
     wanted = {_key(*g) for g in grid}

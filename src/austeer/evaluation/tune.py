@@ -483,7 +483,7 @@ def _site_counts(
 
 def tune(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     pairs: Sequence[Pair],
     out: str | Path | None = None,
     sites: Sequence[str] = ("head", "ffn", "neuron"),
@@ -562,8 +562,8 @@ def tune(
 
     cache = LayerCache(model)  # the layers below the first steered one: computed once per pair (austeer.core.reuse)
     with cache.reuse():
-        base = margins(model, tok, held, batch_size)
-        ref = neutral_reference(model, tok, texts, batch_size)
+        base = margins(model, tokenizer, held, batch_size)
+        ref = neutral_reference(model, tokenizer, texts, batch_size)
     state["baseline"] = {"margin": float(base.mean()), "ppl": math.exp(ref.nll / ref.n_tokens)}
     rows = {_row(r).key: _row(r) for r in state["rows"]}
     specs: dict[str, SteerSpec] = {}
@@ -575,14 +575,14 @@ def tune(
 
         if not evidence:
             need = {s for m in others for s in tunable(m).sites} | (set(sites) if "austeer" in methods else set())
-            evidence.append(gather(model, tok, fit_pairs, sorted(need), batch_size, progress=progress))
+            evidence.append(gather(model, tokenizer, fit_pairs, sorted(need), batch_size, progress=progress))
         return evidence[0]
 
     def counts_of(missing: list[str]) -> dict[str, SignCounts]:
         """AUSteer's sign counts: from the pass the other methods read (its activations kept), else streamed."""
         if others:
             return {s: fit_evidence().counts(s) for s in missing}
-        return score(model, tok, fit_pairs, missing, batch_size, progress=progress)
+        return score(model, tokenizer, fit_pairs, missing, batch_size, progress=progress)
 
     def site_specs() -> dict[str, SteerSpec]:
         if not specs:
@@ -611,7 +611,9 @@ def tune(
             steered, kls, ratios = [], [], []
             for s in steerers:
                 with s.hooks(model), cache.reuse():
-                    steered.append(margins(model, tok, _with_system(held, getattr(s, "system", None)), batch_size))
+                    steered.append(
+                        margins(model, tokenizer, _with_system(held, getattr(s, "system", None)), batch_size)
+                    )
                     kl, ratio = damage(model, ref)
                 kls.append(kl)
                 ratios.append(ratio)

@@ -248,23 +248,23 @@ def _assemble_chunks(package: str, filename: str) -> Path | None:
         ) from None
 
 
-def _fix_tokenizer(tok: Any) -> Any:
+def _fix_tokenizer(tokenizer: Any) -> Any:
     """Fix the special tokens that transformers' GGUF reader gets wrong for ChatML models.
 
     The SmolLM2 GGUF declares no BOS and eos ``<|im_end|>``; some transformers versions read BOS and eos
     as ``<|im_start|>``. A chat model must stop at the end of its turn, and its prompt must not start
     with an extra ``<|im_start|>``. A pad token is set if missing (padding is always masked).
     """
-    vocab = tok.get_vocab()
+    vocab = tokenizer.get_vocab()
     if "<|im_end|>" in vocab:
-        tok.eos_token = "<|im_end|>"
-        if getattr(tok, "bos_token", None) == "<|im_start|>":
-            tok.bos_token = None
-        if hasattr(tok, "add_bos_token"):
-            tok.add_bos_token = False
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+        tokenizer.eos_token = "<|im_end|>"
+        if getattr(tokenizer, "bos_token", None) == "<|im_start|>":
+            tokenizer.bos_token = None
+        if hasattr(tokenizer, "add_bos_token"):
+            tokenizer.add_bos_token = False
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _convert_gguf(folder: Path, gguf: str, target: Path, sha256: str | None = None) -> None:

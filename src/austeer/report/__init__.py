@@ -116,11 +116,11 @@ def _scores_section(model: nn.Module, spec: SteerSpec) -> Section:
 
 
 def _lens_section(
-    model: nn.Module, tok: Any, spec: SteerSpec, n_units: int, n_tokens: int, progress: bool
+    model: nn.Module, tokenizer: Any, spec: SteerSpec, n_units: int, n_tokens: int, progress: bool
 ) -> tuple[Section, list[UnitLens]]:
     units = spec.units[:n_units]
     lenses = [
-        unit_lens(model, tok, u, spec.scores.get(u.site), n_tokens)
+        unit_lens(model, tokenizer, u, spec.scores.get(u.site), n_tokens)
         for u in tqdm(units, desc="logit lens of top AUs", unit="AU", disable=not progress)
     ]
     sec = Section(

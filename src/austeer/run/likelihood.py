@@ -31,14 +31,14 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def next_token_logits(model: nn.Module, tok: Any, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def next_token_logits(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """``[len(texts), vocab]`` float32 logits of the token after each text (left padding, batched)."""
     device = model_device(model)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = encode(tok, [texts[i] for i in idx], token_limit(model, None), padding_side="left")
+        enc = encode(tokenizer, [texts[i] for i in idx], token_limit(model, None), padding_side="left")
         mask = enc["attention_mask"].to(device)
         logits = model(  # type: ignore[operator]
             input_ids=enc["input_ids"].to(device),
@@ -90,18 +90,18 @@ def answer_token_logprobs(
 
 
 def continuation_nll(
-    model: nn.Module, tok: Any, prefixes: Sequence[str], continuations: Sequence[str], batch_size: int = 8
+    model: nn.Module, tokenizer: Any, prefixes: Sequence[str], continuations: Sequence[str], batch_size: int = 8
 ) -> tuple[float, int]:
     """Summed negative log-likelihood of ``continuations`` given ``prefixes`` (as text), and the token count
     (an empty prefix: the continuation's first token is its context)."""
     rows = []
     for prefix, cont in zip(prefixes, continuations):
-        p = tok(prefix, add_special_tokens=False).input_ids if prefix else []
-        c = tok(cont, add_special_tokens=False).input_ids
+        p = tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
+        c = tokenizer(cont, add_special_tokens=False).input_ids
         if not prefix:
             p, c = c[:1], c[1:]
         if c:
             rows.append((list(p), list(c)))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lps = answer_token_logprobs(model, rows, pad, batch_size)
     return float(-sum(float(lp.sum()) for lp in lps)), sum(int(lp.numel()) for lp in lps)

@@ -39,13 +39,13 @@ from austeer.stats import discordant
 MAX_NEUTRAL_TOKENS = 2048
 
 
-def _ids(tok: Any, text: str, special: bool) -> list[int]:
-    return list(tok(text, add_special_tokens=special)["input_ids"])
+def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 @torch.inference_mode()
 def answer_logprobs(
-    model: nn.Module, tok: Any, prefixes: Sequence[str], answers: Sequence[str], batch_size: int = 16
+    model: nn.Module, tokenizer: Any, prefixes: Sequence[str], answers: Sequence[str], batch_size: int = 16
 ) -> torch.Tensor:
     """Mean log-probability per token of each answer given its prefix (text), float64 ``[len(answers)]``.
 
@@ -57,11 +57,11 @@ def answer_logprobs(
         >>> bool(lp[0] > lp[1])
         True
     """
-    special = not has_chat_template(tok)
+    special = not has_chat_template(tokenizer)
     limit = token_limit(model, None)
     rows = []
     for prefix, answer in zip(prefixes, answers):
-        p, a = _ids(tok, prefix, special), _ids(tok, answer, False)
+        p, a = _ids(tokenizer, prefix, special), _ids(tokenizer, answer, False)
         if not p:
             p, a = a[:1], a[1:]
         if not a:
@@ -69,16 +69,16 @@ def answer_logprobs(
         if limit is not None and len(p) + len(a) > limit:
             p = p[max(0, len(p) + len(a) - limit) :]
         rows.append((p, a))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lps = answer_token_logprobs(model, rows, pad, batch_size)
     return torch.tensor([float(lp.mean()) for lp in lps], dtype=torch.float64)
 
 
-def margins(model: nn.Module, tok: Any, pairs: Sequence[Pair], batch_size: int = 16) -> torch.Tensor:
+def margins(model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16) -> torch.Tensor:
     """Per pair: mean log-prob per token of the positive answer minus the negative one's (float64 ``[n]``)."""
-    heads = [format_prompt(tok, p.prompt, p.system) for p in pairs]
+    heads = [format_prompt(tokenizer, p.prompt, p.system) for p in pairs]
     lp = answer_logprobs(
-        model, tok, heads + heads, [p.positive for p in pairs] + [p.negative for p in pairs], batch_size
+        model, tokenizer, heads + heads, [p.positive for p in pairs] + [p.negative for p in pairs], batch_size
     )
     return lp[: len(pairs)] - lp[len(pairs) :]
 
@@ -130,19 +130,19 @@ def _neutral_forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) ->
 
 
 @torch.inference_mode()
-def neutral_reference(model: nn.Module, tok: Any, texts: Sequence[str], batch_size: int = 16) -> Neutral:
+def neutral_reference(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 16) -> Neutral:
     """Run the unsteered model on ``texts`` (plain text, no special tokens, at most ``MAX_NEUTRAL_TOKENS``)."""
     rows: list[list[int]] = []
     total = 0
     for text in texts:
-        seq = _ids(tok, text, False)[:256]
+        seq = _ids(tokenizer, text, False)[:256]
         if len(seq) < 2 or total + len(seq) > MAX_NEUTRAL_TOKENS:
             continue
         rows.append(seq)
         total += len(seq)
     if not rows:
         raise UserError("no neutral text of at least two tokens to measure damage on")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     nll, count = 0.0, 0
     for start in range(0, len(rows), batch_size):

@@ -112,7 +112,7 @@ class Task:
     def pairs(self, model: Any = None, tokenizer: Any = None, limit: int | None = None) -> list[Pair]:
         raise NotImplementedError
 
-    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
+    def score(self, model: nn.Module, tokenizer: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """The task's metrics of ``model`` as it is now (steered or not) on ``items`` (see :class:`ScoreOptions`)."""
         raise NotImplementedError
 

@@ -39,7 +39,7 @@ from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
 
 def score_behaviour(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     task: BehaviourTask,
     items: Sequence[Item],
     batch_size: int = 16,
@@ -61,11 +61,13 @@ def score_behaviour(
         ['cont_ppl', 'empty_rate', 'mean_compound', 'positive_rate']
     """
     prompts = [it.prompt for it in items]
-    gen = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+    gen = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
     outs = [o.strip() for o in gen]
     metrics = task.metrics(outs)
     judge = ref_model if ref_model is not None else model
-    nll, n = continuation_nll(judge, tok, [format_prompt(tok, p) for p in prompts], outs, max(1, batch_size // 2))
+    nll, n = continuation_nll(
+        judge, tokenizer, [format_prompt(tokenizer, p) for p in prompts], outs, max(1, batch_size // 2)
+    )
     metrics["cont_ppl"] = math.exp(nll / n) if n else float("nan")
     metrics["empty_rate"] = sum(not o for o in outs) / max(1, len(outs))
     if samples is not None:
@@ -108,11 +110,11 @@ class BehaviourTask(Task):
         n = max(1, len(scores))
         return {self.metric: sum(self.wanted(s) for s in scores) / n, self.mean_name: sum(scores) / n}
 
-    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
+    def score(self, model: nn.Module, tokenizer: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """:func:`score_behaviour` with the task's decoding budget unless ``max_new_tokens`` is given."""
         budget = opts.max_new_tokens or self.max_new_tokens
         return score_behaviour(
-            model, tok, self, items, opts.batch_size, budget, opts.ref_model, opts.samples, opts.system
+            model, tokenizer, self, items, opts.batch_size, budget, opts.ref_model, opts.samples, opts.system
         )
 
     def sizes(self) -> dict[str, int]:
@@ -149,7 +151,7 @@ class BehaviourTask(Task):
         settings reads the cache.
         """
         if model is None or tokenizer is None:
-            raise UserError(f"task {self.name!r} builds its pairs from the model's own samples: pass model, tok")
+            raise UserError(f"task {self.name!r} builds its pairs from the model's own samples: pass model, tokenizer")
         prompts = self.pair_items()[: min(limit or MAX_PAIRS, MAX_PAIRS)]
         path = self.cache_path(model, len(prompts))
         if path.exists():
@@ -164,7 +166,7 @@ class BehaviourTask(Task):
         atomic_write_text(path.with_suffix(".json"), json.dumps({**self.settings(len(prompts)), **stats}, indent=2))
         return pairs
 
-    def _sample_pairs(self, model: Any, tok: Any, prompts: Sequence[Item]) -> tuple[list[Pair], dict[str, Any]]:
+    def _sample_pairs(self, model: Any, tokenizer: Any, prompts: Sequence[Item]) -> tuple[list[Pair], dict[str, Any]]:
         texts = [it.prompt for it in prompts for _ in range(self.n_samples)]
         samples: list[str] = []
         chunk = 32
@@ -172,7 +174,7 @@ class BehaviourTask(Task):
             for start in tqdm(range(0, len(texts), chunk), desc=f"{self.name}: sampling pairs", unit="batch"):
                 samples += generate(
                     model,
-                    tok,
+                    tokenizer,
                     texts[start : start + chunk],
                     max_new_tokens=self.max_new_tokens,
                     batch_size=chunk,

@@ -104,12 +104,12 @@ class CustomTask(Task):
     def _items(self, split: str) -> list[Item]:
         return self._splits[split]
 
-    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
+    def score(self, model: nn.Module, tokenizer: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """Scored as a multiple-choice or a math task, whichever the eval file holds."""
         if self.kind == "mc":
-            return score_mc(model, tok, items, opts.batch_size, opts.samples, opts.system)
+            return score_mc(model, tokenizer, items, opts.batch_size, opts.samples, opts.system)
         budget = opts.max_new_tokens or self.max_new_tokens
-        return score_math(model, tok, items, opts.batch_size, budget, opts.samples, opts.system)
+        return score_math(model, tokenizer, items, opts.batch_size, budget, opts.samples, opts.system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self._pairs), **super().sizes()}

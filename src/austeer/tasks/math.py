@@ -75,7 +75,7 @@ def same_number(pred: float | None, gold: float, tol: float = 1e-4) -> bool:
 
 def score_math(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     items: Sequence[Item],
     batch_size: int = 16,
     max_new_tokens: int = 64,
@@ -91,7 +91,7 @@ def score_math(
         ['accuracy', 'answered']
     """
     prompts = [it.prompt for it in items]
-    outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+    outs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
     correct = answered = 0
     for it, text in zip(items, outs):
         pred = extract_number(text)
@@ -182,10 +182,10 @@ class MathTask(Task):
     def pairs(self, model: object = None, tokenizer: object = None, limit: int | None = None) -> list[Pair]:
         return math_pairs(self.pair_items(), limit)
 
-    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
+    def score(self, model: nn.Module, tokenizer: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """:func:`score_math` with the task's decoding budget unless ``max_new_tokens`` is given."""
         budget = opts.max_new_tokens or self.max_new_tokens
-        return score_math(model, tok, items, opts.batch_size, budget, opts.samples, opts.system)
+        return score_math(model, tokenizer, items, opts.batch_size, budget, opts.samples, opts.system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}

@@ -41,8 +41,8 @@ def mc_pairs(items: Sequence[Item], limit: int | None = None) -> list[Pair]:
     return pairs[:cap]
 
 
-def _first_token(tok: Any, text: str) -> int:
-    ids = tok(text, add_special_tokens=False).input_ids
+def _first_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         raise UserError(f"choice {text!r} has no tokens")
     return int(ids[0])
@@ -50,7 +50,7 @@ def _first_token(tok: Any, text: str) -> int:
 
 def score_mc(
     model: nn.Module,
-    tok: Any,
+    tokenizer: Any,
     items: Sequence[Item],
     batch_size: int = 16,
     samples: list[dict[str, Any]] | None = None,
@@ -64,15 +64,17 @@ def score_mc(
         >>> sorted(m), all(0 <= v <= 1 for v in m.values())
         (['accuracy', 'answer_rate', 'choice_accuracy'], True)
     """
-    logits = next_token_logits(model, tok, [format_prompt(tok, it.prompt, system) for it in items], batch_size)
+    logits = next_token_logits(
+        model, tokenizer, [format_prompt(tokenizer, it.prompt, system) for it in items], batch_size
+    )
     exact = restricted = answered = 0
     for it, row in zip(items, logits):
-        option_ids = [_first_token(tok, c) for c in it.choices]
+        option_ids = [_first_token(tokenizer, c) for c in it.choices]
         if len(set(option_ids)) != len(option_ids):
             raise UserError(f"item {it.id}: choices {it.choices} do not start with distinct tokens")
         greedy = int(row.argmax())
-        said = tok.decode([greedy]).strip().lower()
-        gold = tok.decode([option_ids[it.label]]).strip().lower()
+        said = tokenizer.decode([greedy]).strip().lower()
+        gold = tokenizer.decode([option_ids[it.label]]).strip().lower()
         pick = int(torch.stack([row[i] for i in option_ids]).argmax())
         exact += said == gold
         restricted += pick == it.label
@@ -81,7 +83,7 @@ def score_mc(
             samples.append(
                 {
                     "id": it.id,
-                    "greedy": tok.decode([greedy]),
+                    "greedy": tokenizer.decode([greedy]),
                     "choice": it.choices[pick],
                     "gold": it.gold,
                     "correct": said == gold,
@@ -105,9 +107,9 @@ class MCTask(Task):
         """Pairs from the task's pair split (never from val/test); ``model`` is not needed."""
         return mc_pairs(self.pair_items(), limit)
 
-    def score(self, model: nn.Module, tok: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
+    def score(self, model: nn.Module, tokenizer: Any, items: Sequence[Item], opts: ScoreOptions) -> dict[str, float]:
         """:func:`score_mc` (one forward pass: no decoding budget, no reference model)."""
-        return score_mc(model, tok, items, opts.batch_size, opts.samples, opts.system)
+        return score_mc(model, tokenizer, items, opts.batch_size, opts.samples, opts.system)
 
     def sizes(self) -> dict[str, int]:
         return {"pairs": len(self.pair_items()), **super().sizes()}
