@@ -35,7 +35,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from evidence_report import OUT, confirm_table, render, rendered_models, where_of
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results"
+DOC = ROOT / "docs" / "COMPARISON.md"
+
+
+def render(model: str, fresh_from: int) -> None:
+    """Rewrite ``model``'s generated section of COMPARISON.md and its plots from docs/results/<model>/."""
+    from austeer.io import write_between
+    from austeer.report.evidence import comparison_section, markers
+
+    write_between(DOC, *markers(model), comparison_section(model, OUT, DOC.parent, fresh_from))
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
@@ -87,6 +97,8 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
             "seconds": round(time.perf_counter() - start, 1),
         }
         save(path, data)
+    from austeer.report.evidence import confirm_table
+
     print("\n".join(confirm_table(data, args.fresh_from)[1:]), flush=True)
 
 
@@ -441,19 +453,21 @@ def main() -> None:
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args()
+    from austeer.report.evidence import folder_of, rendered_models
+
     if args.render_only:  # every model with results in docs/results, each in its own section of COMPARISON.md
-        for model in rendered_models():
+        for model in rendered_models(DOC):
             render(model, args.fresh_from)
         return
     from austeer.models.loading import load_model
 
-    where = where_of(Path(args.out), args.model)
+    where = folder_of(Path(args.out), args.model)
     where.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype=args.dtype)
     for stage in args.stages.split(","):
         for name in args.tasks.split(","):
             STAGES[stage](name, args, model, tok, where)
-            if Path(args.out).resolve() == OUT and args.model in rendered_models():
+            if Path(args.out).resolve() == OUT and args.model in rendered_models(DOC):
                 render(args.model, args.fresh_from)
 
 

@@ -224,6 +224,34 @@ def plot_comparison(c: Comparison, out: str | Path, force: bool = False) -> Path
     return _save(fig, out, force)
 
 
+def plot_confirm(data: dict[str, Any], out: str | Path, fresh_from: int = 200, force: bool = False) -> Path:
+    """A confirmatory test (``scripts/evidence.py --stages confirm``): the accuracy (95% interval) of the
+    unsteered and the steered model on the items seen before, the fresh ones and all (all alone when none was
+    seen; ``fresh_from``: used when ``data`` does not record its own)."""
+    base, steered = data["unsteered"]["correct"], data["steered"]["correct"]
+    fresh_from = data.get("fresh_from", fresh_from)
+    groups = {"seen": slice(0, fresh_from), "fresh": slice(fresh_from, None), "all": slice(None)}
+    if not fresh_from:
+        groups = {"all": slice(None)}
+    fig, ax = _subplots(figsize=(6, 3.2))
+    for j, (label, outcomes) in enumerate((("unsteered", base), ("steered", steered))):
+        xs, ys, es = [], [], []
+        for i, part in enumerate(groups.values()):
+            v = outcomes[part]
+            p = sum(v) / len(v)
+            xs.append(i + (j - 0.5) * 0.3)
+            ys.append(p)
+            es.append(1.96 * (p * (1 - p) / len(v)) ** 0.5)
+        ax.bar(xs, ys, 0.3, yerr=es, capsize=3, label=label)
+    ax.set_xticks(range(len(groups)), [f"{k} ({len(base[v])})" for k, v in groups.items()])
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("accuracy")
+    c = data["config"]
+    ax.set_title(f"{data['task']}: AUSteer {c['site']} k={c['k']} alpha={c['alpha']:g} (fixed in advance)")
+    ax.legend(loc="upper left")
+    return _save(fig, out, force)
+
+
 def plot_overview(comps: Sequence[Comparison], out: str | Path, force: bool = False) -> Path:
     """One panel per comparison (task): every method's change of the test metric over the unsteered model
     with its 95% interval (paired, from the per-item outcomes where the results keep them), zero dashed;
