@@ -100,20 +100,27 @@ def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentimen
     assert torch.equal(_logits(model, enc), base)
 
 
-def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence):
-    from sklearn.linear_model import LogisticRegression
-
-    model, tok = smol
-    H, d = model.config.num_attention_heads, head_dim(model)
+@pytest.fixture(scope="module")
+def iti_fit(smol, evidence):
+    """ITI's per-head activations of the pairs, its probes, and its steerer of the 5 best heads at alpha 3."""
+    H = smol[0].config.num_attention_heads
     pos, neg = iti.per_head(evidence.pos["head"], H), iti.per_head(evidence.neg["head"], H)
-    probes = iti.train_probes(pos, neg)
-    steerer = iti.build(model, evidence, heads=5, alpha=3.0)
+    return pos, neg, iti.train_probes(pos, neg), iti.build(smol[0], evidence, heads=5, alpha=3.0)
+
+
+def test_iti_steers_the_heads_whose_probes_are_best(iti_fit):
+    _, _, probes, steerer = iti_fit
     chosen = [tuple(c) for c in steerer.config["chosen"]]
     acc = probes.accuracy
-    worst_chosen = min(float(acc[l, h]) for l, h in chosen)
-    others = [float(acc[l, h]) for l in range(acc.shape[0]) for h in range(H) if (l, h) not in chosen]
-    assert worst_chosen >= max(others)
-    # the probe accuracies agree with an independent logistic regression (scikit-learn) on the same split
+    others = [float(acc[l, h]) for l in range(acc.shape[0]) for h in range(acc.shape[1]) if (l, h) not in chosen]
+    assert len(chosen) == 5 and min(float(acc[l, h]) for l, h in chosen) >= max(others)
+
+
+def test_iti_probe_accuracies_are_a_logistic_regressions(evidence, iti_fit):
+    """The probe accuracies agree with an independent logistic regression (scikit-learn) on the same split."""
+    from sklearn.linear_model import LogisticRegression
+
+    pos, neg, probes, _ = iti_fit
     train, held = iti.split_pairs(evidence.n_pairs)
     ranking = probes.ranking()
     for layer, h in [ranking[0], ranking[len(ranking) // 2], ranking[-1]]:
@@ -127,8 +134,18 @@ def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence
         mu, sd = x(train).mean(0), x(train).std(0, ddof=1) + 1e-6
         clf = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit((x(train) - mu) / sd, y(train))
         # the same objective: at most one held-out sample near the boundary may differ
-        assert abs(clf.score((x(held) - mu) / sd, y(held)) - float(acc[layer, h])) <= 1 / (2 * len(held)) + 1e-6
-    # the added vector, read back at the o_proj input, is alpha * sigma * theta on the chosen heads only
+        assert (
+            abs(clf.score((x(held) - mu) / sd, y(held)) - float(probes.accuracy[layer, h]))
+            <= 1 / (2 * len(held)) + 1e-6
+        )
+
+
+def test_iti_adds_alpha_sigma_theta_to_the_chosen_heads_only(smol, iti_fit):
+    """The added vector, read back at the o_proj input, is alpha * sigma * theta on the chosen heads only."""
+    model, tok = smol
+    H, d = model.config.num_attention_heads, head_dim(model)
+    pos, neg, _, steerer = iti_fit
+    chosen = [tuple(c) for c in steerer.config["chosen"]]
     layer, h = min(chosen)  # the earliest chosen head: no steered head upstream changes its input
     p, n = pos[:, layer, h].double(), neg[:, layer, h].double()
     theta = (p.mean(0) - n.mean(0)) / (p.mean(0) - n.mean(0)).norm()
@@ -140,12 +157,10 @@ def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence
     try:
         _logits(model, enc)
         with steerer.hooks(model):
-            steered = _logits(model, enc)
+            _logits(model, enc)
     finally:
         handle.remove()
     shift = seen[1] - seen[0]
-    # the chosen head's slice moved by exactly the vector (no chosen head sits upstream of it)
-    assert all(c[0] >= layer for c in chosen)
     assert torch.allclose(shift[0, -1, h * d : (h + 1) * d], (3.0 * sigma * theta).float(), atol=1e-4)
     others_mask = torch.ones(H * d, dtype=torch.bool)
     for cl, ch in chosen:
@@ -153,8 +168,17 @@ def test_iti_heads_are_best_probes_and_shift_is_alpha_sigma_theta(smol, evidence
             others_mask[ch * d : (ch + 1) * d] = False
     assert shift[0, -1, others_mask].abs().max() < 1e-5
     assert steerer.n_steered == 5 * d
+
+
+def test_iti_folded_as_a_bias_equals_its_hooks_and_restores(smol, iti_fit):
+    model, tok = smol
+    steerer = iti_fit[3]
+    enc = _ids(tok)
+    with steerer.hooks(model):
+        steered = _logits(model, enc)
     with steerer.fold(model):
         folded = _logits(model, enc)
+    layer = min(tuple(c) for c in steerer.config["chosen"])[0]
     assert site_module(model, "head", layer).bias is None and hook_count(model) == 0
     assert (steered - folded).abs().max() < 1e-3
 

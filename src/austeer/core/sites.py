@@ -180,7 +180,9 @@ def _config(model: nn.Module) -> Any:
     return getattr(model, "config")  # noqa: B009
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The weight tensor of a linear (or norm) ``module``, what a fold writes into; a module without one is
+    :class:`UnsupportedModelError`."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise UnsupportedModelError(f"{type(module).__name__} has no weight tensor to fold into")
@@ -221,7 +223,7 @@ def site_width(model: nn.Module, site: str) -> int:
     if site == "residual":
         return int(_config(model).hidden_size)
     mod, fold = fold_module(model, site, 0)
-    rows, cols = _weight(mod).shape
+    rows, cols = weight_of(mod).shape
     out_dim, in_dim = (cols, rows) if fold.transposed else (rows, cols)
     return int(in_dim if fold.axis == "in" else out_dim)
 

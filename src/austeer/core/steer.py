@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from austeer.core.sites import _weight, decoder_layers, fold_module, site_def, site_module, site_width
+from austeer.core.sites import decoder_layers, fold_module, site_def, site_module, site_width, weight_of
 from austeer.core.spec import (
     POSITIONS,
     SpecError,
@@ -260,7 +260,7 @@ Slice = tuple[torch.Tensor, tuple[Any, ...], tuple[int, ...]]
 def _slices(model: nn.Module, site: str, layer: int, index: torch.Tensor) -> list[Slice]:
     """``(tensor, where, gain_shape)`` for every tensor slice that carries the AUs ``index``."""
     module, how = fold_module(model, site, layer)
-    weight = _weight(module)
+    weight = weight_of(module)
     # AU along the input axis of y = W x is a column of W ([out, in]); Conv1D stores W as [in, out].
     along_rows = (how.axis == "in") == how.transposed
     out: list[Slice] = [

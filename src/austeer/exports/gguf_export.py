@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from austeer.core.sites import _weight, decoder_layers, family, fold_module
+from austeer.core.sites import decoder_layers, family, fold_module, weight_of
 from austeer.core.spec import SteerSpec
 from austeer.core.steer import alpha_where, check_folded, gain_tensors, spec_gains
 from austeer.errors import UserError
@@ -112,7 +112,7 @@ def folded_tensors(
                 raise UserError(f"{path}: no tensor {name!r} (site {site}, layer {layer})")
             if name not in out:
                 out[name] = _dequantised(by_name[name])
-                theirs = _weight(module) if suffix == "weight" else getattr(module, "bias", None)
+                theirs = weight_of(module) if suffix == "weight" else getattr(module, "bias", None)
                 if isinstance(theirs, torch.Tensor):
                     _check_same(theirs, how.transposed and suffix == "weight", out[name], f"{path}: {name}")
             w = out[name]

@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from austeer.core.sites import _weight, family, fold_module
+from austeer.core.sites import family, fold_module, weight_of
 from austeer.core.spec import SpecError, SteerSpec
 from austeer.core.steer import _grouped, spec_gains
 from austeer.errors import UserError
@@ -113,7 +113,7 @@ def _maps(model: nn.Module, spec: SteerSpec, alpha: float | None) -> dict[str, _
 
 def _factors(m: _Map) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, B)`` in float32 with ``W + B A`` the folded weight (``W`` as ``[out, in]``)."""
-    w = _weight(m.module).detach().to("cpu", torch.float32)
+    w = weight_of(m.module).detach().to("cpu", torch.float32)
     w = w.T if m.transposed else w
     n_out, n_in = w.shape
     a_parts, b_parts = [], []

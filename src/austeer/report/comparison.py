@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from austeer.evaluation.compare import Comparison, DoseRow, FrontierRow, Result
-from austeer.io import signature, write_output
+from austeer.io import write_output
 from austeer.methods import METHODS
 from austeer.stats import discordant, margin, mcnemar
 
@@ -359,24 +359,16 @@ def plot_frontier(
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
-    """A figure on its own Agg canvas and its axes, as ``pyplot.subplots`` gives (no pyplot, no backend switch)."""
-    from austeer.extras import REPORT, require
+    """:func:`austeer.report.plots.subplots`, imported when a figure is drawn (the tables need no matplotlib)."""
+    from austeer.report.plots import subplots
 
-    require(*REPORT, "the comparison figures")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, **kwargs)
+    return subplots(nrows, ncols, figsize=figsize, **kwargs)
 
 
 def _save(fig: Any, out: str | Path, force: bool) -> Path:
     """Write ``fig`` as a signed PNG to ``out``: an existing file is replaced only when austeer wrote it, unless
     ``force`` (:func:`austeer.io.write_output`)."""
-    import io
+    from austeer.report.plots import to_png
 
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": signature("figure")})
-    return write_output(out, buf.getvalue(), "figure", force)
+    return write_output(out, to_png(fig, tight=False), "figure", force)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from austeer.core.momentum import SignCounts, Unit
-from austeer.core.sites import _weight, decoder_layers, final_norm, fold_module, head_dim, site_def, site_width
+from austeer.core.sites import decoder_layers, final_norm, fold_module, head_dim, site_def, site_width, weight_of
 from austeer.errors import UserError
 
 
@@ -71,7 +71,7 @@ def unembedding(model: nn.Module) -> torch.Tensor:
     head = model.get_output_embeddings()  # type: ignore[operator]
     if head is None:
         raise UserError(f"{type(model).__name__} has no output embeddings (lm_head)")
-    return _weight(head)
+    return weight_of(head)
 
 
 def block_of(model: nn.Module, unit: Unit) -> tuple[range, str]:
@@ -105,7 +105,7 @@ def directions(model: nn.Module, site: str, layer: int) -> torch.Tensor:
             raise UserError(f"layer {layer} out of range: the model has {len(decoder_layers(model))} layers")
         return torch.eye(n, dtype=torch.float32)
     mod, fold = fold_module(model, site, layer)
-    w = _weight(mod).detach().float().cpu()
+    w = weight_of(mod).detach().float().cpu()
     # W is [out, in] (nn.Linear) or [in, out] (GPT-2 Conv1D); the AU is input dimension i
     return w if fold.transposed else w.t()
 

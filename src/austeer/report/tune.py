@@ -12,26 +12,18 @@ Example:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 from austeer.evaluation.tune import TuneRow
-from austeer.extras import REPORT, require
-from austeer.io import signature
 
-DPI = 110
 _MARKERS = {"head": "o", "ffn": "s", "neuron": "^", "residual": "D"}
 
 
 def tune_plot(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float, title: str = "") -> bytes:
     """PNG bytes: effect (held-out margin change, with its standard error) against perplexity ratio (log scale)."""
-    require(*REPORT, "the tune figure")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from austeer.report.plots import subplots, to_png  # matplotlib: the report extra (one line when missing)
 
-    fig = Figure(figsize=(7.5, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = subplots(figsize=(7.5, 4.8))
     groups: dict[tuple[str, str], list[TuneRow]] = {}
     for r in rows:
         groups.setdefault((r.method, r.site), []).append(r)
@@ -57,6 +49,4 @@ def tune_plot(rows: Sequence[TuneRow], chosen: TuneRow | None, max_damage: float
     ax.set_ylabel("effect: held-out margin change (nats/token)")
     ax.set_title(title or "tune: effect against damage")
     ax.legend(fontsize=8, loc="best")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": signature("figure")})
-    return buf.getvalue()
+    return to_png(fig)
