@@ -55,6 +55,7 @@ def test_attribution_is_the_derivative_of_the_margin(smol, evidence):
     assert abs(float(a[top])) > 10 * abs(float(a[other])), "the top AU moves the margin far more than a random one"
 
 
+@pytest.mark.slow
 def test_attribution_gains_raise_the_margin(smol, evidence):
     model, tok = smol
     steerer = METHODS["attribution"].build(model, evidence, site="head", k=8, alpha=0.1)

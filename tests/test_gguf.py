@@ -110,6 +110,7 @@ def test_export_refuses_foreign_files_and_replaces_its_own(smol, spec, exported,
         export_gguf(model, spec, tmp_path / "x.gguf", dtype="q4_0")
 
 
+@pytest.mark.slow
 def test_cli_export_gguf(smol, spec, tmp_path):
     spec_dir = spec.save(tmp_path / "spec")
     out = tmp_path / "m.gguf"

@@ -124,6 +124,7 @@ def test_tensors_and_metadata_are_the_folded_hf_model(kind, written):
     assert not torch.equal(rope_permute(q, 4), q) and torch.equal(rope_unpermute(rope_permute(q, 4), 4), q)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_transformers_gguf_loader_reads_the_written_file_as_the_folded_model(kind, files):
     """transformers' own GGUF loader (``from_pretrained(..., gguf_file=...)``: its names, its undoing of llama's
@@ -182,6 +183,7 @@ def _tiny_small_vocab() -> torch.nn.Module:
     return tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**GQA)).eval()
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_model_as_gguf(smol, tmp_path):
     """``export --format gguf`` of a model loaded from a checkpoint directory (no GGUF behind it)."""
     model = _tiny("llama")

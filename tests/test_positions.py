@@ -123,6 +123,7 @@ def test_method_austeer_last(smol, sentiment_pairs):
         b.fold(model)
 
 
+@pytest.mark.slow
 def test_cli_fit_positions_last(tmp_path, capsys):
     spec_dir = tmp_path / "spec"
     pairs = DATA / "pairs" / "sentiment.jsonl"

@@ -25,6 +25,7 @@ from tests.conftest import DATA, hook_count
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"
 
 
+@pytest.mark.slow
 def test_prompt_changes_the_formatted_prompts_and_nothing_in_the_model(smol, monkeypatch):
     model, tok = smol
     task = get_task("copa")
@@ -75,6 +76,7 @@ def test_fewshot_examples_come_only_from_pair_items(smol):
             METHODS["prompt"].build(model, evidence, shots=9)
 
 
+@pytest.mark.slow
 def test_prompt_austeer_is_fitted_on_prompted_pairs(smol):
     model, tok = smol
     task = get_task("copa")

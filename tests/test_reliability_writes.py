@@ -71,6 +71,7 @@ def test_eval_never_writes_over_its_input(custom, capsys):
     assert pairs.read_bytes() == before and pairs.stat().st_mode == mode
 
 
+@pytest.mark.slow
 def test_eval_replaces_its_own_output_only(custom, tmp_path, capsys):
     pairs, items = custom
     out = tmp_path / "result.json"
@@ -185,6 +186,7 @@ def test_a_file_as_out_directory_is_refused_even_with_force(custom, tmp_path, ca
     assert out.read_bytes() == b"my notes\n"
 
 
+@pytest.mark.slow
 def test_compare_resumes_what_it_measured_and_refuses_another_protocol(custom, tmp_path, capsys):
     """A second ``compare`` into the same ``--out`` with the same protocol keeps the methods already measured
     (an interrupted run loses nothing) and runs only the new one; another budget is refused in one line before

@@ -13,9 +13,6 @@ import time
 import httpx
 import pytest
 
-from austeer.core.fit import score
-from austeer.core.momentum import select
-from austeer.core.spec import SteerSpec
 from austeer.run.generate import generate, steered
 from austeer.serving.server import Server, ServerConfig, load_steers
 
@@ -24,15 +21,9 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def spec_dirs(smol, sentiment_pairs, tmp_path_factory):
-    from austeer.core.spec import fingerprint
-
-    model, tok = smol
-    counts = score(model, tok, sentiment_pairs, ["head"], batch_size=20, progress=False)
+def spec_dirs(sentiment_fit, tmp_path_factory):
     root = tmp_path_factory.mktemp("steers")
-    fp = fingerprint(model)
-    pos = SteerSpec(select(counts, 32), 5.0, "m", fp, len(sentiment_pairs), ["head"], counts)
-    neg = SteerSpec(select(counts, 16), -6.0, "m", fp, len(sentiment_pairs), ["head"], counts)
+    pos, neg = sentiment_fit("head", 32, 5.0), sentiment_fit("head", 16, -6.0)
     return {"pos": pos.save(root / "pos"), "neg": neg.save(root / "neg")}
 
 
@@ -183,6 +174,7 @@ def test_malformed_json(client):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_cli_serve_starts_lists_and_stops(spec_dirs):
     cmd = [sys.executable, "-m", "austeer", "serve", "--port", "0", "--steer", f"pos={spec_dirs['pos']}"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
