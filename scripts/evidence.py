@@ -1,7 +1,8 @@
 """Held-out evidence for AUSteer on a model that can do the tasks (default: the embedded Qwen2.5-Coder-1.5B).
 
-Stages (each resumable: results go to ``docs/results/<model>/<stage>_<task>.json`` as soon as they exist,
-finished pieces are skipped on a rerun):
+Stages (each resumable: results go to ``docs/results/<model>/<stage>_<task>[<label>].json`` as soon as they
+exist, finished pieces are skipped on a rerun of the same run; a file of another run (task, model, dtype, or
+protocol: :data:`PROTOCOLS`) is one line before the model loads, ``--force`` starts it over):
 
 - ``confirm``: a **confirmatory** test of one configuration fixed in advance (default: head, k=32,
   alpha=10 on 300 pairs, the best validation choice of an earlier bf16 sweep that saw only the first 200
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +56,59 @@ def save(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+#: what must be equal for an earlier run's finished pieces to be kept, read from a results file's own fields
+PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "confirm": ("site", "k", "alpha", "pairs"),  # its config
+    "compare": ("budget", "val_limit", "test_limit"),  # its settings (more methods join the same run)
+    "dose": ("limit", "pairs", "alpha"),  # its settings (more doses add points to the same run)
+    "frontier": ("limit", "pairs", "pairs_file"),  # its settings (more methods or strengths join the same run)
+}
+
+
+def results_file(stage: str, task_name: str, args: argparse.Namespace, where: Path) -> tuple[Path, dict[str, Any]]:
+    """Where ``stage`` keeps its results for ``task_name``, and what a new file starts as."""
+    label = "" if stage == "confirm" else args.label
+    fresh: dict[str, Any] = {"task": task_name, "model": args.model, "dtype": args.dtype}
+    if stage == "confirm":
+        config = {"site": args.site, "k": args.k, "alpha": args.alpha, "pairs": args.pairs_limit}
+        fresh.update(config=config, fresh_from=args.fresh_from, note=args.note)
+    elif stage == "compare":
+        fresh.update(settings={"budget": args.budget, "val_limit": args.val_limit, "test_limit": args.test_limit})
+        fresh["results"] = []
+    elif stage == "dose":
+        settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "alpha": args.alpha, "doses": args.doses}
+        fresh.update(settings=settings, rows=[])
+    else:
+        settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "strengths": parse_strengths(args.strengths)}
+        fresh.update(settings={**settings, **({"pairs_file": args.pairs_file} if args.pairs_file else {})}, rows=[])
+    return where / f"{stage}_{task_name}{label}.json", fresh
+
+
+def resume(stage: str, task_name: str, args: argparse.Namespace, where: Path) -> tuple[Path, dict[str, Any]]:
+    """``stage``'s results file for ``task_name`` and its content: an earlier run's when it has the same task,
+    model, dtype and protocol (:data:`PROTOCOLS`), else a new one; another run's file is one line naming the
+    difference, or with ``--force`` started over (the one resume scheme: :func:`austeer.evaluation.search.load_state`).
+    ``main`` calls it for every stage and task before the model loads."""
+    from austeer.evaluation.search import load_state
+
+    path, fresh = results_file(stage, task_name, args, where)
+    keys = PROTOCOLS[stage]
+
+    def protocol(state: dict[str, Any]) -> dict[str, Any]:
+        held = state["config"] if stage == "confirm" else state["settings"]
+        return {k: held.get(k) for k in keys}
+
+    def derive(state: dict[str, Any]) -> None:
+        state["protocol"] = protocol(state)
+
+    identity = ("task", "model", "dtype", "protocol")
+    rows = {"confirm": None, "compare": "results"}.get(stage, "rows")
+    fresh["protocol"] = protocol(fresh)
+    data = load_state(path, f"evidence.py {stage}", fresh, identity, migrate=derive, rows=rows, replace=args.force)
+    data.pop("protocol")
+    return path, data
+
+
 def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
     from austeer.core.fit import fit
     from austeer.core.reuse import LayerCache
@@ -61,12 +116,7 @@ def confirm(task_name: str, args: argparse.Namespace, model: Any, tok: Any, wher
     from austeer.evaluation.evaluate import evaluate
     from austeer.tasks import get_task
 
-    path = where / f"confirm_{task_name}.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    config = {"site": args.site, "k": args.k, "alpha": args.alpha, "pairs": args.pairs_limit}
-    if data.get("config") != config:
-        data = {"task": task_name, "model": args.model, "dtype": args.dtype, "config": config}
-        data.update(fresh_from=args.fresh_from, note=args.note)
+    path, data = resume("confirm", task_name, args, where)
     task = get_task(task_name)
     kw: dict[str, Any] = {"split": "test", "limit": args.test_limit, "batch_size": args.batch_size}
     cache = LayerCache(model)  # the steered pass replays the layers below its first steered layer
@@ -117,20 +167,17 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
     from austeer.evaluation.compare import Comparison, compare
     from austeer.tasks import get_task
 
-    path = where / f"compare_{task_name}{args.label}.json"
     task = get_task(task_name)
     methods = args.methods.split(",")
     if task.kind == "mc" and "calibration" not in methods:
         methods.append("calibration")
-    old = json.loads(path.read_text()) if path.exists() else None
-    planned = {"budget": args.budget, "val_limit": args.val_limit, "test_limit": args.test_limit}
-    same = old is not None and all(old["settings"].get(k) == v for k, v in planned.items())
+    path, old = resume("compare", task_name, args, where)
     # methods measured under the same protocol are kept; a new method joins them
-    done = [r for r in Comparison.from_json(old).results if r.method in methods] if old and same else []
+    done = [r for r in Comparison.from_json(old).results if r.method in methods]
     if len(done) == len(methods):
         print(f"compare {task_name}: done ({path})")
         return
-    start = time.perf_counter() - (old or {}).get("seconds", 0) * bool(done)
+    start = time.perf_counter() - old.get("seconds", 0) * bool(done)
 
     def checkpoint(c: Comparison) -> None:
         data = {"model": args.model, "dtype": args.dtype, "seconds": round(time.perf_counter() - start, 1)}
@@ -247,12 +294,8 @@ def dose_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, w
     from austeer.tasks import get_task
 
     task = get_task(task_name)
-    path = where / f"dose_{task_name}{args.label}.json"
-    settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "alpha": args.alpha, "doses": args.doses}
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    if {**data.get("settings", {}), "doses": args.doses} != settings:  # more doses add points to the same run
-        data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
-    data["settings"] = settings
+    path, data = resume("dose", task_name, args, where)
+    data["settings"] = results_file("dose", task_name, args, where)[1]["settings"]  # the doses asked for now
 
     def left(site: str) -> list[int | None]:
         have = [r for r in (DoseRow(**r) for r in data["rows"]) if r.curve == dose_curve(site, args.method)]
@@ -326,18 +369,13 @@ def frontier_stage(task_name: str, args: argparse.Namespace, model: Any, tok: An
     from austeer.tasks import get_task
 
     task = get_task(task_name)
-    path = where / f"frontier_{task_name}{args.label}.json"
-    strengths = parse_strengths(args.strengths)
-    settings = {"limit": args.test_limit, "pairs": args.pairs_limit, "strengths": strengths}
-    if args.pairs_file:
-        settings["pairs_file"] = args.pairs_file
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    before = data.get("settings", {})
-    if any(before.get(key) != settings.get(key) for key in ("limit", "pairs", "pairs_file")):
-        data = {"task": task_name, "model": args.model, "dtype": args.dtype, "settings": settings, "rows": []}
-    else:  # same items and pairs: keep the methods measured at the strengths asked for now (a method added runs)
-        kept = {"none", "prompt", *(m for m, v in strengths.items() if before["strengths"].get(m) == v)}
-        data["rows"], data["settings"] = [r for r in data["rows"] if r["method"] in kept], settings
+    path, data = resume("frontier", task_name, args, where)
+    settings = results_file("frontier", task_name, args, where)[1]["settings"]
+    strengths = settings["strengths"]
+    # same items and pairs: keep the methods measured at the strengths asked for now (a method added runs)
+    before = data["settings"].get("strengths", {})
+    kept = {"none", "prompt", *(m for m, v in strengths.items() if before.get(m) == v)}
+    data["rows"], data["settings"] = [r for r in data["rows"] if r["method"] in kept], settings
     strengths = {m: v for m, v in strengths.items() if m != "prompt"}
     data["configs"] = {m: METHODS[m].frontier.config for m in strengths if METHODS[m].frontier}  # type: ignore[union-attr]
     done = {r["method"] for r in data["rows"]}
@@ -452,6 +490,9 @@ def main() -> None:
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument(
+        "--force", action="store_true", help="start a results file of another run (task, model, dtype, protocol) over"
+    )
     args = p.parse_args()
     from austeer.report.evidence import folder_of, rendered_models
 
@@ -459,13 +500,22 @@ def main() -> None:
         for model in rendered_models(DOC):
             render(model, args.fresh_from)
         return
+    from austeer.errors import UserError
     from austeer.models.loading import load_model
 
     where = folder_of(Path(args.out), args.model)
+    stages, tasks = args.stages.split(","), args.tasks.split(",")
+    try:  # another run's results file is one line before the model loads
+        for stage in (s for s in stages if s in PROTOCOLS):
+            for name in tasks:
+                resume(stage, name, args, where)
+    except UserError as exc:
+        print(f"evidence.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     where.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype=args.dtype)
-    for stage in args.stages.split(","):
-        for name in args.tasks.split(","):
+    for stage in stages:
+        for name in tasks:
             STAGES[stage](name, args, model, tok, where)
             if Path(args.out).resolve() == OUT and args.model in rendered_models(DOC):
                 render(args.model, args.fresh_from)

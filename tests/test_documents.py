@@ -3,11 +3,15 @@ docs/RESULTS.md re-render from docs/results/ byte for byte, and every figure the
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import pytest
 
 from austeer.report.evidence import comparison_section, markers, read_sweeps, rendered_models, results_doc
 
@@ -48,3 +52,33 @@ def test_every_figure_a_section_shows_is_drawn_from_the_results(tmp_path: Path) 
         image = mpimg.imread(tmp_path / name)
         assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0, name
     assert sorted(str(p.relative_to(tmp_path)) for p in results.rglob("*.png")) == sorted(shown)
+
+
+@pytest.mark.slow
+def test_evidence_stages_resume_their_own_run_and_refuse_another_before_the_model_loads(tmp_path: Path) -> None:
+    """``scripts/evidence.py`` keeps a results file only for the run that wrote it (task, model, dtype, protocol):
+    the same command again measures nothing, another alpha is one line before the model loads and leaves the file
+    as it was, ``--force`` starts it over."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evidence.py"
+    base = [sys.executable, str(script), "--model", "embedded:smollm2-135m-instruct", "--dtype", "float32"]
+    base += ["--stages", "dose", "--tasks", "copa", "--sites", "head", "--doses", "0,2", "--pairs-limit", "8"]
+    base += ["--test-limit", "4", "--out", str(tmp_path)]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, timeout=600)
+
+    first = run("--alpha", "5")
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = tmp_path / "smollm2-135m-instruct" / "dose_copa.json"
+    written = path.read_text()
+    assert [r["k"] for r in json.loads(written)["rows"]] == [0, 2]
+    again = run("--alpha", "5")
+    assert again.returncode == 0 and "dose copa: done" in again.stdout and path.read_text() == written
+    other = run("--alpha", "7")
+    assert other.returncode == 2 and path.read_text() == written
+    line = other.stderr.strip().splitlines()[-1]
+    assert line.startswith("evidence.py: ") and "different protocol" in line and "--force" in line
+    assert "Loading" not in other.stderr  # refused before the model loads
+    forced = run("--alpha", "7", "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert json.loads(path.read_text())["settings"]["alpha"] == 7.0

@@ -61,12 +61,13 @@ def load_state(
     fresh: dict[str, Any],
     identity: Sequence[str],
     migrate: Callable[[dict[str, Any]], None] | None = None,
-    rows: str = "rows",
+    rows: str | None = "rows",
     replace: bool = False,
 ) -> dict[str, Any]:
     """The state an earlier ``kind`` run saved at ``path`` when its ``identity`` fields equal ``fresh``'s, else
-    ``fresh`` when there is none; a file that is not such a state (its measured list under ``rows``), or another
-    run's, is one clear error, or with ``replace`` (the commands' ``--force``) is started over: ``fresh``.
+    ``fresh`` when there is none; a file that is not such a state (a JSON object with its measured list under
+    ``rows``, unless None), or another run's, is one clear error, or with ``replace`` (the commands' ``--force``) is
+    started over: ``fresh``.
     ``migrate`` renames in place what an older austeer wrote under another name, before the comparison.
 
     Example:
@@ -89,7 +90,7 @@ def load_state(
         if replace:
             return fresh
         raise UserError(f"{path}: not a {path.name} austeer wrote ({exc}); use another --out directory") from None
-    if not isinstance(state, dict) or not isinstance(state.get(rows), list):
+    if not isinstance(state, dict) or (rows is not None and not isinstance(state.get(rows), list)):
         if replace:
             return fresh
         raise UserError(f"{path}: not a {path.name} austeer wrote; use another --out directory")
