@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from austeer.cli import main
 from austeer.core.momentum import Unit
-from austeer.core.sites import _weight, fold_module, site_width
+from austeer.core.sites import fold_module, site_width, weight_of
 from austeer.core.spec import SpecError, SteerSpec, fingerprint
 from austeer.core.steer import apply, folded
 from austeer.exports.lora import export_lora, lora_factors, vllm_max_lora_rank
@@ -222,4 +222,4 @@ def test_fold_module_paths_come_from_the_family_table(smol):
     factors = lora_factors(model, _spec(model, ["head"]))
     module, _ = fold_module(model, "head", 0)
     assert model.get_submodule(next(iter(factors))) is module
-    assert tuple(_weight(module).shape) == (576, 576)
+    assert tuple(weight_of(module).shape) == (576, 576)

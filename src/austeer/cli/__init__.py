@@ -17,7 +17,7 @@ from austeer.extras import MissingPackage
 from austeer.io import OutputPathError, OutputWriteError
 
 #: command modules of this package, in help order (a module not present in this build is skipped)
-COMMANDS = ["core", "evaluate", "tune", "inspect", "compare", "serve", "llamacpp"]
+COMMANDS = ["core", "export", "evaluate", "tune", "inspect", "compare", "serve", "llamacpp"]
 
 
 def _modules() -> list:

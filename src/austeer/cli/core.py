@@ -1,4 +1,4 @@
-"""``austeer fit | generate | export``: the core commands."""
+"""``austeer fit | generate``: the core commands (``export``: :mod:`austeer.cli.export`)."""
 
 from __future__ import annotations
 
@@ -66,32 +66,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    if getattr(args, "format", "hf") == "gguf":
-        from austeer.cli.llamacpp import cmd_export_gguf
-
-        return cmd_export_gguf(args)
-    if getattr(args, "format", "hf") in ("lora", "gguf-lora"):
-        from austeer.cli.lora import cmd_export_lora
-
-        return cmd_export_lora(args)
-    from austeer.core.spec import fingerprint, load
-    from austeer.exports.checkpoint import export
-    from austeer.io import check_replaceable
-
-    check_replaceable(args.out, "export", args.force, [args.steer])
-    spec = load(args.steer)
-    check_alpha(spec, args)
-    model, tok, _ = load_from_args(args, args.model or spec.model_id or None)
-    spec.check_fits(fingerprint(model))
-    path = export(model, tok, spec, args.out, alpha=args.alpha, force=args.force)
-    print(
-        f"folded {spec.k} AUs (alpha {spec.alpha if args.alpha is None else args.alpha:g}) into {path}; "
-        "load it with AutoModelForCausalLM.from_pretrained"
-    )
-    return 0
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("fit", help="score atomic units on contrastive pairs and save a steering spec")
     p.add_argument("--pairs", required=True, help="JSONL with prompt, positive, negative (optional system)")
@@ -151,21 +125,3 @@ def register(sub: Any) -> None:
     )
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser(
-        "export",
-        help="write the folded model as a Hugging Face checkpoint or a GGUF file, or the spec as a LoRA adapter",
-    )
-    p.add_argument("--steer", required=True)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="model directory to write (a .gguf file with --format gguf or gguf-lora; an adapter directory with lora)",
-    )
-    add_force_arg(p)
-    p.add_argument("--alpha", type=finite_float, default=None)
-    from austeer.cli.llamacpp import add_export_args
-
-    add_export_args(p)
-    add_model_args(p)
-    p.set_defaults(func=cmd_export)

@@ -1,4 +1,5 @@
-"""llama.cpp outputs: ``austeer export --format gguf`` and ``austeer control-vector`` (CAA as a control vector)."""
+"""llama.cpp outputs: ``austeer export --format gguf`` (:data:`austeer.cli.export.FORMATS`) and
+``austeer control-vector`` (CAA as a control vector)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,6 @@ from typing import Any
 from austeer.cli.argtypes import finite_float, layer_or_fraction, positive_int
 from austeer.cli.common import add_force_arg, add_model_args, check_alpha, load_from_args
 from austeer.errors import UserError
-
-
-def add_export_args(p: argparse.ArgumentParser) -> None:
-    """The options ``austeer export`` gets for the GGUF format."""
-    p.add_argument(
-        "--format",
-        default="hf",
-        choices=["hf", "gguf", "lora", "gguf-lora"],
-        help="hf: a Hugging Face checkpoint directory; gguf: one .gguf file for llama.cpp / Ollama (a model loaded "
-        "from a GGUF keeps its untouched tensors byte for byte; one from a Hugging Face checkpoint, llama or qwen2 "
-        "family, is written whole); lora: a PEFT LoRA adapter directory that vLLM and PEFT apply per request "
-        "(head, neuron and bias-free ffn sites); gguf-lora: the same adapter as a .gguf for llama.cpp's --lora",
-    )
-    p.add_argument(
-        "--source-gguf", default=None, help="the .gguf the model was loaded from (default: found); gguf-lora's base"
-    )
-    p.add_argument(
-        "--gguf-dtype",
-        default="f32",
-        choices=["f32", "f16", "bf16"],
-        help="how the folded tensors are stored (every matrix, for a model from a Hugging Face checkpoint)",
-    )
-    p.add_argument(
-        "--lora-dtype",
-        default="f32",
-        choices=["f32", "f16", "bf16"],
-        help="how LoRA factors are stored (lora, gguf-lora)",
-    )
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
