@@ -114,8 +114,6 @@ from austeer.tasks.base import NEUTRAL_TEXTS
 
 KS: tuple[int, ...] = (2, 8, 32, 100)
 ALPHAS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
-CAA_LAYERS: tuple[float, ...] = (0.33, 0.6)
-CAA_MULTIPLIERS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 HELDOUT_SHARE = 0.25
 MIN_PAIRS = 8
 MAX_DAMAGE = 1.25
@@ -320,13 +318,6 @@ def explain(
 # -- the methods: AUSteer's own grid over cached scores, every other registered method through its Method
 
 
-#: the grid tune tries for a method where it differs from the method's validation grid (``Method.grid``):
-#: CAA's multipliers reach 16 (the held-out margins of a pairs file move less than a task's accuracy)
-TUNE_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
-    "caa": tuple({"layer": f, "multiplier": m} for m in CAA_MULTIPLIERS for f in CAA_LAYERS),
-}
-
-
 def _tunable(method: Any) -> bool:
     """Built from pairs alone (not specific to a task kind); a prompted method only if it reads no activations
     (the prompt: its instruction is given, ``instruction``)."""
@@ -365,8 +356,9 @@ def austeer_grid(sites: Sequence[str], budget: int | None) -> list[dict[str, Any
 
 
 def method_grid(name: str, budget: int | None) -> list[dict[str, Any]]:
-    """``budget`` configurations of method ``name`` (:data:`TUNE_GRIDS`, else its validation grid), spread evenly."""
-    full = list(TUNE_GRIDS.get(name, tunable(name).grid))
+    """``budget`` configurations of method ``name`` (its ``pairs_grid``, else its validation grid), spread evenly."""
+    method = tunable(name)
+    full = list(method.pairs_grid or method.grid)
     return spread(full, budget or len(full), one="last")
 
 

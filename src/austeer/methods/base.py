@@ -169,6 +169,8 @@ class Method:
     - ``frontier``: its configuration and strengths on the frontier, if it has one there.
     - ``default``: whether ``austeer compare`` runs it when no methods are named.
     - ``kind``: the only task kind it applies to (``None``: every kind).
+    - ``pairs_grid``: the grid ``austeer tune`` tries on a pairs file where it differs from ``grid`` (held-out
+      margins move less than a task's accuracy, so some methods need more strength there).
 
     Example:
         >>> m = Method("demo", ("head",), ({"k": 2, "alpha": 1.0},), lambda *a, **kw: None, "exact", strength="alpha")
@@ -190,6 +192,7 @@ class Method:
     frontier: Frontier | None = None
     default: bool = False
     kind: str | None = None
+    pairs_grid: tuple[dict[str, Any], ...] | None = None
 
     @property
     def params(self) -> frozenset[str]:
