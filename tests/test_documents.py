@@ -39,6 +39,13 @@ def test_results_md_re_renders_identically_from_the_committed_results() -> None:
     assert results_doc(sweeps, RESULTS, DOCS, machine.group(0), plots=False) == committed
 
 
+def test_results_md_figure_re_draws_as_committed(tmp_path: Path) -> None:
+    sweeps = {"embedded:smollm2-135m-instruct": read_sweeps(RESULTS / "smollm2-135m-instruct")}
+    results_doc(sweeps, RESULTS, tmp_path, "", plots=True)
+    drawn, committed = mpimg.imread(tmp_path / "img" / "dose_all.png"), mpimg.imread(DOCS / "img" / "dose_all.png")
+    assert drawn.shape == committed.shape and abs(drawn - committed).mean() <= 0.002
+
+
 @pytest.mark.parametrize("model", ["embedded:smollm2-135m-instruct", "embedded:qwen2.5-coder-1.5b-instruct"])
 def test_every_figure_a_section_shows_re_draws_as_committed(model: str, tmp_path: Path) -> None:
     """Each figure of a model's COMPARISON.md section, drawn again from the results alone, is the committed one
