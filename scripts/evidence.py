@@ -10,7 +10,9 @@ protocol: :data:`PROTOCOLS`) is one line before the model loads, ``--force`` sta
   outcome so the paired test (McNemar) can be read on the items the earlier run never saw.
 - ``compare``: ``austeer.evaluation.compare`` with every method on the same evidence (paired outcomes per item).
 - ``capability``: the capability panel (:mod:`austeer.evaluation.capability`) under every method's choice of the
-  committed ``compare`` file, added to it (for comparisons run before compare measured it).
+  committed ``compare`` file, added to it (for comparisons run before compare measured it); a choice another
+  comparison of the task measured (same configuration, pairs, dtype and panel) is taken from it
+  (``measured_in``), and the unsteered panel is answered once per process.
 - ``frontier`` (behaviour tasks): effect against perplexity and continuation perplexity of each method at a
   fixed configuration over a strength grid (``--strengths``), on the first ``--test-limit`` test items,
   saved after each method; ``--prompt-point`` adds the prompting baseline (instruction alone, and with worked
@@ -207,7 +209,7 @@ def capability_stage(task_name: str, args: argparse.Namespace, model: Any, tok: 
     """The capability panel (``--panel-items`` validation items of each other shipped multiple-choice task) under
     each method's chosen configuration of the committed ``compare_<task><label>.json``, rebuilt from the same
     pairs (in ``--dtype``; the file says which); saved after each method, a rerun measures the rest."""
-    from austeer.evaluation.capability import Panel
+    from austeer.evaluation.capability import PANEL_TASKS, Panel
     from austeer.evaluation.compare import Comparison, Result, measure_capability
 
     path = where / f"compare_{task_name}{args.label}.json"
@@ -220,7 +222,19 @@ def capability_stage(task_name: str, args: argparse.Namespace, model: Any, tok: 
         print(f"capability {task_name}: done ({path})")
         return
     start = time.perf_counter() - data.get("capability_run", {}).get("seconds", 0)
-    panel = Panel(model, tok, exclude=(task_name,), n=args.panel_items, batch_size=args.batch_size, progress=True)
+    for kept, r in zip(data["results"], comparison.results, strict=True):  # measured in another comparison
+        r.capability = kept["capability"] = r.capability or known_retention(path, data, run, r.method, r.config)
+    if all(r.capability for r in comparison.results):
+        data["capability_run"] = {**run, "seconds": round(time.perf_counter() - start, 1)}
+        save(path, data)
+        print(f"capability {task_name}: done from other comparisons' measurements ({path})")
+        return
+    names = tuple(t for t in PANEL_TASKS if t != task_name)  # one panel per process and task set: unsteered once
+    if ("panel", names) not in _MEMO:
+        _MEMO[("panel", names)] = Panel(
+            model, tok, names=names, n=args.panel_items, batch_size=args.batch_size, progress=True
+        )
+    panel = _MEMO[("panel", names)]
 
     def checkpoint(measured: Result) -> None:
         for kept, r in zip(data["results"], comparison.results, strict=True):  # the file otherwise as it was
@@ -242,7 +256,26 @@ def capability_stage(task_name: str, args: argparse.Namespace, model: Any, tok: 
     )
 
 
-_MEMO: dict[str, Any] = {}
+_MEMO: dict[Any, Any] = {}
+
+
+def known_retention(
+    path: Path, data: dict[str, Any], run: dict[str, Any], method: str, config: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The capability another comparison of the same task already measured for ``method`` at ``config``: same
+    pairs (number and how they were read), same capability run (dtype, panel items); the rebuild is deterministic,
+    so the panel's answers are the same."""
+    for other in sorted(path.parent.glob(f"compare_{data['task']}*.json")):
+        if other == path:
+            continue
+        theirs = json.loads(other.read_text())
+        same = theirs.get("capability_run", {}) | {"seconds": 0} == run | {"seconds": 0}
+        same &= theirs["settings"]["pairs"] == data["settings"]["pairs"]
+        same &= bool(theirs.get("share_prefix")) == bool(data.get("share_prefix"))
+        for r in theirs["results"] if same else []:
+            if r["method"] == method and r["config"] == config and r.get("capability"):
+                return dict(r["capability"], measured_in=other.name)
+    return None
 
 
 def unsteered_memo(model: Any, tok: Any) -> Any:
