@@ -7,6 +7,8 @@ import contextlib
 import json
 import random
 
+import gguf
+import numpy as np
 import pytest
 import torch
 
@@ -232,6 +234,16 @@ def test_methods_are_ranked_on_the_same_held_out_pairs_and_the_choices_written(s
         with AddSteerer(name, site, vectors, {}).hooks(model):
             again = effect_of(margins(model, tok, held), base)
         assert again.effect == pytest.approx(chosen.effect, abs=1e-6)
+        if name == "caa":  # a residual addition is also a llama.cpp control vector: the same vectors
+            reader = gguf.GGUFReader(tmp_path / "m" / "caa.gguf")
+            written = {int(t.name.split(".")[1]): torch.from_numpy(np.array(t.data)) for t in reader.tensors}
+            assert written.keys() == vectors.keys()
+            assert all(torch.equal(written[layer], vectors[layer].float()) for layer in vectors)
+    assert not (tmp_path / "m" / "iti.gguf").exists()  # a head-site addition is not a layer-output vector
+    kw["min_z"] = 1e9  # the same rows (resumed), nothing beyond noise now: the earlier choices' files go
+    again = tune(model, tok, sentiment_pairs, tmp_path / "m", sites=("head",), methods=("austeer", "caa", "iti"), **kw)
+    assert again.chosen_by == {"austeer": None, "caa": None, "iti": None}
+    assert not [p.name for p in (tmp_path / "m").iterdir() if p.suffix in (".safetensors", ".gguf")]
 
 
 @pytest.mark.parametrize(

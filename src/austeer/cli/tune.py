@@ -45,15 +45,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from austeer.core.sites import check_site
     from austeer.evaluation.capability import Retention
     from austeer.evaluation.tune import (
+        check_tune_out,
         describe_levels,
         levels,
         split_pairs,
         tunable,
         tune,
-        tune_files,
-        tune_names,
     )
-    from austeer.io import check_file_output, check_output_dir, check_replaceable, write_output
+    from austeer.io import write_output
     from austeer.report.tune import tune_plot
     from austeer.run.measure import read_neutral
 
@@ -68,11 +67,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_capability_args(args)
     out = Path(args.out)
     inputs = [args.pairs, args.neutral]
-    check_output_dir(out, tune_names(methods), args.force)  # before loading the model
-    for where in [out / "spec", *(out / "scores" / s for s in sites)]:
-        check_replaceable(where, "spec", args.force, inputs)
-    for name, kind in {**tune_files(methods), "tune.png": "figure"}.items():
-        check_file_output(out / name, kind, args.force, inputs)
+    check_tune_out(out, methods, sites, args.force, inputs)  # before loading the model
     pairs = read_pairs(args.pairs)
     split_pairs(pairs)  # too few pairs: say so before loading the model
     levels(1, args.rule)  # an unknown rule: likewise
@@ -116,6 +111,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
                     f" -> {out / (m + '.json')} (the system turn to use)"
                     if c.site == "system"
                     else f" -> {out / (m + '.safetensors')} (an addition, not a spec)"
+                    + (
+                        f"; as a llama.cpp control vector: {out / (m + '.gguf')}"
+                        if (out / (m + ".gguf")).exists()
+                        else ""
+                    )
                 )
             )
     if "austeer" in methods:

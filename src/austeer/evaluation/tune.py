@@ -72,6 +72,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import shutil
@@ -423,20 +424,47 @@ def _row(obj: dict[str, Any]) -> TuneRow:
     return TuneRow(**obj)
 
 
+def writes_control_vector(method: str) -> bool:
+    """Whether tune writes ``method``'s choice as a llama.cpp control vector too (``<method>.gguf``): a residual
+    addition (CAA) is one, exactly, where the ``gguf`` package is installed."""
+    return tunable(method).adds_at == "residual" and importlib.util.find_spec("gguf") is not None
+
+
 def tune_files(methods: Sequence[str]) -> dict[str, str]:
     """The files ``tune`` writes into ``out`` beside ``spec/`` and ``scores/``, and the kind each is signed as:
-    ``tune.json``, the chosen vectors of each additive method (``caa.safetensors``, ...) and the chosen system
-    turn of the prompt (``prompt.json``)."""
+    ``tune.json``, the chosen vectors of each additive method (``caa.safetensors``, ...; a residual one also as a
+    llama.cpp control vector, ``caa.gguf``) and the chosen system turn of the prompt (``prompt.json``)."""
     files = {"tune.json": "tune"}
     for m in methods:
         if m != "austeer":
             files[f"{m}.json" if tunable(m).prompted else f"{m}.safetensors"] = m
+            if writes_control_vector(m):
+                files[f"{m}.gguf"] = "control-vector"
     return files
 
 
 def tune_names(methods: Sequence[str]) -> list[str]:
     """Every name tune (with the CLI's figure) writes into its ``out`` directory; anything else there is refused."""
     return [*tune_files(methods), "tune.png", "spec", "scores"]
+
+
+def check_tune_out(
+    out: Path, methods: Sequence[str], sites: Sequence[str], force: bool, inputs: Sequence[str | Path | None] = ()
+) -> None:
+    """Refuse, before any work, an ``out`` directory tune may not write into: one holding what tune does not write,
+    or a file or spec of those names austeer did not write (unless ``force``), or one of the run's ``inputs``."""
+    check_output_dir(out, tune_names(methods), force)
+    for where in [out / "spec", *(out / "scores" / s for s in sites)]:
+        check_replaceable(where, "spec", force, inputs)
+    for name, kind in {**tune_files(methods), "tune.png": "figure"}.items():
+        owned = _control_vector_owner() if name.endswith(".gguf") else None
+        check_file_output(out / name, kind, force, inputs, owned=owned)
+
+
+def _control_vector_owner() -> Callable[[Path], bool]:
+    from austeer.exports.control_vector import is_austeer_control_vector
+
+    return is_austeer_control_vector
 
 
 def _write(out: Path | None, state: dict[str, Any], force: bool) -> None:
@@ -520,11 +548,7 @@ def tune(
     model_id = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", ""))
     path = None if out is None else Path(out)
     if path is not None:
-        check_output_dir(path, tune_names(methods), force)  # before any work
-        for where in [path / "spec", *(path / "scores" / s for s in sites)]:
-            check_replaceable(where, "spec", force)
-        for name, kind in tune_files(methods).items():
-            check_file_output(path / name, kind, force)
+        check_tune_out(path, methods, sites, force)  # before any work
         path.mkdir(parents=True, exist_ok=True)
     fresh: dict[str, Any] = {
         "model": model_id,
@@ -663,10 +687,17 @@ def tune(
         check_replaceable(path / "spec", "spec", force=False)  # a stale choice of an earlier run: austeer's own
         shutil.rmtree(path / "spec")
     for method, row in chosen_by.items():
+        if method != "austeer" and row is None and path is not None:  # no choice now: an earlier run's goes
+            for name in (n for n in tune_files([method]) if n.startswith(f"{method}.")):
+                (path / name).unlink(missing_ok=True)  # austeer's own (check_tune_out before the run), or --force
         if method != "austeer" and row is not None and path is not None:
             (steerer,) = build(method, json.loads(row.config))[:1]
             if getattr(steerer, "vectors", None):
                 _write_vectors(path / f"{method}.safetensors", method, steerer, force)
+                if writes_control_vector(method) and min(steerer.vectors) >= 1:  # llama.cpp cannot steer layer 0
+                    from austeer.exports.control_vector import to_control_vector
+
+                    to_control_vector(steerer, model, path / f"{method}.gguf", force=force)
             elif tunable(method).prompted:
                 text = {"system": steerer.system, "config": json.loads(row.config)}
                 write_output(path / f"{method}.json", signed_json(text, method), method, force)
