@@ -694,10 +694,13 @@ def tune(
             (steerer,) = build(method, json.loads(row.config))[:1]
             if getattr(steerer, "vectors", None):
                 _write_vectors(path / f"{method}.safetensors", method, steerer, force)
-                if writes_control_vector(method) and min(steerer.vectors) >= 1:  # llama.cpp cannot steer layer 0
+                if writes_control_vector(method):
                     from austeer.exports.control_vector import to_control_vector
 
-                    to_control_vector(steerer, model, path / f"{method}.gguf", force=force)
+                    if min(steerer.vectors) >= 1:
+                        to_control_vector(steerer, model, path / f"{method}.gguf", force=force)
+                    else:  # llama.cpp cannot steer layer 0's output: no control vector, and no earlier one
+                        (path / f"{method}.gguf").unlink(missing_ok=True)
             elif tunable(method).prompted:
                 text = {"system": steerer.system, "config": json.loads(row.config)}
                 write_output(path / f"{method}.json", signed_json(text, method), method, force)
