@@ -93,6 +93,42 @@ def hf_next(model: Any, ids: list[int], text: list[int]) -> list[int]:
     return [int(t) for t in logits.argmax(-1)]
 
 
+def direct_last_token(
+    model: torch.nn.Module, tok: Any, pairs: Sequence[Pair], module_of: Callable[[int], torch.nn.Module], read: str
+) -> torch.Tensor:
+    """The tests' one reference collector: every layer's ``module_of(layer)`` ``read`` (``"input"`` or
+    ``"output"``) at the last token of each text of each pair, one text at a time with plain hooks (no batching,
+    no padding, nothing of austeer's collector): float32 ``[N, 2 (positive, negative), L, W]``."""
+    from austeer.core.pairs import pair_texts
+    from austeer.core.sites import decoder_layers
+
+    layers = len(decoder_layers(model))
+    out = []
+    for pair in pairs:
+        both = []
+        for text in pair_texts(tok, pair):
+            got: list[Any] = [None] * layers
+
+            def keep(i: int, value: Any, got: list[Any] = got) -> None:
+                got[i] = (value[0] if isinstance(value, tuple) else value)[0, -1].float().clone()
+
+            handles = [
+                module_of(i).register_forward_pre_hook(lambda m, a, i=i, keep=keep: keep(i, a))
+                if read == "input"
+                else module_of(i).register_forward_hook(lambda m, a, o, i=i, keep=keep: keep(i, o))
+                for i in range(layers)
+            ]
+            try:
+                with torch.no_grad():
+                    model(tok(text, return_tensors="pt", add_special_tokens=False).input_ids)
+            finally:
+                for h in handles:
+                    h.remove()
+            both.append(torch.stack(got))
+        out.append(torch.stack(both))
+    return torch.stack(out)
+
+
 def hook_count(model: torch.nn.Module) -> int:
     """Forward hooks and pre-hooks on every module of ``model`` (0 once every steer has been removed)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

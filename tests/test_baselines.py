@@ -9,44 +9,17 @@ import pytest
 import torch
 
 import austeer
-from austeer.core.pairs import pair_texts
 from austeer.core.sites import decoder_layers, head_dim, site_module, site_width
 from austeer.core.steer import gains_vectors
 from austeer.methods import METHODS, block, caa, calibration, fixed, iti, random_units, sadi
 from austeer.methods.base import AddSteerer, CannotFold, gather
-from tests.conftest import hook_count
+from tests.conftest import direct_last_token, hook_count
 
 
 @pytest.fixture(scope="module")
 def evidence(smol, sentiment_pairs):
     model, tok = smol
     return gather(model, tok, sentiment_pairs[:16], ["head", "residual"], batch_size=8, progress=False)
-
-
-def _direct(model, tok, pairs, module_of):
-    """Last-token outputs of ``module_of(layer)``, unbatched: ``[N, 2, L, W]``."""
-    layers = len(decoder_layers(model))
-    out = []
-    for pair in pairs:
-        both = []
-        for text in pair_texts(tok, pair):
-            got = [None] * layers
-            handles = []
-            for i in range(layers):
-                handles.append(
-                    module_of(i).register_forward_hook(
-                        lambda m, a, o, i=i, g=got: g.__setitem__(i, (o[0] if isinstance(o, tuple) else o)[0, -1])
-                    )
-                )
-            try:
-                with torch.no_grad():
-                    model(tok(text, return_tensors="pt", add_special_tokens=False).input_ids)
-            finally:
-                for h in handles:
-                    h.remove()
-            both.append(torch.stack(got).float())
-        out.append(torch.stack(both))
-    return torch.stack(out)
 
 
 def _ids(tok):
@@ -76,7 +49,7 @@ def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentimen
     layer = steerer.config["layer_index"]
     assert layer == caa.layer_of(0.5, len(decoder_layers(model))) == 14
     # independent recomputation at that layer only, unbatched
-    acts = _direct(model, tok, pairs[:4], lambda i: decoder_layers(model)[i])
+    acts = direct_last_token(model, tok, pairs[:4], lambda i: decoder_layers(model)[i], "output")
     v4 = (acts[:, 0] - acts[:, 1]).mean(0)[layer]
     ev4 = gather(model, tok, pairs[:4], ["residual"], batch_size=4, progress=False)
     # gather batches by length, then puts every row back in pair order

@@ -15,33 +15,7 @@ from austeer.core.momentum import Unit
 from austeer.core.pairs import PairsFormatError, pair_texts, read_pairs
 from austeer.core.sites import decoder_layers, site_module
 from austeer.core.spec import SpecMismatchError, SteerSpec
-from tests.conftest import hook_count
-
-
-def _direct_momenta(model, tok, pairs, site):
-    """Momenta [N, L, D] computed one text at a time with plain hooks at the last token (no batching)."""
-    layers = len(decoder_layers(model))
-    out = []
-    for pair in pairs:
-        vals = []
-        for text in pair_texts(tok, pair):
-            grabbed = [None] * layers
-            handles = [
-                site_module(model, site, i).register_forward_pre_hook(
-                    lambda m, a, i=i, g=grabbed: g.__setitem__(i, a[0][0, -1].float().clone())
-                )
-                for i in range(layers)
-            ]
-            try:
-                ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
-                with torch.no_grad():
-                    model(ids)
-            finally:
-                for h in handles:
-                    h.remove()
-            vals.append(torch.stack(grabbed))
-        out.append(vals[0] - vals[1])
-    return torch.stack(out).double().numpy()
+from tests.conftest import direct_last_token, hook_count
 
 
 @pytest.mark.slow
@@ -49,7 +23,8 @@ def test_selection_equals_direct_recomputation(smol, sentiment_pairs):
     model, tok = smol
     pairs = sentiment_pairs[:12]
     spec = austeer.fit(model, tok, pairs, site="head", k=24, alpha=5, batch_size=5, progress=False)
-    m = _direct_momenta(model, tok, pairs, "head")
+    acts = direct_last_token(model, tok, pairs, lambda i: site_module(model, "head", i), "input")
+    m = (acts[:, 0] - acts[:, 1]).double().numpy()  # momenta [N, L, D], one text at a time
     n = len(pairs)
     r_pos, r_neg = (m > 0).sum(0) / n, (m < 0).sum(0) / n
     beta = np.where(r_pos >= r_neg, r_pos, -r_neg)
