@@ -305,12 +305,23 @@ def plot_dose(rows: Sequence[DoseRow], task: str, metric: str, out: str | Path, 
         a.set_xscale("symlog", linthresh=1)
         a.set_xlabel(_dose_axis(rows))
     ax.set_ylabel(metric)
-    ax_ppl.set_yscale("log")
+    _log_axis(ax_ppl, [r.ppl for r in rows])
     ax_ppl.set_ylabel("neutral-text perplexity")
     ax.set_title(f"{task}: dose-response (alpha {rows[0].alpha:g})" if rows else task)
     ax_ppl.set_title("damage")
     ax.legend()
     return _save(fig, out, force)
+
+
+def _log_axis(ax: Any, values: Sequence[float]) -> None:
+    """A log-scale y axis; within two decades its labels are plain numbers (15.4, 200), not 1.54 x 10^1."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_yscale("log")
+    finite = [v for v in values if v > 0 and v < float("inf")]
+    if finite and max(finite) / min(finite) < 100:
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def _site_curves(ax: Any, rows: Sequence[DoseRow], y: str, marker: str) -> None:
