@@ -91,3 +91,29 @@ def test_evidence_stages_resume_their_own_run_and_refuse_another_before_the_mode
     forced = run("--alpha", "7", "--force")
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert json.loads(path.read_text())["settings"]["alpha"] == 7.0
+
+
+@pytest.mark.slow
+def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured(tmp_path: Path) -> None:
+    """The capability stage measures a comparison's choices on the panel once: a second comparison of the same task
+    whose method chose the same configuration on the same pairs takes that measurement (and says where from)
+    without answering the panel again."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evidence.py"
+    folder = tmp_path / "smollm2-135m-instruct"
+    folder.mkdir()
+    committed = json.loads((RESULTS / "smollm2-135m-instruct" / "compare_copa.json").read_text())
+    committed["results"] = [r for r in committed["results"] if r["method"] == "austeer"]
+    for name in ("compare_copa.json", "compare_copa_again.json"):
+        (folder / name).write_text(json.dumps(committed))
+    base = [sys.executable, str(script), "--model", "embedded:smollm2-135m-instruct", "--dtype", "float32"]
+    base += ["--stages", "capability", "--tasks", "copa", "--panel-items", "2", "--out", str(tmp_path)]
+    first = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "capability panel" in first.stderr  # its progress: the panel answered
+    measured = json.loads((folder / "compare_copa.json").read_text())["results"][0]["capability"]
+    assert measured["n"] == 4 and "measured_in" not in measured  # 2 BoolQ + 2 WinoGrande items
+    again = subprocess.run([*base, "--label", "_again"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "done from other comparisons' measurements" in again.stdout
+    assert "capability panel" not in again.stderr  # the panel was not answered
+    reused = json.loads((folder / "compare_copa_again.json").read_text())["results"][0]["capability"]
+    assert reused == {**measured, "measured_in": "compare_copa.json"}
