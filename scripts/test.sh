@@ -13,7 +13,4 @@ export AUSTEER_LLAMACPP=1  # setup.sh installed llama.cpp: its tests fail rather
 export AUSTEER_QWEN_PARTS=1
 .venv/bin/ruff check .
 .venv/bin/mypy
-# every test, in two runs: the quick set (what plain pytest runs; its time, printed here, is the default run's) and
-# the slow set (pytest exits 5 when a selection holds none of them)
-.venv/bin/python -m pytest "$@" || [ $? -eq 5 ]
-.venv/bin/python -m pytest -m slow "$@" || [ $? -eq 5 ]
+.venv/bin/python -m pytest -m "" "$@"  # every test, the slow ones too, in one run (plain pytest leaves them out)
