@@ -166,7 +166,7 @@ def record(metrics: dict[str, float], samples: list[dict[str, Any]]) -> dict[str
 def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any, where: Path) -> None:
     """``austeer.evaluation.compare`` of every method, saved after each one (a rerun keeps the methods already
     measured with the same budget and limits, and runs the rest)."""
-    from austeer.evaluation.compare import Comparison, compare
+    from austeer.evaluation.compare import Comparison, Result, compare
     from austeer.tasks import get_task
 
     task = get_task(task_name)
@@ -175,7 +175,7 @@ def compare_stage(task_name: str, args: argparse.Namespace, model: Any, tok: Any
         methods.append("calibration")
     path, old = resume("compare", task_name, args, where)
     # methods measured under the same protocol are kept; a new method joins them
-    done = [r for r in Comparison.from_json(old).results if r.method in methods]
+    done = [r for r in map(Result.from_json, old["results"]) if r.method in methods]
     if len(done) == len(methods):
         print(f"compare {task_name}: done ({path})")
         return

@@ -94,6 +94,25 @@ def test_evidence_stages_resume_their_own_run_and_refuse_another_before_the_mode
 
 
 @pytest.mark.slow
+def test_evidence_compare_stage_starts_a_new_file_and_resumes_it(tmp_path: Path) -> None:
+    """The compare stage writes a comparison where none was (every method asked for, calibration added on a
+    multiple-choice task), and the same command again measures nothing."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evidence.py"
+    base = [sys.executable, str(script), "--model", "embedded:smollm2-135m-instruct", "--dtype", "float32"]
+    base += ["--stages", "compare", "--tasks", "copa", "--methods", "au-add", "--budget", "1", "--pairs-limit", "8"]
+    base += ["--val-limit", "4", "--test-limit", "4", "--out", str(tmp_path)]
+    first = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = tmp_path / "smollm2-135m-instruct" / "compare_copa.json"
+    written = path.read_text()
+    results = json.loads(written)["results"]
+    assert [r["method"] for r in results] == ["au-add", "calibration"]
+    assert all(len(r["test_correct"]) == 4 for r in results)
+    again = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "compare copa: done" in again.stdout and path.read_text() == written
+
+
+@pytest.mark.slow
 def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured(tmp_path: Path) -> None:
     """The capability stage measures a comparison's choices on the panel once: a second comparison of the same task
     whose method chose the same configuration on the same pairs takes that measurement (and says where from)

@@ -123,6 +123,11 @@ class Result:
     #: (:meth:`austeer.evaluation.capability.Retention.to_json`)
     capability: dict[str, Any] | None = None
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Result:
+        """One result as :meth:`Comparison.to_json` writes it."""
+        return cls(**{**data, "trials": [Trial(**t) for t in data.get("trials", [])]})
+
 
 @dataclass
 class Comparison:
@@ -152,8 +157,7 @@ class Comparison:
         """The inverse of :meth:`to_json`; other keys (the CLI adds ``model``) are ignored."""
         names = {f.name for f in fields(cls)}
         kept = {k: v for k, v in data.items() if k in names}
-        results = [Result(**{**r, "trials": [Trial(**t) for t in r.get("trials", [])]}) for r in data["results"]]
-        return cls(**{**kept, "results": results})
+        return cls(**{**kept, "results": [Result.from_json(r) for r in data["results"]]})
 
 
 def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, Any], ...]:
