@@ -83,6 +83,7 @@ def test_attribution_leaves_the_model_as_it_was(smol, sentiment_pairs):
     assert ev.memo("attribution:head", lambda: pytest.fail("computed twice")) is not None
 
 
+@pytest.mark.slow
 def test_fit_selection_attribution_is_the_methods_selection(smol, evidence, tmp_path):
     model, tok = smol
     spec = austeer.fit(model, tok, evidence.pairs, site="head", k=8, alpha=1.0, selection="attribution", progress=False)
@@ -108,6 +109,7 @@ def test_fit_selection_attribution_is_the_methods_selection(smol, evidence, tmp_
     assert austeer.load(tmp_path / "s").selection == "sign"
 
 
+@pytest.mark.slow
 def test_cli_fit_selection_attribution(tmp_path):
     out = tmp_path / "spec"
     pairs = DATA / "pairs" / "sentiment.jsonl"

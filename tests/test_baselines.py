@@ -42,6 +42,7 @@ def _three_ways(model, tok, steerer):
     return base, hooked, folded
 
 
+@pytest.mark.slow
 def test_caa_vector_is_mean_difference_and_fold_is_down_proj_bias(smol, sentiment_pairs, evidence):
     model, tok = smol
     pairs = sentiment_pairs[:16]
@@ -191,6 +192,7 @@ def test_fixed_gains_are_one_plus_alpha_sign_beta(smol, evidence):
         assert float(gains[("head", u.layer)][u.index]) == pytest.approx(1 + 3.0 * np.sign(u.beta))
 
 
+@pytest.mark.slow
 def test_austeer_method_equals_fit_and_random_keeps_gains(smol, sentiment_pairs, evidence):
     model, tok = smol
     # the evidence runs both texts whole: so does this fit (the shared-prompt default may flip near-zero signs)
@@ -226,6 +228,7 @@ def test_one_pass_gives_the_activations_and_fits_counts(smol, sentiment_pairs, e
     assert torch.allclose(alone.pos["head"][0], evidence.pos["head"][5], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("site", ["ffn", "neuron"])
 def test_austeer_at_the_mlp_sites_equals_fit_there(smol, sentiment_pairs, site):
     """``austeer-ffn`` / ``austeer-neuron``: AUSteer's rule at the MLP sites, the AUs ``fit(site=...)`` selects,
@@ -471,6 +474,7 @@ def test_compare_cli_refuses_bad_methods_and_doses_in_one_line(tmp_path, capsys,
     assert said in err and err.count("\n") == 1 and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scale", [("au-add", "std"), ("au-add-diff", "diff")])
 def test_au_add_shifts_austeers_units_by_alpha_beta_scale(smol, evidence, name, scale):
     """au-add: exactly AUSteer's top-k AUs, each shifted by alpha * beta * s (s: std or |mean diff| over the pairs,

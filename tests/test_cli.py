@@ -95,6 +95,7 @@ def test_every_command_that_writes_an_output_takes_force():
     assert len(writers) >= 8 and all("--force" in opts for opts in writers.values()), writers
 
 
+@pytest.mark.slow
 def test_unsteered_evaluations_say_what_they_do(smol, capsys):
     """The unsteered evaluations at the start of compare/sweep/tune are announced (minutes on a large model)."""
     from austeer.evaluation.evaluate import Unsteered

@@ -73,6 +73,7 @@ pair_like = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.lists(pair_like | json_values, min_size=0, max_size=4), st.sampled_from(["\n", "\r\n", "\n\n"]))
 def test_pairs_random_json_lines(objects, sep):

@@ -68,6 +68,7 @@ def test_untouched_tensors_are_byte_identical_and_metadata_carried(smol, spec, e
     assert steer["alpha"] == 5.0 and steer["source"] == source.name
 
 
+@pytest.mark.slow
 def test_folded_tensors_equal_the_folded_model_weights(smol, spec, exported):
     model, _ = smol
     by_name = {t.name: t for t in gguf.GGUFReader(exported).tensors}
@@ -156,6 +157,7 @@ def test_cli_control_vector(tmp_path):
 # -- llama.cpp itself (tests/llamacpp.py), skipped where it is not installed (fails under scripts/test.sh)
 
 
+@pytest.mark.slow
 def test_llamacpp_runs_the_export_as_the_folded_model(smol, spec, exported):
     model, tok = smol
     source, steered = Llama(gguf_source(model)), Llama(exported)

@@ -69,6 +69,7 @@ def _check_layout(fields: dict[str, object], tensors: dict, factors: dict, arch:
         assert np.array_equal(got_a, a.numpy()) and np.array_equal(got_b, b.numpy())
 
 
+@pytest.mark.slow
 def test_smollm2_adapter_gguf_matches_its_source_gguf(smol, tmp_path):
     model = smol[0]
     spec = _spec(model)
@@ -229,6 +230,7 @@ def test_llamacpp_adapter_on_the_quantised_source(smol, head_spec, adapter):
     assert max(ties, default=0.0) < 1.0 and len(ties) <= 4, ties  # near-ties only (measured: one, margin 0.06)
 
 
+@pytest.mark.slow
 def test_llama_server_picks_the_adapter_per_request(smol, head_spec, adapter, f32_base):
     """llama.cpp's server (xllamacpp.Server: tools/server in-process, on a loopback HTTP port), the adapter loaded
     at scale 0: ``"lora": [{"id": 0, "scale": s}]`` on /completion gives the text hooked at alpha * s, plain

@@ -141,6 +141,7 @@ def test_transformers_gguf_loader_reads_the_written_file_as_the_folded_model(kin
     assert not torch.allclose(plain, want, atol=1e-4, rtol=1e-4)  # the fold is in the file, not a no-op
 
 
+@pytest.mark.slow
 def test_the_tokenizer_is_the_original_ggufs(smol, written):
     """SmolLM2's tokenizer written from the HF tokenizer equals what its original GGUF holds: tokens, types,
     merges, special ids, add_bos, space prefix, pre-tokenizer and chat template."""

@@ -53,6 +53,7 @@ def test_library_calls_leave_the_tokenizer_settings_alone(smol):
     assert (tok.padding_side, tok.truncation_side) == before
 
 
+@pytest.mark.slow
 def test_seeded_sampling_repeats_and_leaves_the_global_rng_alone(smol):
     model, tok = smol
     torch.manual_seed(1234)
@@ -76,6 +77,7 @@ print(png[:4] == b"\\x89PNG", matplotlib.get_backend(), "matplotlib.pyplot" in s
 """
 
 
+@pytest.mark.slow
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     env = {**os.environ, "MPLBACKEND": "svg"}
     out = tmp_path / "dose.png"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import austeer
 
 _CHECK = """
@@ -24,6 +26,7 @@ print(" ".join(sorted(n for n in sys.modules if n == "austeer.cli" or n.startswi
 """
 
 
+@pytest.mark.slow
 def test_library_never_imports_the_cli() -> None:
     proc = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

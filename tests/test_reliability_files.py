@@ -57,6 +57,7 @@ def test_fit_refuses_a_directory_it_did_not_write(tmp_path, capsys):
     assert (out / "steer.json").is_file() and not (out / "thesis.txt").exists()
 
 
+@pytest.mark.slow
 def test_fit_replaces_its_own_spec_and_leaves_nothing_beside_it(tmp_path):
     out = tmp_path / "d"
     assert main(fit_args(out)) == 0
@@ -114,6 +115,7 @@ def test_a_killed_swap_is_repaired_by_the_next_run(spec_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_fit(tmp_path):
     from austeer.io import _host
 
@@ -167,6 +169,7 @@ def test_model_paths_are_checked_without_the_network(kind, tmp_path, capsys, mon
 # -- item 7: texts longer than the context are cut on the left, with a warning
 
 
+@pytest.mark.slow
 def test_texts_longer_than_the_context_are_cut_on_the_left(smol, monkeypatch):
     from austeer.core.collect import last_token_activations
     from austeer.run.generate import generate

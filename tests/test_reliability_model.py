@@ -167,6 +167,7 @@ def test_a_missing_package_is_named_before_any_input_is_read(blocked, command, e
     assert extra in line.split("pip install ", 1)[1]
 
 
+@pytest.mark.slow
 def test_a_missing_jinja2_is_named_before_the_weights_load(tmp_path):
     """The embedded model has a chat template: without jinja2 the prompts cannot be formatted."""
     line = blocked_cli("jinja2", fit_args(tmp_path / "s"), tmp_path)
@@ -174,6 +175,7 @@ def test_a_missing_jinja2_is_named_before_the_weights_load(tmp_path):
     assert "pip install 'jinja2" in line
 
 
+@pytest.mark.slow
 def test_austeer_imports_without_the_optional_packages():
     """``import austeer`` and the CLI's parser need none of them; the GGUF writers say what to install."""
     check = """

@@ -123,6 +123,7 @@ def test_folded_weight_that_overflows_is_refused_and_nothing_changes(smol, tmp_p
         pass
 
 
+@pytest.mark.slow
 def test_gguf_export_refuses_a_fold_that_overflows_its_storage_type(fitted, tmp_path, capsys):
     """alpha 1e5: finite gains and float32 weights, but the folded o_proj columns exceed float16's 65504."""
     out = tmp_path / "m.gguf"

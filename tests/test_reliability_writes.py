@@ -351,6 +351,7 @@ def test_disk_full_while_saving_a_spec_keeps_the_old_one(spec_dir, tmp_path, cap
     assert austeer.load(out).to_json() == old.to_json() and [p.name for p in tmp_path.iterdir()] == ["spec"]
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_a_file_keeps_the_old_one(custom, tmp_path, capsys, monkeypatch):
     """``eval --out``'s final write fails with ENOSPC after a few bytes (simulated): one line, the old file intact."""
     import austeer.io

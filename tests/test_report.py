@@ -128,6 +128,7 @@ def vocab_chips(tok) -> set[str]:
     return chips
 
 
+@pytest.mark.slow
 def test_report_is_valid_html_with_images_and_real_tokens(smol, spec, sweep_dir, tmp_path):
     model, tok = smol
     out = build_report(
@@ -222,6 +223,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     assert read_prompts(prompts) == ["Hi", "Bye"]
 
 
+@pytest.mark.slow
 def test_cli_inspect(spec, sweep_dir, tmp_path, capsys):
     spec_dir = spec.save(tmp_path / "spec")
     out = tmp_path / "r.html"

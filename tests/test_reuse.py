@@ -74,6 +74,7 @@ def test_changes_made_inside_the_block_are_seen(smol, texts) -> None:
     assert cache.first_changed() == len(cache.layers)  # unfolded bit for bit: unchanged again
 
 
+@pytest.mark.slow
 def test_generation_and_cached_passes_run_in_full(smol) -> None:
     model, tok = smol
     cache = LayerCache(model)

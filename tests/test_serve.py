@@ -113,6 +113,7 @@ def test_mixed_concurrent_requests_batch_and_match_one_by_one(smol, server, spec
     assert texts[0] != texts[1]  # the steer changed the answer to the same prompt
 
 
+@pytest.mark.slow
 def test_streaming_equals_non_streaming(client):
     body = {
         "model": f"{BASE}:pos",  # the steer chosen by model id
@@ -200,6 +201,7 @@ def test_cli_serve_starts_lists_and_stops(spec_dirs):
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_openai_client(server, client):
     import openai  # the dev extra installs it: this test runs in CI
 

@@ -91,6 +91,7 @@ def _hold_batch(server: Server, send: list[threading.Thread], queued: int) -> No
 # ------------------------------------------------------------------ item 8: per-request failure isolation
 
 
+@pytest.mark.slow
 def test_tiny_temperature_is_greedy_and_fails_no_other_request(server):
     lone = _post(server.url, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 8})
     assert lone.status_code == 200
@@ -152,6 +153,7 @@ def poison(smol) -> Iterator[str]:
         handle.remove()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_non_finite_row_fails_only_its_request(server, poison, temperature):
     prompts = ["The capital of France is", poison, "My favourite colour is"]
@@ -179,6 +181,7 @@ def test_non_finite_row_fails_only_its_request(server, poison, temperature):
 # ------------------------------------------------------------------ item 9: connections
 
 
+@pytest.mark.slow
 def test_backlog_holds_a_burst_of_connections(smol):
     """While nothing accepts, the kernel must queue the whole burst instead of dropping (or resetting) it."""
     model, tok = smol
@@ -381,6 +384,7 @@ def test_huge_integer_alpha_is_a_400_not_a_500(server):
         assert error["param"] == param and "...(401 digits)" in error["message"], error
 
 
+@pytest.mark.slow
 def test_tiny_top_p_samples_the_most_likely_token(server):
     """top_p 1e-300 is 0 in float32: the nucleus must still hold the most likely token (it was a 500)."""
     greedy = _post(server.url, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 8})

@@ -48,6 +48,7 @@ def test_signed_folds_exactly(smol, evidence):
     torch.testing.assert_close(folded, hooked, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_dose_response_of_a_variant(smol, evidence):
     model, tok = smol
     task = get_task("copa")

@@ -48,6 +48,7 @@ print(json.dumps({n: {s: [it.id for it in get_task(n).items(s)] for s in ("val",
 """
 
 
+@pytest.mark.slow
 def test_splits_are_deterministic() -> None:
     """The splits here equal those a fresh process (no cache, another hash seed) recomputes from the data."""
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -129,6 +129,7 @@ def test_steering_changes_the_answers(served: dict[str, Any]) -> None:
         assert len({tuple(exp[name][i][0]) for name in ("base", "head", "neuron")}) == 3
 
 
+@pytest.mark.slow
 def test_mixed_batch_of_two_adapters_and_the_plain_model(served: dict[str, Any]) -> None:
     names = {"base": served["base"], "head": "head", "neuron": "neuron"}
     jobs = [(key, i) for i in range(len(PROMPTS)) for key in names]

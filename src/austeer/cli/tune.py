@@ -22,6 +22,22 @@ from austeer.cli.common import (
 from austeer.errors import UserError
 
 
+def _choice_line(method: str, chosen: Any, out: Path) -> str:
+    """What tune chose for a method other than AUSteer, and the file it wrote the choice to."""
+    from austeer.evaluation.tune import writes_control_vector
+
+    if chosen is None:
+        return f"{method}: nothing beyond noise within the bound"
+    c = chosen
+    line = f"{method}: {c.config} (effect {c.effect:+.3f}, flips +{c.fixed}/-{c.broken}, ppl x{c.ppl_ratio:.3g})"
+    if c.site == "system":
+        return f"{line} -> {out / (method + '.json')} (the system turn to use)"
+    line += f" -> {out / (method + '.safetensors')} (an addition, not a spec)"
+    if writes_control_vector(method):
+        line += f"; as a llama.cpp control vector: {out / (method + '.gguf')}"
+    return line
+
+
 def _row_line(r: Any, chosen: Any) -> str:
     if r.method == "austeer":
         what = f"{r.site:8s} k={r.k:<4d}"
@@ -102,22 +118,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(_row_line(r, result.chosen_by.get(r.method)))
     for m in methods:
         if m != "austeer":
-            c = result.chosen_by.get(m)
-            print(
-                f"{m}: nothing beyond noise within the bound"
-                if c is None
-                else f"{m}: {c.config} (effect {c.effect:+.3f}, flips +{c.fixed}/-{c.broken}, ppl x{c.ppl_ratio:.3g})"
-                + (
-                    f" -> {out / (m + '.json')} (the system turn to use)"
-                    if c.site == "system"
-                    else f" -> {out / (m + '.safetensors')} (an addition, not a spec)"
-                    + (
-                        f"; as a llama.cpp control vector: {out / (m + '.gguf')}"
-                        if (out / (m + ".gguf")).exists()
-                        else ""
-                    )
-                )
-            )
+            print(_choice_line(m, result.chosen_by.get(m), out))
     if "austeer" in methods:
         print(result.message)
     for m, retention in result.capability.items():
