@@ -43,7 +43,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     require(*REPORT, "austeer compare")  # compare.png and dose.png are drawn after the evaluation
     from austeer.cli.argtypes import parse_doses
     from austeer.core.sites import check_site
-    from austeer.evaluation.compare import Comparison, compare, dose_response, sites_for
+    from austeer.evaluation.compare import Result, compare, dose_response, sites_for
     from austeer.evaluation.evaluate import Unsteered
     from austeer.evaluation.search import load_state, save_state
     from austeer.io import check_file_output, check_output_dir, signature, signed_json, write_output
@@ -71,7 +71,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     state_path = Path(args.out) / "compare.json"
     fresh: dict[str, Any] = {"model": args.model or DEFAULT_MODEL, "protocol": protocol(args), "results": []}
     state = load_state(state_path, "compare", fresh, ("model", "protocol"), rows="results", replace=args.force)
-    done = [r for r in Comparison.from_json(state).results if r.method in methods] if state["results"] else []
+    done = [r for r in map(Result.from_json, state["results"]) if r.method in methods]
     if done:
         print(f"austeer: resuming {state_path}: {', '.join(r.method for r in done)} measured", file=sys.stderr)
     model, tok, name = load_from_args(args)
