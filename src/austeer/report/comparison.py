@@ -127,9 +127,10 @@ def summary_table(comps: Sequence[Comparison]) -> str:
 
 
 def merged(comps: Sequence[Comparison]) -> list[Comparison]:
-    """One comparison per task from every run of it on its largest test set (the same items, the same
-    unsteered outcomes): each method's result from the run that gave it the largest budget of configurations
-    (the first such run in ``comps``), so no method is shown from the run where it happened to do best.
+    """One comparison per task from every run of it whose unsteered model answered as the first run on the largest
+    test set did (the same items, the same outcomes; a run in another dtype may answer otherwise, and is left out):
+    each method's result from the run that gave it the largest budget of configurations (the first such run in
+    ``comps``), so no method is shown from the run where it happened to do best.
 
     Example:
         >>> few = Comparison("copa", "accuracy", {"budget": 4}, {}, {}, [Result("austeer", {}, 8, 0, {}, 0.85, 0, "")])
@@ -141,7 +142,8 @@ def merged(comps: Sequence[Comparison]) -> list[Comparison]:
     for task in dict.fromkeys(c.task for c in comps):
         runs = [c for c in comps if c.task == task]
         n = max(len(c.baseline_correct) for c in runs)
-        runs = [c for c in runs if len(c.baseline_correct) == n]
+        ref = next(c for c in runs if len(c.baseline_correct) == n)
+        runs = [c for c in runs if c.baseline_correct == ref.baseline_correct]  # another dtype answers otherwise
         best: dict[str, tuple[int, Result]] = {}
         for c in runs:
             budget = int(c.settings.get("budget", 0))
