@@ -226,3 +226,18 @@ def test_overview_of_the_committed_1_5b_results(tmp_path):
     assert 0.02 < half < change  # the paired interval excludes zero (McNemar p = 1.3e-4)
     img = mpimg.imread(plot_overview(merged(comps), tmp_path / "overview.png"))
     assert img.shape[0] > 100 and img.std() > 0
+
+
+def test_overview_leaves_out_a_run_whose_unsteered_model_answered_otherwise():
+    """A run of the same task and items whose unsteered outcomes differ (another dtype) does not join the overview:
+    its methods would be paired against another model's unsteered answers."""
+    from dataclasses import replace
+
+    from austeer.report.comparison import merged
+
+    one = Comparison("copa", "accuracy", {"budget": 4}, {}, {}, [Result("austeer", {}, 8, 0, {}, 0.8, 0, "")])
+    one = replace(one, baseline_correct=[1, 0, 1])
+    same = replace(one, results=[Result("iti", {}, 2048, 0, {}, 0.8, 0, "")])
+    other = replace(one, baseline_correct=[1, 1, 1], results=[Result("au-add", {}, 32, 0, {}, 0.9, 0, "")])
+    (copa,) = merged([one, same, other])
+    assert [r.method for r in copa.results] == ["austeer", "iti"]
