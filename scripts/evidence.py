@@ -4,6 +4,13 @@ another run's results file refused before the model loads, ``--force`` starts it
 ``docs/results/<model>/`` and COMPARISON.md's generated section is rewritten after every stage
 (:mod:`austeer.report.evidence`).
 
+- confirm: one configuration fixed in advance (--site, --k, --alpha on --pairs-limit pairs, or --spec), unsteered
+  and steered on every test item
+- compare: every method of --methods, chosen on --val-limit val items with --budget configurations, on the test
+- capability: the capability panel under each choice of compare_<task><--label>.json
+- dose: test metric and perplexity against the number of top AUs (--doses) per site of --sites, at --alpha
+- frontier (behaviour tasks): effect against perplexity of each method over --strengths (+ --prompt-point)
+
     python scripts/evidence.py --stages confirm --tasks copa
     python scripts/evidence.py --stages compare --tasks copa --budget 4
     python scripts/evidence.py --stages capability --tasks copa --dtype float32
