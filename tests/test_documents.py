@@ -136,3 +136,24 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
     assert "capability panel" not in again.stderr  # the panel was not answered
     reused = json.loads((folder / "compare_copa_again.json").read_text())["results"][0]["capability"]
     assert reused == {**measured, "measured_in": "compare_copa.json"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--stages", "compare", "--tasks", "copa,nosuchtask"], "unknown task 'nosuchtask'"),
+        (["--stages", "compare", "--tasks", "copa", "--methods", "austeer,nosuchmethod"], "nosuchmethod"),
+        (["--stages", "dose", "--tasks", "copa", "--sites", "head,nosuchsite"], "unknown site 'nosuchsite'"),
+        (["--stages", "frontier", "--tasks", "sentiment", "--strengths", "calibration=1"], "calibration"),
+        (["--stages", "nosuchstage", "--tasks", "copa"], "nosuchstage"),
+    ],
+)
+def test_evidence_names_bad_input_in_one_line_before_the_model_loads(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evidence.py"
+    cmd = [sys.executable, str(script), "--model", "embedded:smollm2-135m-instruct", *flags, "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("evidence.py: ") and named in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from austeer.core.spec import atomic_write_text
+from austeer.errors import UserError
 from austeer.evaluation.search import load_state
 
 #: what must be equal for an earlier run's finished pieces to be kept, read from a results file's own fields
@@ -125,8 +126,27 @@ def resume(run: EvidenceRun, stage: str, task_name: str, where: Path) -> tuple[P
 
 
 def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: Path) -> None:
-    """Every results file the stages would resume, read before the model loads: another run's is one
-    :class:`~austeer.errors.UserError` now, not after an hour of loading and reading pairs."""
+    """What can be checked before the model loads, each one :class:`~austeer.errors.UserError` now, not after an
+    hour of loading and reading pairs: the tasks, methods and sites named, and every results file the stages would
+    resume (another run's is refused)."""
+    from austeer.core.sites import check_site
+    from austeer.evaluation.compare import sites_for
+    from austeer.methods import METHODS
+    from austeer.tasks import get_task
+
+    for name in tasks:
+        get_task(name)
+    if "compare" in stages:
+        sites_for(run.methods)
+    if "frontier" in stages:
+        sites_for([m for m in run.strengths if m != "prompt"])
+        undeclared = [m for m in run.strengths if m != "prompt" and METHODS[m].frontier is None]
+        if undeclared:
+            raise UserError(f"no frontier configuration is declared for {', '.join(undeclared)}")
+    if "dose" in stages:
+        sites_for([run.method])
+        for site in run.sites:
+            check_site(site)
     for stage in (s for s in stages if s in PROTOCOLS):
         for name in tasks:
             resume(run, stage, name, where)
