@@ -22,13 +22,12 @@ from austeer.cli.common import (
 from austeer.errors import UserError
 
 
-def _choice_line(method: str, chosen: Any, out: Path) -> str:
-    """What tune chose for a method other than AUSteer, and the file it wrote the choice to."""
+def _choice_line(method: str, c: Any, out: Path) -> str:
+    """What tune chose for a method other than AUSteer (``c``, its row, or None), and the file it wrote it to."""
     from austeer.evaluation.tune import writes_control_vector
 
-    if chosen is None:
+    if c is None:
         return f"{method}: nothing beyond noise within the bound"
-    c = chosen
     line = f"{method}: {c.config} (effect {c.effect:+.3f}, flips +{c.fixed}/-{c.broken}, ppl x{c.ppl_ratio:.3g})"
     if c.site == "system":
         return f"{line} -> {out / (method + '.json')} (the system turn to use)"
