@@ -157,3 +157,14 @@ def test_evidence_names_bad_input_in_one_line_before_the_model_loads(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("evidence.py: ") and named in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_confirm_table_of_a_run_on_fewer_items_than_were_seen_has_no_fresh_row() -> None:
+    """A confirm run with ``--test-limit`` below ``fresh_from`` (a quick check) prints its table: the all row only."""
+    from austeer.report.evidence import confirm_table
+
+    data = json.loads((RESULTS / "qwen2.5-coder-1.5b-instruct" / "confirm_copa.json").read_text())
+    for side in ("unsteered", "steered"):
+        data[side] = {**data[side], "correct": data[side]["correct"][:3]}
+    rows = [line for line in confirm_table(data, 200) if line.startswith("| ") and "items" not in line]
+    assert len(rows) == 1 and rows[0].startswith("| all | 3 |")

@@ -110,7 +110,7 @@ def confirm_table(data: dict[str, Any], fresh_from: int = 200) -> list[str]:
             _acc_line(f"seen (0-{fresh_from - 1})", base[:fresh_from], steered[:fresh_from]),
             _acc_line(f"**fresh ({fresh_from}+)**", base[fresh_from:], steered[fresh_from:]),
         ]
-        if fresh_from
+        if 0 < fresh_from < len(base)  # a run on fewer items than were seen has no fresh row
         else []
     )
     return [
