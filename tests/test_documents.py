@@ -146,6 +146,10 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
         (["--stages", "dose", "--tasks", "copa", "--sites", "head,nosuchsite"], "unknown site 'nosuchsite'"),
         (["--stages", "frontier", "--tasks", "sentiment", "--strengths", "calibration=1"], "calibration"),
         (["--stages", "nosuchstage", "--tasks", "copa"], "nosuchstage"),
+        (
+            ["--stages", "frontier", "--tasks", "sentiment", "--prompt-point", "--pairs-limit", "2"],
+            "--pairs-limit is 2",
+        ),
     ],
 )
 def test_evidence_names_bad_input_in_one_line_before_the_model_loads(

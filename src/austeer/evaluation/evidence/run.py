@@ -143,6 +143,11 @@ def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: 
         undeclared = [m for m in run.strengths if m != "prompt" and METHODS[m].frontier is None]
         if undeclared:
             raise UserError(f"no frontier configuration is declared for {', '.join(undeclared)}")
+        shots = max(int(c.get("shots", 0)) for c in METHODS["prompt"].grid)
+        if run.prompt_point and run.pairs_limit < shots:
+            raise UserError(
+                f"--prompt-point shows {shots} worked examples from the pairs; --pairs-limit is {run.pairs_limit}"
+            )
     if "dose" in stages:
         sites_for([run.method])
         for site in run.sites:
