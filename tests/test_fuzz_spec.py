@@ -204,3 +204,15 @@ def test_spec_mutated_scores_bytes(valid_dir, data):
         _load_or_clean_error(d)
     finally:
         shutil.rmtree(d.parent)
+
+
+def test_a_pair_count_beyond_int64_is_a_clean_error(valid_dir):
+    """Found by the fuzzer in CI: ``n_pairs`` of 10**30 reached the int64 sign counts and raised OverflowError."""
+    obj = json.loads((valid_dir / "steer.json").read_text())
+    obj["n_pairs"] = 10**30
+    d = _with(valid_dir, steer=json.dumps(obj).encode())
+    try:
+        with pytest.raises(SpecError, match="n_pairs: expected an integer from 0 to 2"):
+            load(d)
+    finally:
+        shutil.rmtree(d.parent)

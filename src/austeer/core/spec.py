@@ -123,6 +123,14 @@ def _is_int(x: object) -> bool:
     return isinstance(x, Integral) and not isinstance(x, bool)
 
 
+#: the largest pair count a spec can hold: its sign counts are int64
+MAX_PAIRS = 2**63 - 1
+
+
+def _is_pair_count(x: object) -> bool:
+    return _is_int(x) and 0 <= int(x) <= MAX_PAIRS  # type: ignore[call-overload]
+
+
 def _is_finite(x: object) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -322,8 +330,8 @@ class SteerSpec:
             check_fingerprint(self.fingerprint, where)
         check_units(self.units, self.alpha, where, beta_range, self.fingerprint or None)
         _check_sites(self.sites, self.units, where)
-        if not _is_int(self.n_pairs) or self.n_pairs < 0:
-            raise SpecError(f"{where}: n_pairs: expected an integer >= 0, found {self.n_pairs!r}")
+        if not _is_pair_count(self.n_pairs):
+            raise SpecError(f"{where}: n_pairs: expected an integer from 0 to 2**63 - 1, found {self.n_pairs!r}")
         if self.positions not in POSITIONS:
             raise SpecError(f"{where}: positions: expected one of {', '.join(POSITIONS)}, found {self.positions!r}")
         if self.selection not in SELECTIONS:
@@ -586,7 +594,7 @@ def load(directory: str | Path) -> SteerSpec:
     check_fingerprint(fp, where)
     check_units(units, float(alpha), where, beta_range=True, fp=fp)
     sites = _field(obj, "sites", where, lambda v: isinstance(v, list), "a list of site names", [])
-    n_pairs = _field(obj, "n_pairs", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0", 0)
+    n_pairs = _field(obj, "n_pairs", where, _is_pair_count, "an integer from 0 to 2**63 - 1", 0)
     _field(obj, "k", where, lambda v: _is_int(v) and v == len(units), f"the number of units, {len(units)}", 0)
     model_id = _field(obj, "model_id", where, lambda v: isinstance(v, str), "a string", "")
     finite_object = "an object (its numbers finite)"
