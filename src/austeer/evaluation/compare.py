@@ -414,7 +414,8 @@ def measure_capability(
         >>> done = pathlib.Path("docs/results/smollm2-135m-instruct/compare_copa.json")
         >>> done = Comparison.from_json(json.loads(done.read_text()))
         >>> panel = Panel(model, tok, exclude=("copa",), n=2)
-        >>> few = replace(done, results=[r for r in done.results if r.method in ("austeer", "calibration")])
+        >>> kept = [replace(r, capability=None) for r in done.results if r.method in ("austeer", "calibration")]
+        >>> few = replace(done, results=kept)  # as if their capability were not yet measured
         >>> [r.capability["n"] for r in measure_capability(model, tok, few, panel, 8, progress=False).results]
         [4, 4]
     """
