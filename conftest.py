@@ -8,6 +8,8 @@ load the model again each.
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,3 +34,12 @@ def _doctest_model(request: pytest.FixtureRequest, doctest_namespace: dict[str, 
     if isinstance(node, DoctestItem) and node.dtest is not None:
         if any(_USES_MODEL.search(ex.source) for ex in node.dtest.examples):
             doctest_namespace["model"], doctest_namespace["tok"] = request.getfixturevalue("smol")
+
+
+@pytest.fixture(autouse=True)
+def _temp_files_in_the_test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every temp file a test or doctest makes (``tempfile``, and ``TMPDIR`` in the processes it starts) lands in
+    its own ``tmp_path``, which pytest deletes once the test passed (``tmp_path_retention_policy``): a full run
+    writes gigabytes of exported checkpoints and must not leave them behind on the machine that runs it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))

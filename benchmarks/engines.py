@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = austeer.load_model(args.model, dtype=args.dtype)
     pairs = austeer.read_pairs(DATA / "pairs" / "sentiment.jsonl")
     spec = austeer.fit(model, tok, pairs, site="head", k=32, alpha=8.0, progress=False)
-    tmp = Path(tempfile.mkdtemp(prefix="austeer-engines-"))
+    workdir = tempfile.TemporaryDirectory(prefix="austeer-engines-")  # removed at exit, even after an error
+    tmp = Path(workdir.name)
     names = [f"s{i + 1}" for i in range(SPECS)]
     for i, name in enumerate(names):  # four specs: the same AUs at four strengths
         s = spec.with_alpha(4.0 * (i + 1))

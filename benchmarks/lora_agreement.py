@@ -108,7 +108,8 @@ def main() -> None:
     rows: list[list[str]] = []
     scale: list[list[str]] = []
     raw: list[dict[str, Any]] = []
-    tmp = Path(tempfile.mkdtemp())
+    workdir = tempfile.TemporaryDirectory(prefix="austeer-lora-agreement-")  # removed at exit, even after an error
+    tmp = Path(workdir.name)
     for site in ("head", "neuron", "ffn"):
         spec = austeer.fit(m32, tok, pairs, site=site, k=args.k, alpha=args.alpha, progress=False)
         with apply(m32, spec):
