@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 
 from austeer.core.reuse import LayerCache, reusing
 from austeer.errors import UserError
+from austeer.evaluation import search
 from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.evaluation.search import rank_key, spread
+from austeer.evaluation.search import spread
 from austeer.methods import DEFAULT_METHODS, METHODS
 from austeer.methods.base import Evidence, Method, Steerer, gather
 from austeer.stats import outcomes
@@ -61,6 +62,23 @@ class Trial:
     ppl_ratio: float  # neutral-text perplexity over the unsteered model's
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+
+    # what the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)
+    @property
+    def score(self) -> float:
+        return self.val
+
+    @property
+    def damage(self) -> float:
+        return self.ppl_ratio
+
+    @property
+    def size(self) -> int:
+        return self.n_steered
+
+    @property
+    def strength(self) -> float:
+        return 0.0  # one method's alpha, another's multiplier: no common scale, so ties go to the grid order
 
 
 @dataclass
@@ -170,12 +188,13 @@ def spread_grid(grid: Sequence[dict[str, Any]], budget: int) -> tuple[dict[str, 
 
 def ranked(trials: Sequence[Trial], max_ppl_ratio: float | None) -> list[int]:
     """Indices of the trials within the ppl bound, best first by the searches' one rule
-    (:func:`~austeer.evaluation.search.rank_key`: highest ``val``, then the lower ppl, fewer steered activations,
+    (:func:`~austeer.evaluation.search.ranked`: highest ``val``, then the lower ppl, fewer steered activations,
     the earlier); when none is within the bound, the one with the lowest ppl alone."""
-    ok = [i for i, t in enumerate(trials) if max_ppl_ratio is None or t.ppl_ratio <= max_ppl_ratio]
-    if not ok:
+    order = search.ranked(trials, max_ppl_ratio)
+    if not order:
         return [min(range(len(trials)), key=lambda i: trials[i].ppl_ratio)]
-    return sorted(ok, key=lambda i: rank_key(trials[i].val, trials[i].ppl_ratio, trials[i].n_steered))
+    where = {id(t): i for i, t in enumerate(trials)}
+    return [where[id(t)] for t in order]
 
 
 def pick(trials: Sequence[Trial], max_ppl_ratio: float | None) -> int:

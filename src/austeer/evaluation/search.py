@@ -5,9 +5,10 @@ grid, ordered by strength, and every other method's grid. Both take evenly space
 last configuration are always tried; with room for one, ``compare`` tries the first (its grids start at the
 weakest) and ``tune`` the last (the strongest: one configuration that does nothing tells a user nothing).
 
-``compare``, ``sweep`` and ``tune`` rank what they measured by one rule (:func:`rank_key`): the better score
-first; ties go to less damage (neutral perplexity), then fewer steered activations, then the weaker strength,
-then the earlier in the grid.
+``compare``, ``sweep`` and ``tune`` rank what they measured by one rule (:func:`ranked`, :func:`rank_key`) over
+one row type (:class:`Row`: what every search's row tells the rule): the better score first; ties go to less
+damage (neutral perplexity), then fewer steered activations, then the weaker strength, then the earlier in the
+grid. A new search rule is written here once, for all three.
 
 ``compare``, ``sweep`` and ``tune`` resume by one scheme: the run's state is a JSON file austeer signs
 (:func:`save_state`, written atomically after every measured configuration); :func:`load_state` reads it back
@@ -20,6 +21,10 @@ Example:
     >>> rows = [(0.6, 1.2, 8, 5.0), (0.6, 1.1, 32, 1.0), (0.6, 1.1, 8, 2.0), (0.5, 1.0, 2, 1.0)]
     >>> sorted(rows, key=lambda r: rank_key(*r))
     [(0.6, 1.1, 8, 2.0), (0.6, 1.1, 32, 1.0), (0.6, 1.2, 8, 5.0), (0.5, 1.0, 2, 1.0)]
+    >>> from austeer.evaluation.sweep import SweepRow
+    >>> rows = [SweepRow("head", 8, 5.0, 8, 0.6, 0.2), SweepRow("head", 32, 1.0, 32, 0.6, 0.1)]
+    >>> [r.k for r in ranked(rows)], [r.k for r in ranked(rows, max_damage=0.15)]
+    ([32, 8], [32])
 """
 
 from __future__ import annotations
@@ -27,12 +32,41 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from austeer.errors import UserError
 from austeer.io import signed_json, write_output
 
 T = TypeVar("T")
+
+
+class Row(Protocol):
+    """What the one choice rule reads of a measured configuration: each search's row (``compare``'s
+    :class:`~austeer.evaluation.compare.Trial`, ``sweep``'s :class:`~austeer.evaluation.sweep.SweepRow`,
+    ``tune``'s :class:`~austeer.evaluation.tune.TuneRow`) carries its own measurements and names these four."""
+
+    @property
+    def score(self) -> float | tuple[float, ...]:
+        """The measured effect on validation: higher is better (a tuple compares in order)."""
+        ...
+
+    @property
+    def damage(self) -> float:
+        """The neutral-text perplexity cost (a ratio or an increase over the unsteered model's): lower is better."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """How many activations the configuration steers."""
+        ...
+
+    @property
+    def strength(self) -> float:
+        """The configuration's strength (its alpha); 0 where methods' strengths are not one scale."""
+        ...
+
+
+R = TypeVar("R", bound=Row)
 
 
 def rank_key(score: float | tuple[float, ...], damage: float, size: int, strength: float = 0.0) -> tuple[float, ...]:
@@ -41,6 +75,16 @@ def rank_key(score: float | tuple[float, ...], damage: float, size: int, strengt
     the smaller ``|strength|``; :func:`sorted` keeps the grid order among what is left equal."""
     scores = score if isinstance(score, tuple) else (score,)
     return (*(-x for x in scores), damage, size, abs(strength))
+
+
+def ranked(
+    rows: Sequence[R], max_damage: float | None = None, score: Callable[[R], float | tuple[float, ...]] | None = None
+) -> list[R]:
+    """The rows whose damage is at most ``max_damage`` (all with None), best first by :func:`rank_key` (``score``
+    replaces each row's own where a search ranks on another measurement, e.g. tune's margin rule)."""
+    ok = [r for r in rows if max_damage is None or r.damage <= max_damage]
+    of = score or (lambda r: r.score)
+    return sorted(ok, key=lambda r: rank_key(of(r), r.damage, r.size, r.strength))
 
 
 def spread(items: Sequence[T], n: int, one: Literal["first", "last"] = "first") -> list[T]:

@@ -49,7 +49,7 @@ from austeer.core.steer import apply, folded
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.evaluation.search import load_state, rank_key, save_state
+from austeer.evaluation.search import load_state, ranked, save_state
 from austeer.io import check_file_output, check_output_dir, check_replaceable, write_output
 from austeer.tasks.base import Task
 
@@ -87,11 +87,28 @@ class SweepRow:
     def key(self) -> tuple[str, int, float]:
         return _key(self.site, self.k, self.alpha)
 
+    # what the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)
+    @property
+    def score(self) -> float:
+        return self.metric
+
+    @property
+    def damage(self) -> float:
+        return self.ppl_delta
+
+    @property
+    def size(self) -> int:
+        return self.n_steered
+
+    @property
+    def strength(self) -> float:
+        return self.alpha
+
 
 def ranked_rows(rows: Sequence[SweepRow]) -> list[SweepRow]:
-    """Best first by the searches' one rule (:func:`~austeer.evaluation.search.rank_key`): highest metric; ties:
+    """Best first by the searches' one rule (:func:`~austeer.evaluation.search.ranked`): highest metric; ties:
     smaller ppl increase, fewer steered AUs, smaller alpha, then the order of ``rows``."""
-    return sorted(rows, key=lambda r: rank_key(r.metric, r.ppl_delta, r.n_steered, r.alpha))
+    return ranked(rows)
 
 
 def best_row(rows: Sequence[SweepRow]) -> SweepRow:
@@ -155,10 +172,10 @@ def _capable(
             save()
         return dict(measured[key])
 
-    ranked = ranked_rows(rows)
-    best = first_within(panel, ranked, lambda r: Retention.from_json(retention(r)))
+    order = ranked_rows(rows)
+    best = first_within(panel, order, lambda r: Retention.from_json(retention(r)))
     if best is None:
-        best = min(ranked, key=lambda r: float(retention(r)["drop"]))  # none keeps the bound: the one that drops least
+        best = min(order, key=lambda r: float(retention(r)["drop"]))  # none keeps the bound: the one that drops least
     state["capability"]["chosen"] = retention(best)
     return best
 

@@ -96,8 +96,9 @@ from austeer.core.reuse import LayerCache
 from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
+from austeer.evaluation import search
 from austeer.evaluation.capability import Panel, Retention, first_within
-from austeer.evaluation.search import load_state, rank_key, save_state, spread
+from austeer.evaluation.search import load_state, save_state, spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
     atomic_write_file,
@@ -150,6 +151,25 @@ class TuneRow:
     @property
     def key(self) -> tuple[str, str]:
         return (self.method, self.config)
+
+    # what the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)
+    @property
+    def score(self) -> tuple[float, float]:
+        """Net held-out flips, then the margin effect (with the margin rule alone, :func:`ranked` reads
+        :attr:`effect`)."""
+        return (self.fixed - self.broken, self.effect)
+
+    @property
+    def damage(self) -> float:
+        return self.ppl_ratio
+
+    @property
+    def size(self) -> int:
+        return self.n_steered
+
+    @property
+    def strength(self) -> float:
+        return self.alpha
 
 
 @dataclass
@@ -259,14 +279,11 @@ def ranked(
     rows: Sequence[TuneRow], max_damage: float = MAX_DAMAGE, min_z: float | None = 2.0, max_p: float | None = None
 ) -> list[TuneRow]:
     """The rows with ``ppl_ratio <= max_damage`` that pass a test in use (:func:`passes`), best first by the
-    searches' one rule (:func:`~austeer.evaluation.search.rank_key`): with the choice test in use (``max_p``), the
+    searches' one rule (:func:`~austeer.evaluation.search.ranked`): with the choice test in use (``max_p``), the
     most net flips (``fixed - broken``), then the largest effect; else the largest effect. Ties: smaller perplexity
     ratio, fewer steered activations, smaller alpha, then the order of ``rows``."""
-    ok = [r for r in rows if r.ppl_ratio <= max_damage and passes(r, min_z, max_p)]
-    flips = max_p is not None
-    return sorted(
-        ok, key=lambda r: rank_key(((r.fixed - r.broken) if flips else 0, r.effect), r.ppl_ratio, r.n_steered, r.alpha)
-    )
+    ok = [r for r in rows if passes(r, min_z, max_p)]
+    return search.ranked(ok, max_damage, score=None if max_p is not None else lambda r: r.effect)
 
 
 def choose(
