@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from austeer.errors import UserError
-from austeer.evaluation.evidence import EvidenceRun, check, check_stages, run_stages
+from austeer.evaluation.evidence import EvidenceRun, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
@@ -129,11 +129,8 @@ def main() -> None:
             render(args.model, args.fresh_from)
 
     try:
-        run = run_of(args)
-        check_stages(stages)
-        check(run, stages, tasks, where)  # another run's results file is one line before the model loads
-        model, tok = load_model(args.model, dtype=args.dtype)
-        run_stages(run, stages, tasks, where, model, tok, on_done=done)
+        run = run_of(args)  # the stages and results files are checked before the model loads
+        run_stages(run, stages, tasks, where, lambda: load_model(args.model, dtype=args.dtype), on_done=done)
     except UserError as exc:
         print(f"evidence.py: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -55,14 +55,18 @@ def run_stages(
     stages: Sequence[str],
     tasks: Sequence[str],
     where: Path,
-    model: nn.Module,
-    tokenizer: Any,
+    model: nn.Module | Callable[[], tuple[nn.Module, Any]],
+    tokenizer: Any = None,
     on_done: Callable[[str, str, dict[str, Any]], None] | None = None,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each stage for each task, in that order, in one :class:`Session` (``on_done(stage, task, results)`` after each);
-    every results file is checked first (:func:`check`). Returns each ``(stage, task)``'s results."""
+    the stages and every results file are checked first (:func:`check`). ``model`` is the model (with
+    ``tokenizer``), or a function that loads both, called once every check passed (the command line: bad input
+    is one line before an hour of loading). Returns each ``(stage, task)``'s results."""
     check_stages(stages)
     check(run, stages, tasks, where)
+    if not isinstance(model, nn.Module):
+        model, tokenizer = model()
     where.mkdir(parents=True, exist_ok=True)
     session = Session(run, model, tokenizer, where)
     out = {}
