@@ -39,7 +39,7 @@ from austeer.errors import UserError
 from austeer.evaluation import search
 from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.evaluation.search import spread
+from austeer.evaluation.search import Measured, spread
 from austeer.methods import DEFAULT_METHODS, METHODS
 from austeer.methods.base import Evidence, Method, Steerer, gather
 from austeer.stats import outcomes
@@ -63,22 +63,11 @@ class Trial:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
-    # what the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)
     @property
-    def score(self) -> float:
-        return self.val
-
-    @property
-    def damage(self) -> float:
-        return self.ppl_ratio
-
-    @property
-    def size(self) -> int:
-        return self.n_steered
-
-    @property
-    def strength(self) -> float:
-        return 0.0  # one method's alpha, another's multiplier: no common scale, so ties go to the grid order
+    def measured(self) -> Measured:
+        """What the searches' one rule reads (:class:`~austeer.evaluation.search.Row`); strength 0: one method's
+        alpha is another's multiplier, so ties go to the grid order."""
+        return Measured(self.val, self.ppl_ratio, self.n_steered, 0.0)
 
 
 @dataclass

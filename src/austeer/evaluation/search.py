@@ -6,9 +6,9 @@ last configuration are always tried; with room for one, ``compare`` tries the fi
 weakest) and ``tune`` the last (the strongest: one configuration that does nothing tells a user nothing).
 
 ``compare``, ``sweep`` and ``tune`` rank what they measured by one rule (:func:`ranked`, :func:`rank_key`) over
-one row type (:class:`Row`: what every search's row tells the rule): the better score first; ties go to less
-damage (neutral perplexity), then fewer steered activations, then the weaker strength, then the earlier in the
-grid. A new search rule is written here once, for all three.
+one row interface (:class:`Row`: what every search's row tells the rule, a :class:`Measured`): the better score
+first; ties go to less damage (neutral perplexity), then fewer steered activations, then the weaker strength,
+then the earlier in the grid. A new search rule is written here once, for all three.
 
 ``compare``, ``sweep`` and ``tune`` resume by one scheme: the run's state is a JSON file austeer signs
 (:func:`save_state`, written atomically after every measured configuration); :func:`load_state` reads it back
@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from austeer.errors import UserError
 from austeer.io import signed_json, write_output
@@ -40,30 +40,22 @@ from austeer.io import signed_json, write_output
 T = TypeVar("T")
 
 
+class Measured(NamedTuple):
+    """What the one choice rule reads of a measured configuration."""
+
+    score: float | tuple[float, ...]  # the effect on validation: higher is better (a tuple compares in order)
+    damage: float  # the neutral-text perplexity cost (a ratio or an increase): lower is better
+    size: int  # how many activations it steers
+    strength: float  # its alpha; 0 where the methods' strengths share no scale
+
+
 class Row(Protocol):
-    """What the one choice rule reads of a measured configuration: each search's row (``compare``'s
-    :class:`~austeer.evaluation.compare.Trial`, ``sweep``'s :class:`~austeer.evaluation.sweep.SweepRow`,
-    ``tune``'s :class:`~austeer.evaluation.tune.TuneRow`) carries its own measurements and names these four."""
+    """A row of any search (``compare``'s :class:`~austeer.evaluation.compare.Trial`, ``sweep``'s
+    :class:`~austeer.evaluation.sweep.SweepRow`, ``tune``'s :class:`~austeer.evaluation.tune.TuneRow`): each
+    carries its own measurements and says which of them the rule reads."""
 
     @property
-    def score(self) -> float | tuple[float, ...]:
-        """The measured effect on validation: higher is better (a tuple compares in order)."""
-        ...
-
-    @property
-    def damage(self) -> float:
-        """The neutral-text perplexity cost (a ratio or an increase over the unsteered model's): lower is better."""
-        ...
-
-    @property
-    def size(self) -> int:
-        """How many activations the configuration steers."""
-        ...
-
-    @property
-    def strength(self) -> float:
-        """The configuration's strength (its alpha); 0 where methods' strengths are not one scale."""
-        ...
+    def measured(self) -> Measured: ...
 
 
 R = TypeVar("R", bound=Row)
@@ -82,9 +74,9 @@ def ranked(
 ) -> list[R]:
     """The rows whose damage is at most ``max_damage`` (all with None), best first by :func:`rank_key` (``score``
     replaces each row's own where a search ranks on another measurement, e.g. tune's margin rule)."""
-    ok = [r for r in rows if max_damage is None or r.damage <= max_damage]
-    of = score or (lambda r: r.score)
-    return sorted(ok, key=lambda r: rank_key(of(r), r.damage, r.size, r.strength))
+    ok = [r for r in rows if max_damage is None or r.measured.damage <= max_damage]
+    of = score or (lambda r: r.measured.score)
+    return sorted(ok, key=lambda r: rank_key(of(r), *r.measured[1:]))
 
 
 def spread(items: Sequence[T], n: int, one: Literal["first", "last"] = "first") -> list[T]:

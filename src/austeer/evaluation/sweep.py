@@ -49,7 +49,7 @@ from austeer.core.steer import apply, folded
 from austeer.errors import UserError
 from austeer.evaluation.capability import Panel, Retention, first_within
 from austeer.evaluation.evaluate import Unsteered, evaluate
-from austeer.evaluation.search import load_state, ranked, save_state
+from austeer.evaluation.search import Measured, load_state, ranked, save_state
 from austeer.io import check_file_output, check_output_dir, check_replaceable, write_output
 from austeer.tasks.base import Task
 
@@ -87,22 +87,10 @@ class SweepRow:
     def key(self) -> tuple[str, int, float]:
         return _key(self.site, self.k, self.alpha)
 
-    # what the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)
     @property
-    def score(self) -> float:
-        return self.metric
-
-    @property
-    def damage(self) -> float:
-        return self.ppl_delta
-
-    @property
-    def size(self) -> int:
-        return self.n_steered
-
-    @property
-    def strength(self) -> float:
-        return self.alpha
+    def measured(self) -> Measured:
+        """What the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)."""
+        return Measured(self.metric, self.ppl_delta, self.n_steered, self.alpha)
 
 
 def ranked_rows(rows: Sequence[SweepRow]) -> list[SweepRow]:

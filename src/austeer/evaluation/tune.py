@@ -98,7 +98,7 @@ from austeer.core.spec import SteerSpec, fingerprint, load
 from austeer.errors import UserError
 from austeer.evaluation import search
 from austeer.evaluation.capability import Panel, Retention, first_within
-from austeer.evaluation.search import load_state, save_state, spread
+from austeer.evaluation.search import Measured, load_state, save_state, spread
 from austeer.evaluation.sweep import steering
 from austeer.io import (
     atomic_write_file,
@@ -152,24 +152,11 @@ class TuneRow:
     def key(self) -> tuple[str, str]:
         return (self.method, self.config)
 
-    # what the searches' one rule reads (:class:`~austeer.evaluation.search.Row`)
     @property
-    def score(self) -> tuple[float, float]:
-        """Net held-out flips, then the margin effect (with the margin rule alone, :func:`ranked` reads
-        :attr:`effect`)."""
-        return (self.fixed - self.broken, self.effect)
-
-    @property
-    def damage(self) -> float:
-        return self.ppl_ratio
-
-    @property
-    def size(self) -> int:
-        return self.n_steered
-
-    @property
-    def strength(self) -> float:
-        return self.alpha
+    def measured(self) -> Measured:
+        """What the searches' one rule reads (:class:`~austeer.evaluation.search.Row`): net held-out flips, then the
+        margin effect (the margin rule alone reads :attr:`effect`, see :func:`ranked`)."""
+        return Measured((self.fixed - self.broken, self.effect), self.ppl_ratio, self.n_steered, self.alpha)
 
 
 @dataclass
