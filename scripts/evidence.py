@@ -100,10 +100,12 @@ def main() -> None:
         help="frontier: also the prompt (instruction alone, and with examples) on the same items",
     )
     p.add_argument("--share-prefix", action="store_true", help="compare: read each pair's shared prompt once")
-    p.add_argument("--pairs-file", default=None, help="frontier: steer from these pairs (JSONL) instead of the task's")
+    p.add_argument(
+        "--pairs-file", default=None, help="frontier, dose: steer from these pairs (JSONL) instead of the task's"
+    )
     p.add_argument("--base-from", default=None, help="dose: reuse the unsteered point of this earlier dose file")
     p.add_argument("--panel-items", type=int, default=50, help="capability: validation items of each panel task")
-    p.add_argument("--label", default="", help="compare, capability: a suffix of the results file (another protocol)")
+    p.add_argument("--label", default="", help="every stage but confirm: a suffix of the results file")
     p.add_argument("--note", default="", help="confirm: a sentence on where the fixed configuration came from")
     p.add_argument("--out", default=str(OUT), help="results folder (docs/results: also rewrites COMPARISON.md)")
     p.add_argument("--render-only", action="store_true")

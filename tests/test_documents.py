@@ -147,6 +147,7 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
         (["--stages", "dose", "--tasks", "copa", "--sites", "head,nosuchsite"], "unknown site 'nosuchsite'"),
         (["--stages", "frontier", "--tasks", "sentiment", "--strengths", "calibration=1"], "calibration"),
         (["--stages", "nosuchstage", "--tasks", "copa"], "nosuchstage"),
+        (["--stages", "compare", "--tasks", "copa", "--pairs-file", "p.jsonl"], "--pairs-file steers the frontier"),
         (
             ["--stages", "frontier", "--tasks", "sentiment", "--prompt-point", "--pairs-limit", "2"],
             "--pairs-limit is 2",
@@ -173,3 +174,27 @@ def test_confirm_table_of_a_run_on_fewer_items_than_were_seen_has_no_fresh_row()
         data[side] = {**data[side], "correct": data[side]["correct"][:3]}
     rows = [line for line in confirm_table(data, 200) if line.startswith("| ") and "items" not in line]
     assert len(rows) == 1 and rows[0].startswith("| all | 3 |")
+
+
+@pytest.mark.slow
+def test_evidence_dose_steers_from_the_pairs_file_and_keeps_it_in_its_protocol(smol, tmp_path, monkeypatch) -> None:
+    """``--pairs-file`` on the dose stage fits from the written pairs, never the task's own (sentiment's are
+    sampled from the model: a run that read them would call the task's ``pairs``), and the file is part of the
+    run's protocol: the same stage without it is another run, refused before anything is measured."""
+    from austeer.errors import UserError
+    from austeer.evaluation.evidence import EvidenceRun, run_stages
+    from austeer.tasks.behaviour import BehaviourTask
+
+    def sampled(*args, **kwargs):
+        raise AssertionError("the dose stage read the task's pairs, not the pairs file")
+
+    monkeypatch.setattr(BehaviourTask, "pairs", sampled)
+    written = Path(__file__).resolve().parents[1] / "src" / "austeer" / "data" / "pairs" / "sentiment.jsonl"
+    settings = dict(model="embedded:smollm2-135m-instruct", dtype="float32", method="au-add", sites=("head",))
+    run = EvidenceRun(**settings, doses=(2,), pairs_limit=4, test_limit=2, max_new_tokens=4, pairs_file=str(written))
+    out = run_stages(run, ["dose"], ["sentiment"], tmp_path, *smol)[("dose", "sentiment")]
+    assert out["settings"]["pairs_file"] == str(written) and [r["k"] for r in out["rows"]] == [2]
+    with pytest.raises(UserError, match="different protocol"):
+        run_stages(
+            EvidenceRun(**settings, doses=(2,), pairs_limit=4, test_limit=2), ["dose"], ["sentiment"], tmp_path, *smol
+        )

@@ -28,7 +28,7 @@ from austeer.evaluation.search import load_state
 PROTOCOLS: dict[str, tuple[str, ...]] = {
     "confirm": ("site", "k", "alpha", "pairs"),  # its config
     "compare": ("budget", "val_limit", "test_limit"),  # its settings (more methods join the same run)
-    "dose": ("limit", "pairs", "alpha"),  # its settings (more doses add points to the same run)
+    "dose": ("limit", "pairs", "alpha", "pairs_file"),  # its settings (more doses add points to the same run)
     "frontier": ("limit", "pairs", "pairs_file"),  # its settings (more methods or strengths join the same run)
 }
 
@@ -95,7 +95,7 @@ def results_file(run: EvidenceRun, stage: str, task_name: str, where: Path) -> t
         fresh["results"] = []
     elif stage == "dose":
         settings = {"limit": run.test_limit, "pairs": run.pairs_limit, "alpha": run.alpha, "doses": run.doses_text}
-        fresh.update(settings=settings, rows=[])
+        fresh.update(settings={**settings, **({"pairs_file": run.pairs_file} if run.pairs_file else {})}, rows=[])
     else:
         frontier: dict[str, Any] = {"limit": run.test_limit, "pairs": run.pairs_limit, "strengths": run.strengths}
         fresh.update(settings={**frontier, **({"pairs_file": run.pairs_file} if run.pairs_file else {})}, rows=[])
@@ -136,6 +136,9 @@ def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: 
 
     for name in tasks:
         get_task(name)
+    ignoring = [s for s in stages if s not in ("frontier", "dose")]
+    if run.pairs_file and ignoring:
+        raise UserError(f"--pairs-file steers the frontier and dose stages only, not {', '.join(ignoring)}")
     if "compare" in stages:
         sites_for(run.methods)
     if "frontier" in stages:

@@ -239,7 +239,7 @@ def dose_stage(s: Session, task_name: str) -> dict[str, Any]:
         print(f"dose {task_name} {row.curve} k={row.k}: {row.metric:.3f} (ppl {row.ppl:.2f})", flush=True)
 
     base = reused_base(s)  # the unsteered point of an earlier run on the same items, or None
-    pairs = task.pairs(s.model, s.tokenizer, limit=run.pairs_limit)
+    pairs = task_pairs(s, task)
     evidence = gather(s.model, s.tokenizer, pairs, list(todo), batch_size=run.batch_size)
     for site, doses in todo.items():
         dose_response(
