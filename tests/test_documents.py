@@ -148,6 +148,8 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
         (["--stages", "frontier", "--tasks", "sentiment", "--strengths", "calibration=1"], "calibration"),
         (["--stages", "nosuchstage", "--tasks", "copa"], "nosuchstage"),
         (["--stages", "compare", "--tasks", "copa", "--pairs-file", "p.jsonl"], "--pairs-file steers the frontier"),
+        (["--stages", "compare", "--tasks", "copa", "--doses", "0,2"], "--doses is read by the dose stage only"),
+        (["--stages", "frontier", "--tasks", "sentiment", "--base-from", "d.json"], "--base-from is read by the dose"),
         (
             ["--stages", "frontier", "--tasks", "sentiment", "--prompt-point", "--pairs-limit", "2"],
             "--pairs-limit is 2",

@@ -32,6 +32,28 @@ PROTOCOLS: dict[str, tuple[str, ...]] = {
     "frontier": ("limit", "pairs", "pairs_file"),  # its settings (more methods or strengths join the same run)
 }
 
+#: the settings only some stages read: one set away from its default with none of them in the run is refused
+#: (a flag silently ignored would measure something else than asked)
+READ_BY: dict[str, tuple[str, ...]] = {
+    "site": ("confirm",),
+    "k": ("confirm",),
+    "spec": ("confirm",),
+    "note": ("confirm",),
+    "fresh_from": ("confirm",),
+    "alpha": ("confirm", "dose"),
+    "methods": ("compare",),
+    "budget": ("compare",),
+    "share_prefix": ("compare",),
+    "val_limit": ("compare",),
+    "sites": ("dose",),
+    "method": ("dose",),
+    "doses": ("dose",),
+    "base_from": ("dose",),
+    "strengths": ("frontier",),
+    "prompt_point": ("frontier",),
+    "panel_items": ("capability",),
+}
+
 DEFAULT_STRENGTHS = {"austeer": [5.0, 10.0, 20.0, 50.0], "caa": [0.5, 1.0, 2.0, 4.0], "iti": [2.0, 5.0, 10.0, 20.0]}
 
 
@@ -139,6 +161,12 @@ def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: 
     ignoring = [s for s in stages if s not in ("frontier", "dose")]
     if run.pairs_file and ignoring:
         raise UserError(f"--pairs-file steers the frontier and dose stages only, not {', '.join(ignoring)}")
+    default = EvidenceRun()
+    for name, readers in READ_BY.items():
+        if getattr(run, name) != getattr(default, name) and not set(readers) & set(stages):
+            flag = "--" + name.replace("_", "-")
+            which = f"{' and '.join(readers)} stage{'s' if len(readers) > 1 else ''}"
+            raise UserError(f"{flag} is read by the {which} only, and this run has none of them")
     if "compare" in stages:
         sites_for(run.methods)
     if "frontier" in stages:
