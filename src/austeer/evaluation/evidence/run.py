@@ -115,12 +115,13 @@ def results_file(run: EvidenceRun, stage: str, task_name: str, where: Path) -> t
     elif stage == "compare":
         fresh.update(settings={"budget": run.budget, "val_limit": run.val_limit, "test_limit": run.test_limit})
         fresh["results"] = []
-    elif stage == "dose":
-        settings = {"limit": run.test_limit, "pairs": run.pairs_limit, "alpha": run.alpha, "doses": run.doses_text}
+    else:  # dose, frontier: steered from the task's pairs or, where given, the pairs file
+        settings: dict[str, Any] = {"limit": run.test_limit, "pairs": run.pairs_limit}
+        if stage == "dose":
+            settings.update(alpha=run.alpha, doses=run.doses_text)
+        else:
+            settings["strengths"] = run.strengths
         fresh.update(settings={**settings, **({"pairs_file": run.pairs_file} if run.pairs_file else {})}, rows=[])
-    else:
-        frontier: dict[str, Any] = {"limit": run.test_limit, "pairs": run.pairs_limit, "strengths": run.strengths}
-        fresh.update(settings={**frontier, **({"pairs_file": run.pairs_file} if run.pairs_file else {})}, rows=[])
     return where / f"{stage}_{task_name}{label}.json", fresh
 
 
