@@ -123,8 +123,9 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
     committed = json.loads((RESULTS / "smollm2-135m-instruct" / "compare_copa.json").read_text())
     committed["results"] = [{**r, "capability": None} for r in committed["results"] if r["method"] == "austeer"]
     committed.pop("capability_run", None)  # a comparison whose capability was not yet measured
-    for name in ("compare_copa.json", "compare_copa_again.json"):
-        (folder / name).write_text(json.dumps(committed))
+    (folder / "compare_copa_again.json").write_text(json.dumps(committed))
+    committed["capability_run"] = {"dtype": "float32", "items_per_task": 2, "seconds": 5.0}  # a run stopped early
+    (folder / "compare_copa.json").write_text(json.dumps(committed))
     base = [sys.executable, str(script), "--model", "embedded:smollm2-135m-instruct", "--dtype", "float32"]
     base += ["--stages", "capability", "--tasks", "copa", "--panel-items", "2", "--out", str(tmp_path)]
     first = subprocess.run(base, capture_output=True, text=True, timeout=600)
@@ -132,6 +133,8 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
     assert "capability panel" in first.stderr  # its progress: the panel answered
     measured = json.loads((folder / "compare_copa.json").read_text())["results"][0]["capability"]
     assert measured["n"] == 4 and "measured_in" not in measured  # 2 BoolQ + 2 WinoGrande items
+    rerun = subprocess.run(base, capture_output=True, text=True, timeout=600)  # the resumed file is finished
+    assert rerun.returncode == 0 and "capability copa: done" in rerun.stdout, rerun.stderr[-2000:]
     again = subprocess.run([*base, "--label", "_again"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "done from other comparisons' measurements" in again.stdout
     assert "capability panel" not in again.stderr  # the panel was not answered
@@ -148,6 +151,7 @@ def test_evidence_capability_reuses_what_another_comparison_of_the_task_measured
         (["--stages", "frontier", "--tasks", "sentiment", "--strengths", "calibration=1"], "calibration"),
         (["--stages", "nosuchstage", "--tasks", "copa"], "nosuchstage"),
         (["--stages", "compare", "--tasks", "copa", "--pairs-file", "p.jsonl"], "--pairs-file steers the frontier"),
+        (["--stages", "capability", "--tasks", "copa"], "no such comparison to measure capability under"),
         (["--stages", "compare", "--tasks", "copa", "--doses", "0,2"], "--doses is read by the dose stage only"),
         (["--stages", "frontier", "--tasks", "sentiment", "--base-from", "d.json"], "--base-from is read by the dose"),
         (

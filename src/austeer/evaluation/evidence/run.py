@@ -148,6 +148,21 @@ def resume(run: EvidenceRun, stage: str, task_name: str, where: Path) -> tuple[P
     return path, data
 
 
+def capability_file(run: EvidenceRun, task_name: str, where: Path) -> tuple[Path, dict[str, Any]]:
+    """The committed ``compare_<task><label>.json`` the capability stage measures under, and its content; one
+    whose capability was measured another way (dtype, panel items; the seconds spent so far aside) or a missing
+    one is :class:`~austeer.errors.UserError`."""
+    path = where / f"compare_{task_name}{run.label}.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no such comparison to measure capability under (run the compare stage first)")
+    data = json.loads(path.read_text())
+    measured = {"dtype": run.dtype, "items_per_task": run.panel_items}
+    held = {k: v for k, v in data.get("capability_run", measured).items() if k != "seconds"}
+    if held != measured:
+        raise UserError(f"{path}: its capability was measured as {held}, not {measured}")
+    return path, data
+
+
 def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: Path) -> None:
     """What can be checked before the model loads, each one :class:`~austeer.errors.UserError` now, not after an
     hour of loading and reading pairs: the tasks, methods and sites named, and every results file the stages would
@@ -187,6 +202,8 @@ def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: 
     for stage in (s for s in stages if s in PROTOCOLS):
         for name in tasks:
             resume(run, stage, name, where)
+    for name in tasks if "capability" in stages else ():
+        capability_file(run, name, where)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from austeer.errors import UserError
-from austeer.evaluation.evidence.run import Session, results_file, resume, save
+from austeer.evaluation.evidence.run import Session, capability_file, results_file, resume, save
 from austeer.tasks import get_task
 
 
@@ -138,11 +138,8 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
     from austeer.evaluation.compare import Comparison, Result, measure_capability
 
     run = s.run
-    path = s.where / f"compare_{task_name}{run.label}.json"
-    data = json.loads(path.read_text())
+    path, data = capability_file(run, task_name, s.where)
     measured = {"dtype": run.dtype, "items_per_task": run.panel_items}
-    if data.get("capability_run", measured) != measured:
-        raise UserError(f"{path}: its capability was measured as {data['capability_run']}, not {measured}")
     comparison = Comparison.from_json(data)
     if all(r.capability for r in comparison.results):
         print(f"capability {task_name}: done ({path})")
