@@ -171,6 +171,33 @@ def test_evidence_names_bad_input_in_one_line_before_the_model_loads(
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ('{"task": "copa", "results": [', "not a comparison austeer wrote"),
+        ('{"task": "copa", "rows": []}', "not a comparison austeer wrote"),
+        (
+            '{"task": "copa", "settings": {}, "results": [], "capability_run": {"dtype": "bfloat16", '
+            '"items_per_task": 50, "seconds": 3.0}}',
+            "its capability was measured as {'dtype': 'bfloat16', 'items_per_task': 50}",
+        ),
+    ],
+)
+def test_evidence_capability_refuses_another_comparison_before_the_model_loads(
+    tmp_path: Path, content: str, named: str
+) -> None:
+    """A broken comparison, or one whose capability was measured another way, is one line and is left as it was."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evidence.py"
+    folder = tmp_path / "smollm2-135m-instruct"
+    folder.mkdir()
+    (folder / "compare_copa.json").write_text(content)
+    cmd = [sys.executable, str(script), "--model", "embedded:smollm2-135m-instruct", "--dtype", "float32"]
+    cmd += ["--stages", "capability", "--tasks", "copa", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and named in proc.stderr, proc.stderr[-2000:]
+    assert (folder / "compare_copa.json").read_text() == content and len(list(folder.iterdir())) == 1
+
+
 def test_confirm_table_of_a_run_on_fewer_items_than_were_seen_has_no_fresh_row() -> None:
     """A confirm run with ``--test-limit`` below ``fresh_from`` (a quick check) prints its table: the all row only."""
     from austeer.report.evidence import confirm_table

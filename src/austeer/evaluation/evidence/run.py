@@ -155,7 +155,12 @@ def capability_file(run: EvidenceRun, task_name: str, where: Path) -> tuple[Path
     path = where / f"compare_{task_name}{run.label}.json"
     if not path.is_file():
         raise UserError(f"{path}: no such comparison to measure capability under (run the compare stage first)")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "settings" not in data:
+        raise UserError(f"{path}: not a comparison austeer wrote (a JSON object with its settings and results)")
     measured = {"dtype": run.dtype, "items_per_task": run.panel_items}
     held = {k: v for k, v in data.get("capability_run", measured).items() if k != "seconds"}
     if held != measured:
