@@ -213,17 +213,49 @@ def frontier_table(rows: Sequence[FrontierRow], metric: str) -> str:
 
 
 def plot_comparison(c: Comparison, out: str | Path, force: bool = False) -> Path:
-    """Bar chart of the test metric per method, annotated with the number of steered activations."""
+    """Bar chart of the test metric per method, annotated with the number of steered activations; where the
+    comparison measured the capability panel, beside it each method's change of the test metric (paired 95%
+    interval) against its two costs: the neutral perplexity change and the panel's accuracy change."""
+    costs = any(r.capability for r in c.results)
+    fig, axes = _subplots(1, 3 if costs else 1, figsize=(16, 3.8) if costs else (7, 3.5), squeeze=False)
+    ax = axes[0][0]
     names = ["none"] + [r.method for r in c.results]
     vals = [c.baseline_test[c.metric]] + [r.test_metric for r in c.results]
     counts = [0] + [r.n_steered for r in c.results]
-    fig, ax = _subplots(figsize=(7, 3.5))
     bars = ax.bar(names, vals, color=["grey"] + ["C0" if n == "austeer" else "C1" for n in names[1:]])
     for bar, n in zip(bars, counts, strict=True):
         ax.annotate(f"{n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(f"test {c.metric}")
     ax.set_title(f"{c.task}: test {c.metric} (numbers: steered activations)")
+    if costs:
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        _plot_costs(c, axes[0][1], axes[0][2])
     return _save(fig, out, force)
+
+
+def _plot_costs(c: Comparison, by_ppl: Any, by_capability: Any) -> None:
+    """Each method's change of the test metric (y, paired 95% interval) against its test perplexity change
+    (``by_ppl``) and against the capability panel's accuracy change (``by_capability``, paired 95% interval)."""
+    panel = 0
+    for r in c.results:
+        change, half = _change(c, r)
+        style = {"fmt": "o", "color": "C0" if r.method.startswith("austeer") else "C1", "markersize": 4, "capsize": 2}
+        points = [(by_ppl, r.ppl_delta, 0.0)]
+        if r.capability:
+            cap = r.capability
+            panel = max(panel, int(cap["n"]))
+            points.append((by_capability, -cap["drop"], 1.96 * _paired_se(cap["fixed"], cap["broken"], cap["n"])))
+        for ax, x, x_half in points:
+            ax.errorbar([x], [change], xerr=[x_half], yerr=[half], **style)
+            ax.annotate(r.method, (x, change), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    for ax in (by_ppl, by_capability):
+        ax.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.axvline(0.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylabel(f"change of test {c.metric}")
+    by_ppl.set_xlabel("test perplexity change (neutral text)")
+    by_ppl.set_title("effect against perplexity cost")
+    by_capability.set_xlabel(f"change of capability panel accuracy ({panel} items)")
+    by_capability.set_title("effect against capability cost")
 
 
 def plot_confirm(data: dict[str, Any], out: str | Path, fresh_from: int = 200, force: bool = False) -> Path:
@@ -281,11 +313,20 @@ def _change(c: Comparison, r: Result) -> tuple[float, float]:
     n, base = _n_test(c), c.baseline_test[c.metric]
     change = r.test_metric - base
     if r.test_correct and len(r.test_correct) == len(c.baseline_correct) == n:
-        fixed, broken = discordant(c.baseline_correct, r.test_correct)
-        se = ((fixed + broken) - (fixed - broken) ** 2 / n) ** 0.5 / n
+        se = _paired_se(*discordant(c.baseline_correct, r.test_correct), n)
     else:
         se = ((r.test_metric * (1 - r.test_metric) + base * (1 - base)) / n) ** 0.5 if n else 0.0
     return change, 1.96 * se
+
+
+def _paired_se(fixed: int, broken: int, n: int) -> float:
+    """The standard error of a paired change of accuracy over ``n`` items, ``fixed`` and ``broken`` of them.
+
+    Example:
+        >>> round(_paired_se(12, 2, 100), 4)
+        0.0361
+    """
+    return ((fixed + broken) - (fixed - broken) ** 2 / n) ** 0.5 / n if n else 0.0
 
 
 def _dose_axis(rows: Sequence[DoseRow]) -> str:
