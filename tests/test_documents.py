@@ -176,6 +176,7 @@ def test_evidence_names_bad_input_in_one_line_before_the_model_loads(
     [
         ('{"task": "copa", "results": [', "not a comparison austeer wrote"),
         ('{"task": "copa", "rows": []}', "not a comparison austeer wrote"),
+        ('{"task": "copa", "settings": {}, "results": [], "capability_run": 3}', "not a comparison austeer wrote"),
         (
             '{"task": "copa", "settings": {}, "results": [], "capability_run": {"dtype": "bfloat16", '
             '"items_per_task": 50, "seconds": 3.0}}',

@@ -159,9 +159,10 @@ def capability_file(run: EvidenceRun, task_name: str, where: Path) -> tuple[Path
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "settings" not in data:
-        raise UserError(f"{path}: not a comparison austeer wrote (a JSON object with its settings and results)")
     measured = {"dtype": run.dtype, "items_per_task": run.panel_items}
+    shaped = isinstance(data, dict) and isinstance(data.get("results"), list) and "settings" in data
+    if not shaped or not isinstance(data.get("capability_run", measured), dict):
+        raise UserError(f"{path}: not a comparison austeer wrote (a JSON object with its settings and results)")
     held = {k: v for k, v in data.get("capability_run", measured).items() if k != "seconds"}
     if held != measured:
         raise UserError(f"{path}: its capability was measured as {held}, not {measured}")
