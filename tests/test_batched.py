@@ -136,17 +136,16 @@ COMPANIONS = ["Hi!", "Write a long and detailed story about a dragon who learns 
 
 
 @pytest.mark.slow
-def test_mixed_batches_equal_one_by_one_in_the_serving_dtype(smol, specs):
-    """What ``austeer serve`` runs in by default here (``--dtype auto``): float32 on a CPU without
-    avx512_bf16/amx_bf16, where every row of a mixed batch, greedy or seeded, steered or not, answers as it
-    does alone. Elsewhere (bfloat16) the guarantee is stated not to hold and the server says so."""
+def test_mixed_batches_equal_one_by_one_in_float32(smol, specs):
+    """In float32 (``austeer serve``'s ``--dtype auto`` on a CPU without avx512_bf16/amx_bf16, and the
+    ``--dtype float32`` its start-up note names elsewhere) every row of a mixed batch, greedy or seeded, steered or
+    not, answers as it does alone; ``auto`` carries that note exactly when it resolves to another dtype."""
     from austeer.models.loading import resolve_dtype
     from austeer.serving.batched import batch_note
 
     dtype = resolve_dtype("auto")[0]
-    if dtype != torch.float32:
-        assert batch_note(dtype) is not None
-        pytest.skip(f"--dtype auto is {dtype} here: batched rows are not claimed to equal one-by-one ones")
+    assert (batch_note(dtype) is None) == (dtype == torch.float32)
+    assert next(smol[0].parameters()).dtype == torch.float32
     model, tok = smol
     head, ffn = specs
     probe = format_prompt(tok, PROBE)
