@@ -95,6 +95,11 @@ class EvidenceRun:
     force: bool = False  # start a results file of another run over
 
     @property
+    def panel_protocol(self) -> dict[str, Any]:
+        """How the capability stage measures (a comparison's ``capability_run`` without its seconds)."""
+        return {"dtype": self.dtype, "items_per_task": self.panel_items}
+
+    @property
     def doses_text(self) -> str:
         """The doses as the results files write them (``0,2,all``)."""
         return ",".join("all" if d is None else str(d) for d in self.doses)
@@ -159,13 +164,13 @@ def capability_file(run: EvidenceRun, task_name: str, where: Path) -> tuple[Path
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = None
-    measured = {"dtype": run.dtype, "items_per_task": run.panel_items}
     shaped = isinstance(data, dict) and isinstance(data.get("results"), list) and "settings" in data
-    if not shaped or not isinstance(data.get("capability_run", measured), dict):
+    held = data.get("capability_run", run.panel_protocol) if shaped else None
+    if not isinstance(held, dict):
         raise UserError(f"{path}: not a comparison austeer wrote (a JSON object with its settings and results)")
-    held = {k: v for k, v in data.get("capability_run", measured).items() if k != "seconds"}
-    if held != measured:
-        raise UserError(f"{path}: its capability was measured as {held}, not {measured}")
+    held = {k: v for k, v in held.items() if k != "seconds"}
+    if held != run.panel_protocol:
+        raise UserError(f"{path}: its capability was measured as {held}, not {run.panel_protocol}")
     return path, data
 
 

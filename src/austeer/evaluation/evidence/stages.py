@@ -139,7 +139,7 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
 
     run = s.run
     path, data = capability_file(run, task_name, s.where)
-    measured = {"dtype": run.dtype, "items_per_task": run.panel_items}
+    measured = run.panel_protocol
     comparison = Comparison.from_json(data)
     if all(r.capability for r in comparison.results):
         print(f"capability {task_name}: done ({path})")
