@@ -12,6 +12,7 @@ from austeer.cli import main
 from austeer.core.momentum import Unit
 from austeer.core.spec import SteerSpec
 from austeer.core.steer import apply as steering
+from austeer.errors import UserError
 from austeer.evaluation.capability import Panel
 from austeer.evaluation.evaluate import evaluate
 from austeer.tasks import get_task
@@ -75,6 +76,12 @@ def test_compare_measures_and_bounds_the_capability_cost(smol, tmp_path):
     earlier = Comparison.from_json({**data, "results": [{**result, "capability": None}]})
     again = measure_capability(model, tok, earlier, Panel(model, tok, exclude=("copa",), n=4), 8, progress=False)
     assert again.results[0].capability == cap
+    assert data["settings"]["pairs_limit"] == 8  # the prompts asked for, beside the pairs kept
+    with pytest.raises(UserError, match="the comparison read 9 pairs, the first 8 pair prompts give 8"):
+        unmeasured = Comparison.from_json({**data, "results": [{**result, "capability": None}]})
+        measure_capability(
+            model, tok, unmeasured, Panel(model, tok, exclude=("copa",), n=4), 8, expect=9, progress=False
+        )
 
 
 @pytest.mark.slow

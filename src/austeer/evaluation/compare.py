@@ -305,6 +305,7 @@ def compare(
         "methods": list(methods),
         "budget": budget,
         "pairs": evidence.n_pairs,
+        "pairs_limit": pairs_limit,  # the pair prompts asked for: a sampled task keeps fewer pairs than prompts
         "val_limit": val_limit,
         "test_limit": test_limit,
         "max_ppl_ratio": max_ppl_ratio,
@@ -412,10 +413,13 @@ def measure_capability(
     share_prefix: bool = False,
     on_result: Callable[[Result], None] | None = None,
     progress: bool = True,
+    expect: int | None = None,
 ) -> Comparison:
     """The capability panel under each method's chosen configuration of an earlier ``comparison`` that measured
     none (its results without ``capability`` get one, in place; ``on_result`` receives each as it is measured).
-    The methods are rebuilt from the task's first ``pairs_limit`` pairs as :func:`compare` built them.
+    The methods are rebuilt from the task's first ``pairs_limit`` pairs as :func:`compare` built them; where the
+    comparison read ``expect`` pairs and the rebuild gives another number (a task that samples its pairs keeps
+    fewer than its prompts), :class:`~austeer.errors.UserError` before the panel: other pairs are another steer.
 
     Example:
         >>> import json, pathlib
@@ -440,6 +444,11 @@ def measure_capability(
                 read[prompted] = prompted_evidence(model, tokenizer, task, names, pairs_limit, batch_size, progress)
             else:
                 pairs = task.pairs(model, tokenizer, limit=pairs_limit)
+                if expect is not None and len(pairs) != expect:
+                    raise UserError(
+                        f"{task.name}: the comparison read {expect} pairs, the first {pairs_limit} pair prompts give "
+                        f"{len(pairs)}: its choices cannot be rebuilt from these (pass the prompts it sampled)"
+                    )
                 sites = sites_for(names)
                 read[prompted] = gather(model, tokenizer, pairs, sites, batch_size, None, progress, share_prefix)
         return read[prompted]

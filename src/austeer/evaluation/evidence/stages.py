@@ -171,10 +171,11 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
         s.tokenizer,
         comparison,
         s.memo[("panel", names)],
-        data["settings"]["pairs"],
+        data["settings"].get("pairs_limit") or data["settings"]["pairs"],  # older files: the pairs read
         batch_size=run.batch_size,
         share_prefix=bool(data.get("share_prefix")),
         on_result=checkpoint,
+        expect=data["settings"]["pairs"],
     )
     return data
 
