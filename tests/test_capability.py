@@ -74,14 +74,17 @@ def test_compare_measures_and_bounds_the_capability_cost(smol, tmp_path):
     assert "capability change" in (out / "compare.md").read_text()
     model, tok = smol
     earlier = Comparison.from_json({**data, "results": [{**result, "capability": None}]})
-    again = measure_capability(model, tok, earlier, Panel(model, tok, exclude=("copa",), n=4), 8, progress=False)
+    again = measure_capability(model, tok, earlier, Panel(model, tok, exclude=("copa",), n=4), progress=False)
     assert again.results[0].capability == cap
     assert data["settings"]["pairs_limit"] == 8  # the prompts asked for, beside the pairs kept
+    unmeasured = {**data, "results": [{**result, "capability": None}]}
+    miscounted = Comparison.from_json({**unmeasured, "settings": {**data["settings"], "pairs": 9}})
     with pytest.raises(UserError, match="the comparison read 9 pairs, the first 8 pair prompts give 8"):
-        unmeasured = Comparison.from_json({**data, "results": [{**result, "capability": None}]})
-        measure_capability(
-            model, tok, unmeasured, Panel(model, tok, exclude=("copa",), n=4), 8, expect=9, progress=False
-        )
+        measure_capability(model, tok, miscounted, Panel(model, tok, exclude=("copa",), n=4), progress=False)
+    older = {k: v for k, v in data["settings"].items() if k != "pairs_limit"}  # a file from before the setting
+    older_comparison = Comparison.from_json({**unmeasured, "settings": older})  # rebuilt from the pairs it read
+    rebuilt = measure_capability(model, tok, older_comparison, Panel(model, tok, exclude=("copa",), n=4))
+    assert rebuilt.results[0].capability == cap
 
 
 @pytest.mark.slow

@@ -408,18 +408,17 @@ def measure_capability(
     tokenizer: Any,
     comparison: Comparison,
     panel: Panel,
-    pairs_limit: int | None,
     batch_size: int = 16,
     share_prefix: bool = False,
     on_result: Callable[[Result], None] | None = None,
     progress: bool = True,
-    expect: int | None = None,
 ) -> Comparison:
     """The capability panel under each method's chosen configuration of an earlier ``comparison`` that measured
     none (its results without ``capability`` get one, in place; ``on_result`` receives each as it is measured).
-    The methods are rebuilt from the task's first ``pairs_limit`` pairs as :func:`compare` built them; where the
-    comparison read ``expect`` pairs and the rebuild gives another number (a task that samples its pairs keeps
-    fewer than its prompts), :class:`~austeer.errors.UserError` before the panel: other pairs are another steer.
+    The methods are rebuilt as :func:`compare` built them, from the task's pairs of the first
+    ``settings["pairs_limit"]`` prompts (a file older than that setting: its ``settings["pairs"]``); where these
+    are not as many pairs as the comparison read (a task that samples its pairs keeps fewer than its prompts),
+    :class:`~austeer.errors.UserError` before any is read: other pairs are another steer.
 
     Example:
         >>> import json, pathlib
@@ -428,7 +427,7 @@ def measure_capability(
         >>> panel = Panel(model, tok, exclude=("copa",), n=2)
         >>> kept = [replace(r, capability=None) for r in done.results if r.method in ("austeer", "calibration")]
         >>> few = replace(done, results=kept)  # as if their capability were not yet measured
-        >>> [r.capability["n"] for r in measure_capability(model, tok, few, panel, 8, progress=False).results]
+        >>> [r.capability["n"] for r in measure_capability(model, tok, few, panel, progress=False).results]
         [4, 4]
     """
     from austeer.tasks import get_task
@@ -436,6 +435,14 @@ def measure_capability(
     task = get_task(comparison.task)
     todo = sorted((r for r in comparison.results if r.capability is None), key=lambda r: METHODS[r.method].prompted)
     names = [r.method for r in todo]
+    settings = comparison.settings
+    pairs_limit = settings["pairs_limit"] if "pairs_limit" in settings else settings["pairs"]
+    pairs = task.pairs(model, tokenizer, limit=pairs_limit) if todo else []
+    if todo and len(pairs) != settings["pairs"]:
+        raise UserError(
+            f"{task.name}: the comparison read {settings['pairs']} pairs, the first {pairs_limit} pair prompts give "
+            f"{len(pairs)}: its choices cannot be rebuilt from these (its settings' pairs_limit: the prompts it asked)"
+        )
     read: dict[bool, Evidence] = {}  # each pass read when its first method comes (the unprompted ones first)
 
     def evidence(prompted: bool) -> Evidence:
@@ -443,12 +450,6 @@ def measure_capability(
             if prompted:
                 read[prompted] = prompted_evidence(model, tokenizer, task, names, pairs_limit, batch_size, progress)
             else:
-                pairs = task.pairs(model, tokenizer, limit=pairs_limit)
-                if expect is not None and len(pairs) != expect:
-                    raise UserError(
-                        f"{task.name}: the comparison read {expect} pairs, the first {pairs_limit} pair prompts give "
-                        f"{len(pairs)}: its choices cannot be rebuilt from these (pass the prompts it sampled)"
-                    )
                 sites = sites_for(names)
                 read[prompted] = gather(model, tokenizer, pairs, sites, batch_size, None, progress, share_prefix)
         return read[prompted]

@@ -139,17 +139,16 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
 
     run = s.run
     path, data = capability_file(run, task_name, s.where)
-    measured = run.panel_protocol
     comparison = Comparison.from_json(data)
     if all(r.capability for r in comparison.results):
         print(f"capability {task_name}: done ({path})")
         return data
     start = time.perf_counter() - data.get("capability_run", {}).get("seconds", 0)
-    others = other_comparisons(path, data, measured)
+    others = other_comparisons(path, data, run.panel_protocol)
     for kept, r in zip(data["results"], comparison.results, strict=True):  # measured in another comparison
         r.capability = kept["capability"] = r.capability or known_retention(others, r.method, r.config)
     if all(r.capability for r in comparison.results):
-        data["capability_run"] = {**measured, "seconds": round(time.perf_counter() - start, 1)}
+        data["capability_run"] = {**run.panel_protocol, "seconds": round(time.perf_counter() - start, 1)}
         save(path, data)
         print(f"capability {task_name}: done from other comparisons' measurements ({path})")
         return data
@@ -162,7 +161,7 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
     def checkpoint(done: Result) -> None:
         for kept, r in zip(data["results"], comparison.results, strict=True):  # the file otherwise as it was
             kept["capability"] = r.capability
-        data["capability_run"] = {**measured, "seconds": round(time.perf_counter() - start, 1)}
+        data["capability_run"] = {**run.panel_protocol, "seconds": round(time.perf_counter() - start, 1)}
         save(path, data)
         print(f"capability {task_name}: {done.method} drop {(done.capability or {})['drop']:+.3f}", flush=True)
 
@@ -171,11 +170,9 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
         s.tokenizer,
         comparison,
         s.memo[("panel", names)],
-        data["settings"].get("pairs_limit") or data["settings"]["pairs"],  # older files: the pairs read
         batch_size=run.batch_size,
         share_prefix=bool(data.get("share_prefix")),
         on_result=checkpoint,
-        expect=data["settings"]["pairs"],
     )
     return data
 
