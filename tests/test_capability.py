@@ -58,6 +58,7 @@ def test_panel_counts_are_the_evaluations(smol):
 def test_compare_measures_and_bounds_the_capability_cost(smol, tmp_path):
     """compare records the panel under its choice; measure_capability, given the same comparison without it (a
     comparison committed before compare measured it), rebuilds the choice from the same pairs and finds the same."""
+    from austeer.core.pairs import pairs_sha256
     from austeer.evaluation.compare import Comparison, measure_capability
 
     out = tmp_path / "cmp"
@@ -77,11 +78,15 @@ def test_compare_measures_and_bounds_the_capability_cost(smol, tmp_path):
     again = measure_capability(model, tok, earlier, Panel(model, tok, exclude=("copa",), n=4), progress=False)
     assert again.results[0].capability == cap
     assert data["settings"]["pairs_limit"] == 8  # the prompts asked for, beside the pairs kept
+    assert data["settings"]["pairs_sha256"] == pairs_sha256(get_task("copa").pairs(limit=8))  # and which they are
     unmeasured = {**data, "results": [{**result, "capability": None}]}
     miscounted = Comparison.from_json({**unmeasured, "settings": {**data["settings"], "pairs": 9}})
     with pytest.raises(UserError, match="the comparison read 9 pairs, the first 8 pair prompts give 8"):
         measure_capability(model, tok, miscounted, Panel(model, tok, exclude=("copa",), n=4), progress=False)
-    older = {k: v for k, v in data["settings"].items() if k != "pairs_limit"}  # a file from before the setting
+    other = Comparison.from_json({**unmeasured, "settings": {**data["settings"], "pairs_sha256": "0" * 64}})
+    with pytest.raises(UserError, match="the first 8 pair prompts give other pairs than the comparison read"):
+        measure_capability(model, tok, other, Panel(model, tok, exclude=("copa",), n=4), progress=False)
+    older = {k: v for k, v in data["settings"].items() if k not in ("pairs_limit", "pairs_sha256")}  # before both
     older_comparison = Comparison.from_json({**unmeasured, "settings": older})  # rebuilt from the pairs it read
     rebuilt = measure_capability(model, tok, older_comparison, Panel(model, tok, exclude=("copa",), n=4))
     assert rebuilt.results[0].capability == cap

@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,17 @@ def pair_from_obj(obj: Any, where: str) -> Pair:
     if values["positive"] == values["negative"]:
         raise PairsFormatError(f"{where}: positive and negative are identical (a pair must contrast two answers)")
     return Pair(values["prompt"] or "", values["positive"] or "", values["negative"] or "", values["system"])
+
+
+def pairs_sha256(pairs: Sequence[Pair]) -> str:
+    """The SHA-256 of ``pairs`` (every field, in order): what tells a run which pairs another run read.
+
+    Example:
+        >>> pairs_sha256([Pair("Is ice cold?", "Yes", "No")])[:12]
+        '84ae400a4ceb'
+    """
+    text = json.dumps([asdict(p) for p in pairs], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_pairs(pairs: list[Pair], path: str | Path) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from austeer.core.pairs import pairs_sha256
 from austeer.core.reuse import LayerCache, reusing
 from austeer.errors import UserError
 from austeer.evaluation import search
@@ -306,6 +307,7 @@ def compare(
         "budget": budget,
         "pairs": evidence.n_pairs,
         "pairs_limit": pairs_limit,  # the pair prompts asked for: a sampled task keeps fewer pairs than prompts
+        "pairs_sha256": pairs_sha256(evidence.pairs) if evidence.pairs else None,  # which pairs
         "val_limit": val_limit,
         "test_limit": test_limit,
         "max_ppl_ratio": max_ppl_ratio,
@@ -417,8 +419,9 @@ def measure_capability(
     none (its results without ``capability`` get one, in place; ``on_result`` receives each as it is measured).
     The methods are rebuilt as :func:`compare` built them, from the task's pairs of the first
     ``settings["pairs_limit"]`` prompts (a file older than that setting: its ``settings["pairs"]``); where these
-    are not as many pairs as the comparison read (a task that samples its pairs keeps fewer than its prompts),
-    :class:`~austeer.errors.UserError` before any is read: other pairs are another steer.
+    are not the pairs the comparison read (``settings["pairs_sha256"]``; an older file: not as many, as when a task
+    that samples its pairs keeps fewer than its prompts), :class:`~austeer.errors.UserError` before any is read:
+    other pairs are another steer.
 
     Example:
         >>> import json, pathlib
@@ -442,6 +445,11 @@ def measure_capability(
         raise UserError(
             f"{task.name}: the comparison read {settings['pairs']} pairs, the first {pairs_limit} pair prompts give "
             f"{len(pairs)}: its choices cannot be rebuilt from these (its settings' pairs_limit: the prompts it asked)"
+        )
+    if todo and settings.get("pairs_sha256") not in (None, pairs_sha256(pairs)):  # older files: the count alone
+        raise UserError(
+            f"{task.name}: the first {pairs_limit} pair prompts give other pairs than the comparison read (their "
+            f"sha256 differs from its settings' pairs_sha256): its choices cannot be rebuilt from these"
         )
     read: dict[bool, Evidence] = {}  # each pass read when its first method comes (the unprompted ones first)
 

@@ -91,7 +91,7 @@ from tqdm.auto import tqdm
 
 from austeer.core.fit import score, spec_from_counts
 from austeer.core.momentum import SignCounts
-from austeer.core.pairs import Pair
+from austeer.core.pairs import Pair, pairs_sha256
 from austeer.core.reuse import LayerCache
 from austeer.core.sites import check_site
 from austeer.core.spec import SteerSpec, fingerprint, load
@@ -557,7 +557,7 @@ def tune(
     fresh: dict[str, Any] = {
         "model": model_id,
         "fingerprint": fingerprint(model).get("digest", ""),
-        "pairs_sha256": _sha([asdict(p) for p in pairs]),
+        "pairs_sha256": pairs_sha256(pairs),
         "neutral_sha256": _sha(list(texts)),
         "instruction_sha256": _sha(instruction) if instruction else None,  # the prompt's rows hold its margins
         "split": {"rule": "sha256(system, prompt), first quarter held out", "fit": fit_idx, "heldout": held_idx},
