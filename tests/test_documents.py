@@ -232,3 +232,31 @@ def test_evidence_dose_steers_from_the_pairs_file_and_keeps_it_in_its_protocol(s
         run_stages(
             EvidenceRun(**settings, doses=(2,), pairs_limit=4, test_limit=2), ["dose"], ["sentiment"], tmp_path, *smol
         )
+
+
+@pytest.mark.slow
+def test_evidence_capability_after_compare_reads_the_pairs_once(smol, tmp_path, monkeypatch) -> None:
+    """``--stages compare,capability`` on a new comparison: the capability stage is not refused for want of the file
+    compare is about to write, measures the panel under every choice, and takes the pairs compare read from the
+    run's memo instead of reading them again (on BoolQ's 300 pairs, about half an hour)."""
+    import austeer.evaluation.compare as compare_module
+    import austeer.methods.base as base
+    from austeer.evaluation.evidence import EvidenceRun, run_stages
+
+    reads: list[list[str]] = []
+
+    def counted(model, tokenizer, pairs, sites, *args, **kwargs):
+        reads.append(list(sites))
+        return gather(model, tokenizer, pairs, sites, *args, **kwargs)
+
+    gather = base.gather
+    monkeypatch.setattr(base, "gather", counted)
+    monkeypatch.setattr(compare_module, "gather", counted)
+    run = EvidenceRun(
+        model="embedded:smollm2-135m-instruct", dtype="float32", methods=("au-add",), budget=1, pairs_limit=6,
+        val_limit=2, test_limit=2, panel_items=2,
+    )  # fmt: skip
+    out = run_stages(run, ["compare", "capability"], ["copa"], tmp_path, *smol)
+    assert [r["method"] for r in out[("capability", "copa")]["results"]] == ["au-add", "calibration"]
+    assert all(r["capability"]["n"] == 4 for r in out[("capability", "copa")]["results"])  # BoolQ and WinoGrande
+    assert len(reads) == 1  # once, by compare

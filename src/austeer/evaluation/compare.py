@@ -34,7 +34,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.core.pairs import pairs_sha256
+from austeer.core.pairs import Pair, pairs_sha256
 from austeer.core.reuse import LayerCache, reusing
 from austeer.errors import UserError
 from austeer.evaluation import search
@@ -149,6 +149,11 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def pairs_limit(self) -> int | None:
+        """The pair prompts its pairs came from (a file older than that setting: as many as the pairs it read)."""
+        return self.settings["pairs_limit"] if "pairs_limit" in self.settings else self.settings["pairs"]
 
     def chosen_alpha(self, default: float = 4.0) -> float:
         """The ``alpha`` AUSteer chose on val (``default`` when AUSteer was not compared)."""
@@ -414,14 +419,15 @@ def measure_capability(
     share_prefix: bool = False,
     on_result: Callable[[Result], None] | None = None,
     progress: bool = True,
+    reader: Callable[[list[Pair], list[str]], Evidence] | None = None,
 ) -> Comparison:
     """The capability panel under each method's chosen configuration of an earlier ``comparison`` that measured
     none (its results without ``capability`` get one, in place; ``on_result`` receives each as it is measured).
     The methods are rebuilt as :func:`compare` built them, from the task's pairs of the first
-    ``settings["pairs_limit"]`` prompts (a file older than that setting: its ``settings["pairs"]``); where these
-    are not the pairs the comparison read (``settings["pairs_sha256"]``; an older file: not as many, as when a task
-    that samples its pairs keeps fewer than its prompts), :class:`~austeer.errors.UserError` before any is read:
-    other pairs are another steer.
+    :attr:`Comparison.pairs_limit` prompts, read at their sites by ``reader`` (default: :func:`gather`; a run
+    that read them already passes its memo); where these are not the pairs the comparison read
+    (``settings["pairs_sha256"]``; an older file: not as many, as when a task that samples its pairs keeps fewer
+    than its prompts), :class:`~austeer.errors.UserError` before any is read: other pairs are another steer.
 
     Example:
         >>> import json, pathlib
@@ -438,8 +444,7 @@ def measure_capability(
     task = get_task(comparison.task)
     todo = sorted((r for r in comparison.results if r.capability is None), key=lambda r: METHODS[r.method].prompted)
     names = [r.method for r in todo]
-    settings = comparison.settings
-    pairs_limit = settings["pairs_limit"] if "pairs_limit" in settings else settings["pairs"]
+    settings, pairs_limit = comparison.settings, comparison.pairs_limit
     pairs = task.pairs(model, tokenizer, limit=pairs_limit) if todo else []
     if todo and len(pairs) != settings["pairs"]:
         raise UserError(
@@ -453,10 +458,12 @@ def measure_capability(
         )
     read: dict[bool, Evidence] = {}  # each pass read when its first method comes (the unprompted ones first)
 
-    def evidence(prompted: bool) -> Evidence:
+    def evidence_for(prompted: bool) -> Evidence:
         if prompted not in read:
             if prompted:
                 read[prompted] = prompted_evidence(model, tokenizer, task, names, pairs_limit, batch_size, progress)
+            elif reader is not None:
+                read[prompted] = reader(pairs, sites_for(names))
             else:
                 sites = sites_for(names)
                 read[prompted] = gather(model, tokenizer, pairs, sites, batch_size, None, progress, share_prefix)
@@ -464,7 +471,7 @@ def measure_capability(
 
     for r in todo:
         method = METHODS[r.method]
-        r.capability = retention_of(model, method, evidence(method.prompted), r.config, panel, progress).to_json()
+        r.capability = retention_of(model, method, evidence_for(method.prompted), r.config, panel, progress).to_json()
         if on_result is not None:
             on_result(r)
     return comparison

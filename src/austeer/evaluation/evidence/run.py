@@ -213,8 +213,10 @@ def check(run: EvidenceRun, stages: Sequence[str], tasks: Sequence[str], where: 
     for stage in (s for s in stages if s in PROTOCOLS):
         for name in tasks:
             resume(run, stage, name, where)
+    compared_first = "capability" in stages and "compare" in stages[: list(stages).index("capability")]
     for name in tasks if "capability" in stages else ():
-        capability_file(run, name, where)
+        if not (compared_first and not (where / f"compare_{name}{run.label}.json").exists()):  # compare writes it
+            capability_file(run, name, where)
 
 
 @dataclass
@@ -248,3 +250,18 @@ class Session:
 
             self.memo["ref"] = load_model(self.run.model, dtype=self.run.dtype)[0]
         return {**kw, "ref_model": self.memo["ref"]}
+
+    def read(self, pairs: Sequence[Any], sites: Sequence[str], share_prefix: bool) -> Any:
+        """``pairs`` read at ``sites`` (:func:`~austeer.methods.base.gather`), once per process: a later stage on
+        the same pairs (capability after compare) takes them from the memo where they hold its sites."""
+        from austeer.core.pairs import pairs_sha256
+        from austeer.methods.base import gather
+
+        key = ("evidence", pairs_sha256(pairs), share_prefix)
+        held = self.memo.get(key)
+        if held is None or not set(sites) <= set(held.pos):
+            read = sorted(set(sites) | set(held.pos if held is not None else ()))
+            self.memo[key] = gather(
+                self.model, self.tokenizer, list(pairs), read, self.run.batch_size, share_prefix=share_prefix
+            )
+        return self.memo[key]

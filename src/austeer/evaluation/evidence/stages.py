@@ -85,7 +85,7 @@ def confirm(s: Session, task_name: str) -> dict[str, Any]:
 def compare_stage(s: Session, task_name: str) -> dict[str, Any]:
     """:func:`~austeer.evaluation.compare.compare` of every method, saved after each one (a rerun keeps the
     methods already measured under the same protocol, and runs the rest)."""
-    from austeer.evaluation.compare import Comparison, Result, compare
+    from austeer.evaluation.compare import Comparison, Result, compare, sites_for
 
     run = s.run
     task = get_task(task_name)
@@ -124,6 +124,7 @@ def compare_stage(s: Session, task_name: str) -> dict[str, Any]:
         on_result=checkpoint,
         eval_kw=s.eval_kw(task),
         unsteered=s.unsteered(),
+        evidence=s.read(task.pairs(s.model, s.tokenizer, limit=run.pairs_limit), sites_for(methods), run.share_prefix),
     )
     return data
 
@@ -165,14 +166,16 @@ def capability_stage(s: Session, task_name: str) -> dict[str, Any]:
         save(path, data)
         print(f"capability {task_name}: {done.method} drop {(done.capability or {})['drop']:+.3f}", flush=True)
 
+    share_prefix = bool(data.get("share_prefix"))
     measure_capability(
         s.model,
         s.tokenizer,
         comparison,
         s.memo[("panel", names)],
         batch_size=run.batch_size,
-        share_prefix=bool(data.get("share_prefix")),
+        share_prefix=share_prefix,
         on_result=checkpoint,
+        reader=lambda pairs, sites: s.read(pairs, sites, share_prefix),  # a compare of this run read them already
     )
     return data
 
