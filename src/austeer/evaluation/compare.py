@@ -442,7 +442,9 @@ def measure_capability(
     from austeer.tasks import get_task
 
     task = get_task(comparison.task)
-    todo = sorted((r for r in comparison.results if r.capability is None), key=lambda r: METHODS[r.method].prompted)
+    # each pass read when its first method comes: the unprompted ones first, those that need backward passes last
+    todo = [r for r in comparison.results if r.capability is None]
+    todo.sort(key=lambda r: (METHODS[r.method].prompted, METHODS[r.method].backward))
     names = [r.method for r in todo]
     settings, pairs_limit = comparison.settings, comparison.pairs_limit
     pairs = task.pairs(model, tokenizer, limit=pairs_limit) if todo else []
@@ -456,7 +458,7 @@ def measure_capability(
             f"{task.name}: the first {pairs_limit} pair prompts give other pairs than the comparison read (their "
             f"sha256 differs from its settings' pairs_sha256): its choices cannot be rebuilt from these"
         )
-    read: dict[bool, Evidence] = {}  # each pass read when its first method comes (the unprompted ones first)
+    read: dict[bool, Evidence] = {}
 
     def evidence_for(prompted: bool) -> Evidence:
         if prompted not in read:

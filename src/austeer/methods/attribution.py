@@ -55,4 +55,5 @@ METHOD = Method(
     "exact: gains folded into W_O columns",
     strength="alpha",
     frontier=Frontier({"site": "head", "k": 32}, (0.25, 0.5, 1.0, 2.0)),
+    backward=True,
 )

@@ -171,6 +171,8 @@ class Method:
     - ``kind``: the only task kind it applies to (``None``: every kind).
     - ``pairs_grid``: the grid ``austeer tune`` tries on a pairs file where it differs from ``grid`` (held-out
       margins move less than a task's accuracy, so some methods need more strength there).
+    - ``backward``: whether building it runs a backward pass through the model on every pair (hours on long
+      prompts on a CPU): a run that may take its methods in any order takes it last.
 
     Example:
         >>> m = Method("demo", ("head",), ({"k": 2, "alpha": 1.0},), lambda *a, **kw: None, "exact", strength="alpha")
@@ -193,6 +195,7 @@ class Method:
     default: bool = False
     kind: str | None = None
     pairs_grid: tuple[dict[str, Any], ...] | None = None
+    backward: bool = False
 
     @property
     def params(self) -> frozenset[str]:
