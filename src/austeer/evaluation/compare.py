@@ -442,9 +442,9 @@ def measure_capability(
     from austeer.tasks import get_task
 
     task = get_task(comparison.task)
-    # each pass read when its first method comes: the unprompted ones first, those that need backward passes last
+    # each pass read when its first method comes (the unprompted ones first); those that run backward passes last
     todo = [r for r in comparison.results if r.capability is None]
-    todo.sort(key=lambda r: (METHODS[r.method].prompted, METHODS[r.method].backward))
+    todo.sort(key=lambda r: (METHODS[r.method].backward, METHODS[r.method].prompted))
     names = [r.method for r in todo]
     settings, pairs_limit = comparison.settings, comparison.pairs_limit
     pairs = task.pairs(model, tokenizer, limit=pairs_limit) if todo else []
