@@ -464,11 +464,13 @@ def measure_capability(
         if prompted not in read:
             if prompted:
                 read[prompted] = prompted_evidence(model, tokenizer, task, names, pairs_limit, batch_size, progress)
-            elif reader is not None:
-                read[prompted] = reader(pairs, sites_for(names))
             else:
                 sites = sites_for(names)
-                read[prompted] = gather(model, tokenizer, pairs, sites, batch_size, None, progress, share_prefix)
+                read[prompted] = (
+                    reader(pairs, sites)
+                    if reader is not None
+                    else gather(model, tokenizer, pairs, sites, batch_size, None, progress, share_prefix)
+                )
         return read[prompted]
 
     for r in todo:
