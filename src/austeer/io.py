@@ -215,6 +215,16 @@ def iter_jsonl(path: str | Path, kind: str, error: type[ValueError] = UserError)
             yield lineno, obj
 
 
+def json_sha256(obj: Any) -> str:
+    """The SHA-256 of ``obj`` as JSON with sorted keys: one identity for settings, pairs and texts that runs compare.
+
+    Example:
+        >>> json_sha256({"b": 1, "a": [2]}) == json_sha256({"a": [2], "b": 1})
+        True
+    """
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 # -- leftovers of killed runs
 
 

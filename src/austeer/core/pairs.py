@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from austeer.errors import UserError
-from austeer.io import atomic_write_text, iter_jsonl
+from austeer.io import atomic_write_text, iter_jsonl, json_sha256
 
 
 @dataclass(frozen=True)
@@ -80,8 +79,7 @@ def pairs_sha256(pairs: Sequence[Pair]) -> str:
         >>> pairs_sha256([Pair("Is ice cold?", "Yes", "No")])[:12]
         '84ae400a4ceb'
     """
-    text = json.dumps([asdict(p) for p in pairs], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_sha256([asdict(p) for p in pairs])
 
 
 def write_pairs(pairs: list[Pair], path: str | Path) -> None:

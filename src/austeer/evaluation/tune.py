@@ -105,6 +105,7 @@ from austeer.io import (
     check_file_output,
     check_output_dir,
     check_replaceable,
+    json_sha256,
     signature,
     signed,
     signed_json,
@@ -415,10 +416,6 @@ def _write_vectors(where: Path, method: str, steerer: Any, force: bool) -> None:
 # -- the run
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 def _load_state(out: Path | None, fresh: dict[str, Any], force: bool) -> dict[str, Any]:
     identity = ("model", "fingerprint", "pairs_sha256", "neutral_sha256", "instruction_sha256")
     return load_state(None if out is None else out / "tune.json", "tune", fresh, identity, replace=force)
@@ -558,8 +555,8 @@ def tune(
         "model": model_id,
         "fingerprint": fingerprint(model).get("digest", ""),
         "pairs_sha256": pairs_sha256(pairs),
-        "neutral_sha256": _sha(list(texts)),
-        "instruction_sha256": _sha(instruction) if instruction else None,  # the prompt's rows hold its margins
+        "neutral_sha256": json_sha256(list(texts)),
+        "instruction_sha256": json_sha256(instruction) if instruction else None,  # the prompt's rows hold its margins
         "split": {"rule": "sha256(system, prompt), first quarter held out", "fit": fit_idx, "heldout": held_idx},
         "rows": [],
     }

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from austeer.core.pairs import Pair, format_prompt, read_pairs, write_pairs
 from austeer.errors import UserError
-from austeer.io import atomic_write_text
+from austeer.io import atomic_write_text, json_sha256
 from austeer.run.generate import generate, seeded
 from austeer.run.likelihood import continuation_nll
 from austeer.tasks.base import MAX_PAIRS, Item, ScoreOptions, Task
@@ -141,7 +140,7 @@ class BehaviourTask(Task):
             "model": str(getattr(model.config, "_name_or_path", "")),
             "fingerprint": fingerprint(model)["digest"],
         }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        digest = json_sha256(key)[:16]
         return cache_dir() / "tasks" / f"{self.name}-{digest}.jsonl"
 
     def pairs(self, model: Any = None, tokenizer: Any = None, limit: int | None = None) -> list[Pair]:
