@@ -86,7 +86,10 @@ def test_attribution_leaves_the_model_as_it_was(smol, sentiment_pairs):
 @pytest.mark.slow
 def test_fit_selection_attribution_is_the_methods_selection(smol, evidence, tmp_path):
     model, tok = smol
-    spec = austeer.fit(model, tok, evidence.pairs, site="head", k=8, alpha=1.0, selection="attribution", progress=False)
+    spec = austeer.fit(  # the pairs run whole, as the evidence read them
+        model, tok, evidence.pairs, site="head", k=8, alpha=1.0, selection="attribution", progress=False,
+        share_prefix=False,
+    )  # fmt: skip
     method = METHODS["attribution"].build(model, evidence, site="head", k=8, alpha=1.0)
     assert spec.selection == "attribution" and spec.k == 8
     assert [(u.layer, u.index) for u in spec.units] == [(g.layer, g.index) for g in method.gains]
@@ -118,3 +121,37 @@ def test_cli_fit_selection_attribution(tmp_path):
     meta = json.loads((out / "steer.json").read_text())
     assert meta["selection"] == "attribution" and len(meta["units"]) == 4
     assert max(abs(u["beta"]) for u in meta["units"]) == 1.0
+
+
+@pytest.mark.slow
+def test_attribution_with_the_prompt_run_once_equals_the_whole_texts(smol, sentiment_pairs):
+    """BoolQ's pairs share a passage of a hundred tokens and more (the case the shared prompt is for); the
+    sentiment pairs' answers run several tokens past the prompt. The derivative reaches the prompt's positions
+    through the KV cache: the same scores, the same top AUs."""
+    from austeer.core.attribution import margin_attribution, top_attributed
+    from austeer.tasks import get_task
+
+    model, tok = smol
+    boolq = get_task("boolq").pairs(model, tok, limit=6)
+    for pairs in (boolq, sentiment_pairs[:6]):
+        shared = margin_attribution(model, tok, pairs, "head", progress=False)
+        whole = margin_attribution(model, tok, pairs, "head", progress=False, share_prefix=False)
+        assert shared.abs().max() > 0
+        torch.testing.assert_close(shared, whole, rtol=1e-3, atol=1e-4 * float(whole.abs().max()))
+        top = [top_attributed({"head": a}, 16) for a in (shared, whole)]
+        assert [(u.layer, u.index) for u in top[0]] == [(u.layer, u.index) for u in top[1]]
+
+
+@pytest.mark.slow
+def test_attribution_reads_no_activations(smol, sentiment_pairs, evidence):
+    """The comparison reads no site for it (its build runs the pairs itself): the same steer from the pairs
+    alone as from the evidence that read them."""
+    from austeer.evaluation.compare import sites_for
+
+    model, tok = smol
+    assert sites_for(["attribution"]) == [] and sites_for(["attribution", "iti"]) == sites_for(["iti"])
+    bare = gather(model, tok, evidence.pairs, [], progress=False)
+    assert bare.pos == {}
+    a = METHODS["attribution"].build(model, bare, site="head", k=8, alpha=1.0)
+    b = METHODS["attribution"].build(model, evidence, site="head", k=8, alpha=1.0)
+    assert [(g.layer, g.index) for g in a.gains] == [(g.layer, g.index) for g in b.gains]

@@ -9,7 +9,8 @@ attribution of AU ``u`` is the derivative at no steering
 
 (attribution patching's "activation times gradient", summed over the positions the gain acts on), averaged
 over the pairs: one forward and one backward pass per batch, through a probe gain of 1 on every AU of the
-site (its gradient *is* ``a``). :func:`top_attributed` keeps the global top ``k`` by ``|a_u|`` with
+site (its gradient *is* ``a``); the prompt a pair's two texts share runs once by default.
+:func:`top_attributed` keeps the global top ``k`` by ``|a_u|`` with
 ``beta = a_u / max|a|`` (in ``[-1, 1]``, the sign that raises the margin), so the spec's gain
 ``1 + alpha * beta`` is graded as AUSteer's. It is a first-order score: use small ``alpha`` (0.25-2).
 
@@ -32,7 +33,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from austeer.core.collect import backbone, encode, model_device, plan_batches, shared_prefix_length, token_limit
+from austeer.core.collect import (
+    PrefixSplit,
+    backbone,
+    encode,
+    model_device,
+    plan_batches,
+    prefix_pass,
+    shared_prefix_length,
+    split_pairs,
+    suffix_pass,
+    token_limit,
+)
 from austeer.core.momentum import Unit, top_k_mask
 from austeer.core.pairs import Pair, pair_texts
 from austeer.core.sites import SITES, decoder_layers, site_width
@@ -66,6 +78,40 @@ def _answer_tokens(mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return target
 
 
+def _whole_margins(
+    net: nn.Module, head: nn.Module, tokenizer: Any, texts: list[str], limit: int | None
+) -> torch.Tensor:
+    """The answer tokens' log-probabilities of rows ``pos0, neg0, pos1, ...``, signed (``+`` for the positive
+    answer), with every text run whole."""
+    enc = encode(tokenizer, texts, limit, "left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    device = model_device(net)
+    target = _answer_tokens(mask, ids)[:, 1:]  # the token at p is predicted at p - 1
+    hidden = net(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
+        use_cache=False,
+    ).last_hidden_state
+    sign = torch.tensor([1.0, -1.0]).repeat(len(texts) // 2)[:, None].expand_as(target)[target].to(device)
+    logp = torch.log_softmax(head(hidden[:, :-1][target.to(device)]).float(), -1)
+    return logp.gather(-1, ids[:, 1:][target].to(device)[:, None]).squeeze(-1) * sign
+
+
+def _split_margins(net: nn.Module, head: nn.Module, split: PrefixSplit) -> torch.Tensor:
+    """As :func:`_whole_margins`, with each pair's shared prompt run once and both answers continued from its
+    KV cache (:func:`~austeer.core.collect.prefix_pass`): the gradient reaches the prompt's positions through
+    the cache, so the derivative is the same up to float rounding, at about half the compute on long prompts."""
+    prompt, cache = prefix_pass(net, split)
+    answers = suffix_pass(net, split, cache)
+    # an answer's first token is predicted at its prompt's last position, the rest at the answer's own positions
+    before = torch.cat([prompt[:, -1:].repeat_interleave(2, dim=0), answers[:, :-1]], dim=1)
+    target = split.suffix_mask.bool().to(before.device)
+    sign = torch.tensor([1.0, -1.0], device=before.device).repeat(len(target) // 2)[:, None].expand_as(target)
+    logp = torch.log_softmax(head(before[target]).float(), -1)
+    return logp.gather(-1, split.suffix_ids.to(before.device)[target][:, None]).squeeze(-1) * sign[target]
+
+
 def margin_attribution(
     model: nn.Module,
     tokenizer: Any,
@@ -73,15 +119,20 @@ def margin_attribution(
     site: str,
     batch_size: int = 4,
     progress: bool = True,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """``[L, W]`` float32: the mean over ``pairs`` of ``d margin / d gamma_u`` for every AU of ``site`` (see
-    the module docstring). Runs each pair's two texts whole, ``batch_size`` pairs per forward and backward
-    pass; no parameter gets a gradient and no hook outlives the call.
+    the module docstring). Runs ``batch_size`` pairs per forward and backward pass; with ``share_prefix`` the
+    prompt a pair's two texts share runs once and both answers continue from its KV cache (about half the
+    compute on long prompts; equal up to float rounding), otherwise both texts run whole. No parameter gets a
+    gradient and no hook outlives the call.
 
     Example:
         >>> a = margin_attribution(model, tok, [Pair("Is the sky blue?", "Yes", "No")], "head", progress=False)
-        >>> tuple(a.shape)
-        (30, 576)
+        >>> b = margin_attribution(model, tok, [Pair("Is the sky blue?", "Yes", "No")], "head", progress=False,
+        ...                        share_prefix=False)
+        >>> tuple(a.shape), bool(torch.allclose(a, b, rtol=1e-3, atol=1e-5))
+        ((30, 576), True)
     """
     if not pairs:
         raise UserError("margin_attribution needs at least one pair")
@@ -90,31 +141,26 @@ def margin_attribution(
     if not isinstance(head, nn.Module):
         raise UserError(f"{type(model).__name__} has no output embeddings to score answers with")
     device, dtype = model_device(model), next(model.parameters()).dtype
+    net, limit = backbone(model), token_limit(model, None)
     texts = [pair_texts(tokenizer, p) for p in pairs]
     total = torch.zeros(n_layers, width, dtype=torch.float64)
     batches = plan_batches(texts, batch_size)
     with _frozen(model):
         for rows in tqdm(batches, desc=f"attribution ({site})", unit="batch", disable=not progress):
-            enc = encode(tokenizer, [t for i in rows for t in texts[i]], token_limit(model, None), "left")
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            target = _answer_tokens(mask, ids)[:, 1:]  # the token at p is predicted at p - 1
-            sign = torch.tensor([1.0, -1.0]).repeat(len(rows))[:, None].expand_as(target)[target].to(device)
+            chunk = [texts[i] for i in rows]
+            split = split_pairs(tokenizer, chunk, limit) if share_prefix else None
             probes = [torch.zeros(width, requires_grad=True) for _ in range(n_layers)]
             with torch.enable_grad():
                 gains = {(site, layer): (1 + p).to(device, dtype) for layer, p in enumerate(probes)}
                 steering = add_hooks(model, gains)
                 try:
-                    hidden = backbone(model)(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
-                        use_cache=False,
-                    ).last_hidden_state
+                    if split is not None:
+                        margins = _split_margins(net, head, split)
+                    else:  # run whole, or a pair shares no first token
+                        margins = _whole_margins(net, head, tokenizer, [t for pair in chunk for t in pair], limit)
                 finally:
                     steering.remove()
-                logp = torch.log_softmax(head(hidden[:, :-1][target.to(device)]).float(), -1)
-                picked = logp.gather(-1, ids[:, 1:][target].to(device)[:, None]).squeeze(-1)
-                grads = torch.autograd.grad((picked * sign).sum(), probes)
+                grads = torch.autograd.grad(margins.sum(), probes)
             total += torch.stack(grads).double()
     return (total / len(pairs)).float()
 

@@ -18,6 +18,7 @@ import inspect
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -302,6 +303,85 @@ def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class PrefixSplit:
+    """A batch of pairs cut where their two texts part: each pair's shared prompt once, left padded
+    (``prefix_ids``/``prefix_mask``, ``[b, P]``), and both answers' remaining tokens, right padded, rows ``pos0,
+    neg0, pos1, ...`` (``suffix_ids``/``suffix_mask``, ``[2b, S]``), each starting at position ``start`` (``[2b]``).
+    """
+
+    prefix_ids: torch.Tensor
+    prefix_mask: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+    start: torch.Tensor
+
+
+def split_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int | None) -> PrefixSplit | None:
+    """The pairs' texts tokenized (truncated on the left like :func:`encode`) and cut after the prefix each pair's
+    two texts share (:func:`shared_prefix_length`); ``None`` where a pair shares no first token.
+
+    Example:
+        >>> split = split_pairs(tok, [("Say yes: yes", "Say yes: no")], 64)
+        >>> tuple(split.prefix_ids.shape)[0], tuple(split.suffix_ids.shape)[0], split.suffix_mask.sum(1).tolist()
+        (1, 2, [1, 1])
+    """
+    ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)
+    pos, neg = ids[0::2], ids[1::2]
+    cut = [shared_prefix_length(p_ids, n_ids) for p_ids, n_ids in zip(pos, neg)]
+    if not pairs or min(cut) < 1:
+        return None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    b, width = len(pairs), max(cut)
+    pre_ids = torch.full((b, width), pad, dtype=torch.long)
+    pre_mask = torch.zeros((b, width), dtype=torch.long)
+    for j, (p_ids, n) in enumerate(zip(pos, cut)):
+        pre_ids[j, width - n :] = torch.tensor(p_ids[:n])
+        pre_mask[j, width - n :] = 1
+    suffixes = [s for j in range(b) for s in (pos[j][cut[j] :], neg[j][cut[j] :])]
+    s_width = max(len(s) for s in suffixes)
+    suf_ids = torch.full((2 * b, s_width), pad, dtype=torch.long)
+    suf_mask = torch.zeros((2 * b, s_width), dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        suf_ids[i, : len(s)] = torch.tensor(s)
+        suf_mask[i, : len(s)] = 1
+    return PrefixSplit(pre_ids, pre_mask, suf_ids, suf_mask, torch.tensor(cut).repeat_interleave(2))
+
+
+def prefix_pass(net: nn.Module, split: PrefixSplit) -> tuple[torch.Tensor, Any]:
+    """Run the shared prompts once: ``(last hidden states [b, P, H], the KV cache)``, the cache repeated so
+    that row ``2j`` and ``2j + 1`` (both answers of pair ``j``) continue from prompt ``j``. Runs under whatever
+    grad mode and hooks the caller set."""
+    device = model_device(net)
+    out = net(
+        input_ids=split.prefix_ids.to(device),
+        attention_mask=split.prefix_mask.to(device),
+        position_ids=(split.prefix_mask.cumsum(1) - 1).clamp(min=0).to(device),
+        use_cache=True,
+    )
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None:
+        raise RuntimeError(f"{type(net).__name__} returned no KV cache; run the texts whole (share_prefix=False)")
+    cache.batch_repeat_interleave(2)
+    return out.last_hidden_state, cache
+
+
+def suffix_pass(net: nn.Module, split: PrefixSplit, cache: Any) -> torch.Tensor:
+    """Continue both answers of every pair from ``cache`` (:func:`prefix_pass`): last hidden states ``[2b, S, H]``
+    (rows ``pos0, neg0, pos1, ...``; positions after each answer's end are padding)."""
+    device = model_device(net)
+    # transformers >= 5.x names the argument ``cache`` (``past_key_values`` is deprecated)
+    cache_arg = "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
+    width = split.suffix_ids.shape[1]
+    return net(
+        input_ids=split.suffix_ids.to(device),
+        attention_mask=torch.cat([split.prefix_mask.repeat_interleave(2, dim=0), split.suffix_mask], 1).to(device),
+        position_ids=(split.start[:, None] + torch.arange(width)[None]).to(device),
+        use_cache=True,
+        **{cache_arg: cache},
+    ).last_hidden_state
+
+
 def shared_prefix_activations(
     model: nn.Module,
     tokenizer: Any,
@@ -313,8 +393,9 @@ def shared_prefix_activations(
 
     The two texts of a pair share their prompt. The common token prefix is run once (left padded, KV
     cache kept), then both answers continue from the cache (right padded), so the prompt costs one
-    forward instead of two. The activations equal those of :func:`last_token_activations` on the
-    full texts up to float rounding (positions are taken from the attention mask).
+    forward instead of two (:func:`split_pairs`, :func:`prefix_pass`, :func:`suffix_pass`). The activations
+    equal those of :func:`last_token_activations` on the full texts up to float rounding (positions are taken
+    from the attention mask).
 
     Example:
         >>> pos, neg = shared_prefix_activations(model, tok, [("Say yes: yes", "Say yes: no")], ["head"])
@@ -322,56 +403,20 @@ def shared_prefix_activations(
         (1, 30, 576)
     """
     max_length = token_limit(model, max_length)
-    ids = _token_ids(tokenizer, [t for pair in pairs for t in pair], max_length)
-    pos, neg = ids[0::2], ids[1::2]
-    cut = [shared_prefix_length(p_ids, n_ids) for p_ids, n_ids in zip(pos, neg)]
-    if not pairs or min(cut) < 1:  # a pair without a shared first token: run the full texts
+    split = split_pairs(tokenizer, pairs, max_length)
+    if split is None:  # a pair without a shared first token: run the full texts
         full = last_token_activations(model, tokenizer, [t for pair in pairs for t in pair], sites, max_length)
         return {s: a[0::2] for s, a in full.items()}, {s: a[1::2] for s, a in full.items()}
-    device = model_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    b, width = len(pairs), max(cut)
-    pre_ids = torch.full((b, width), pad, dtype=torch.long)
-    pre_mask = torch.zeros((b, width), dtype=torch.long)
-    for j, (p_ids, n) in enumerate(zip(pos, cut)):
-        pre_ids[j, width - n :] = torch.tensor(p_ids[:n])
-        pre_mask[j, width - n :] = 1
-    suffixes = [s for j in range(b) for s in (pos[j][cut[j] :], neg[j][cut[j] :])]  # rows: pos0, neg0, pos1, ...
-    s_width = max(len(s) for s in suffixes)
-    suf_ids = torch.full((2 * b, s_width), pad, dtype=torch.long)
-    suf_mask = torch.zeros((2 * b, s_width), dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        suf_ids[i, : len(s)] = torch.tensor(s)
-        suf_mask[i, : len(s)] = 1
-    start = torch.tensor(cut).repeat_interleave(2)
-    rows = {"last": torch.tensor([len(s) - 1 for s in suffixes])}
     net = backbone(model)
+    rows = {"last": split.suffix_mask.sum(1) - 1}
     with torch.inference_mode():
-        out = net(
-            input_ids=pre_ids.to(device),
-            attention_mask=pre_mask.to(device),
-            position_ids=(pre_mask.cumsum(1) - 1).clamp(min=0).to(device),
-            use_cache=True,
-        )
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        if cache is None:
-            raise RuntimeError(f"{type(net).__name__} returned no KV cache; call score(share_prefix=False)")
-        cache.batch_repeat_interleave(2)
-        # transformers >= 5.x names the argument ``cache`` (``past_key_values`` is deprecated)
-        cache_arg = "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
-        mask = torch.cat([pre_mask.repeat_interleave(2, dim=0), suf_mask], dim=1)
+        _, cache = prefix_pass(net, split)
         with capture(model, sites, rows) as store:
-            net(
-                input_ids=suf_ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=(start[:, None] + torch.arange(s_width)[None]).to(device),
-                use_cache=True,
-                **{cache_arg: cache},
-            )
+            suffix_pass(net, split, cache)
     pos_out, neg_out = {}, {}
     for site in sites:
         got = torch.stack(store[site], dim=1)
-        expected = (2 * b, len(store[site]), site_width(model, site))
+        expected = (len(split.suffix_ids), len(store[site]), site_width(model, site))
         if tuple(got.shape) != expected:
             raise RuntimeError(f"site {site!r}: captured shape {tuple(got.shape)}, expected {expected}")
         pos_out[site], neg_out[site] = got[0::2], got[1::2]

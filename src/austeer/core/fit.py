@@ -236,8 +236,8 @@ def fit(
     ``"attribution"`` (the derivative of the pairs' answer margin with respect to each AU's gain, one backward
     pass per 4 pairs, :mod:`austeer.core.attribution`; a first-order score, so use a small ``alpha``, 0.25-2). On
     Qwen2.5-Coder-1.5B, COPA, 8 attributed head AUs at alpha 1 gave 0.840 against AUSteer's 0.823 (32 AUs,
-    alpha 10) on the same 400 test items (docs/COMPARISON.md). It runs both texts of 4 pairs per pass on one
-    process: ``batch_size``, ``share_prefix`` and ``scorer`` apply to the sign counts only.
+    alpha 10) on the same 400 test items (docs/COMPARISON.md). It runs 4 pairs per pass on one process
+    (``share_prefix`` applies; ``batch_size`` and ``scorer`` apply to the sign counts only).
     """
     if not pairs:
         raise UserError("fit needs at least one pair")
@@ -252,7 +252,10 @@ def fit(
 
         for s in sites:
             check_site(s)
-        scores = {s: margin_attribution(model, tokenizer, pairs, s, progress=progress) for s in sites}
+        scores = {
+            s: margin_attribution(model, tokenizer, pairs, s, progress=progress, share_prefix=share_prefix)
+            for s in sites
+        }
         units = top_attributed(scores, k)
         return _spec(model, units, alpha, len(pairs), sites, model_id, positions, selection="attribution")
     counts = scorer(model, tokenizer, pairs, sites, batch_size, max_length, progress, share_prefix=share_prefix)

@@ -32,7 +32,8 @@ def scores(model: nn.Module, evidence: Evidence, site: str) -> torch.Tensor:
     if evidence.tokenizer is None or not evidence.pairs:
         raise UserError("attribution needs the evidence's pairs and tokenizer (gather them with gather())")
     return evidence.memo(
-        f"attribution:{site}", lambda: margin_attribution(model, evidence.tokenizer, evidence.pairs, site)
+        f"attribution:{site}",
+        lambda: margin_attribution(model, evidence.tokenizer, evidence.pairs, site, share_prefix=evidence.share_prefix),
     )
 
 
@@ -49,7 +50,7 @@ GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (2, 8, 32, 100) for a
 
 METHOD = Method(
     "attribution",
-    ("head",),
+    (),  # it reads no activations: it runs the pairs itself, forward and backward
     GRID,
     build,
     "exact: gains folded into W_O columns",

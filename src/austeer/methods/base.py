@@ -51,6 +51,7 @@ class Evidence:
     answer_tokens: list[tuple[int, int]] = field(default_factory=list)  # first token ids of both answers
     system: str | None = None
     tokenizer: Any = field(default=None, repr=False, compare=False)  # the tokenizer they were read with
+    share_prefix: bool = False  # whether they were read with each pair's shared prompt run once (reruns do the same)
     _counts: dict[str, SignCounts] = field(default_factory=dict, init=False, repr=False, compare=False)
     _memo: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -132,6 +133,7 @@ def gather(
         [(_first_token(tokenizer, p.positive), _first_token(tokenizer, p.negative)) for p in pairs],
         systems.pop() if len(systems) == 1 else None,
         tokenizer,
+        share_prefix,
     )
     evidence._counts.update(got.counts)  # streamed in the same pass: AUSteer's statistic, as fit computes it
     return evidence
