@@ -140,6 +140,13 @@ def test_attribution_with_the_prompt_run_once_equals_the_whole_texts(smol, senti
         torch.testing.assert_close(shared, whole, rtol=1e-3, atol=1e-4 * float(whole.abs().max()))
         top = [top_attributed({"head": a}, 16) for a in (shared, whole)]
         assert [(u.layer, u.index) for u in top[0]] == [(u.layer, u.index) for u in top[1]]
+    with pytest.warns(UserWarning, match="truncated on the left"):  # both ways cut the texts alike
+        cut = [
+            margin_attribution(model, tok, boolq, "head", progress=False, share_prefix=s, max_length=24)
+            for s in (True, False)
+        ]
+    torch.testing.assert_close(cut[0], cut[1], rtol=1e-3, atol=1e-4 * float(cut[1].abs().max()))
+    assert not torch.allclose(cut[0], margin_attribution(model, tok, boolq, "head", progress=False), rtol=0.1)
 
 
 @pytest.mark.slow

@@ -120,12 +120,14 @@ def margin_attribution(
     batch_size: int = 4,
     progress: bool = True,
     share_prefix: bool = True,
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """``[L, W]`` float32: the mean over ``pairs`` of ``d margin / d gamma_u`` for every AU of ``site`` (see
     the module docstring). Runs ``batch_size`` pairs per forward and backward pass; with ``share_prefix`` the
     prompt a pair's two texts share runs once and both answers continue from its KV cache (about half the
-    compute on long prompts; equal up to float rounding), otherwise both texts run whole. No parameter gets a
-    gradient and no hook outlives the call.
+    compute on long prompts; equal up to float rounding), otherwise both texts run whole. Texts longer than
+    ``max_length`` tokens (default: the model's context) are cut on the left. No parameter gets a gradient and
+    no hook outlives the call.
 
     Example:
         >>> a = margin_attribution(model, tok, [Pair("Is the sky blue?", "Yes", "No")], "head", progress=False)
@@ -141,7 +143,7 @@ def margin_attribution(
     if not isinstance(head, nn.Module):
         raise UserError(f"{type(model).__name__} has no output embeddings to score answers with")
     device, dtype = model_device(model), next(model.parameters()).dtype
-    net, limit = backbone(model), token_limit(model, None)
+    net, limit = backbone(model), token_limit(model, max_length)
     texts = [pair_texts(tokenizer, p) for p in pairs]
     total = torch.zeros(n_layers, width, dtype=torch.float64)
     batches = plan_batches(texts, batch_size)

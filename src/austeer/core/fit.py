@@ -237,7 +237,7 @@ def fit(
     pass per 4 pairs, :mod:`austeer.core.attribution`; a first-order score, so use a small ``alpha``, 0.25-2). On
     Qwen2.5-Coder-1.5B, COPA, 8 attributed head AUs at alpha 1 gave 0.840 against AUSteer's 0.823 (32 AUs,
     alpha 10) on the same 400 test items (docs/COMPARISON.md). It runs 4 pairs per pass on one process
-    (``share_prefix`` applies; ``batch_size`` and ``scorer`` apply to the sign counts only).
+    (``share_prefix`` and ``max_length`` apply; ``batch_size`` and ``scorer`` apply to the sign counts only).
     """
     if not pairs:
         raise UserError("fit needs at least one pair")
@@ -253,7 +253,9 @@ def fit(
         for s in sites:
             check_site(s)
         scores = {
-            s: margin_attribution(model, tokenizer, pairs, s, progress=progress, share_prefix=share_prefix)
+            s: margin_attribution(
+                model, tokenizer, pairs, s, progress=progress, share_prefix=share_prefix, max_length=max_length
+            )
             for s in sites
         }
         units = top_attributed(scores, k)
