@@ -48,7 +48,7 @@ def main() -> None:
     lengths = [len(tok(p.prompt)["input_ids"]) for p in pairs]
     print(f"{len(pairs)} BoolQ pairs, prompts of {min(lengths)}-{max(lengths)} tokens (user turn), {args.dtype}")
 
-    got: dict[str, Any] = {}
+    got: dict[bool, Any] = {}
 
     def run(share: bool) -> None:
         got[share] = margin_attribution(model, tok, pairs, "head", progress=False, share_prefix=share)
