@@ -150,7 +150,7 @@ def test_attribution_with_the_prompt_run_once_equals_the_whole_texts(smol, senti
 
 
 @pytest.mark.slow
-def test_attribution_reads_no_activations(smol, sentiment_pairs, evidence):
+def test_attribution_reads_no_activations(smol, evidence):
     """The comparison reads no site for it (its build runs the pairs itself): the same steer from the pairs
     alone as from the evidence that read them."""
     from austeer.evaluation.compare import sites_for
