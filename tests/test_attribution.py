@@ -14,6 +14,7 @@ from austeer.cli import main
 from austeer.core.pairs import format_prompt
 from austeer.core.spec import SpecError
 from austeer.core.steer import Gain, apply_gains
+from austeer.errors import UserError
 from austeer.methods import METHODS, gather
 from austeer.methods.attribution import scores
 from austeer.run.likelihood import continuation_nll
@@ -162,3 +163,58 @@ def test_attribution_reads_no_activations(smol, evidence):
     a = METHODS["attribution"].build(model, bare, site="head", k=8, alpha=1.0)
     b = METHODS["attribution"].build(model, evidence, site="head", k=8, alpha=1.0)
     assert [(g.layer, g.index) for g in a.gains] == [(g.layer, g.index) for g in b.gains]
+
+
+@pytest.mark.slow
+def test_additive_attribution_is_the_derivative_of_the_margin(smol, evidence):
+    """``probe="add"``: the derivative with respect to a constant added to the AU at every position (what au-add
+    steers with), checked against a central difference; it is not the gain's derivative."""
+    from austeer.methods.base import AddSteerer
+
+    model, tok = smol
+    a = scores(model, evidence, "head", probe="add")
+    assert not torch.allclose(a, scores(model, evidence, "head"), rtol=0.5)
+    top = divmod(int(a.abs().argmax()), a.shape[1])
+    torch.manual_seed(1)
+    other = (int(torch.randint(a.shape[0], ())), int(torch.randint(a.shape[1], ())))
+    eps = 1e-2
+    for layer, index in (top, other):
+        margins = []
+        for sign in (1, -1):
+            v = torch.zeros(a.shape[1])
+            v[index] = sign * eps
+            with AddSteerer("probe", "head", {layer: v}, {}).hooks(model):
+                margins.append(mean_margin(model, tok, evidence.pairs))
+        assert (margins[0] - margins[1]) / (2 * eps) == pytest.approx(float(a[layer, index]), rel=0.05, abs=1e-3)
+    assert abs(float(a[top])) > 10 * abs(float(a[other]))
+    with pytest.raises(UserError, match="probe must be one of gain, add, got .bias."):
+        scores(model, evidence, "head", probe="bias")
+
+
+@pytest.mark.slow
+def test_au_add_attr_shifts_the_most_attributed_aus_and_raises_the_margin(smol, evidence):
+    """au-add-attr: the top-k AUs by |additive attribution x std|, each shifted by alpha * beta * std (signed to
+    raise the margin); the shift raises the pairs' margin, its negation lowers it, the bias fold equals the
+    hooks and leaves no hook behind."""
+    from austeer.core.attribution import top_attributed
+
+    model, tok = smol
+    steerer = METHODS["au-add-attr"].build(model, evidence, site="head", k=8, alpha=0.5)
+    pos, neg = evidence.pos["head"].double(), evidence.neg["head"].double()
+    std = torch.cat([pos, neg]).std(0).float()
+    units = top_attributed({"head": scores(model, evidence, "head", probe="add") * std}, 8)
+    assert steerer.n_steered == 8 and steerer.config == {"site": "head", "k": 8, "alpha": 0.5}
+    for u in units:
+        assert steerer.vectors[u.layer][u.index].item() == pytest.approx(0.5 * u.beta * float(std[u.layer, u.index]))
+    nonzero = {(layer, int(i)) for layer, v in steerer.vectors.items() for i in torch.nonzero(v).flatten()}
+    assert nonzero == {(u.layer, u.index) for u in units}
+    base = mean_margin(model, tok, evidence.pairs)
+    with steerer.hooks(model):
+        steered = mean_margin(model, tok, evidence.pairs)
+    with steerer.fold(model):
+        folded = mean_margin(model, tok, evidence.pairs)
+    against = type(steerer)("neg", "head", {k: -v for k, v in steerer.vectors.items()}, {})
+    with against.hooks(model):
+        lowered = mean_margin(model, tok, evidence.pairs)
+    assert lowered < base < steered and folded == pytest.approx(steered, abs=1e-3)
+    assert hook_count(model) == 0

@@ -10,6 +10,10 @@ attribution of AU ``u`` is the derivative at no steering
 (attribution patching's "activation times gradient", summed over the positions the gain acts on), averaged
 over the pairs: one forward and one backward pass per batch, through a probe gain of 1 on every AU of the
 site (its gradient *is* ``a``); the prompt a pair's two texts share runs once by default.
+
+For an *addition* ``x_u <- x_u + c_u`` at every position (``au-add-attr``, :mod:`austeer.methods.au_add`) the
+derivative is with respect to the constant, ``d m / d c_u = sum_t d m / d x_{u,t}`` (``probe="add"``: a probe
+bias of 0 instead of a probe gain of 1), in margin per unit of the activation.
 :func:`top_attributed` keeps the global top ``k`` by ``|a_u|`` with
 ``beta = a_u / max|a|`` (in ``[-1, 1]``, the sign that raises the margin), so the spec's gain
 ``1 + alpha * beta`` is graded as AUSteer's. It is a first-order score: use small ``alpha`` (0.25-2).
@@ -50,6 +54,9 @@ from austeer.core.pairs import Pair, pair_texts
 from austeer.core.sites import SITES, decoder_layers, site_width
 from austeer.core.steer import add_hooks
 from austeer.errors import UserError
+
+#: what the derivative is taken with respect to: each AU's gain, or a constant added to it at every position
+PROBES = ("gain", "add")
 
 
 @contextmanager
@@ -121,9 +128,11 @@ def margin_attribution(
     progress: bool = True,
     share_prefix: bool = True,
     max_length: int | None = None,
+    probe: str = "gain",
 ) -> torch.Tensor:
     """``[L, W]`` float32: the mean over ``pairs`` of ``d margin / d gamma_u`` for every AU of ``site`` (see
-    the module docstring). Runs ``batch_size`` pairs per forward and backward pass; with ``share_prefix`` the
+    the module docstring), or with ``probe="add"`` of ``d margin / d c_u`` (a constant added to the AU at every
+    position). Runs ``batch_size`` pairs per forward and backward pass; with ``share_prefix`` the
     prompt a pair's two texts share runs once and both answers continue from its KV cache (about half the
     compute on long prompts; equal up to float rounding), otherwise both texts run whole. Texts longer than
     ``max_length`` tokens (default: the model's context) are cut on the left. No parameter gets a gradient and
@@ -138,6 +147,8 @@ def margin_attribution(
     """
     if not pairs:
         raise UserError("margin_attribution needs at least one pair")
+    if probe not in PROBES:
+        raise UserError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
     n_layers, width = len(decoder_layers(model)), site_width(model, site)
     head = model.get_output_embeddings()  # type: ignore[operator]
     if not isinstance(head, nn.Module):
@@ -153,8 +164,9 @@ def margin_attribution(
             split = split_pairs(tokenizer, chunk, limit) if share_prefix else None
             probes = [torch.zeros(width, requires_grad=True) for _ in range(n_layers)]
             with torch.enable_grad():
-                gains = {(site, layer): (1 + p).to(device, dtype) for layer, p in enumerate(probes)}
-                steering = add_hooks(model, gains)
+                shift = probe == "add"
+                at = {(site, layer): (p if shift else 1 + p).to(device, dtype) for layer, p in enumerate(probes)}
+                steering = add_hooks(model, at, shift=shift)
                 try:
                     if split is not None:
                         margins = _split_margins(net, head, split)

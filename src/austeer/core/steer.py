@@ -181,34 +181,39 @@ class Steering:
             self.handles.pop().remove()
 
 
-def _scaled(x: torch.Tensor, gain: torch.Tensor, last: bool) -> torch.Tensor:
-    """``x * gain`` at every position, or (``last``) at the last position of the sequence axis only."""
+def _scaled(x: torch.Tensor, gain: torch.Tensor, last: bool, shift: bool = False) -> torch.Tensor:
+    """``x * gain`` (``shift``: ``x + gain``) at every position, or (``last``) at the last position of the
+    sequence axis only."""
     g = gain if x.device == gain.device else gain.to(x.device)  # device_map="auto": inputs move late
+    op = torch.add if shift else torch.mul
     if not last:
-        return x * g
+        return op(x, g)
     y = x.clone()
-    y[..., -1, :] = x[..., -1, :] * g
+    y[..., -1, :] = op(x[..., -1, :], g)
     return y
 
 
-def _input_hook(gain: torch.Tensor, last: bool = False) -> Any:
+def _input_hook(gain: torch.Tensor, last: bool = False, shift: bool = False) -> Any:
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (_scaled(args[0], gain, last), *args[1:])
+        return (_scaled(args[0], gain, last, shift), *args[1:])
 
     return hook
 
 
-def _output_hook(gain: torch.Tensor, last: bool = False) -> Any:
+def _output_hook(gain: torch.Tensor, last: bool = False, shift: bool = False) -> Any:
     def hook(_module: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
         x = out[0] if isinstance(out, tuple) else out
-        y = _scaled(x, gain, last)
+        y = _scaled(x, gain, last, shift)
         return (y, *out[1:]) if isinstance(out, tuple) else y
 
     return hook
 
 
-def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor], positions: str = "all") -> Steering:
-    """Register one multiply-by-gain hook per ``(site, layer)``; returns the handle.
+def add_hooks(
+    model: nn.Module, gains: dict[tuple[str, int], torch.Tensor], positions: str = "all", shift: bool = False
+) -> Steering:
+    """Register one multiply-by-gain hook per ``(site, layer)``; returns the handle. With ``shift`` the vector
+    is added instead (``x + v``: the additive probe of :func:`austeer.core.attribution.margin_attribution`).
 
     ``positions``: ``"all"`` or ``"last"`` (see :data:`austeer.core.spec.POSITIONS`)."""
     if positions not in POSITIONS:
@@ -219,9 +224,9 @@ def add_hooks(model: nn.Module, gains: dict[tuple[str, int], torch.Tensor], posi
         for (site, layer), gain in gains.items():
             module = site_module(model, site, layer)
             if site_def(model, site).io == "input":
-                steering.handles.append(module.register_forward_pre_hook(_input_hook(gain, last)))
+                steering.handles.append(module.register_forward_pre_hook(_input_hook(gain, last, shift)))
             else:
-                steering.handles.append(module.register_forward_hook(_output_hook(gain, last)))
+                steering.handles.append(module.register_forward_hook(_output_hook(gain, last, shift)))
     except BaseException:
         steering.remove()
         raise

@@ -8,8 +8,9 @@ turn it is evaluated with; the prompting baseline's, :mod:`austeer.methods.promp
 Example:
     >>> from austeer.methods import METHODS
     >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
-    ['attribution', 'au-add', 'au-add-diff', 'austeer', 'austeer-ffn', 'austeer-last', 'austeer-neuron',
-     'austeer-signed', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer', 'random', 'sadi']
+    ['attribution', 'au-add', 'au-add-attr', 'au-add-diff', 'austeer', 'austeer-ffn', 'austeer-last',
+     'austeer-neuron', 'austeer-signed', 'block', 'caa', 'calibration', 'fixed', 'iti', 'prompt', 'prompt+austeer',
+     'random', 'sadi']
     >>> len(METHODS["caa"].grid)
     8
     >>> DEFAULT_METHODS
@@ -56,6 +57,7 @@ METHODS: dict[str, Method] = {
         attribution.METHOD,
         au_add.METHOD,
         au_add.DIFF,
+        au_add.ATTR,
     )
 }
 

@@ -27,13 +27,15 @@ from austeer.methods.au import scaled
 from austeer.methods.base import Evidence, Frontier, GainSteerer, Method
 
 
-def scores(model: nn.Module, evidence: Evidence, site: str) -> torch.Tensor:
-    """The attribution of every AU of ``site`` on the evidence's pairs, computed once per evidence and site."""
+def scores(model: nn.Module, evidence: Evidence, site: str, probe: str = "gain") -> torch.Tensor:
+    """The attribution of every AU of ``site`` on the evidence's pairs (with respect to a gain, or with
+    ``probe="add"`` an addition), computed once per evidence, site and probe."""
     if evidence.tokenizer is None or not evidence.pairs:
         raise UserError("attribution needs the evidence's pairs and tokenizer (gather them with gather())")
+    tok, pairs = evidence.tokenizer, evidence.pairs
     return evidence.memo(
-        f"attribution:{site}",
-        lambda: margin_attribution(model, evidence.tokenizer, evidence.pairs, site, share_prefix=evidence.share_prefix),
+        f"attribution:{site}" + ("" if probe == "gain" else f":{probe}"),
+        lambda: margin_attribution(model, tok, pairs, site, share_prefix=evidence.share_prefix, probe=probe),
     )
 
 

@@ -12,6 +12,14 @@ activation at every position: ``x_i <- x_i + alpha * beta_i * s_i``, a sparse IT
 - ``scale="diff"`` (``au-add-diff``): ``|mean(pos - neg)|`` of AU ``i``, so ``alpha = 1`` moves every AU by its
   mean positive-negative difference (``beta_i`` keeps the direction and the consistency weight).
 
+``au-add-attr`` selects by attribution instead (issue 31's variant): the additive attribution
+``a_i = d margin / d c_i`` of a constant ``c_i`` added to AU ``i`` at every position
+(:func:`~austeer.core.attribution.margin_attribution` with ``probe="add"``), times ``s_i`` (std): the first-order
+change of the pairs' answer margin when the AU is shifted by one standard deviation. The top-``k`` AUs by
+``|a_i s_i|`` get ``beta_i = a_i s_i / max |a s|`` (signed to raise the margin) and the same shift
+``alpha * beta_i * s_i``. Ranking by ``|a_i|`` alone would favour AUs whose activations barely vary, where one
+unit is a large step.
+
 It steers ``k`` activations. Folded exactly as a bias, as ITI is: ``W_O (x + v) = W_O x + W_O v`` (``o_proj``
 gets the bias ``W_O v``, created if absent); a head-site addition is one residual vector per layer.
 
@@ -26,7 +34,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from austeer.core.attribution import top_attributed
+from austeer.core.momentum import Unit
 from austeer.errors import UserError
+from austeer.methods import attribution
 from austeer.methods.au import top_units
 from austeer.methods.base import AddSteerer, Evidence, Frontier, Method
 
@@ -42,28 +53,44 @@ def per_au_scale(pos: torch.Tensor, neg: torch.Tensor, scale: str) -> torch.Tens
     raise UserError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
 
 
+def _scale(evidence: Evidence, site: str, scale: str) -> torch.Tensor:
+    if site != "head":
+        raise UserError(f"au-add adds at the head site (the o_proj input), got site {site!r}")
+    pos, neg = evidence.pos[site], evidence.neg[site]
+    return evidence.memo(f"au-add-scale-{site}-{scale}", lambda: per_au_scale(pos, neg, scale))
+
+
+def _shifts(name: str, site: str, units: list[Unit], s: torch.Tensor, alpha: float, config: dict) -> AddSteerer:
+    """The steerer adding ``alpha * beta_i * s_i`` to each of ``units``."""
+    vectors: dict[int, torch.Tensor] = {}
+    for u in units:
+        v = vectors.setdefault(u.layer, torch.zeros(s.shape[-1]))
+        v[u.index] = float(alpha) * u.beta * float(s[u.layer, u.index])
+    return AddSteerer(name, site, vectors, config, n_steered=len(units))
+
+
 def build(
     model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 5.0, scale: str = "std"
 ) -> AddSteerer:
     """``au-add`` on the top-``k`` AUs of ``site`` (``head``): ``x_i += alpha * beta_i * s_i``."""
-    if site != "head":
-        raise UserError(f"au-add adds at the head site (the o_proj input), got site {site!r}")
-    pos, neg = evidence.pos[site], evidence.neg[site]
-    s = evidence.memo(f"au-add-scale-{site}-{scale}", lambda: per_au_scale(pos, neg, scale))
-    width = pos.shape[-1]
-    vectors: dict[int, torch.Tensor] = {}
-    units = top_units(evidence, site, k)
-    for u in units:
-        v = vectors.setdefault(u.layer, torch.zeros(width))
-        v[u.index] = float(alpha) * u.beta * float(s[u.layer, u.index])
+    s = _scale(evidence, site, scale)
     config = {"site": site, "k": k, "alpha": alpha, "scale": scale}
     name = "au-add" if scale == "std" else f"au-add-{scale}"
-    return AddSteerer(name, site, vectors, config, n_steered=len(units))
+    return _shifts(name, site, top_units(evidence, site, k), s, alpha, config)
 
 
 def build_diff(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 1.0) -> AddSteerer:
     """``au-add`` with ``s_i = |mean(pos - neg)|``."""
     return build(model, evidence, site, k, alpha, scale="diff")
+
+
+def build_attr(model: nn.Module, evidence: Evidence, site: str = "head", k: int = 32, alpha: float = 2.0) -> AddSteerer:
+    """``au-add-attr``: the top-``k`` AUs by ``|a_i s_i|`` (additive attribution times std), shifted by
+    ``alpha * beta_i * s_i``."""
+    s = _scale(evidence, site, "std")
+    weighted = attribution.scores(model, evidence, site, probe="add") * s
+    units = top_attributed({site: weighted}, k)
+    return _shifts("au-add-attr", site, units, s, alpha, {"site": site, "k": k, "alpha": alpha})
 
 
 GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (2.0, 5.0, 10.0, 20.0))
@@ -89,4 +116,20 @@ DIFF = Method(
     adds_at="head",
     strength="alpha",
     frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 4.0, 8.0)),
+)
+
+#: alpha is in standard deviations as au-add's, smaller: the score is first order and its top AUs move the margin
+#: most per step
+ATTR_GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (1.0, 2.0, 5.0, 10.0))
+
+ATTR = Method(
+    "au-add-attr",
+    ("head",),  # the scale s_i is read from the pairs' activations; the selection runs the pairs backward
+    ATTR_GRID,
+    build_attr,
+    "as a bias: W_O v added to o_proj's bias",
+    adds_at="head",
+    strength="alpha",
+    frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 5.0, 10.0)),
+    backward=True,
 )
