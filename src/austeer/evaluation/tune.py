@@ -592,7 +592,11 @@ def tune(
 
         if not evidence:
             need = {s for m in others for s in tunable(m).sites} | (set(sites) if "austeer" in methods else set())
-            evidence.append(gather(model, tokenizer, fit_pairs, sorted(need), batch_size, progress=progress))
+            # each pair's shared prompt run once, as the streamed sign counts (score) and fit read them; the
+            # attribution methods then run their backward passes the same way
+            evidence.append(
+                gather(model, tokenizer, fit_pairs, sorted(need), batch_size, progress=progress, share_prefix=True)
+            )
         return evidence[0]
 
     def counts_of(missing: list[str]) -> dict[str, SignCounts]:

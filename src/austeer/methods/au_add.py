@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -93,43 +95,18 @@ def build_attr(model: nn.Module, evidence: Evidence, site: str = "head", k: int 
     return _shifts("au-add-attr", site, units, s, alpha, {"site": site, "k": k, "alpha": alpha})
 
 
-GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (2.0, 5.0, 10.0, 20.0))
-DIFF_GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (1.0, 2.0, 4.0, 8.0))
+def _method(name: str, build: Callable[..., AddSteerer], alphas: tuple[float, ...], backward: bool = False) -> Method:
+    """An au-add variant: ``k`` over 8-512 head AUs times ``alphas``; the frontier at 32 AUs over ``alphas``."""
+    grid = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in alphas)
+    fold = "as a bias: W_O v added to o_proj's bias"
+    frontier = Frontier({"site": "head", "k": 32}, alphas)
+    return Method(
+        name, ("head",), grid, build, fold, adds_at="head", strength="alpha", frontier=frontier, backward=backward
+    )
 
-METHOD = Method(
-    "au-add",
-    ("head",),
-    GRID,
-    build,
-    "as a bias: W_O v added to o_proj's bias",
-    adds_at="head",
-    strength="alpha",
-    frontier=Frontier({"site": "head", "k": 32}, (2.0, 5.0, 10.0, 20.0)),
-)
 
-DIFF = Method(
-    "au-add-diff",
-    ("head",),
-    DIFF_GRID,
-    build_diff,
-    "as a bias: W_O v added to o_proj's bias",
-    adds_at="head",
-    strength="alpha",
-    frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 4.0, 8.0)),
-)
-
-#: alpha is in standard deviations as au-add's, smaller: the score is first order and its top AUs move the margin
-#: most per step
-ATTR_GRID = tuple({"site": "head", "k": k, "alpha": a} for k in (8, 32, 128, 512) for a in (1.0, 2.0, 5.0, 10.0))
-
-ATTR = Method(
-    "au-add-attr",
-    ("head",),  # the scale s_i is read from the pairs' activations; the selection runs the pairs backward
-    ATTR_GRID,
-    build_attr,
-    "as a bias: W_O v added to o_proj's bias",
-    adds_at="head",
-    strength="alpha",
-    frontier=Frontier({"site": "head", "k": 32}, (1.0, 2.0, 5.0, 10.0)),
-    backward=True,
-)
+METHOD = _method("au-add", build, (2.0, 5.0, 10.0, 20.0))
+DIFF = _method("au-add-diff", build_diff, (1.0, 2.0, 4.0, 8.0))
+#: alpha in standard deviations as au-add's, smaller: the score is first order and its top AUs move the margin most
+#: per step. It reads the head activations (for s_i) and runs the pairs backward (for the selection).
+ATTR = _method("au-add-attr", build_attr, (1.0, 2.0, 5.0, 10.0), backward=True)
