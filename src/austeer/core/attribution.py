@@ -11,12 +11,13 @@ attribution of AU ``u`` is the derivative at no steering
 over the pairs: one forward and one backward pass per batch, through a probe gain of 1 on every AU of the
 site (its gradient *is* ``a``); the prompt a pair's two texts share runs once by default.
 
-For an *addition* ``x_u <- x_u + c_u`` at every position (``au-add-attr``, :mod:`austeer.methods.au_add`) the
-derivative is with respect to the constant, ``d m / d c_u = sum_t d m / d x_{u,t}`` (``probe="add"``: a probe
-bias of 0 instead of a probe gain of 1), in margin per unit of the activation.
 :func:`top_attributed` keeps the global top ``k`` by ``|a_u|`` with
 ``beta = a_u / max|a|`` (in ``[-1, 1]``, the sign that raises the margin), so the spec's gain
 ``1 + alpha * beta`` is graded as AUSteer's. It is a first-order score: use small ``alpha`` (0.25-2).
+
+For an *addition* ``x_u <- x_u + c_u`` at every position (``au-add-attr``, :mod:`austeer.methods.au_add`) the
+derivative is with respect to the constant, ``d m / d c_u = sum_t d m / d x_{u,t}`` (``probe="add"``: a probe
+bias of 0 instead of a probe gain of 1), in margin per unit of the activation.
 
 Example:
     >>> from austeer.core.pairs import Pair

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +63,9 @@ def _scale(evidence: Evidence, site: str, scale: str) -> torch.Tensor:
     return evidence.memo(f"au-add-scale-{site}-{scale}", lambda: per_au_scale(pos, neg, scale))
 
 
-def _shifts(name: str, site: str, units: list[Unit], s: torch.Tensor, alpha: float, config: dict) -> AddSteerer:
+def _shifts(
+    name: str, site: str, units: list[Unit], s: torch.Tensor, alpha: float, config: dict[str, Any]
+) -> AddSteerer:
     """The steerer adding ``alpha * beta_i * s_i`` to each of ``units``."""
     vectors: dict[int, torch.Tensor] = {}
     for u in units:
