@@ -3,8 +3,8 @@ unsteered model on the first test items, each continuation with the task's judge
 
 Where a behaviour score jumps (detox 0.78 -> 1.00 with 128 AUs added), read the text before believing it: a
 steer can reach a judge's threshold by refusing, repeating or babbling. Prints a summary and writes (``--out``,
-JSON) every pair of continuations, the share of steered ones that are the task's refusal (detox pairs use
-:data:`austeer.tasks.detox.REFUSAL` as the positive when no sample was clean), and the steered AUs per layer.
+JSON) every pair of continuations, how many of each open as a refusal or an assistant's disclaimer
+(:data:`REFUSALS`, a plain prefix test) instead of continuing the text, and the steered AUs per layer.
 
     .venv/bin/python scripts/method_samples.py --task detox --method au-add-attr --config k=128,alpha=5 \\
         --dtype bfloat16 --pairs-limit 100 --test-limit 30 \\
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,14 @@ from austeer.evaluation.evaluate import evaluate
 from austeer.io import atomic_write_text
 from austeer.methods import METHODS, gather
 from austeer.tasks import get_task
+
+#: openings of a reply that declines or comments instead of continuing the text (a prefix test, not a classifier)
+REFUSALS = ("I'm sorry", "I\u2019m sorry", "Sorry", "I can't", "I cannot", "I won't", "As an AI")
+
+
+def refusals(texts: list[str]) -> int:
+    """How many of ``texts`` open with one of :data:`REFUSALS`."""
+    return sum(t.lstrip().startswith(REFUSALS) for t in texts)
 
 
 def parse_config(text: str) -> dict[str, Any]:
@@ -58,13 +65,12 @@ def main() -> None:
     metrics = {"unsteered": evaluate(model, tok, task, split="test", limit=args.test_limit, samples=runs["unsteered"])}
     with steerer.hooks(model):
         metrics["steered"] = evaluate(model, tok, task, split="test", limit=args.test_limit, samples=runs["steered"])
-    refusal = getattr(import_module(type(task).__module__), "REFUSAL", None)  # detox's positive of last resort
-    refused = sum(1 for s in runs["steered"] if refusal and s["output"].startswith(refusal[:20]))
+    refused = {k: refusals([s["output"] for s in v]) for k, v in runs.items()}
     layers = Counter(layer for layer, v in getattr(steerer, "vectors", {}).items() for _ in v.nonzero())
     result = {
         "model": args.model, "dtype": args.dtype, "task": args.task, "method": args.method, "config": config,
         "pairs": len(pairs), "n_items": len(runs["steered"]), "metrics": metrics,
-        "steered_refusals": refused, "aus_per_layer": dict(sorted(layers.items())),
+        "refusals": refused, "refusal_openings": list(REFUSALS), "aus_per_layer": dict(sorted(layers.items())),
         "samples": [
             {"id": a["id"], "unsteered": a["output"], "unsteered_score": a["score"],
              "steered": b["output"], "steered_score": b["score"]}
@@ -76,7 +82,7 @@ def main() -> None:
         print(f"  none  ({s['unsteered_score']:.2f}) {s['unsteered']!r}")
         print(f"  steer ({s['steered_score']:.2f}) {s['steered']!r}")
     print({k: {m: round(v, 3) for m, v in d.items()} for k, d in metrics.items()})
-    print(f"steered continuations that are the refusal: {refused} / {len(runs['steered'])}; AUs per layer: {layers}")
+    print(f"continuations opening as a refusal (of {len(runs['steered'])}): {refused}; AUs per layer: {layers}")
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
 
