@@ -72,8 +72,8 @@ def main() -> None:
         "pairs": len(pairs), "n_items": len(runs["steered"]), "metrics": metrics,
         "refusals": refused, "refusal_openings": list(REFUSALS), "aus_per_layer": dict(sorted(layers.items())),
         "samples": [
-            {"id": a["id"], "unsteered": a["output"], "unsteered_score": a["score"],
-             "steered": b["output"], "steered_score": b["score"]}
+            {"id": a["id"], "unsteered": a["output"], "unsteered_score": a["score"], "unsteered_correct": a["correct"],
+             "steered": b["output"], "steered_score": b["score"], "steered_correct": b["correct"]}
             for a, b in zip(runs["unsteered"], runs["steered"])
         ],
     }  # fmt: skip
